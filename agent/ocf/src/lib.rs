@@ -1,0 +1,9 @@
+//! The OCF protocol core, sans-IO: no sockets, no clock, no runtime.
+//!
+//! Everything here takes bytes and time in and hands bytes, timers and decisions out, so the
+//! daemon (`ocf-agent`), the development cloud and the Mediator share one implementation and
+//! every schedule can be tested on a virtual clock.
+
+pub mod coap;
+pub mod model;
+pub mod resource;
