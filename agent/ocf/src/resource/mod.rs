@@ -3,5 +3,20 @@
 //! observation bookkeeping.
 
 mod backend;
+mod device;
+mod interface;
+mod request;
 
 pub use backend::{Backend, Props, ResourceError, Value};
+pub use device::{
+    etag_of, Device, DeviceInfo, Notification, Origin, PlatformInfo, Resource, DEVICE_HREF,
+    PLATFORM_HREF, RES_HREF,
+};
+pub use interface::{Interface, Policy};
+pub use request::{
+    encode_uint, Method, Request, Response, OCF_ACCEPT_VERSION, OCF_CONTENT_VERSION,
+    OCF_VERSION_1_0,
+};
+
+#[cfg(test)]
+mod tests;
