@@ -1,1 +1,238 @@
-fn main() {}
+//! `ocf-agent`: serves a board's sensors and actuators as OCF resources.
+
+mod board;
+mod server;
+mod state;
+mod tcp;
+mod udp;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+
+use clap::Parser;
+use ocf::resource::{Device, DeviceInfo, PlatformInfo, Props, Value};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::server::Agent;
+use crate::state::Identity;
+
+/// OCF device agent: exposes the board's sensors and actuators as OCF resources.
+#[derive(Parser, Debug)]
+#[command(name = "ocf-agent", version, about)]
+struct Cli {
+    /// Board description: a built-in name (sim, rpi4, rpi5, qemu-raspi3b) or a TOML file.
+    #[arg(long, default_value = "sim")]
+    board: String,
+    /// Directory for identity, credentials and configuration.
+    #[arg(long, default_value = "/var/lib/ocf-agent")]
+    state_dir: PathBuf,
+    /// CoAP over UDP unicast address; may be given more than once.
+    #[arg(long = "udp", value_name = "ADDR:PORT")]
+    udp: Vec<SocketAddr>,
+    /// CoAP over TCP address.
+    #[arg(long = "tcp", value_name = "ADDR:PORT", default_value = "0.0.0.0:5683")]
+    tcp: SocketAddr,
+    /// Port of the OCF multicast groups (224.0.1.187, ff02::158), or "off".
+    #[arg(long, default_value = "5683")]
+    multicast: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OCF_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    match local.block_on(&runtime, run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("ocf-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let board = board::load(&cli.board)?;
+    let (identity, created) = Identity::load_or_create(&cli.state_dir).map_err(|e| e.to_string())?;
+    if created {
+        info!(di = %identity.di, "created a new device identity");
+    }
+    let multicast_port: Option<u16> = match cli.multicast.as_str() {
+        "off" => None,
+        p => Some(p.parse().map_err(|_| format!("--multicast: {p:?} is neither a port nor \"off\""))?),
+    };
+
+    let mut extra = Props::new();
+    for (k, v) in board.platform_fields() {
+        extra.insert(k, Value::Text(v));
+    }
+    extra.insert("mnfv".into(), Value::Text(env!("CARGO_PKG_VERSION").into()));
+    if let Some(os) = os_release() {
+        extra.insert("mnos".into(), Value::Text(os));
+    }
+    let device = Device::new(
+        DeviceInfo {
+            di: identity.di.clone(),
+            piid: identity.piid.clone(),
+            name: board.device_name(),
+            device_type: board.device_type(),
+            spec_version: "ocf.2.5.0".into(),
+            data_model_version: "ocf.res.1.3.0,ocf.sh.1.3.0".into(),
+            software_version: env!("CARGO_PKG_VERSION").into(),
+        },
+        PlatformInfo { pi: identity.pi.clone(), manufacturer: board.manufacturer(), extra },
+    );
+    let agent = Rc::new(Agent::new(device));
+    let sensors = board::populate(&board, &agent)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut endpoints = Vec::new();
+
+    let udp_addrs = if cli.udp.is_empty() {
+        vec!["0.0.0.0:5683".parse().expect("literal"), "[::]:5683".parse().expect("literal")]
+    } else {
+        cli.udp.clone()
+    };
+    let mut unicast_v4 = None;
+    let mut unicast_v6 = None;
+    for addr in udp_addrs {
+        let socket = match udp::bind_unicast(addr) {
+            Ok(s) => Rc::new(s),
+            Err(e) if addr.is_ipv6() && cli.udp.is_empty() => {
+                warn!("no IPv6 CoAP endpoint ({addr}): {e}");
+                continue;
+            }
+            Err(e) => return Err(format!("cannot bind UDP {addr}: {e}")),
+        };
+        let local = socket.local_addr().map_err(|e| e.to_string())?;
+        endpoints.extend(endpoint_uris("coap", local));
+        if local.is_ipv6() {
+            unicast_v6.get_or_insert(socket.clone());
+        } else {
+            unicast_v4.get_or_insert(socket.clone());
+        }
+        tokio::task::spawn_local(udp::serve_unicast(socket, agent.clone(), stop_rx.clone()));
+    }
+    let tcp = tokio::net::TcpListener::bind(cli.tcp)
+        .await
+        .map_err(|e| format!("cannot bind TCP {}: {e}", cli.tcp))?;
+    let tcp_local = tcp.local_addr().map_err(|e| e.to_string())?;
+    endpoints.extend(endpoint_uris("coap+tcp", tcp_local));
+    tcp::log_listening(&tcp);
+    tokio::task::spawn_local(tcp::serve(tcp, agent.clone(), stop_rx.clone()));
+
+    if let Some(port) = multicast_port {
+        match udp::bind_multicast_v4(port) {
+            Ok(s) => {
+                tokio::task::spawn_local(udp::serve_multicast(s, unicast_v4.clone(), agent.clone(), stop_rx.clone()));
+            }
+            Err(e) => warn!("cannot join {}:{port}: {e}", udp::OCF_GROUP_V4),
+        }
+        for (name, s) in udp::bind_multicast_v6(port) {
+            info!(interface = %name, "joined [{}]:{port}", udp::OCF_GROUP_V6);
+            tokio::task::spawn_local(udp::serve_multicast(s, unicast_v6.clone(), agent.clone(), stop_rx.clone()));
+        }
+    }
+    agent.device.borrow_mut().set_endpoints(endpoints.clone());
+    for task in sensors {
+        tokio::task::spawn_local(task.run(agent.clone(), stop_rx.clone()));
+    }
+
+    // The line protocol tests and scripts wait for: every endpoint, then "ready".
+    println!("ocf-agent: di {}", identity.di);
+    for ep in &endpoints {
+        println!("ocf-agent: endpoint {ep}");
+    }
+    println!("ocf-agent: ready");
+    notify_systemd("READY=1");
+    info!(di = %identity.di, "serving {} endpoints", endpoints.len());
+
+    wait_for_signal().await;
+    info!("shutting down");
+    notify_systemd("STOPPING=1");
+    let _ = stop_tx.send(true);
+    // Let connection tasks send their Release.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handling, run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+/// The URIs a bound socket is reachable at. An unspecified address stands for every interface
+/// address of its family (link-local IPv6 left out: it needs a zone to be usable).
+fn endpoint_uris(scheme: &str, local: SocketAddr) -> Vec<String> {
+    let port = local.port();
+    let fmt = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => format!("{scheme}://{a}:{port}"),
+        IpAddr::V6(a) => format!("{scheme}://[{a}]:{port}"),
+    };
+    if !local.ip().is_unspecified() {
+        return vec![fmt(local.ip())];
+    }
+    let mut out: Vec<String> = udp::interfaces()
+        .into_iter()
+        .filter_map(|(_, _, a)| a)
+        .filter(|a| a.is_ipv4() == local.is_ipv4())
+        .filter(|a| match a {
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+            IpAddr::V4(_) => true,
+        })
+        .map(fmt)
+        .collect();
+    out.dedup();
+    if out.is_empty() {
+        out.push(fmt(local.ip()));
+    }
+    out
+}
+
+fn os_release() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/os-release").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+}
+
+/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET.
+fn notify_systemd(message: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| sock.send_to_addr(message.as_bytes(), &addr))
+    } else {
+        sock.send_to(message.as_bytes(), std::path::Path::new(&path))
+    };
+    if let Err(e) = result {
+        warn!("cannot notify systemd: {e}");
+    }
+}

@@ -1,1 +1,352 @@
+//! Harness for the end-to-end tests: start the real binaries on loopback with ports the OS
+//! picks, talk CoAP to them over UDP and TCP, and clean up by PID.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ciborium::Value;
+use coap_lite::{MessageType, Packet};
+use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
+use ocf::model::{decode_payload, ContentFormat};
+use ocf::resource::{Method, Request, Response};
+
+/// Directory holding the workspace's binaries (next to the test executable's `deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut dir = exe.parent().expect("deps dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary, failing with the command that builds it.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace --bins` (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh directory under the target directory, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = bin_dir().join("e2e-tmp").join(format!("{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `ocf-agent`, killed (by PID) when dropped.
+pub struct Agent {
+    pub child: Child,
+    pub di: String,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    pub endpoints: Vec<String>,
+    stderr: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Agent {
+    /// Starts the agent on loopback with OS-chosen ports and no multicast.
+    pub fn start(state_dir: &Path, extra: &[&str]) -> Agent {
+        let mut args: Vec<String> = vec![
+            "--board".into(),
+            "sim".into(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--udp".into(),
+            "127.0.0.1:0".into(),
+            "--tcp".into(),
+            "127.0.0.1:0".into(),
+            "--multicast".into(),
+            "off".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Agent::start_with(&args)
+    }
+
+    pub fn start_with(args: &[String]) -> Agent {
+        let mut child = Command::new(binary("ocf-agent"))
+            .args(args)
+            .env("OCF_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ocf-agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if err_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut di = String::new();
+        let mut endpoints = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(v) = line.strip_prefix("ocf-agent: di ") {
+                        di = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("ocf-agent: endpoint ") {
+                        endpoints.push(v.to_string());
+                    } else if line == "ocf-agent: ready" {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log: Vec<String> = err_rx.try_iter().collect();
+                    panic!("ocf-agent did not become ready:\n{}", log.join("\n"));
+                }
+            }
+        }
+        let addr_of = |scheme: &str| -> SocketAddr {
+            endpoints
+                .iter()
+                .find_map(|e| e.strip_prefix(&format!("{scheme}://")))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {scheme} endpoint in {endpoints:?}"))
+        };
+        let udp = addr_of("coap");
+        let tcp = addr_of("coap+tcp");
+        Agent { child, di, udp, tcp, endpoints, stderr: err_rx, log: Vec::new() }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Everything the agent wrote to stderr so far.
+    pub fn log(&mut self) -> &[String] {
+        self.log.extend(self.stderr.try_iter());
+        &self.log
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child's PID.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("ocf-agent did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking CoAP-over-TCP client built on the project's sans-IO connection.
+pub struct TcpClient {
+    pub stream: TcpStream,
+    pub conn: TcpConnection,
+    next_token: u64,
+    pending: Vec<Packet>,
+}
+
+impl TcpClient {
+    pub fn connect(addr: SocketAddr) -> TcpClient {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut conn = TcpConnection::new(1 << 20);
+        let mut client = TcpClient { stream, conn: TcpConnection::new(1 << 20), next_token: 1, pending: Vec::new() };
+        let csm = conn.start();
+        client.conn = conn;
+        client.stream.write_all(&csm).expect("send CSM");
+        client
+    }
+
+    pub fn token(&mut self) -> Vec<u8> {
+        self.next_token += 1;
+        self.next_token.to_be_bytes().to_vec()
+    }
+
+    pub fn send(&mut self, packet: &Packet) {
+        let bytes = self.conn.encode(packet).expect("encode");
+        self.stream.write_all(&bytes).expect("write");
+    }
+
+    /// Reads once from the socket; false when the connection is gone.
+    fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        let n = match self.stream.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        for ev in self.conn.receive(&buf[..n]) {
+            match ev {
+                ConnEvent::Message(p) => self.pending.push(p),
+                ConnEvent::Transmit(bytes) => {
+                    let _ = self.stream.write_all(&bytes);
+                }
+                ConnEvent::Close { .. } => return false,
+                _ => {}
+            }
+        }
+        true
+    }
+
+    /// Waits for the next application message (request, response or notification).
+    pub fn recv(&mut self) -> Option<Packet> {
+        while self.pending.is_empty() {
+            if !self.fill() {
+                return None;
+            }
+        }
+        Some(self.pending.remove(0))
+    }
+
+    /// Waits for the message with `token`, keeping others for later `recv` calls.
+    pub fn recv_token(&mut self, token: &[u8]) -> Option<Packet> {
+        loop {
+            if let Some(i) = self.pending.iter().position(|p| p.get_token() == token) {
+                return Some(self.pending.remove(i));
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+
+    /// Sends a request and waits for the response with its token.
+    pub fn request(&mut self, req: &Request) -> Response {
+        let token = self.token();
+        self.request_with_token(req, &token)
+    }
+
+    pub fn request_with_token(&mut self, req: &Request, token: &[u8]) -> Response {
+        self.send(&req.to_packet(token));
+        let p = self.recv_token(token).expect("connection closed before the response");
+        Response::from_packet(&p).expect("a response")
+    }
+}
+
+/// A blocking CoAP-over-UDP client.
+pub struct UdpClient {
+    pub socket: UdpSocket,
+    pub peer: SocketAddr,
+    mid: u16,
+}
+
+impl UdpClient {
+    pub fn new(peer: SocketAddr) -> UdpClient {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        UdpClient { socket, peer, mid: 100 }
+    }
+
+    pub fn send(&mut self, packet: &mut Packet, confirmable: bool) -> u16 {
+        self.mid = self.mid.wrapping_add(1);
+        packet.header.message_id = self.mid;
+        packet.header.set_type(if confirmable { MessageType::Confirmable } else { MessageType::NonConfirmable });
+        let bytes = packet.to_bytes().expect("encode");
+        self.socket.send_to(&bytes, self.peer).expect("send");
+        self.mid
+    }
+
+    pub fn recv(&mut self) -> Option<Packet> {
+        let mut buf = [0u8; 2048];
+        let (n, _) = self.socket.recv_from(&mut buf).ok()?;
+        Packet::from_bytes(&buf[..n]).ok()
+    }
+
+    pub fn request(&mut self, req: &Request) -> (Packet, Response) {
+        let mut p = req.to_packet(&[7, 7, 7, 7]);
+        let mid = self.send(&mut p, true);
+        loop {
+            let r = self.recv().expect("no UDP response");
+            if r.header.message_id == mid && r.get_token() == [7, 7, 7, 7] {
+                let resp = Response::from_packet(&r).expect("a response");
+                return (r, resp);
+            }
+        }
+    }
+}
+
+pub fn get(path: &str) -> Request {
+    let mut r = Request::new(Method::Get, path);
+    r.accept = Some(ContentFormat::OCF_CBOR_NUMBER);
+    r
+}
+
+pub fn post_cbor(path: &str, body: &Value) -> Request {
+    let mut r = Request::new(Method::Post, path);
+    r.content_format = Some(ContentFormat::OCF_CBOR_NUMBER);
+    r.payload = ocf::model::encode_payload(ContentFormat::OcfCbor, body).expect("encode");
+    r
+}
+
+/// Decodes a response body by its Content-Format.
+pub fn body(r: &Response) -> Value {
+    let cf = r.content_format.and_then(ContentFormat::from_number).unwrap_or(ContentFormat::OcfCbor);
+    decode_payload(cf, &r.payload).unwrap_or_else(|e| panic!("bad body: {e}"))
+}
+
+pub fn key<'a>(v: &'a Value, k: &str) -> Option<&'a Value> {
+    v.as_map()?.iter().find(|(kk, _)| kk.as_text() == Some(k)).map(|(_, v)| v)
+}
+
+pub fn map(entries: &[(&str, Value)]) -> Value {
+    Value::Map(entries.iter().map(|(k, v)| (Value::Text(k.to_string()), v.clone())).collect())
+}

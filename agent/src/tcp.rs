@@ -1,0 +1,144 @@
+//! The CoAP-over-TCP listener (RFC 8323): one task per connection, framing and signalling in
+//! the sans-IO [`TcpConnection`], requests served by the shared [`Agent`].
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use coap_lite::MessageClass;
+use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
+use ocf::resource::Origin;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::server::Agent;
+
+/// Largest message we accept. Our representations are small; a batch of `/oic/res` for a
+/// board with a few dozen resources stays well under it.
+pub const MAX_MESSAGE_SIZE: usize = 16 * 1024;
+
+/// Connections served at once; more are refused so a flood cannot exhaust memory.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Bytes read from the socket at a time. The decoder sees each chunk before the next is read,
+/// so a frame declaring a huge length is refused after at most this much.
+const READ_CHUNK: usize = 4096;
+
+pub async fn serve(listener: TcpListener, agent: Rc<Agent>, shutdown: watch::Receiver<bool>) {
+    let live = Rc::new(std::cell::Cell::new(0usize));
+    let mut stop = shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if live.get() >= MAX_CONNECTIONS {
+            warn!(%peer, "too many connections; refusing");
+            drop(stream);
+            continue;
+        }
+        live.set(live.get() + 1);
+        let agent = agent.clone();
+        let live = live.clone();
+        let shutdown = shutdown.clone();
+        tokio::task::spawn_local(async move {
+            debug!(%peer, "connection opened");
+            if let Err(e) = connection(stream, agent, shutdown).await {
+                debug!(%peer, "connection ended: {e}");
+            }
+            live.set(live.get() - 1);
+        });
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    agent: Rc<Agent>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    // OCF-PROTOCOL.md §7.7: without TCP_NODELAY the last responses of a burst wait for the
+    // peer's delayed ACK.
+    stream.set_nodelay(true)?;
+    let (id, mut outbox) = agent.open_stream();
+    let origin = Origin::Stream(id);
+    let mut conn = TcpConnection::new(MAX_MESSAGE_SIZE as u32);
+    let result = async {
+        // RFC 8323 §5.3: both sides send a CSM first.
+        stream.write_all(&conn.start()).await?;
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            tokio::select! {
+                read = stream.read(&mut buf) => {
+                    let n = read?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    let mut out = Vec::new();
+                    let mut close = None;
+                    for event in conn.receive(&buf[..n]) {
+                        match event {
+                            ConnEvent::Message(packet) => {
+                                if let MessageClass::Request(_) = packet.header.code {
+                                    let response = agent.device.borrow_mut().handle_packet(&origin, &packet);
+                                    match conn.encode(&response) {
+                                        Ok(bytes) => out.extend(bytes),
+                                        Err(e) => warn!(connection = id, "cannot send response: {e}"),
+                                    }
+                                }
+                                // Responses to requests we never sent are ignored.
+                            }
+                            ConnEvent::Transmit(bytes) => out.extend(bytes),
+                            ConnEvent::Close { reason } => {
+                                close = Some(reason);
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    if !out.is_empty() {
+                        stream.write_all(&out).await?;
+                    }
+                    agent.flush_notifications();
+                    if let Some(reason) = close {
+                        debug!(connection = id, "closing: {reason}");
+                        return Ok(());
+                    }
+                }
+                packet = outbox.recv() => {
+                    let Some(packet) = packet else {
+                        // The agent dropped us (stuck observer).
+                        return Ok(());
+                    };
+                    match conn.encode(&packet) {
+                        Ok(bytes) => stream.write_all(&bytes).await?,
+                        Err(e) => warn!(connection = id, "cannot send notification: {e}"),
+                    }
+                }
+                _ = shutdown.changed() => {
+                    // RFC 8323 §5.5: tell the peer we are going away before closing.
+                    let _ = stream.write_all(&conn.release("shutting down")).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    .await;
+    agent.close_stream(id);
+    let _ = stream.shutdown().await;
+    result
+}
+
+pub fn log_listening(listener: &TcpListener) {
+    if let Ok(addr) = listener.local_addr() {
+        info!("coap+tcp listening on {addr}");
+    }
+}

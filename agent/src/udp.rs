@@ -1,0 +1,216 @@
+//! CoAP over UDP (RFC 7252): unicast sockets serving every resource, and multicast sockets
+//! joined to the OCF groups that answer discovery of `/oic/res` only (OCF Core §10.2:
+//! 224.0.1.187 and ff02::158, port 5683).
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::rc::Rc;
+use std::time::Instant;
+
+use coap_lite::{MessageClass, Packet};
+use ocf::coap::udp::{UdpInbound, UdpMessageLayer};
+use ocf::resource::{Origin, Request};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+
+use crate::server::Agent;
+
+pub const OCF_GROUP_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 1, 187);
+pub const OCF_GROUP_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x158);
+
+/// Every 8th notification to a UDP observer is confirmable, so an observer that went away is
+/// noticed by its RST (RFC 7641 §4.5) without every notification costing an ACK.
+const CON_EVERY: u32 = 8;
+
+/// Largest datagram we read; CoAP over UDP stays below the IPv6 minimum MTU in practice.
+const MAX_DATAGRAM: usize = 1500;
+
+/// Notifications remembered by Message-ID so an RST can end the right observation.
+const SENT_MEMORY: usize = 256;
+
+/// Binds a unicast CoAP socket.
+pub fn bind_unicast(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// A socket bound to the IPv4 OCF group on `port`, joined on every IPv4 interface, so it sees
+/// group traffic only.
+pub fn bind_multicast_v4(port: u16) -> std::io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::new(IpAddr::V4(OCF_GROUP_V4), port).into())?;
+    let mut joined = 0;
+    for (_, _, addr) in interfaces() {
+        if let Some(IpAddr::V4(a)) = addr {
+            if socket.join_multicast_v4(&OCF_GROUP_V4, &a).is_ok() {
+                joined += 1;
+            }
+        }
+    }
+    if joined == 0 {
+        socket.join_multicast_v4(&OCF_GROUP_V4, &Ipv4Addr::UNSPECIFIED)?;
+    }
+    UdpSocket::from_std(socket.into())
+}
+
+/// One socket per multicast-capable interface bound to `[ff02::158%if]:port`: a link-local
+/// group needs its interface named at bind time.
+pub fn bind_multicast_v6(port: u16) -> Vec<(String, UdpSocket)> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (name, index, _) in interfaces() {
+        if index == 0 || !seen.insert(index) {
+            continue;
+        }
+        let sock = (|| -> std::io::Result<UdpSocket> {
+            let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+            socket.set_only_v6(true)?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&SocketAddr::V6(SocketAddrV6::new(OCF_GROUP_V6, port, 0, index)).into())?;
+            socket.join_multicast_v6(&OCF_GROUP_V6, index)?;
+            UdpSocket::from_std(socket.into())
+        })();
+        match sock {
+            Ok(s) => out.push((name, s)),
+            Err(e) => debug!(interface = %name, "no IPv6 multicast: {e}"),
+        }
+    }
+    out
+}
+
+/// (name, index, address) of every interface that is up and multicast-capable.
+pub fn interfaces() -> Vec<(String, u32, Option<IpAddr>)> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs; we only read
+    // the fields while the list is alive.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            let flags = ifa.ifa_flags;
+            if flags & (libc::IFF_UP as u32) == 0 || flags & (libc::IFF_MULTICAST as u32) == 0 {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
+            let index = libc::if_nametoindex(ifa.ifa_name);
+            let addr = if ifa.ifa_addr.is_null() {
+                None
+            } else {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+                    }
+                    _ => None,
+                }
+            };
+            out.push((name, index, addr));
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
+/// Serves one unicast socket until shutdown.
+pub async fn serve_unicast(socket: Rc<UdpSocket>, agent: Rc<Agent>, mut shutdown: watch::Receiver<bool>) {
+    let v6 = socket.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+    let (tx, mut notifications) = mpsc::channel::<(SocketAddr, Packet)>(256);
+    agent.set_udp(v6, tx);
+    let mut layer = UdpMessageLayer::new();
+    let mut sent: VecDeque<(SocketAddr, u16, Vec<u8>)> = VecDeque::new();
+    let mut counter: u32 = 0;
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let (n, peer) = match received {
+                    Ok(r) => r,
+                    Err(e) => { debug!("udp receive: {e}"); continue; }
+                };
+                match layer.handle_datagram(peer, &buf[..n], Instant::now()) {
+                    UdpInbound::Request(packet) => {
+                        let response = agent.device.borrow_mut().handle_packet(&Origin::Udp(peer), &packet);
+                        let bytes = layer.respond(peer, &packet, response, Instant::now());
+                        let _ = socket.send_to(&bytes, peer).await;
+                        agent.flush_notifications();
+                    }
+                    UdpInbound::Reply(bytes) => { let _ = socket.send_to(&bytes, peer).await; }
+                    UdpInbound::Reset { peer, message_id } => {
+                        if let Some(pos) = sent.iter().position(|(p, m, _)| *p == peer && *m == message_id) {
+                            if let Some((_, _, token)) = sent.remove(pos) {
+                                debug!(%peer, "notification reset; ending the observation");
+                                agent.device.borrow_mut().cancel_observation(&Origin::Udp(peer), &token);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some((peer, packet)) = notifications.recv() => {
+                counter = counter.wrapping_add(1);
+                let token = packet.get_token().to_vec();
+                let (mid, bytes) = layer.notification(peer, packet, counter % CON_EVERY == 0);
+                sent.push_back((peer, mid, token));
+                if sent.len() > SENT_MEMORY { sent.pop_front(); }
+                let _ = socket.send_to(&bytes, peer).await;
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Serves a multicast socket: discovery requests only, answered from `reply` (a unicast socket
+/// of the same family, RFC 7252 §8.1: responses to multicast come from a unicast address).
+pub async fn serve_multicast(
+    socket: UdpSocket,
+    reply: Option<Rc<UdpSocket>>,
+    agent: Rc<Agent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(reply) = reply else {
+        warn!("multicast socket without a unicast socket of its family: discovery goes unanswered");
+        return;
+    };
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut layer = UdpMessageLayer::new();
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let Ok((n, peer)) = received else { continue };
+                // Multicast requests are NON (RFC 7252 §8.1); anything else is not for us.
+                let UdpInbound::Request(packet) = layer.handle_datagram(peer, &buf[..n], Instant::now()) else { continue };
+                if !matches!(packet.header.code, MessageClass::Request(_)) { continue; }
+                let Ok(request) = Request::from_packet(&packet) else { continue };
+                let answer = agent.device.borrow_mut().handle_multicast(&Origin::Udp(peer), &request);
+                if let Some(response) = answer {
+                    let response = response.to_packet(packet.get_token());
+                    let bytes = layer.respond(peer, &packet, response, Instant::now());
+                    let _ = reply.send_to(&bytes, peer).await;
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
