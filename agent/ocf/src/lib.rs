@@ -4,6 +4,7 @@
 //! daemon (`ocf-agent`), the development cloud and the Mediator share one implementation and
 //! every schedule can be tested on a virtual clock.
 
+pub mod cloud;
 pub mod coap;
 pub mod model;
 pub mod resource;

@@ -839,7 +839,9 @@ mod tests {
         let v: serde_json::Value = from_cbor(&to_cbor(&req).unwrap()).unwrap();
         assert_eq!(v["granttype"], "refresh_token");
         assert_eq!(v["refreshtoken"], "r");
-        let p = response(cbor(serde_json::json!({"accesstoken": "a", "refreshtoken": "", "expiresin": 5})));
+        let p = response(cbor(
+            serde_json::json!({"accesstoken": "a", "refreshtoken": "", "expiresin": 5}),
+        ));
         assert!(TokenRefreshResponse::decode(&p).is_err());
     }
 
@@ -890,10 +892,16 @@ mod tests {
             from_cbor::<serde_json::Value>(&to_cbor(&Cps::ReadyToRegister).unwrap()).unwrap(),
             "readytoregister"
         );
-        assert_eq!(from_cbor::<Cps>(&cbor("deregistering".into())).unwrap(), Cps::Deregistering);
+        assert_eq!(
+            from_cbor::<Cps>(&cbor("deregistering".into())).unwrap(),
+            Cps::Deregistering
+        );
         for n in [0u8, 1, 2, 3, 4, 255] {
             assert_eq!(Clec::from(n).as_u8(), n);
-            assert_eq!(from_cbor::<Clec>(&to_cbor(&Clec::from(n)).unwrap()).unwrap(), Clec::from(n));
+            assert_eq!(
+                from_cbor::<Clec>(&to_cbor(&Clec::from(n)).unwrap()).unwrap(),
+                Clec::from(n)
+            );
         }
     }
 }

@@ -30,7 +30,12 @@ pub fn backoff_ceiling(failures: u32, base: Duration, cap: Duration) -> Duration
 /// The back-off delay with FULL jitter: uniform in `[0, backoff_ceiling(..)]`. Full jitter (AWS
 /// architecture blog, "Exponential Backoff And Jitter") spreads a fleet that lost its cloud at the
 /// same moment over the whole window, so a restarted cloud is not stampeded (issue 3).
-pub fn backoff_delay(failures: u32, base: Duration, cap: Duration, rng: &mut SplitMix64) -> Duration {
+pub fn backoff_delay(
+    failures: u32,
+    base: Duration,
+    cap: Duration,
+    rng: &mut SplitMix64,
+) -> Duration {
     let ceiling = backoff_ceiling(failures, base, cap);
     let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
     Duration::from_nanos(rng.below_inclusive(nanos))

@@ -1,0 +1,15 @@
+//! The Device-to-Cloud client of OCF-PROTOCOL.md (ISO/IEC 30118-11), sans-IO.
+//!
+//! - [`payload`]: the CoAPCloudConf configuration and the account / session / token-refresh / RD
+//!   payloads, with lenient-but-strict CBOR decoding and redacted secrets.
+//! - [`schedule`]: the pure timing rules (refresh schedule, full-jitter back-off).
+//! - [`session`]: [`CloudSession`], the state machine a daemon drives.
+
+pub mod payload;
+pub mod schedule;
+pub mod session;
+
+pub use payload::{Clec, CloudConf, CloudServer, ConfError, Cps, RdLink, Secret};
+pub use session::{
+    Action, CloudSession, DeviceInfo, PersistedState, Registration, RestoreError, Timing,
+};
