@@ -170,7 +170,8 @@ impl Signal {
         packet.header.message_id = 0;
         packet.header.code = MessageClass::from(self.code());
         packet.set_token(token[..token.len().min(crate::coap::tcp::MAX_TOKEN_LEN)].to_vec());
-        let mut add = |number: u16, value: Vec<u8>| packet.add_option(CoapOption::from(number), value);
+        let mut add =
+            |number: u16, value: Vec<u8>| packet.add_option(CoapOption::from(number), value);
         match self {
             Signal::Csm {
                 max_message_size,
@@ -244,9 +245,8 @@ impl Signal {
                 .flat_map(|(_, values)| values.iter())
         };
         // The first well-formed value of a non-repeatable option counts (RFC 7252 §5.4.5).
-        let first_uint = |number: u16, max_len: usize| {
-            values(number).find_map(|v| read_uint(v, max_len))
-        };
+        let first_uint =
+            |number: u16, max_len: usize| values(number).find_map(|v| read_uint(v, max_len));
         let has_empty = |number: u16| values(number).any(|v| v.is_empty());
         let diagnostic = || String::from_utf8_lossy(&packet.payload).into_owned();
 
@@ -456,7 +456,10 @@ mod tests {
         let mut csm = Packet::new();
         csm.header.code = MessageClass::from(code::CSM);
         // Five bytes: longer than Max-Message-Size allows.
-        csm.add_option(CoapOption::from(option::MAX_MESSAGE_SIZE), vec![1, 0, 0, 0, 0]);
+        csm.add_option(
+            CoapOption::from(option::MAX_MESSAGE_SIZE),
+            vec![1, 0, 0, 0, 0],
+        );
         // Block-Wise-Transfer must be empty.
         csm.add_option(CoapOption::from(option::BLOCK_WISE_TRANSFER), vec![1]);
         assert_eq!(
@@ -469,7 +472,10 @@ mod tests {
         // Leading zeros are fine.
         let mut csm = Packet::new();
         csm.header.code = MessageClass::from(code::CSM);
-        csm.add_option(CoapOption::from(option::MAX_MESSAGE_SIZE), vec![0, 0x04, 0x80]);
+        csm.add_option(
+            CoapOption::from(option::MAX_MESSAGE_SIZE),
+            vec![0, 0x04, 0x80],
+        );
         assert_eq!(
             Signal::from_packet(&csm).unwrap(),
             Some(Signal::Csm {
@@ -481,8 +487,14 @@ mod tests {
         let mut release = Packet::new();
         release.header.code = MessageClass::from(code::RELEASE);
         release.add_option(CoapOption::from(option::ALTERNATIVE_ADDRESS), vec![]);
-        release.add_option(CoapOption::from(option::ALTERNATIVE_ADDRESS), vec![0xFF, 0xFE]);
-        release.add_option(CoapOption::from(option::ALTERNATIVE_ADDRESS), b"ok".to_vec());
+        release.add_option(
+            CoapOption::from(option::ALTERNATIVE_ADDRESS),
+            vec![0xFF, 0xFE],
+        );
+        release.add_option(
+            CoapOption::from(option::ALTERNATIVE_ADDRESS),
+            b"ok".to_vec(),
+        );
         release.add_option(CoapOption::from(option::HOLD_OFF), vec![1, 0, 0, 0]);
         release.payload = vec![b'h', b'i', 0xFF];
         assert_eq!(

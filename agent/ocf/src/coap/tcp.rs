@@ -48,9 +48,12 @@ pub const MAX_HEADER_LEN: usize = 1 + 4 + 1 + MAX_TOKEN_LEN;
 /// Largest Length a frame can declare: a 4-byte extended length plus 65805 (RFC 8323 §3.2).
 pub const MAX_LENGTH: u64 = u32::MAX as u64 + OFFSET_4;
 
-/// Longest option value RFC 7252 §3.1 can express (a 2-byte extended length plus 269).
-/// coap-lite silently truncates longer values when serialising, so [`encode`] refuses them.
-pub const MAX_OPTION_VALUE_LEN: usize = 65_535 + 269;
+/// Longest option value [`encode`] accepts.
+///
+/// RFC 7252 §3.1 can express up to 65535 + 269 bytes, but coap-lite's parser refuses values
+/// over 65535 bytes (and its serialiser silently truncates lengths over 65804). Refusing them
+/// on the way out keeps every frame we send one that our own decoder reads back.
+pub const MAX_OPTION_VALUE_LEN: usize = 65_535;
 
 /// Len nibble values selecting an extended length field (RFC 8323 §3.2).
 const LEN_EXT_1: u8 = 13;
@@ -98,7 +101,10 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FrameError::TooLarge { declared, max } => {
-                write!(f, "message too large: {declared} bytes, at most {max} allowed")
+                write!(
+                    f,
+                    "message too large: {declared} bytes, at most {max} allowed"
+                )
             }
             FrameError::InvalidTokenLength(len) => {
                 write!(f, "invalid token length {len} (at most {MAX_TOKEN_LEN})")
@@ -326,7 +332,9 @@ fn packet_from_udp_form(udp: &[u8]) -> Result<Packet, FrameError> {
 ///
 /// The packet's type and Message-ID are ignored (RFC 8323 §3.2 has neither). Tokens longer
 /// than 8 bytes and option values longer than [`MAX_OPTION_VALUE_LEN`] are refused. An Empty
-/// message (0.00) is encoded without payload, as coap-lite does.
+/// message (0.00) is encoded without payload, as coap-lite does. No size limit is applied
+/// here: [`crate::coap::tcp_conn::TcpConnection::encode`] checks the peer's
+/// Max-Message-Size.
 pub fn encode(packet: &Packet) -> Result<Vec<u8>, FrameError> {
     let token = packet.get_token();
     if token.len() > MAX_TOKEN_LEN {
@@ -465,7 +473,7 @@ impl FrameDecoder {
                         buf.extend_from_slice(&[input[0], 0, 0]);
                         input = &input[1..];
                     } else {
-                        let take = (*total - buf.len()).min(input.len());
+                        let take = total.saturating_sub(buf.len()).min(input.len());
                         buf.extend_from_slice(&input[..take]);
                         input = &input[take..];
                     }
@@ -594,7 +602,11 @@ mod tests {
             let packet = packet_with_length(length, &[0xAB, 0xCD]);
             let bytes = encode(&packet).unwrap();
             assert_eq!(bytes[0], nibble << 4 | 2, "Len/TKL for {length}");
-            assert_eq!(&bytes[1..1 + ext.len()], ext, "extended length for {length}");
+            assert_eq!(
+                &bytes[1..1 + ext.len()],
+                ext,
+                "extended length for {length}"
+            );
             assert_eq!(bytes[1 + ext.len()], 0x45, "code for {length}");
             assert_eq!(&bytes[2 + ext.len()..4 + ext.len()], &[0xAB, 0xCD]);
             assert_eq!(bytes.len(), 1 + ext.len() + 1 + 2 + length);
@@ -664,10 +676,7 @@ mod tests {
         let mut ping = Packet::new();
         ping.header.code = MessageClass::from(0xE2);
         ping.set_token(vec![1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(
-            encode(&ping).unwrap(),
-            [0x08, 0xE2, 1, 2, 3, 4, 5, 6, 7, 8]
-        );
+        assert_eq!(encode(&ping).unwrap(), [0x08, 0xE2, 1, 2, 3, 4, 5, 6, 7, 8]);
         // CSM (7.01) with Max-Message-Size (option 2) 1152, no token.
         let mut csm = Packet::new();
         csm.header.code = MessageClass::from(0xE1);
@@ -687,7 +696,21 @@ mod tests {
     }
 
     #[test]
-    fn option_value_longer_than_rfc7252_allows_is_refused() {
+    fn longest_option_value_round_trips() {
+        let mut packet = Packet::new();
+        packet.header.code = MessageClass::Request(RequestType::Post);
+        packet.add_option(
+            CoapOption::Unknown(65_000),
+            vec![0x5A; MAX_OPTION_VALUE_LEN],
+        );
+        packet.payload = b"after".to_vec();
+        let packet = nonify(packet);
+        let bytes = encode(&packet).unwrap();
+        assert_eq!(decode(&bytes).unwrap().0, packet);
+    }
+
+    #[test]
+    fn option_value_longer_than_we_can_read_is_refused() {
         let mut packet = Packet::new();
         packet.add_option(CoapOption::Unknown(2), vec![0; MAX_OPTION_VALUE_LEN + 1]);
         assert_eq!(
@@ -807,8 +830,14 @@ mod tests {
         for p in &packets {
             assert_eq!(decoder.next_frame().unwrap().as_ref(), Some(p));
         }
-        assert!(matches!(decoder.next_frame(), Err(FrameError::Malformed(_))));
-        assert!(matches!(decoder.next_frame(), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decoder.next_frame(),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            decoder.next_frame(),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -896,7 +925,10 @@ mod tests {
         let mut rest = bytes;
         let mut i = 0;
         while !rest.is_empty() {
-            let n = sizes.get(i % sizes.len().max(1)).copied().unwrap_or(rest.len());
+            let n = sizes
+                .get(i % sizes.len().max(1))
+                .copied()
+                .unwrap_or(rest.len());
             let n = n.clamp(1, rest.len());
             chunks.push(&rest[..n]);
             rest = &rest[n..];
