@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::rc::Rc;
 
 use clap::Parser;
-use ocf::resource::{Device, DeviceInfo, PlatformInfo, Props, Value};
+use ocf::resource::{Device, DeviceInfo, PlatformInfo, Value};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -44,6 +44,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("OCF_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -78,11 +79,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         p => Some(p.parse().map_err(|_| format!("--multicast: {p:?} is neither a port nor \"off\""))?),
     };
 
-    let mut extra = Props::new();
-    for (k, v) in board.platform_fields() {
-        extra.insert(k, Value::Text(v));
-    }
-    extra.insert("mnfv".into(), Value::Text(env!("CARGO_PKG_VERSION").into()));
+    let facts = board::facts(&board);
+    let mut extra = facts.platform_extra;
+    extra.entry("mnfv".into()).or_insert_with(|| Value::Text(env!("CARGO_PKG_VERSION").into()));
     if let Some(os) = os_release() {
         extra.insert("mnos".into(), Value::Text(os));
     }
@@ -90,13 +89,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         DeviceInfo {
             di: identity.di.clone(),
             piid: identity.piid.clone(),
-            name: board.device_name(),
-            device_type: board.device_type(),
+            name: facts.device_name,
+            device_type: facts.device_type,
             spec_version: "ocf.2.5.0".into(),
             data_model_version: "ocf.res.1.3.0,ocf.sh.1.3.0".into(),
             software_version: env!("CARGO_PKG_VERSION").into(),
         },
-        PlatformInfo { pi: identity.pi.clone(), manufacturer: board.manufacturer(), extra },
+        PlatformInfo { pi: identity.pi.clone(), manufacturer: facts.manufacturer, extra },
     );
     let agent = Rc::new(Agent::new(device));
     let sensors = board::populate(&board, &agent)?;

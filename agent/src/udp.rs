@@ -158,6 +158,7 @@ pub async fn serve_unicast(socket: Rc<UdpSocket>, agent: Rc<Agent>, mut shutdown
                     }
                     UdpInbound::Reply(bytes) => { let _ = socket.send_to(&bytes, peer).await; }
                     UdpInbound::Reset { peer, message_id } => {
+                        debug!(%peer, message_id, "reset received");
                         if let Some(pos) = sent.iter().position(|(p, m, _)| *p == peer && *m == message_id) {
                             if let Some((_, _, token)) = sent.remove(pos) {
                                 debug!(%peer, "notification reset; ending the observation");

@@ -28,10 +28,7 @@ pub fn round_to(v: f64, decimals: i32) -> f64 {
 
 /// Builds a [`Props`] map from `(key, value)` pairs.
 pub fn props<const N: usize>(pairs: [(&str, Value); N]) -> Props {
-    pairs
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 /// The single writable property `key` of an update body, checked: any other key (unknown, or
@@ -88,7 +85,9 @@ mod tests {
         );
         let body = props([("valu", Value::Bool(true))]);
         let err = single_writable(&body, "value", &[]).unwrap_err();
-        assert!(matches!(err, ResourceError::BadRequest(m) if m.contains("unknown property \"valu\"")));
+        assert!(
+            matches!(err, ResourceError::BadRequest(m) if m.contains("unknown property \"valu\""))
+        );
         let body = Props::new();
         assert_eq!(single_writable(&body, "value", &[]), Ok(None));
     }

@@ -266,9 +266,12 @@ fn human(d: Duration) -> String {
 /// ```
 /// # use std::time::{Duration, Instant};
 /// # use ocf_drivers::sampler::{SamplerConfig, SensorTask};
-/// # use ocf_drivers::sim::{SimQuantity, SimSensor};
+/// # use ocf_drivers::board::SimParams;
+/// # use ocf_drivers::kind::ResourceKind;
+/// # use ocf_drivers::sim::SimSensor;
 /// let now = Instant::now();
-/// let sensor = SimSensor::new(SimQuantity::Temperature, 21.0, 0.1, 15.0, 30.0, 7);
+/// let params = SimParams { initial: 21.0, step: 0.1, min: 15.0, max: 30.0, seed: 7 };
+/// let sensor = SimSensor::new(ResourceKind::Temperature, params);
 /// let mut task = SensorTask::new(
 ///     "/temperature",
 ///     Box::new(sensor),
@@ -434,7 +437,11 @@ mod tests {
         assert!(r.notify);
         let log = r.log.expect("recovery is logged");
         assert_eq!(log.level, LogLevel::Info);
-        assert!(log.message.contains("after 11 failed reads"), "{}", log.message);
+        assert!(
+            log.message.contains("after 11 failed reads"),
+            "{}",
+            log.message
+        );
         assert!(!s.is_faulted());
         assert_eq!(s.poll_timeout(), now + 5 * S);
     }
@@ -476,12 +483,7 @@ mod tests {
 
     impl Sensor for Scripted {
         fn read(&mut self) -> Result<Reading, DriverError> {
-            let next = self
-                .0
-                .lock()
-                .unwrap()
-                .pop_front()
-                .expect("unexpected read");
+            let next = self.0.lock().unwrap().pop_front().expect("unexpected read");
             next.map(|v| Reading {
                 value: v,
                 props: props([("temperature", number(v))]),
@@ -509,7 +511,10 @@ mod tests {
         assert!(backend.retrieve().is_err());
 
         assert!(task.handle_timeout(t0).unwrap().notify);
-        assert_eq!(backend.retrieve(), Ok(props([("temperature", number(20.0))])));
+        assert_eq!(
+            backend.retrieve(),
+            Ok(props([("temperature", number(20.0))]))
+        );
         // Not due: no read happens (the script would panic on an extra read).
         assert_eq!(task.handle_timeout(t0 + 4 * S), None);
 
@@ -524,7 +529,10 @@ mod tests {
         assert_eq!(task.poll_timeout(), t0 + 6 * S);
         let r = task.handle_timeout(t0 + 6 * S).unwrap();
         assert!(r.notify);
-        assert_eq!(backend.retrieve(), Ok(props([("temperature", number(20.1))])));
+        assert_eq!(
+            backend.retrieve(),
+            Ok(props([("temperature", number(20.1))]))
+        );
         assert!(script.lock().unwrap().is_empty());
     }
 }

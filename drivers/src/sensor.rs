@@ -114,7 +114,9 @@ mod tests {
     fn cell_serves_last_good_or_unavailable() {
         let cell = ReadingCell::new();
         let mut backend = cell.backend();
-        assert!(matches!(backend.retrieve(), Err(ResourceError::Unavailable(m)) if m == "no reading yet"));
+        assert!(
+            matches!(backend.retrieve(), Err(ResourceError::Unavailable(m)) if m == "no reading yet")
+        );
         cell.publish(props([("temperature", number(20.0))]));
         assert_eq!(
             backend.retrieve(),

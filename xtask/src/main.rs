@@ -10,7 +10,7 @@ use std::process::{exit, Command};
 
 /// Debian packages the test suite needs, with the command each one provides.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
-    ("libcoap3-bin", "coap-client"),
+    ("libcoap3-bin", "coap-client-openssl"),
     ("iproute2", "ip"),
     ("util-linux", "unshare"),
     ("python3-venv", ""),
@@ -142,7 +142,7 @@ fn test(extra: &[String]) -> Result<(), String> {
     run(Command::new(&cargo)
         .current_dir(&root)
         .env("OCF_INTEROP_PYTHON", &python)
-        .env("OCF_COAP_CLIENT", "coap-client")
+        .env("OCF_COAP_CLIENT", "coap-client-openssl")
         .args(["test", "--workspace", "--locked"])
         .args(extra))
 }

@@ -220,15 +220,32 @@ fn udp_message_layer_acks_dedups_and_resets() {
     assert_eq!(first, second, "duplicate answered from the cache");
     let (_, r) = udp.request(&get("/switch"));
     assert_eq!(key(&body(&r), "value"), Some(&Value::Bool(true)), "duplicate was not executed");
-    // An ACK nobody expects → RST.
+    // An ACK nobody expects is rejected by silently ignoring it (RFC 7252 §4.3) ...
     let mut ack = Packet::new();
     ack.header.set_type(MessageType::Acknowledgement);
     ack.header.message_id = 4242;
     ack.header.code = MessageClass::Empty;
     udp.socket.send_to(&ack.to_bytes().unwrap(), udp.peer).unwrap();
+    // ... while an unexpected CON that is not a request (an empty CON, "CoAP ping") gets RST
+    // (§4.2, §4.3). The RST is the next datagram: the ACK drew no answer.
+    let mut ping = Packet::new();
+    ping.header.set_type(MessageType::Confirmable);
+    ping.header.message_id = 4343;
+    ping.header.code = MessageClass::Empty;
+    udp.socket.send_to(&ping.to_bytes().unwrap(), udp.peer).unwrap();
     let r = udp.recv().unwrap();
     assert_eq!(r.header.get_type(), MessageType::Reset);
-    assert_eq!(r.header.message_id, 4242);
+    assert_eq!(r.header.message_id, 4343);
+    // A CON *response* nobody asked for also gets RST.
+    let mut stray = Packet::new();
+    stray.header.set_type(MessageType::Confirmable);
+    stray.header.message_id = 4444;
+    stray.header.code = MessageClass::Response(ResponseType::Content);
+    stray.set_token(vec![1, 2, 3, 4]);
+    udp.socket.send_to(&stray.to_bytes().unwrap(), udp.peer).unwrap();
+    let r = udp.recv().unwrap();
+    assert_eq!(r.header.get_type(), MessageType::Reset);
+    assert_eq!(r.header.message_id, 4444);
 }
 
 #[test]
@@ -249,12 +266,14 @@ fn udp_observation_ends_when_a_notification_is_reset() {
     // Reject it with RST (RFC 7641 §3.6).
     let mut rst = Packet::new();
     rst.header.set_type(MessageType::Reset);
+    rst.header.code = MessageClass::Empty;
     rst.header.message_id = n.header.message_id;
     udp.socket.send_to(&rst.to_bytes().unwrap(), udp.peer).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     writer.request(&post_cbor("/switch", &map(&[("value", Value::Bool(false))])));
     udp.socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    assert!(udp.recv().is_none(), "no notification after RST");
+    let late = udp.recv();
+    assert!(late.is_none(), "no notification after RST: {late:?}\n{}", agent.log().join("\n"));
     let log = agent.log().join("\n");
     assert!(log.contains("notification reset"), "{log}");
 }

@@ -6,6 +6,7 @@
 //! - [`session`]: [`CloudSession`], the state machine a daemon drives.
 
 pub mod payload;
+pub mod resource;
 pub mod schedule;
 pub mod session;
 

@@ -1,0 +1,779 @@
+//! The cloud link (OCF-PROTOCOL.md §1, §5-§8): a tokio task that drives the sans-IO
+//! [`CloudSession`] over one coaps+tcp (or, for development clouds, coap+tcp) connection.
+//!
+//! On that single connection the device is a CoAP client (sign-up, sign-in, refresh, publish:
+//! the session's requests) and a CoAP server: requests the cloud forwards are served by the
+//! same resource tree as the local endpoints, and the connection is registered with
+//! [`Agent::open_stream`] so that observations the cloud makes (plgd's batch observation of
+//! `/oic/res?if=oic.if.b` included) are notified on it like on any local connection.
+//!
+//! - **Configuration**: CoAPCloudConf ([`crate::cloudconf`]) writes into the session through
+//!   [`Cloud::configure`] and wakes the task.
+//! - **Persistence**: every [`Action::Persist`] is written atomically (0600) to `cloud.cbor` in
+//!   the state directory; it is restored at start, so a registered device signs in again after a
+//!   restart without a second sign-up (§7.5).
+//! - **Transport**: `coaps+tcp://host[:5684]` (TLS 1.3 / 1.2 with the identity certificate,
+//!   [`crate::tls`]) or `coap+tcp://host[:5683]` (plain); TCP_NODELAY (§7.7); our CSM first
+//!   (§2.4), Pongs answered by [`TcpConnection`].
+//! - **Timing**: [`Timing::default`] is the documented behaviour. The hidden flag
+//!   `--cloud-timing KEY=VALUE,...` shortens it for tests (see [`parse_timing`]).
+//!
+//! Never logged: `at`, tokens, keys ([`Action`]'s and the payload types' `Debug` redact them;
+//! request bodies are not logged at all).
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use coap_lite::{MessageClass, Packet, ResponseType};
+use ocf::cloud::payload::from_cbor;
+use ocf::cloud::resource::{self, HREF};
+use ocf::cloud::{Action, CloudSession, DeviceInfo, PersistedState, RdLink, Timing};
+use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
+use ocf::resource::{Method, Origin, Props, Request, ResourceError, RES_HREF};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{debug, error, info, warn};
+
+use crate::cloudconf::CloudConfBackend;
+use crate::server::Agent;
+use crate::state::{atomic_write, Identity};
+use crate::tls;
+
+/// The persisted cloud state ([`PersistedState`], CBOR) in the state directory.
+pub const STATE_FILE: &str = "cloud.cbor";
+
+/// Largest message accepted from the cloud (announced in our CSM). plgd's RD responses echo
+/// the published links; 64 KiB leaves room for a board with many resources.
+const MAX_MESSAGE_SIZE: u32 = 64 * 1024;
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 4096;
+/// A write that does not complete in this time means the cloud stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a Release may take when we close the connection ourselves.
+const RELEASE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// A byte stream to the cloud: plain TCP or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<Box<dyn Io>, String>>>>;
+
+/// The cloud controller shared by the link task and the CoAPCloudConf backend. Its session is
+/// borrowed only for the span of one call, never across an `await` or a call into the resource
+/// tree, so the two cannot collide on the single-threaded runtime.
+pub struct Cloud {
+    session: RefCell<CloudSession>,
+    wake: Notify,
+}
+
+impl Cloud {
+    fn new(session: CloudSession) -> Cloud {
+        Cloud {
+            session: RefCell::new(session),
+            wake: Notify::new(),
+        }
+    }
+
+    /// CoAPCloudConf's properties (never `at`).
+    pub fn representation(&self) -> Result<Props, ResourceError> {
+        let session = self
+            .session
+            .try_borrow()
+            .map_err(|_| ResourceError::Unavailable("cloud state busy".into()))?;
+        Ok(resource::representation(&session))
+    }
+
+    /// A CoAPCloudConf update (OCF-PROTOCOL.md §4); `Err` is answered 4.00 with its text.
+    pub fn configure(&self, props: &Props) -> Result<(), ResourceError> {
+        let result = {
+            let mut session = self
+                .session
+                .try_borrow_mut()
+                .map_err(|_| ResourceError::Unavailable("cloud state busy".into()))?;
+            let r = resource::apply_update(&mut session, props, Instant::now());
+            match &r {
+                Ok(()) => match session.conf() {
+                    Some(c) => info!(cis = %c.cis, sid = %c.sid, apn = %c.apn, cps = %session.cps(), "CoAPCloudConf written"),
+                    None => info!(cps = %session.cps(), "CoAPCloudConf: deregistration requested"),
+                },
+                Err(e) => info!("CoAPCloudConf update refused: {e}"),
+            }
+            r
+        };
+        self.wake.notify_one();
+        result.map_err(Into::into)
+    }
+
+    /// The device's set of discoverable resources changed: republish.
+    pub fn links_changed(&self) {
+        self.wake.notify_one();
+    }
+
+    fn next_action(&self) -> Option<Action> {
+        self.session.borrow_mut().poll_action()
+    }
+
+    fn with_session<R>(&self, f: impl FnOnce(&mut CloudSession) -> R) -> R {
+        f(&mut self.session.borrow_mut())
+    }
+
+    /// Hands the device's current discoverable links to the session (which filters out the
+    /// unpublished kinds and does nothing if the set is unchanged).
+    fn sync_links(&self, agent: &Agent) {
+        let links = publishable_links(agent);
+        self.with_session(|s| s.set_links(links, Instant::now()));
+    }
+}
+
+/// Sets up the cloud link: creates the identity key if missing, restores `cloud.cbor`, adds
+/// CoAPCloudConf to the resource tree and starts the link task. Call it once the resources
+/// are populated.
+pub fn start(
+    state_dir: &Path,
+    agent: &Rc<Agent>,
+    timing: Option<&str>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Rc<Cloud>, String> {
+    let timing = match timing {
+        Some(spec) => parse_timing(spec)?,
+        None => Timing::default(),
+    };
+    let (_, created) = tls::ensure_identity_key(state_dir)?;
+    if created {
+        info!("created the identity key {}", tls::IDENTITY_KEY);
+    }
+    let device = {
+        let d = agent.device.borrow();
+        DeviceInfo {
+            di: d.info().di.clone(),
+            name: d.info().name.clone(),
+        }
+    };
+    let mut session = load_session(state_dir, device, timing);
+    let now = Instant::now();
+    // pstat is issue 4's: until then the device counts as provisioned (RFNOP).
+    session.set_provisioned(true, now);
+    let cloud = Rc::new(Cloud::new(session));
+    agent
+        .device
+        .borrow_mut()
+        .add(CloudConfBackend::resource(cloud.clone()))?;
+    cloud.sync_links(agent);
+    tokio::task::spawn_local(run(
+        cloud.clone(),
+        agent.clone(),
+        state_dir.to_path_buf(),
+        shutdown,
+    ));
+    Ok(cloud)
+}
+
+/// `ocf-agent csr`: prints a PKCS#10 CSR (PEM) with CN `uuid:<di>` for the identity key,
+/// creating the identity and the key if needed.
+pub fn print_csr(state_dir: &Path) -> Result<(), String> {
+    let (identity, _) = Identity::load_or_create(state_dir).map_err(|e| e.to_string())?;
+    let (key, _) = tls::ensure_identity_key(state_dir)?;
+    print!("{}", tls::csr_pem(&key, &identity.di)?);
+    Ok(())
+}
+
+fn seed() -> u64 {
+    let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
+    a ^ b.rotate_left(17)
+}
+
+fn load_session(dir: &Path, device: DeviceInfo, timing: Timing) -> CloudSession {
+    let path = dir.join(STATE_FILE);
+    let state = match std::fs::read(&path) {
+        Ok(bytes) => match PersistedState::from_cbor(&bytes) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                warn!("{}: unreadable ({e}); starting without cloud configuration", path.display());
+                None
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => {
+            warn!("{}: {e}; starting without cloud configuration", path.display());
+            None
+        }
+    };
+    let Some(state) = state else {
+        return CloudSession::new(device, timing, seed());
+    };
+    match CloudSession::restore(state, device.clone(), timing, seed()) {
+        Ok(s) => {
+            info!(cps = %s.cps(), "restored the cloud state");
+            s
+        }
+        Err(e) => {
+            warn!("{}: {e}; starting without cloud configuration", path.display());
+            CloudSession::new(device, timing, seed())
+        }
+    }
+}
+
+/// The device's discoverable links as the RD wants them: no `anchor`, no `eps` (the local
+/// endpoints mean nothing to the cloud; iotivity-lite sends neither, §5.5).
+fn publishable_links(agent: &Agent) -> Vec<RdLink> {
+    let mut req = Request::new(Method::Get, RES_HREF);
+    req.query.push(("if".into(), "oic.if.ll".into()));
+    // Origin 0 is never a connection's id; a plain GET registers nothing anyway.
+    let response = agent
+        .device
+        .borrow_mut()
+        .handle(&Origin::Stream(0), &req, &[]);
+    if response.code != ResponseType::Content {
+        warn!("cannot list the device's links: {}", response.diagnostic());
+        return Vec::new();
+    }
+    let mut links: Vec<RdLink> = match from_cbor(&response.payload) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("cannot read the device's links: {e}");
+            return Vec::new();
+        }
+    };
+    for l in &mut links {
+        l.anchor = None;
+        l.eps = None;
+    }
+    links
+}
+
+/// `--cloud-timing`: comma-separated `KEY=VALUE` overriding [`Timing::default`], for tests.
+/// Durations take `ms` or `s` (`250ms`, `2s`); counts are plain integers. Keys: `ping`,
+/// `pong-timeout`, `ping-retry`, `missed-pongs`, `request-timeout`, `deregister-timeout`,
+/// `connect-timeout`, `backoff-base`, `backoff-cap`, `attempts`, `stale-margin`.
+pub fn parse_timing(spec: &str) -> Result<Timing, String> {
+    fn duration(key: &str, v: &str) -> Result<Duration, String> {
+        let bad = || format!("--cloud-timing: {key}={v:?} is not a duration like 250ms or 2s");
+        if let Some(ms) = v.strip_suffix("ms") {
+            ms.parse().map(Duration::from_millis).map_err(|_| bad())
+        } else if let Some(s) = v.strip_suffix('s') {
+            s.parse().map(Duration::from_secs).map_err(|_| bad())
+        } else {
+            Err(bad())
+        }
+    }
+    fn count(key: &str, v: &str) -> Result<u32, String> {
+        v.parse()
+            .map_err(|_| format!("--cloud-timing: {key}={v:?} is not a count"))
+    }
+    let mut t = Timing::default();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| format!("--cloud-timing: {item:?} is not KEY=VALUE"))?;
+        let (k, v) = (k.trim(), v.trim());
+        match k {
+            "ping" => t.ping_interval = duration(k, v)?,
+            "pong-timeout" => t.pong_timeout = duration(k, v)?,
+            "ping-retry" => t.ping_retry = duration(k, v)?,
+            "missed-pongs" => t.max_missed_pongs = count(k, v)?,
+            "request-timeout" => t.request_timeout = duration(k, v)?,
+            "deregister-timeout" => t.deregister_timeout = duration(k, v)?,
+            "connect-timeout" => t.connect_timeout = duration(k, v)?,
+            "backoff-base" => t.backoff_base = duration(k, v)?,
+            "backoff-cap" => t.backoff_cap = duration(k, v)?,
+            "attempts" => t.attempts_before_failure = count(k, v)?,
+            "stale-margin" => t.stale_token_margin = duration(k, v)?,
+            other => return Err(format!("--cloud-timing: unknown key {other:?}")),
+        }
+    }
+    Ok(t)
+}
+
+/// Where a `cis` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudUri {
+    /// `coaps+tcp` (TLS) rather than `coap+tcp`.
+    pub secure: bool,
+    /// Host name or IP literal (without brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+impl CloudUri {
+    /// Parses `coaps+tcp://host[:port][/...]` (default port 5684) or `coap+tcp://...` (5683)
+    /// (OCF-PROTOCOL.md §2.1). IPv6 literals go in brackets.
+    pub fn parse(uri: &str) -> Result<CloudUri, String> {
+        let bad = |why: &str| format!("cis {uri:?}: {why}");
+        let (scheme, rest) = uri.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let (secure, default_port) = match scheme.to_ascii_lowercase().as_str() {
+            "coaps+tcp" => (true, 5684),
+            "coap+tcp" => (false, 5683),
+            _ => return Err(bad("scheme must be coaps+tcp or coap+tcp")),
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.contains('@') {
+            return Err(bad("user information is not supported"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+            match after {
+                "" => (host, None),
+                p => (host, Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ']'"))?)),
+            }
+        } else {
+            match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let port = match port {
+            None | Some("") => default_port,
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(bad("invalid port")),
+                Ok(p) => p,
+            },
+        };
+        Ok(CloudUri {
+            secure,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// Opens the connection for [`Action::Connect`]: TCP (TCP_NODELAY), then TLS for `coaps+tcp`.
+async fn connect(uri: String, sid: String, dir: PathBuf) -> Result<Box<dyn Io>, String> {
+    let target = CloudUri::parse(&uri)?;
+    // Read the credentials first: a device without them cannot get anywhere.
+    let tls = if target.secure {
+        Some(tls::client_config(&dir, &sid)?)
+    } else {
+        None
+    };
+    let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| format!("{}: {e}", target.host))?
+        .collect();
+    let mut last = format!("{}: no address", target.host);
+    let mut stream = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    let stream = stream.ok_or(last)?;
+    // OCF-PROTOCOL.md §7.7: Nagle would hold the last responses of a burst back.
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let Some(config) = tls else {
+        return Ok(Box::new(stream));
+    };
+    let name = tls::server_name(&target.host)?;
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS with {uri}: {e}"))?;
+    let (_, conn) = stream.get_ref();
+    debug!(
+        version = ?conn.protocol_version(),
+        suite = ?conn.negotiated_cipher_suite().map(|s| s.suite()),
+        "TLS established"
+    );
+    Ok(Box::new(stream))
+}
+
+/// The live connection.
+struct Link {
+    io: Box<dyn Io>,
+    conn: TcpConnection,
+    /// Its id in [`Agent`]'s stream table (observations are tied to it).
+    id: u64,
+    /// Notifications for the cloud's observations.
+    outbox: mpsc::Receiver<Packet>,
+}
+
+impl Link {
+    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let io = &mut self.io;
+        match tokio::time::timeout(WRITE_TIMEOUT, async {
+            io.write_all(bytes).await?;
+            io.flush().await
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the cloud does not read")),
+        }
+    }
+
+    async fn send(&mut self, packet: &Packet) -> io::Result<()> {
+        let bytes = self
+            .conn
+            .encode(packet)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        self.write(&bytes).await
+    }
+
+    /// Closes the connection: a Release first if it is still healthy, then forget its
+    /// observations.
+    async fn close(mut self, agent: &Agent, release: Option<&str>) {
+        if let Some(reason) = release {
+            let bytes = self.conn.release(reason);
+            let _ = tokio::time::timeout(RELEASE_TIMEOUT, async {
+                let _ = self.io.write_all(&bytes).await;
+                let _ = self.io.shutdown().await;
+            })
+            .await;
+        }
+        agent.close_stream(self.id);
+    }
+}
+
+enum Event {
+    Timer,
+    Wake,
+    Connected(Result<Box<dyn Io>, String>),
+    Read(io::Result<usize>),
+    Outbound(Option<Packet>),
+    Shutdown,
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn connect_opt(pending: &mut Option<ConnectFuture>) -> Result<Box<dyn Io>, String> {
+    match pending {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_opt(io: Option<&mut Box<dyn Io>>, buf: &mut [u8]) -> io::Result<usize> {
+    match io {
+        Some(io) => io.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_opt(outbox: Option<&mut mpsc::Receiver<Packet>>) -> Option<Packet> {
+    match outbox {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The link task: executes the session's actions and feeds it what happens.
+async fn run(cloud: Rc<Cloud>, agent: Rc<Agent>, dir: PathBuf, mut shutdown: watch::Receiver<bool>) {
+    let mut link: Option<Link> = None;
+    let mut connecting: Option<ConnectFuture> = None;
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        // 1. Do what the session asks.
+        let mut lost = None;
+        while let Some(action) = cloud.next_action() {
+            match action {
+                Action::Connect { uri, sid } => {
+                    if let Some(old) = link.take() {
+                        old.close(&agent, Some("reconnecting")).await;
+                    }
+                    info!(%uri, %sid, "connecting to the cloud");
+                    connecting = Some(Box::pin(connect(uri, sid, dir.clone())));
+                }
+                Action::Disconnect => {
+                    connecting = None;
+                    if let Some(old) = link.take() {
+                        debug!("closing the cloud connection");
+                        old.close(&agent, Some("closing")).await;
+                    }
+                    lost = None;
+                }
+                Action::Send(packet) => {
+                    if let (Some(l), None) = (link.as_mut(), &lost) {
+                        debug!(action = ?Action::Send(packet.clone()), "to the cloud");
+                        if let Err(e) = l.send(&packet).await {
+                            lost = Some(e.to_string());
+                        }
+                    }
+                }
+                Action::SendPing { token } => {
+                    if let (Some(l), None) = (link.as_mut(), &lost) {
+                        let bytes = l.conn.ping(&token);
+                        if let Err(e) = l.write(&bytes).await {
+                            lost = Some(e.to_string());
+                        }
+                    }
+                }
+                Action::Persist(state) => persist(&dir, &state),
+                Action::StatusChanged { cps, clec } => {
+                    info!(%cps, clec = clec.as_u8(), "cloud status");
+                    agent.device.borrow_mut().mark_changed(HREF);
+                    agent.flush_notifications();
+                }
+                Action::Registered { uid } => info!(%uid, "signed up with the cloud"),
+                Action::SignedIn { expiresin } => {
+                    info!(expiresin, "signed in to the cloud")
+                }
+                Action::Published { links } => {
+                    let hrefs: Vec<&str> = links.iter().map(|l| l.href.as_str()).collect();
+                    info!(?hrefs, "published to the cloud");
+                }
+                Action::Unpublished { hrefs } => info!(?hrefs, "unpublished from the cloud"),
+                Action::Deregistered => info!("deregistered from the cloud"),
+                Action::SignedOut => info!("signed out of the cloud"),
+            }
+        }
+        if let Some(reason) = lost.take() {
+            if let Some(old) = link.take() {
+                warn!("cloud connection lost: {reason}");
+                old.close(&agent, None).await;
+                cloud.with_session(|s| s.handle_disconnected(Instant::now()));
+                continue;
+            }
+        }
+
+        // 2. Wait for the next thing to happen.
+        let deadline = cloud.session.borrow().poll_timeout();
+        let (io, outbox) = match link.as_mut() {
+            Some(l) => (Some(&mut l.io), Some(&mut l.outbox)),
+            None => (None, None),
+        };
+        let event = tokio::select! {
+            _ = sleep_until_opt(deadline) => Event::Timer,
+            _ = cloud.wake.notified() => Event::Wake,
+            r = connect_opt(&mut connecting) => Event::Connected(r),
+            r = read_opt(io, &mut buf) => Event::Read(r),
+            p = recv_opt(outbox) => Event::Outbound(p),
+            _ = shutdown.changed() => Event::Shutdown,
+        };
+
+        // 3. Tell the session.
+        let now = Instant::now();
+        match event {
+            Event::Timer => cloud.with_session(|s| s.handle_timeout(now)),
+            Event::Wake => cloud.sync_links(&agent),
+            Event::Connected(Ok(io)) => {
+                connecting = None;
+                let (id, outbox) = agent.open_stream();
+                let mut l = Link {
+                    io,
+                    conn: TcpConnection::new(MAX_MESSAGE_SIZE),
+                    id,
+                    outbox,
+                };
+                // RFC 8323 §5.3: our CSM first, without waiting for the cloud's.
+                let csm = l.conn.start();
+                match l.write(&csm).await {
+                    Ok(()) => {
+                        info!("connected to the cloud");
+                        link = Some(l);
+                        cloud.with_session(|s| s.handle_connected(Instant::now()));
+                    }
+                    Err(e) => {
+                        warn!("cloud connection lost at once: {e}");
+                        l.close(&agent, None).await;
+                        cloud.with_session(|s| s.handle_disconnected(Instant::now()));
+                    }
+                }
+            }
+            Event::Connected(Err(e)) => {
+                connecting = None;
+                warn!("cannot connect to the cloud: {e}");
+                cloud.with_session(|s| s.handle_disconnected(now));
+            }
+            Event::Read(Ok(n)) if n > 0 => {
+                let Some(l) = link.as_mut() else { continue };
+                if let Err(reason) = receive(&cloud, &agent, l, &buf[..n], now).await {
+                    if let Some(old) = link.take() {
+                        warn!("cloud connection lost: {reason}");
+                        old.close(&agent, None).await;
+                        cloud.with_session(|s| s.handle_disconnected(Instant::now()));
+                    }
+                }
+            }
+            Event::Read(result) => {
+                if let Some(old) = link.take() {
+                    match result {
+                        Ok(_) => info!("the cloud closed the connection"),
+                        Err(e) => warn!("cloud connection lost: {e}"),
+                    }
+                    old.close(&agent, None).await;
+                    cloud.with_session(|s| s.handle_disconnected(now));
+                }
+            }
+            Event::Outbound(Some(packet)) => {
+                if let Some(l) = link.as_mut() {
+                    if let Err(e) = l.send(&packet).await {
+                        if let Some(old) = link.take() {
+                            warn!("cloud connection lost: {e}");
+                            old.close(&agent, None).await;
+                            cloud.with_session(|s| s.handle_disconnected(Instant::now()));
+                        }
+                    }
+                }
+            }
+            Event::Outbound(None) => {
+                // The agent gave up on this connection's notifications (the cloud did not keep
+                // up): its observations are gone, so reconnect and let the cloud observe anew.
+                if let Some(old) = link.take() {
+                    warn!("the cloud does not keep up with notifications; reconnecting");
+                    old.close(&agent, Some("observer too slow")).await;
+                    cloud.with_session(|s| s.handle_disconnected(now));
+                }
+            }
+            Event::Shutdown => {
+                if let Some(old) = link.take() {
+                    old.close(&agent, Some("shutting down")).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Handles bytes read from the cloud: responses and Pongs to the session, requests to the
+/// resource tree. `Err` ends the connection.
+async fn receive(
+    cloud: &Cloud,
+    agent: &Agent,
+    link: &mut Link,
+    bytes: &[u8],
+    now: Instant,
+) -> Result<(), String> {
+    let events = link.conn.receive(bytes);
+    cloud.with_session(|s| s.handle_received(now));
+    let origin = Origin::Stream(link.id);
+    let mut out = Vec::new();
+    let mut close = None;
+    for event in events {
+        match event {
+            ConnEvent::Message(packet) => match packet.header.code {
+                MessageClass::Request(method) => {
+                    let response = agent.device.borrow_mut().handle_packet(&origin, &packet);
+                    debug!(
+                        ?method,
+                        path = %uri_path(&packet),
+                        code = %response.header.code,
+                        "request from the cloud"
+                    );
+                    match link.conn.encode(&response) {
+                        Ok(b) => out.extend(b),
+                        Err(e) => warn!("cannot send a response to the cloud: {e}"),
+                    }
+                }
+                MessageClass::Response(_) => {
+                    if !cloud.with_session(|s| s.handle_response(&packet, now)) {
+                        debug!(code = %packet.header.code, "unsolicited response from the cloud");
+                    }
+                }
+                _ => {}
+            },
+            ConnEvent::Transmit(b) => out.extend(b),
+            ConnEvent::Pong { token } => {
+                cloud.with_session(|s| s.handle_pong(&token, now));
+            }
+            ConnEvent::Close { reason } => {
+                close = Some(reason);
+                break;
+            }
+        }
+    }
+    if !out.is_empty() {
+        link.write(&out).await.map_err(|e| e.to_string())?;
+    }
+    agent.flush_notifications();
+    match close {
+        Some(reason) => Err(format!("closed by the cloud: {reason}")),
+        None => Ok(()),
+    }
+}
+
+fn uri_path(p: &Packet) -> String {
+    let mut s = String::new();
+    for seg in p.get_option(coap_lite::CoapOption::UriPath).into_iter().flatten() {
+        s.push('/');
+        s.push_str(&String::from_utf8_lossy(seg));
+    }
+    s
+}
+
+fn persist(dir: &Path, state: &PersistedState) {
+    let path = dir.join(STATE_FILE);
+    let bytes = match state.to_cbor() {
+        Ok(b) => b,
+        Err(e) => {
+            error!("cannot encode the cloud state: {e}");
+            return;
+        }
+    };
+    match atomic_write(&path, &bytes) {
+        Ok(()) => debug!(cps = %state.cps, "cloud state saved"),
+        Err(e) => error!("{}: cannot save the cloud state: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cis_parsing() {
+        let p = |s: &str| CloudUri::parse(s);
+        assert_eq!(
+            p("coaps+tcp://cloud.example").unwrap(),
+            CloudUri { secure: true, host: "cloud.example".into(), port: 5684 }
+        );
+        assert_eq!(
+            p("coap+tcp://127.0.0.1").unwrap(),
+            CloudUri { secure: false, host: "127.0.0.1".into(), port: 5683 }
+        );
+        assert_eq!(
+            p("COAPS+TCP://[::1]:443/path?x").unwrap(),
+            CloudUri { secure: true, host: "::1".into(), port: 443 }
+        );
+        assert_eq!(p("coap+tcp://[fe80::1]").unwrap().port, 5683);
+        assert_eq!(p("coap+tcp://h:").unwrap().port, 5683);
+        for bad in [
+            "",
+            "cloud.example",
+            "https://cloud.example",
+            "coaps://cloud.example",
+            "coaps+tcp://",
+            "coaps+tcp://:5684",
+            "coaps+tcp://h:0",
+            "coaps+tcp://h:99999",
+            "coaps+tcp://h:x",
+            "coaps+tcp://[::1",
+            "coaps+tcp://[::1]x",
+            "coaps+tcp://u@h",
+        ] {
+            assert!(p(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn timing_overrides() {
+        let t = parse_timing("ping=2s, pong-timeout=500ms,attempts=3,backoff-base=100ms,backoff-cap=1s").unwrap();
+        assert_eq!(t.ping_interval, Duration::from_secs(2));
+        assert_eq!(t.pong_timeout, Duration::from_millis(500));
+        assert_eq!(t.attempts_before_failure, 3);
+        assert_eq!(t.backoff_base, Duration::from_millis(100));
+        assert_eq!(t.backoff_cap, Duration::from_secs(1));
+        assert_eq!(t.request_timeout, Timing::default().request_timeout);
+        assert_eq!(parse_timing("").unwrap(), Timing::default());
+        assert!(parse_timing("ping=2").is_err());
+        assert!(parse_timing("ping").is_err());
+        assert!(parse_timing("nope=1s").is_err());
+        assert!(parse_timing("attempts=x").is_err());
+    }
+}

@@ -1,0 +1,563 @@
+//! TLS for the cloud link (OCF-PROTOCOL.md §8): the device's identity key and CSR, and the
+//! rustls client configuration that presents the identity certificate and accepts a cloud only
+//! if its chain ends at the provisioned trust anchor **and** its certificate CN is `uuid:<sid>`.
+//!
+//! Files in the state directory (all PEM; the key is written with mode 0600):
+//! - `identity.key`: the device's ECDSA P-256 key (PKCS#8), created on first start
+//!   ([`ensure_identity_key`]). It never leaves the device: `ocf-agent csr` prints a CSR for it.
+//! - `identity.crt`: the identity certificate chain (leaf first) the cloud's CA issued for that
+//!   CSR (CN `uuid:<di>`, EKUs serverAuth, clientAuth, 1.3.6.1.4.1.44924.1.6).
+//! - `cloud-ca.pem`: the cloud trust anchor(s).
+//!
+//! Until the Mediator issue (issue 4) provisions them through `/oic/sec/cred`, a test or an
+//! operator puts `identity.crt` and `cloud-ca.pem` there. They are read at every connect, so
+//! new ones take effect at the next connection without a restart.
+//!
+//! rustls is used with the *ring* provider only (§8.4, DESIGN.md §3): TLS 1.3, and TLS 1.2 with
+//! ECDHE-ECDSA AES-128-GCM among the suites plgd hub and iotivity-lite offer (§8.1). webpki only
+//! matches SANs against the server name, while the OCF identity is in the CN, so
+//! [`CloudVerifier`] validates the chain for server-auth usage against the anchors, skips
+//! hostname matching as iotivity-lite and plgd do (§8.3), and checks the CN itself.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::crypto::{ring, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore,
+    SignatureScheme,
+};
+
+use crate::state::atomic_write;
+
+/// The device's private key.
+pub const IDENTITY_KEY: &str = "identity.key";
+/// The device's identity certificate chain.
+pub const IDENTITY_CERT: &str = "identity.crt";
+/// The cloud trust anchor(s).
+pub const CLOUD_CA: &str = "cloud-ca.pem";
+
+/// The crypto provider of the cloud link: *ring*, TLS 1.3 suites first, then the TLS 1.2
+/// ECDHE suites with AES-128-GCM leading (OCF-PROTOCOL.md §8.1: what plgd and iotivity-lite
+/// offer). No CBC suites: rustls has none, and hub negotiates GCM or TLS 1.3 anyway.
+pub fn provider() -> Arc<CryptoProvider> {
+    use ring::cipher_suite::*;
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_CHACHA20_POLY1305_SHA256,
+            TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        ..ring::default_provider()
+    })
+}
+
+/// Loads the identity key, creating it (ECDSA P-256, PKCS#8 PEM, mode 0600) if it is missing.
+/// Returns the key and whether it was created.
+pub fn ensure_identity_key(dir: &Path) -> Result<(KeyPair, bool), String> {
+    let path = dir.join(IDENTITY_KEY);
+    match std::fs::read_to_string(&path) {
+        Ok(pem) => {
+            let key = KeyPair::from_pem(&pem)
+                .map_err(|e| format!("{}: not a usable private key: {e}", path.display()))?;
+            if !key.is_compatible(&PKCS_ECDSA_P256_SHA256) {
+                return Err(format!("{}: not an ECDSA P-256 key", path.display()));
+            }
+            Ok((key, false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+                .map_err(|e| format!("cannot generate the identity key: {e}"))?;
+            atomic_write(&path, key.serialize_pem().as_bytes())
+                .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+            Ok((key, true))
+        }
+        Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
+    }
+}
+
+/// A PKCS#10 CSR (PEM) for `key` with subject CN `uuid:<di>` (OCF-PROTOCOL.md §8.2). The CA
+/// decides the EKUs; the request carries only the subject and the public key.
+pub fn csr_pem(key: &KeyPair, di: &str) -> Result<String, String> {
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(|e| format!("CSR: {e}"))?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("uuid:{di}"));
+    params.distinguished_name = dn;
+    params
+        .serialize_request(key)
+        .and_then(|csr| csr.pem())
+        .map_err(|e| format!("CSR: {e}"))
+}
+
+/// The client configuration for a cloud with UUID `sid`, from the files in `dir`.
+pub fn client_config(dir: &Path, sid: &str) -> Result<Arc<ClientConfig>, String> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(IDENTITY_CERT)?)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{IDENTITY_CERT}: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!("{IDENTITY_CERT}: no certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&read(IDENTITY_KEY)?)
+        .map_err(|e| format!("{IDENTITY_KEY}: {e}"))?;
+    let mut roots = RootCertStore::empty();
+    for anchor in CertificateDer::pem_slice_iter(&read(CLOUD_CA)?) {
+        let anchor = anchor.map_err(|e| format!("{CLOUD_CA}: {e}"))?;
+        roots
+            .add(anchor)
+            .map_err(|e| format!("{CLOUD_CA}: unusable trust anchor: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{CLOUD_CA}: no trust anchor"));
+    }
+    let provider = provider();
+    let verifier = CloudVerifier::new(Arc::new(roots), sid, &provider);
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("{IDENTITY_CERT}/{IDENTITY_KEY}: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+/// The TLS server name for a `cis` host: an IP literal as such (no SNI is sent for it), else a
+/// DNS name. Neither is matched against the certificate (see [`CloudVerifier`]).
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(ServerName::IpAddress(ip.into()));
+    }
+    ServerName::try_from(host.to_owned()).map_err(|_| format!("{host:?} is not a valid host name"))
+}
+
+/// Accepts the cloud's certificate if its chain validates for server authentication against
+/// the trust anchors and its leaf's subject CN is `uuid:<sid>` (OCF-PROTOCOL.md §8.3, §8.4).
+/// The host name is not matched (iotivity-lite and plgd do not either).
+pub struct CloudVerifier {
+    roots: Arc<RootCertStore>,
+    sid: String,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl CloudVerifier {
+    pub fn new(roots: Arc<RootCertStore>, sid: &str, provider: &CryptoProvider) -> CloudVerifier {
+        CloudVerifier {
+            roots,
+            sid: sid.to_owned(),
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+impl fmt::Debug for CloudVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CloudVerifier")
+            .field("sid", &self.sid)
+            .field("anchors", &self.roots.len())
+            .finish()
+    }
+}
+
+/// The CN check failed.
+#[derive(Debug)]
+struct WrongCloudIdentity(String);
+
+impl fmt::Display for WrongCloudIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WrongCloudIdentity {}
+
+impl ServerCertVerifier for CloudVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        let names = webpki::EndEntityCert::try_from(end_entity)
+            .ok()
+            .map(|c| common_names(c.subject()))
+            .unwrap_or_default();
+        match names.as_slice() {
+            [cn] if cn_is_uuid(cn, &self.sid) => Ok(ServerCertVerified::assertion()),
+            _ => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(WrongCloudIdentity(format!(
+                    "cloud certificate CN {names:?} is not \"uuid:{}\"",
+                    self.sid
+                )))),
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// `uuid:<uuid>` with the prefix matched case-insensitively (as plgd does, §8.2) and the UUID
+/// compared ignoring case.
+pub fn cn_is_uuid(cn: &str, uuid: &str) -> bool {
+    cn.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("uuid:"))
+        && cn.get(5..).is_some_and(|u| !u.is_empty() && u.eq_ignore_ascii_case(uuid))
+}
+
+/// The commonName values of a DER Name's contents (the RDNSequence without its outer SEQUENCE
+/// header, as webpki hands it out). Values that are not text, or a malformed encoding, give no
+/// name; nothing here can panic or read out of bounds.
+pub fn common_names(rdn_sequence: &[u8]) -> Vec<String> {
+    const OID_CN: &[u8] = &[0x55, 0x04, 0x03]; // 2.5.4.3
+    let mut out = Vec::new();
+    let mut rdns = rdn_sequence;
+    while !rdns.is_empty() {
+        let Some((0x31, mut set, rest)) = der_tlv(rdns) else {
+            return out;
+        };
+        rdns = rest;
+        while !set.is_empty() {
+            let Some((0x30, atv, rest)) = der_tlv(set) else {
+                return out;
+            };
+            set = rest;
+            let Some((0x06, oid, value)) = der_tlv(atv) else {
+                continue;
+            };
+            if oid != OID_CN {
+                continue;
+            }
+            // UTF8String, PrintableString, IA5String.
+            if let Some((0x0C | 0x13 | 0x16, text, _)) = der_tlv(value) {
+                if let Ok(s) = std::str::from_utf8(text) {
+                    out.push(s.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One DER TLV from the front of `input`: (tag, contents, rest). `None` if it is malformed or
+/// longer than the input. Only single-byte tags (all that a Name uses).
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    if tag & 0x1f == 0x1f {
+        return None;
+    }
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (bytes, r) = rest.split_at_checked(n)?;
+        rest = r;
+        bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+    };
+    let (contents, rest) = rest.split_at_checked(len)?;
+    Some((tag, contents, rest))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose,
+        SanType,
+    };
+    use rustls::server::WebPkiClientVerifier;
+    use rustls::ServerConfig;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub const SID: &str = "5a3d0b1c-9e8f-4a7b-8c6d-5e4f3a2b1c0d";
+    pub const DI: &str = "c0ffee00-0000-4000-8000-000000000001";
+
+    /// A test PKI: a CA, a cloud server certificate, the device's key and certificate.
+    pub struct Pki {
+        pub ca_pem: String,
+        pub ca: CertifiedIssuer<'static, KeyPair>,
+        pub server_chain: Vec<CertificateDer<'static>>,
+        pub server_key: PrivateKeyDer<'static>,
+    }
+
+    pub fn ca() -> CertifiedIssuer<'static, KeyPair> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "test cloud CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        CertifiedIssuer::self_signed(params, KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap())
+            .unwrap()
+    }
+
+    pub fn leaf(cn: &str, ca: &Issuer<'_, KeyPair>, key: &KeyPair) -> rcgen::Certificate {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::Other(vec![1, 3, 6, 1, 4, 1, 44924, 1, 6]),
+        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyAgreement];
+        params.signed_by(key, ca).unwrap()
+    }
+
+    pub fn pki(server_cn: &str) -> Pki {
+        let ca = ca();
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = leaf(server_cn, &ca, &key);
+        Pki {
+            ca_pem: ca.pem(),
+            server_chain: vec![cert.der().clone()],
+            server_key: PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            ca,
+        }
+    }
+
+    fn state_dir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("ocf-tls-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        crate::state::ensure_dir(&d).unwrap();
+        d
+    }
+
+    /// Writes identity.key/.crt (signed by `pki.ca`) and cloud-ca.pem into a new state dir.
+    fn provisioned_dir(tag: &str, pki: &Pki) -> std::path::PathBuf {
+        let dir = state_dir(tag);
+        let (key, created) = ensure_identity_key(&dir).unwrap();
+        assert!(created);
+        let cert = leaf(&format!("uuid:{DI}"), &pki.ca, &key);
+        std::fs::write(dir.join(IDENTITY_CERT), cert.pem()).unwrap();
+        std::fs::write(dir.join(CLOUD_CA), &pki.ca_pem).unwrap();
+        dir
+    }
+
+    #[test]
+    fn identity_key_is_created_once_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = state_dir("key");
+        let (a, created) = ensure_identity_key(&dir).unwrap();
+        assert!(created);
+        let (b, created) = ensure_identity_key(&dir).unwrap();
+        assert!(!created);
+        assert_eq!(a.public_key_raw(), b.public_key_raw());
+        let mode = std::fs::metadata(dir.join(IDENTITY_KEY)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let text = std::fs::read_to_string(dir.join(IDENTITY_KEY)).unwrap();
+        assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "PKCS#8 PEM");
+        std::fs::write(dir.join(IDENTITY_KEY), "garbage").unwrap();
+        assert!(ensure_identity_key(&dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn csr_has_the_device_cn() {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = csr_pem(&key, DI).unwrap();
+        assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"), "{csr}");
+        let der = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr.as_bytes())
+            .unwrap();
+        let needle = format!("uuid:{DI}");
+        assert!(der.as_ref().windows(needle.len()).any(|w| w == needle.as_bytes()));
+    }
+
+    #[test]
+    fn common_name_extraction() {
+        let ca = ca();
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = leaf(&format!("uuid:{SID}"), &ca, &key);
+        let ee = webpki::EndEntityCert::try_from(cert.der()).unwrap();
+        assert_eq!(common_names(ee.subject()), vec![format!("uuid:{SID}")]);
+        // Every truncation and corruption of the subject is handled without a panic.
+        let subject = ee.subject().to_vec();
+        for i in 0..subject.len() {
+            let _ = common_names(&subject[..i]);
+            let mut bad = subject.clone();
+            bad[i] ^= 0xff;
+            let _ = common_names(&bad);
+        }
+        assert!(cn_is_uuid(&format!("UUID:{}", SID.to_uppercase()), SID));
+        assert!(!cn_is_uuid("uuid:", SID));
+        assert!(!cn_is_uuid(SID, SID));
+        assert!(!cn_is_uuid("uuid:5a3d0b1c-9e8f-4a7b-8c6d-5e4f3a2b1c0e", SID));
+        assert!(!cn_is_uuid("uu\u{e9}d:x", SID));
+    }
+
+    /// A TLS handshake over an in-memory pipe against a server requiring a client certificate.
+    async fn handshake(
+        dir: &Path,
+        sid: &str,
+        server: &Pki,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> Result<(), String> {
+        let client = client_config(dir, sid)?;
+        let mut roots = RootCertStore::empty();
+        roots.add(server.ca.der().clone()).unwrap();
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .unwrap();
+        let server_config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(server.server_chain.clone(), server.server_key.clone_key())
+            .unwrap();
+        let (a, b) = tokio::io::duplex(16 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+        let server_task = async move {
+            let mut s = acceptor.accept(b).await.map_err(|e| e.to_string())?;
+            let (_, conn) = s.get_ref();
+            let peer = conn.peer_certificates().map(|c| c.len()).unwrap_or(0);
+            let suite = conn.negotiated_cipher_suite().map(|s| s.suite());
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+            s.write_all(&buf).await.map_err(|e| e.to_string())?;
+            s.flush().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((peer, suite))
+        };
+        let client_task = async move {
+            let connector = tokio_rustls::TlsConnector::from(client);
+            let mut c = connector
+                .connect(server_name("127.0.0.1").unwrap(), a)
+                .await
+                .map_err(|e| e.to_string())?;
+            c.write_all(b"ping").await.map_err(|e| e.to_string())?;
+            c.flush().await.map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 4];
+            c.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+            assert_eq!(&buf, b"ping");
+            Ok::<_, String>(())
+        };
+        let (s, c) = tokio::join!(server_task, client_task);
+        c?;
+        let (peer_certs, suite) = s?;
+        assert_eq!(peer_certs, 1, "client certificate presented");
+        if version == &rustls::version::TLS12 {
+            assert_eq!(suite, Some(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256));
+        }
+        Ok(())
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn mutual_tls_13_and_12_with_the_right_sid() {
+        let server = pki(&format!("uuid:{SID}"));
+        let dir = provisioned_dir("ok", &server);
+        rt().block_on(async {
+            handshake(&dir, SID, &server, &rustls::version::TLS13).await.unwrap();
+            handshake(&dir, SID, &server, &rustls::version::TLS12).await.unwrap();
+            // Upper-case sid in the configuration still matches.
+            handshake(&dir, &SID.to_uppercase(), &server, &rustls::version::TLS13).await.unwrap();
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn wrong_sid_is_refused() {
+        let server = pki(&format!("uuid:{SID}"));
+        let dir = provisioned_dir("sid", &server);
+        let other = "00000000-0000-4000-8000-000000000009";
+        let e = rt()
+            .block_on(handshake(&dir, other, &server, &rustls::version::TLS13))
+            .unwrap_err();
+        assert!(e.contains("is not \"uuid:00000000-0000-4000-8000-000000000009\""), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cn_that_is_not_a_uuid_is_refused() {
+        let server = pki("cloud.example");
+        let dir = provisioned_dir("cn", &server);
+        let e = rt()
+            .block_on(handshake(&dir, SID, &server, &rustls::version::TLS12))
+            .unwrap_err();
+        assert!(e.contains("CN"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn untrusted_chain_is_refused() {
+        let server = pki(&format!("uuid:{SID}"));
+        let dir = provisioned_dir("chain", &server);
+        // Another CA with the same name as the trust anchor.
+        std::fs::write(dir.join(CLOUD_CA), ca().pem()).unwrap();
+        let e = rt()
+            .block_on(handshake(&dir, SID, &server, &rustls::version::TLS13))
+            .unwrap_err();
+        assert!(e.to_lowercase().contains("certificate"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_files_are_reported_by_name() {
+        let dir = state_dir("missing");
+        ensure_identity_key(&dir).unwrap();
+        let e = client_config(&dir, SID).unwrap_err();
+        assert!(e.contains(IDENTITY_CERT), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn server_names() {
+        assert!(matches!(server_name("127.0.0.1"), Ok(ServerName::IpAddress(_))));
+        assert!(matches!(server_name("::1"), Ok(ServerName::IpAddress(_))));
+        assert!(matches!(server_name("cloud.example"), Ok(ServerName::DnsName(_))));
+        assert!(server_name("bad host").is_err());
+    }
+}

@@ -1,0 +1,443 @@
+//! The board-file parser on every shipped board and on broken files: each problem kind, with
+//! the file, line and column in the message.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ocf_drivers::board::{
+    Bias, Board, BoardError, DriverSpec, GpioChip, I2cBus, ProblemKind, PwmChip, BUILTIN,
+};
+use ocf_drivers::kind::ResourceKind;
+use ocf_drivers::lm75::Model;
+
+fn parse(text: &str) -> Result<Board, BoardError> {
+    Board::from_str("test.toml", text)
+}
+
+/// Parses `text`, expects exactly one problem of `kind`, and returns its rendered line.
+fn one_problem(text: &str, kind: ProblemKind) -> String {
+    let e = parse(text).expect_err("should be refused");
+    assert_eq!(e.problems.len(), 1, "{e}");
+    assert_eq!(e.problems[0].kind, kind, "{e}");
+    e.to_string()
+}
+
+#[test]
+fn every_shipped_board_parses() {
+    for (name, _) in BUILTIN {
+        let b = Board::builtin(name).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(b.name, *name);
+        assert_eq!(b.file, format!("board/{name}.toml"));
+        assert!(b.platform.mnmn.is_some(), "{name}: mnmn for /oic/p");
+        assert!(!b.resources.is_empty());
+        // The same files from disk, as `--board PATH` loads them.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../board")
+            .join(format!("{name}.toml"));
+        let from_disk = Board::from_path(&path).unwrap();
+        assert_eq!(from_disk.resources, b.resources);
+    }
+}
+
+#[test]
+fn sim_board_matches_the_foundation_issue() {
+    let b = Board::load("sim").unwrap();
+    let kinds: Vec<_> = b
+        .resources
+        .iter()
+        .map(|r| (r.href.as_str(), r.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("/temperature", ResourceKind::Temperature),
+            ("/humidity", ResourceKind::Humidity),
+            ("/switch", ResourceKind::Switch),
+            ("/brightness", ResourceKind::Brightness),
+            ("/contact", ResourceKind::Contact),
+        ]
+    );
+    assert!(b
+        .resources
+        .iter()
+        .all(|r| r.driver.is_simulated() && r.observable));
+    let t = b.resource("/temperature").unwrap();
+    let s = t.sampling.unwrap();
+    assert_eq!(s.period, Duration::from_secs(1));
+    assert_eq!(s.threshold, 0.05);
+    assert_eq!(t.policy_bitmask(), 3);
+    assert!(b.resource("/switch").unwrap().sampling.is_none());
+}
+
+#[test]
+fn rpi_boards_describe_the_reference_wiring() {
+    let rpi4 = Board::builtin("rpi4").unwrap();
+    let rpi5 = Board::builtin("rpi5").unwrap();
+    for b in [&rpi4, &rpi5] {
+        let hrefs: Vec<_> = b.resources.iter().map(|r| r.href.as_str()).collect();
+        assert_eq!(
+            hrefs,
+            [
+                "/environment/temperature",
+                "/environment/humidity",
+                "/environment/pressure",
+                "/temperature",
+                "/relay",
+                "/led",
+                "/light",
+                "/button"
+            ]
+        );
+        let line_of = |href: &str| match &b.resource(href).unwrap().driver {
+            DriverSpec::GpioOutput { line, .. } | DriverSpec::GpioInput { line, .. } => *line,
+            d => panic!("{d:?}"),
+        };
+        assert_eq!(
+            (line_of("/relay"), line_of("/led"), line_of("/button")),
+            (17, 27, 22)
+        );
+        match &b.resource("/button").unwrap().driver {
+            DriverSpec::GpioInput { bias, debounce, .. } => {
+                assert_eq!(*bias, Bias::PullUp);
+                assert_eq!(*debounce, Duration::from_millis(20));
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+    match &rpi4.resource("/relay").unwrap().driver {
+        DriverSpec::GpioOutput {
+            chip, active_low, ..
+        } => {
+            assert_eq!(*chip, GpioChip::Label("pinctrl-bcm2711".into()));
+            assert!(*active_low);
+        }
+        d => panic!("{d:?}"),
+    }
+    match &rpi5.resource("/relay").unwrap().driver {
+        DriverSpec::GpioOutput { chip, .. } => {
+            assert_eq!(*chip, GpioChip::Label("pinctrl-rp1".into()))
+        }
+        d => panic!("{d:?}"),
+    }
+    match &rpi5.resource("/light").unwrap().driver {
+        DriverSpec::PwmSysfs {
+            chip,
+            channel,
+            frequency_hz,
+            ..
+        } => {
+            assert_eq!(*chip, PwmChip::Device("1f00098000.pwm".into()));
+            assert_eq!((*channel, *frequency_hz), (2, 1000.0));
+        }
+        d => panic!("{d:?}"),
+    }
+    match &rpi4.resource("/temperature").unwrap().driver {
+        DriverSpec::Lm75 {
+            model,
+            bus,
+            address,
+            ..
+        } => {
+            assert_eq!(
+                (*model, bus, *address),
+                (Model::Tmp105, &I2cBus::Number(1), 0x48)
+            );
+        }
+        d => panic!("{d:?}"),
+    }
+}
+
+#[test]
+fn qemu_board_has_the_tmp105_on_i2c_1() {
+    let b = Board::load("qemu-raspi3b").unwrap();
+    match &b.resource("/temperature").unwrap().driver {
+        DriverSpec::Lm75 {
+            model,
+            bus,
+            address,
+            smbus,
+            ..
+        } => {
+            assert_eq!(*model, Model::Tmp105);
+            assert_eq!(*bus, I2cBus::Number(1));
+            assert_eq!(*address, 0x48);
+            assert!(!smbus);
+        }
+        d => panic!("{d:?}"),
+    }
+    assert!(matches!(
+        b.resource("/relay").unwrap().driver,
+        DriverSpec::GpioOutput {
+            chip: GpioChip::Number(0),
+            line: 17,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn load_picks_builtin_or_path() {
+    assert_eq!(Board::load("rpi5").unwrap().file, "board/rpi5.toml");
+    let e = Board::load("rpi9").unwrap_err();
+    assert!(e.has(ProblemKind::UnknownBoard));
+    assert_eq!(
+        e.to_string(),
+        "board/rpi9.toml: no built-in board \"rpi9\" (built-in: sim, rpi4, rpi5, qemu-raspi3b; or give a path to a .toml file)"
+    );
+    let e = Board::load("/nonexistent/board.toml").unwrap_err();
+    assert!(e.has(ProblemKind::Io));
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/board.toml: cannot read: No such file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn line_used_twice_from_a_file() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/boards/duplicate-line.toml");
+    let e = Board::load(path.to_str().unwrap()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}:14:8: resource \"/relay\": GPIO line 17 on gpiochip0 is already used by \"/led\" (line 8)",
+            path.display()
+        )
+    );
+    assert!(e.has(ProblemKind::LineInUse));
+}
+
+#[test]
+fn unknown_driver() {
+    let msg = one_problem(
+        "name = \"x\"\n\n[[resource]]\nhref = \"/t\"\ndriver = \"lm76\"\nbus = 1\naddress = 0x48\n",
+        ProblemKind::UnknownDriver,
+    );
+    assert!(
+        msg.starts_with(
+            "test.toml:5:10: resource \"/t\": unknown driver \"lm76\" (known: lm75, tmp75, tmp105,"
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_bus_points_at_the_resource() {
+    let msg = one_problem(
+        "name = \"x\"\n\n[[resource]]\nhref = \"/t\"\ndriver = \"tmp105\"\naddress = 0x48\n",
+        ProblemKind::MissingField,
+    );
+    assert!(
+        msg.starts_with("test.toml:3:1: resource \"/t\": driver \"tmp105\" needs `bus`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_quantity_chip_line_channel() {
+    let e = parse(concat!(
+        "name = \"x\"\n",
+        "[[resource]]\nhref = \"/a\"\ndriver = \"bme280\"\nbus = 1\naddress = 0x76\n",
+        "[[resource]]\nhref = \"/b\"\ndriver = \"gpio-input\"\n",
+        "[[resource]]\nhref = \"/c\"\ndriver = \"pwm-sysfs\"\npwm_chip = 0\n",
+    ))
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        e.problems
+            .iter()
+            .all(|p| p.kind == ProblemKind::MissingField),
+        "{text}"
+    );
+    assert!(
+        text.contains("test.toml:2:1: resource \"/a\": driver \"bme280\" needs `quantity`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("test.toml:7:1: resource \"/b\": driver \"gpio-input\" needs `chip`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("test.toml:7:1: resource \"/b\": driver \"gpio-input\" needs `line`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("test.toml:10:1: resource \"/c\": driver \"pwm-sysfs\" needs `channel`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn duplicate_href() {
+    let msg = one_problem(
+        concat!(
+            "name = \"x\"\n",
+            "[[resource]]\nhref = \"/s\"\ndriver = \"sim-switch\"\n",
+            "[[resource]]\nhref = \"/s\"\ndriver = \"sim-brightness\"\n",
+        ),
+        ProblemKind::DuplicateHref,
+    );
+    assert_eq!(
+        msg,
+        "test.toml:6:8: resource \"/s\": href already used by the resource on line 3"
+    );
+}
+
+#[test]
+fn bad_addresses() {
+    for (addr, shown) in [
+        ("0x78", "0x78"),
+        ("2", "0x2"),
+        ("300", "0x12c"),
+        ("-1", "0x"),
+    ] {
+        let msg = one_problem(
+            &format!("name = \"x\"\n[[resource]]\nhref = \"/t\"\ndriver = \"lm75\"\nbus = 1\naddress = {addr}\n"),
+            ProblemKind::BadAddress,
+        );
+        assert!(
+            msg.starts_with("test.toml:6:11: resource \"/t\": `address` "),
+            "{msg}"
+        );
+        assert!(msg.contains(shown), "{msg}");
+        assert!(
+            msg.ends_with("is not a 7-bit I2C device address (0x03-0x77)"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn i2c_address_conflicts_but_bme280_channels_share() {
+    let ok = parse(concat!(
+        "name = \"x\"\n",
+        "[[resource]]\nhref = \"/t\"\ndriver = \"bme280\"\nquantity = \"temperature\"\nbus = 1\naddress = 0x76\n",
+        "[[resource]]\nhref = \"/h\"\ndriver = \"bme280\"\nquantity = \"humidity\"\nbus = \"/dev/i2c-1\"\naddress = 0x76\n",
+    ));
+    assert!(ok.is_ok(), "{ok:?}");
+    let msg = one_problem(
+        concat!(
+            "name = \"x\"\n",
+            "[[resource]]\nhref = \"/t\"\ndriver = \"bme280\"\nquantity = \"temperature\"\nbus = 1\naddress = 0x48\n",
+            "[[resource]]\nhref = \"/u\"\ndriver = \"lm75\"\nbus = \"i2c-1\"\naddress = 0x48\n",
+        ),
+        ProblemKind::AddressInUse,
+    );
+    assert_eq!(
+        msg,
+        "test.toml:12:11: resource \"/u\": I2C address 0x48 on /dev/i2c-1 is already used by \"/t\" (line 7)"
+    );
+}
+
+#[test]
+fn syntax_errors_and_unknown_fields_have_locations() {
+    let e = parse(
+        "name = \"x\"\n[[resource]]\nhref = \"/t\"\ndriver = \"lm75\"\nbus = 1\nadress = 0x48\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.problems[0].kind, ProblemKind::Syntax);
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("test.toml:6:1: unknown field `adress`"),
+        "{msg}"
+    );
+
+    let e = parse("name = \"x\"\n[[resource]]\nhref = \"/t\"\ndriver = lm75\n").unwrap_err();
+    assert!(e.to_string().starts_with("test.toml:4:"), "{e}");
+    assert_eq!(e.problems[0].kind, ProblemKind::Syntax);
+
+    let e = parse("name = \"x\"\n[[resource]]\nhref = \"/t\"\ndriver = \"gpio-output\"\nchip = 0\nline = \"17\"\n")
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("test.toml:6:8: invalid type: string \"17\", expected i64"),
+        "{e}"
+    );
+
+    let e = parse("[[resource]]\nhref = \"/t\"\ndriver = \"sim-switch\"\n").unwrap_err();
+    assert!(e.to_string().contains("missing field `name`"), "{e}");
+}
+
+#[test]
+fn fields_that_do_not_apply_and_bad_values() {
+    let msg = one_problem(
+        "name = \"x\"\n[[resource]]\nhref = \"/r\"\ndriver = \"gpio-output\"\nchip = 0\nline = 17\nperiod = \"1s\"\n",
+        ProblemKind::NotApplicable,
+    );
+    assert_eq!(
+        msg,
+        "test.toml:7:10: resource \"/r\": field `period` does not apply to driver \"gpio-output\""
+    );
+    let e = parse(concat!(
+        "name = \"x\"\n",
+        "[[resource]]\nhref = \"/b\"\ndriver = \"gpio-input\"\nchip = { label = \"pinctrl-rp1\" }\nline = 22\nbias = \"up\"\ndebounce = \"2s\"\n",
+        "[[resource]]\nhref = \"/t\"\ndriver = \"sim-temperature\"\nperiod = \"1ms\"\nthreshold = -1\n",
+        "[[resource]]\nhref = \"/oic/d\"\ndriver = \"sim-switch\"\ninitial = 1\n",
+        "[[resource]]\nhref = \"/l\"\ndriver = \"pwm-sysfs\"\npwm_chip = { dev = \"x\" }\nchannel = 0\ninitial = 101\n",
+    ))
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        e.problems.iter().all(|p| p.kind == ProblemKind::BadValue),
+        "{text}"
+    );
+    for expected in [
+        "test.toml:7:8: resource \"/b\": `bias` \"up\" is not",
+        "test.toml:8:12: resource \"/b\": `debounce` \"2s\" is not a duration",
+        "test.toml:12:10: resource \"/t\": `period` \"1ms\" is not a duration",
+        "test.toml:13:13: resource \"/t\": `threshold` must be a number",
+        "test.toml:15:8: resource \"/oic/d\": hrefs under /oic/ are reserved",
+        "test.toml:17:11: resource \"/oic/d\": `initial` must be true or false, not 1",
+        "test.toml:21:12: resource \"/l\": `pwm_chip` a table is not",
+        "test.toml:23:11: resource \"/l\": `initial` must be an integer 0-100, not 101",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    assert_eq!(e.problems.len(), 8, "{text}");
+}
+
+#[test]
+fn chips_and_buses_in_every_spelling() {
+    let b = parse(concat!(
+        "name = \"x\"\n",
+        "[[resource]]\nhref = \"/a\"\ndriver = \"gpio-output\"\nchip = \"/dev/gpiochip4\"\nline = 1\n",
+        "[[resource]]\nhref = \"/b\"\ndriver = \"gpio-output\"\nchip = { path = \"/dev/gpiochip9\" }\nline = 1\n",
+        "[[resource]]\nhref = \"/c\"\ndriver = \"lm75\"\nbus = { name = \"i2c-stub\" }\naddress = 0x48\nsmbus = true\n",
+        "[[resource]]\nhref = \"/d\"\ndriver = \"tmp75\"\nbus = \"/dev/i2c-7\"\naddress = 0x49\nresolution = 10\n",
+    ))
+    .unwrap();
+    assert!(matches!(
+        b.resources[0].driver,
+        DriverSpec::GpioOutput {
+            chip: GpioChip::Number(4),
+            ..
+        }
+    ));
+    assert!(
+        matches!(&b.resources[1].driver, DriverSpec::GpioOutput { chip: GpioChip::Path(p), .. } if p == Path::new("/dev/gpiochip9"))
+    );
+    assert!(
+        matches!(&b.resources[2].driver, DriverSpec::Lm75 { bus: I2cBus::Name(n), smbus: true, .. } if n == "i2c-stub")
+    );
+    assert!(matches!(
+        &b.resources[3].driver,
+        DriverSpec::Lm75 {
+            bus: I2cBus::Number(7),
+            resolution: Some(_),
+            ..
+        }
+    ));
+    // Same line on the same chip spelled differently is still a conflict.
+    let msg = one_problem(
+        concat!(
+            "name = \"x\"\n",
+            "[[resource]]\nhref = \"/a\"\ndriver = \"gpio-output\"\nchip = \"/dev/gpiochip4\"\nline = 1\n",
+            "[[resource]]\nhref = \"/b\"\ndriver = \"gpio-input\"\nchip = 4\nline = 1\n",
+        ),
+        ProblemKind::LineInUse,
+    );
+    assert!(
+        msg.contains("GPIO line 1 on gpiochip4 is already used by \"/a\" (line 6)"),
+        "{msg}"
+    );
+}

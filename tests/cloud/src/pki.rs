@@ -1,0 +1,485 @@
+//! The cloud's certificates (rcgen): its own CA, its server certificate with CN `uuid:<sid>`,
+//! identity certificates signed from device CSRs, and the checks plgd hub makes on a device
+//! certificate (OCF-PROTOCOL.md §8).
+//!
+//! Files in the data directory, all mode 0600, created on first start and reused afterwards:
+//! `sid`, `ca.key`, `ca.crt`, `server.key`, `server.crt`.
+
+use std::fs;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer};
+use time::OffsetDateTime;
+use x509_parser::prelude::FromDer;
+
+/// The OCF identity EKU, 1.3.6.1.4.1.44924.1.6.
+pub const OCF_IDENTITY_EKU: &[u64] = &[1, 3, 6, 1, 4, 1, 44924, 1, 6];
+const OCF_IDENTITY_EKU_STR: &str = "1.3.6.1.4.1.44924.1.6";
+
+/// Validity of an identity certificate issued from a CSR.
+pub const DEVICE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The cloud's key material.
+pub struct Pki {
+    /// The cloud's UUID.
+    pub sid: String,
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+    /// The CA certificate, DER.
+    pub ca_der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+    /// The server certificate chain (leaf, CA).
+    pub server_chain: Vec<CertificateDer<'static>>,
+    server_key_pem: String,
+}
+
+impl Pki {
+    /// Loads the key material from `dir`, creating what is missing. `sid` is used only when no
+    /// `sid` file exists yet; a different one stored already is an error.
+    pub fn load_or_create(dir: &Path, sid: Option<&str>) -> Result<Pki, String> {
+        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let sid_path = dir.join("sid");
+        let stored_sid = match fs::read_to_string(&sid_path) {
+            Ok(s) => Some(s.trim().to_ascii_lowercase()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("cannot read {}: {e}", sid_path.display())),
+        };
+        let sid = match (stored_sid, sid) {
+            (Some(stored), Some(wanted)) if !stored.eq_ignore_ascii_case(wanted) => {
+                return Err(format!(
+                    "--sid {wanted} differs from the sid {stored} stored in {}",
+                    dir.display()
+                ))
+            }
+            (Some(stored), _) => stored,
+            (None, wanted) => {
+                let sid = match wanted {
+                    Some(s) => s.to_ascii_lowercase(),
+                    None => uuid::Uuid::new_v4().to_string(),
+                };
+                write_private(&sid_path, sid.as_bytes())?;
+                sid
+            }
+        };
+        if !ocf::cloud::payload::is_uuid(&sid) {
+            return Err(format!("sid {sid:?} is not a UUID"));
+        }
+
+        let (ca_key_path, ca_crt_path) = (dir.join("ca.key"), dir.join("ca.crt"));
+        let (ca_key, ca_pem) = if ca_key_path.exists() && ca_crt_path.exists() {
+            let key_pem = read(&ca_key_path)?;
+            let key = KeyPair::from_pem(&key_pem).map_err(|e| format!("ca.key: {e}"))?;
+            (key, read(&ca_crt_path)?)
+        } else {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .map_err(|e| format!("cannot generate the CA key: {e}"))?;
+            let mut params = CertificateParams::default();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::OrganizationName, "ocf-dev-cloud");
+            dn.push(DnType::CommonName, format!("ocf-dev-cloud CA {sid}"));
+            params.distinguished_name = dn;
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let now = OffsetDateTime::now_utc();
+            params.not_before = now - Duration::from_secs(3600);
+            params.not_after = now + Duration::from_secs(20 * 365 * 24 * 3600);
+            params.serial_number = Some(random_serial()?);
+            let cert = params
+                .self_signed(&key)
+                .map_err(|e| format!("cannot create the CA certificate: {e}"))?;
+            write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
+            write_private(&ca_crt_path, cert.pem().as_bytes())?;
+            // A new CA invalidates any server certificate left over.
+            let _ = fs::remove_file(dir.join("server.crt"));
+            (key, cert.pem())
+        };
+        let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .map_err(|e| format!("ca.crt: {e}"))?;
+        let issuer = Issuer::from_ca_cert_der(&ca_der, ca_key).map_err(|e| format!("ca.crt: {e}"))?;
+
+        let (srv_key_path, srv_crt_path) = (dir.join("server.key"), dir.join("server.crt"));
+        let existing = if srv_key_path.exists() && srv_crt_path.exists() {
+            let crt = read(&srv_crt_path)?;
+            let der = CertificateDer::from_pem_slice(crt.as_bytes())
+                .map_err(|e| format!("server.crt: {e}"))?;
+            let cn_ok = common_name(&der)
+                .is_some_and(|cn| cn.eq_ignore_ascii_case(&format!("uuid:{sid}")));
+            cn_ok.then_some((read(&srv_key_path)?, der))
+        } else {
+            None
+        };
+        let (server_key_pem, server_der) = match existing {
+            Some(v) => v,
+            None => {
+                let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                    .map_err(|e| format!("cannot generate the server key: {e}"))?;
+                let mut params = CertificateParams::default();
+                let mut dn = DistinguishedName::new();
+                dn.push(DnType::CommonName, format!("uuid:{sid}"));
+                params.distinguished_name = dn;
+                params.subject_alt_names = vec![
+                    SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                    SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+                    SanType::DnsName(
+                        "localhost"
+                            .try_into()
+                            .map_err(|e| format!("SAN localhost: {e}"))?,
+                    ),
+                ];
+                params.extended_key_usages = vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ];
+                params.key_usages = vec![
+                    KeyUsagePurpose::DigitalSignature,
+                    KeyUsagePurpose::KeyAgreement,
+                ];
+                let now = OffsetDateTime::now_utc();
+                params.not_before = now - Duration::from_secs(3600);
+                params.not_after = now + Duration::from_secs(10 * 365 * 24 * 3600);
+                params.serial_number = Some(random_serial()?);
+                params.use_authority_key_identifier_extension = true;
+                let cert = params
+                    .signed_by(&key, &issuer)
+                    .map_err(|e| format!("cannot create the server certificate: {e}"))?;
+                write_private(&srv_key_path, key.serialize_pem().as_bytes())?;
+                write_private(&srv_crt_path, cert.pem().as_bytes())?;
+                (key.serialize_pem(), cert.der().clone())
+            }
+        };
+        Ok(Pki {
+            sid,
+            ca_pem,
+            ca_der: ca_der.clone(),
+            issuer,
+            server_chain: vec![server_der, ca_der],
+            server_key_pem,
+        })
+    }
+
+    /// The server's private key.
+    pub fn server_key(&self) -> Result<PrivateKeyDer<'static>, String> {
+        PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())
+            .map_err(|e| format!("server.key: {e}"))
+    }
+
+    /// Signs a PKCS#10 CSR (PEM) into an identity certificate (PEM): the CSR's signature must
+    /// verify and its subject CN be `uuid:<UUID>`; the certificate copies that CN and gets EKUs
+    /// serverAuth, clientAuth and 1.3.6.1.4.1.44924.1.6, KeyUsage digitalSignature and
+    /// keyAgreement, and one year of validity. Extensions requested in the CSR are ignored.
+    pub fn sign_csr(&self, csr_pem: &str) -> Result<String, String> {
+        let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+            .map_err(|e| format!("not a PEM certificate request: {e}"))?;
+        let (_, csr) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+                .map_err(|e| format!("malformed certificate request: {e}"))?;
+        csr.verify_signature()
+            .map_err(|e| format!("the certificate request's signature does not verify: {e}"))?;
+        let info = &csr.certification_request_info;
+        let cn = info
+            .subject
+            .iter_common_name()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .ok_or("the certificate request has no subject CN")?;
+        let uuid = strip_uuid_prefix(cn).ok_or("the subject CN must be uuid:<UUID>")?;
+        if !ocf::cloud::payload::is_uuid(uuid) {
+            return Err("the subject CN must be uuid:<UUID>".into());
+        }
+        let key = CsrPublicKey::from_spki(&info.subject_pki)?;
+
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::Other(OCF_IDENTITY_EKU.to_vec()),
+        ];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyAgreement,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(3600);
+        params.not_after = now + DEVICE_CERT_VALIDITY;
+        params.serial_number = Some(random_serial()?);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| format!("cannot sign: {e}"))?;
+        Ok(cert.pem())
+    }
+}
+
+/// The public key of a CSR, for rcgen.
+struct CsrPublicKey {
+    raw: Vec<u8>,
+    alg: &'static SignatureAlgorithm,
+}
+
+impl CsrPublicKey {
+    fn from_spki(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<Self, String> {
+        let alg_oid = spki.algorithm.algorithm.to_id_string();
+        let param_oid = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|o| o.to_id_string());
+        let alg: &'static SignatureAlgorithm = match (alg_oid.as_str(), param_oid.as_deref()) {
+            ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7")) => &rcgen::PKCS_ECDSA_P256_SHA256,
+            ("1.2.840.10045.2.1", Some("1.3.132.0.34")) => &rcgen::PKCS_ECDSA_P384_SHA384,
+            ("1.3.101.112", _) => &rcgen::PKCS_ED25519,
+            ("1.2.840.113549.1.1.1", _) => &rcgen::PKCS_RSA_SHA256,
+            _ => return Err(format!("unsupported public key algorithm {alg_oid}")),
+        };
+        Ok(CsrPublicKey {
+            raw: spki.subject_public_key.data.to_vec(),
+            alg,
+        })
+    }
+}
+
+impl PublicKeyData for CsrPublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.alg
+    }
+}
+
+/// What hub checks in a device certificate after the chain has been validated
+/// (OCF-PROTOCOL.md §8.2): EKUs serverAuth, clientAuth and 1.3.6.1.4.1.44924.1.6, and subject
+/// CN `uuid:<di>`. Returns the `di` (lower case).
+pub fn device_id_from_cert(der: &[u8]) -> Result<String, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("malformed certificate: {e}"))?;
+    let eku = cert
+        .extended_key_usage()
+        .map_err(|e| format!("malformed extended key usage: {e}"))?
+        .ok_or("the certificate has no extended key usage")?
+        .value;
+    if !eku.server_auth || !eku.client_auth {
+        return Err("the certificate lacks EKU serverAuth or clientAuth".into());
+    }
+    if !eku
+        .other
+        .iter()
+        .any(|o| o.to_id_string() == OCF_IDENTITY_EKU_STR)
+    {
+        return Err(format!("the certificate lacks EKU {OCF_IDENTITY_EKU_STR}"));
+    }
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .ok_or("the certificate has no subject CN")?;
+    let di = strip_uuid_prefix(cn).ok_or("the subject CN is not uuid:<di>")?;
+    if !ocf::cloud::payload::is_uuid(di) {
+        return Err("the subject CN is not uuid:<di>".into());
+    }
+    Ok(di.to_ascii_lowercase())
+}
+
+/// The subject CN of a certificate.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())?;
+    Some(cn.to_owned())
+}
+
+/// `uuid:` prefix, matched case-insensitively as hub does.
+fn strip_uuid_prefix(cn: &str) -> Option<&str> {
+    let prefix = cn.get(..5)?;
+    prefix.eq_ignore_ascii_case("uuid:").then(|| &cn[5..])
+}
+
+fn random_serial() -> Result<SerialNumber, String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    bytes[0] &= 0x7F;
+    bytes[0] |= 0x01;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Writes a file with mode 0600, atomically (temporary file, fsync, rename).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    {
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).map_err(err)?;
+        f.write_all(data).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    fs::rename(&tmp, path).map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "ocf-dev-cloud-pki-{name}-{}-{}",
+            std::process::id(),
+            crate::core::random_hex(4).unwrap()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn csr(cn: &str) -> (KeyPair, String) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        (key, pem)
+    }
+
+    #[test]
+    fn created_once_then_reused() {
+        let dir = temp_dir("reuse");
+        let sid = "11111111-2222-3333-4444-555555555555";
+        let a = Pki::load_or_create(&dir, Some(sid)).unwrap();
+        assert_eq!(a.sid, sid);
+        assert_eq!(
+            common_name(&a.server_chain[0]).unwrap(),
+            format!("uuid:{sid}")
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for f in ["sid", "ca.key", "ca.crt", "server.key", "server.crt"] {
+                let mode = fs::metadata(dir.join(f)).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{f}");
+            }
+        }
+        let b = Pki::load_or_create(&dir, None).unwrap();
+        assert_eq!(b.sid, sid);
+        assert_eq!(a.ca_pem, b.ca_pem);
+        assert_eq!(a.server_chain, b.server_chain);
+        assert!(Pki::load_or_create(&dir, Some("11111111-2222-3333-4444-000000000000")).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn csr_signing_sets_cn_and_ekus() {
+        let dir = temp_dir("csr");
+        let pki = Pki::load_or_create(&dir, None).unwrap();
+        let di = "9f0a6b1e-3c2d-4e5f-8a9b-0c1d2e3f4a5b";
+        let (_key, pem) = csr(&format!("uuid:{di}"));
+        let cert_pem = pki.sign_csr(&pem).unwrap();
+        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        assert_eq!(device_id_from_cert(&der).unwrap(), di);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let ku = cert.key_usage().unwrap().unwrap().value;
+        assert!(ku.digital_signature() && ku.key_agreement());
+        assert!(!cert.is_ca());
+        let validity = cert.validity().time_to_expiration().unwrap();
+        assert!(validity.whole_days() >= 364 && validity.whole_days() <= 366);
+        // Chained to the CA: its signature verifies with the CA key.
+        let (_, ca) = x509_parser::parse_x509_certificate(&pki.ca_der).unwrap();
+        cert.verify_signature(Some(ca.public_key())).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_csrs_are_refused() {
+        let dir = temp_dir("bad");
+        let pki = Pki::load_or_create(&dir, None).unwrap();
+        for cn in ["device-1", "uuid:not-a-uuid", "uuid:"] {
+            let (_k, pem) = csr(cn);
+            assert!(pki.sign_csr(&pem).is_err(), "{cn}");
+        }
+        assert!(pki.sign_csr("garbage").is_err());
+        assert!(pki
+            .sign_csr("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")
+            .is_err());
+        // A tampered CSR: its signature no longer verifies.
+        let (_k, pem) = csr("uuid:9f0a6b1e-3c2d-4e5f-8a9b-0c1d2e3f4a5b");
+        let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let mut bytes = der.as_ref().to_vec();
+        let pos = bytes
+            .windows(4)
+            .position(|w| w == b"9f0a")
+            .unwrap();
+        bytes[pos] = b'8';
+        let tampered = pem_encode("CERTIFICATE REQUEST", &bytes);
+        let err = pki.sign_csr(&tampered).unwrap_err();
+        assert!(err.contains("signature"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn device_cert_checks() {
+        let dir = temp_dir("leaf");
+        let pki = Pki::load_or_create(&dir, None).unwrap();
+        // The server certificate lacks the OCF EKU: not a device identity.
+        assert!(device_id_from_cert(&pki.server_chain[0])
+            .unwrap_err()
+            .contains("44924"));
+        assert!(device_id_from_cert(b"junk").is_err());
+        assert_eq!(strip_uuid_prefix("UUID:abc"), Some("abc"));
+        assert_eq!(strip_uuid_prefix("uuid"), None);
+        assert_eq!(strip_uuid_prefix("é"), None);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn pem_encode(label: &str, der: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut b64 = String::new();
+        for chunk in der.chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    b64.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    b64.push('=');
+                }
+            }
+        }
+        let mut out = format!("-----BEGIN {label}-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).unwrap());
+            out.push('\n');
+        }
+        out.push_str(&format!("-----END {label}-----\n"));
+        out
+    }
+}

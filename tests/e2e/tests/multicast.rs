@@ -1,0 +1,68 @@
+//! Multicast discovery, inside a network namespace this test creates (`unshare -n`), so the
+//! agent can own port 5683 and the OCF groups without touching the machine's network:
+//! IPv4 224.0.1.187 on the namespace's loopback, IPv6 ff02::158 across a veth pair with
+//! link-local addresses only. The client is libcoap's `coap-client`.
+
+use std::process::Command;
+
+use ciborium::Value;
+use ocf_e2e::*;
+
+fn coap_client() -> String {
+    std::env::var("OCF_COAP_CLIENT").unwrap_or_else(|_| "coap-client-openssl".into())
+}
+
+#[test]
+fn multicast_discovery_in_a_network_namespace() {
+    let dir = TempDir::new("multicast");
+    let agent = binary("ocf-agent");
+    let d = dir.path().display().to_string();
+    let script = format!(
+        r#"
+set -eu
+ip link set lo up
+ip link set lo multicast on
+ip route add 224.0.0.0/4 dev lo
+sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+ip link add ocf0 type veth peer name ocf1
+ip link set ocf0 up
+ip link set ocf1 up
+'{agent}' --board sim --state-dir '{d}/state' --tcp 127.0.0.1:0 >'{d}/out' 2>'{d}/err' &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+for i in $(seq 200); do grep -q 'ocf-agent: ready' '{d}/out' && break; sleep 0.05; done
+grep -q 'ocf-agent: ready' '{d}/out'
+# wait for link-local addresses on the veth pair
+for i in $(seq 100); do ip -6 addr show dev ocf0 | grep -q 'fe80' && break; sleep 0.05; done
+'{client}' -N -B 2 -m get -o '{d}/v4.cbor' 'coap://224.0.1.187/oic/res'
+'{client}' -N -B 2 -m get -o '{d}/v4-miss.cbor' 'coap://224.0.1.187/oic/res?rt=oic.r.nothing' || true
+'{client}' -N -B 2 -m get -o '{d}/v6.cbor' 'coap://[ff02::158%ocf0]/oic/res'
+kill -TERM $pid
+wait $pid
+"#,
+        agent = agent.display(),
+        d = d,
+        client = coap_client(),
+    );
+    let out = Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", &script])
+        .output()
+        .expect("run unshare (util-linux)");
+    let err = std::fs::read_to_string(dir.path().join("err")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "namespace script failed: {}\n{}\nagent log:\n{err}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in ["v4.cbor", "v6.cbor"] {
+        let bytes = std::fs::read(dir.path().join(file)).unwrap_or_default();
+        let links: Value = ciborium::de::from_reader(bytes.as_slice())
+            .unwrap_or_else(|e| panic!("{file}: no CBOR answer to multicast discovery ({e})\nagent log:\n{err}"));
+        let hrefs: Vec<&str> = links.as_array().unwrap().iter().filter_map(|l| key(l, "href")?.as_text()).collect();
+        assert!(hrefs.contains(&"/temperature"), "{file}: {hrefs:?}");
+    }
+    // A filter that matches nothing gets no answer at all from a multicast group member.
+    let miss = std::fs::read(dir.path().join("v4-miss.cbor")).unwrap_or_default();
+    assert!(miss.is_empty(), "unexpected answer to a non-matching multicast query: {miss:02x?}");
+}
