@@ -99,7 +99,9 @@ impl Cloud {
             let r = resource::apply_update(&mut session, props, Instant::now());
             match &r {
                 Ok(()) => match session.conf() {
-                    Some(c) => info!(cis = %c.cis, sid = %c.sid, apn = %c.apn, cps = %session.cps(), "CoAPCloudConf written"),
+                    Some(c) => {
+                        info!(cis = %c.cis, sid = %c.sid, apn = %c.apn, cps = %session.cps(), "CoAPCloudConf written")
+                    }
                     None => info!(cps = %session.cps(), "CoAPCloudConf: deregistration requested"),
                 },
                 Err(e) => info!("CoAPCloudConf update refused: {e}"),
@@ -110,7 +112,9 @@ impl Cloud {
         result.map_err(Into::into)
     }
 
-    /// The device's set of discoverable resources changed: republish.
+    /// The device's set of discoverable resources changed: republish. (For resources added or
+    /// removed at run time; the link task also re-reads the links whenever it is woken.)
+    #[allow(dead_code)]
     pub fn links_changed(&self) {
         self.wake.notify_one();
     }
@@ -194,13 +198,19 @@ fn load_session(dir: &Path, device: DeviceInfo, timing: Timing) -> CloudSession 
         Ok(bytes) => match PersistedState::from_cbor(&bytes) {
             Ok(state) => Some(state),
             Err(e) => {
-                warn!("{}: unreadable ({e}); starting without cloud configuration", path.display());
+                warn!(
+                    "{}: unreadable ({e}); starting without cloud configuration",
+                    path.display()
+                );
                 None
             }
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => {
-            warn!("{}: {e}; starting without cloud configuration", path.display());
+            warn!(
+                "{}: {e}; starting without cloud configuration",
+                path.display()
+            );
             None
         }
     };
@@ -213,7 +223,10 @@ fn load_session(dir: &Path, device: DeviceInfo, timing: Timing) -> CloudSession 
             s
         }
         Err(e) => {
-            warn!("{}: {e}; starting without cloud configuration", path.display());
+            warn!(
+                "{}: {e}; starting without cloud configuration",
+                path.display()
+            );
             CloudSession::new(device, timing, seed())
         }
     }
@@ -319,7 +332,10 @@ impl CloudUri {
             let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
             match after {
                 "" => (host, None),
-                p => (host, Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ']'"))?)),
+                p => (
+                    host,
+                    Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ']'"))?),
+                ),
             }
         } else {
             match authority.split_once(':') {
@@ -409,7 +425,10 @@ impl Link {
         .await
         {
             Ok(r) => r,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the cloud does not read")),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the cloud does not read",
+            )),
         }
     }
 
@@ -474,7 +493,12 @@ async fn recv_opt(outbox: Option<&mut mpsc::Receiver<Packet>>) -> Option<Packet>
 }
 
 /// The link task: executes the session's actions and feeds it what happens.
-async fn run(cloud: Rc<Cloud>, agent: Rc<Agent>, dir: PathBuf, mut shutdown: watch::Receiver<bool>) {
+async fn run(
+    cloud: Rc<Cloud>,
+    agent: Rc<Agent>,
+    dir: PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut link: Option<Link> = None;
     let mut connecting: Option<ConnectFuture> = None;
     let mut buf = vec![0u8; READ_CHUNK];
@@ -671,10 +695,10 @@ async fn receive(
                         Err(e) => warn!("cannot send a response to the cloud: {e}"),
                     }
                 }
-                MessageClass::Response(_) => {
-                    if !cloud.with_session(|s| s.handle_response(&packet, now)) {
-                        debug!(code = %packet.header.code, "unsolicited response from the cloud");
-                    }
+                MessageClass::Response(_)
+                    if !cloud.with_session(|s| s.handle_response(&packet, now)) =>
+                {
+                    debug!(code = %packet.header.code, "unsolicited response from the cloud");
                 }
                 _ => {}
             },
@@ -700,7 +724,11 @@ async fn receive(
 
 fn uri_path(p: &Packet) -> String {
     let mut s = String::new();
-    for seg in p.get_option(coap_lite::CoapOption::UriPath).into_iter().flatten() {
+    for seg in p
+        .get_option(coap_lite::CoapOption::UriPath)
+        .into_iter()
+        .flatten()
+    {
         s.push('/');
         s.push_str(&String::from_utf8_lossy(seg));
     }
@@ -725,21 +753,372 @@ fn persist(dir: &Path, state: &PersistedState) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    use ciborium::Value;
+    use coap_lite::CoapOption;
+    use ocf::resource::{
+        Backend, Device, DeviceInfo as OcfDeviceInfo, Interface, PlatformInfo, Policy, Resource,
+        Response,
+    };
+    use rustls::pki_types::PrivateKeyDer;
+    use tokio::io::AsyncRead;
+
+    /// A switch for the test device.
+    struct Switch(bool);
+
+    impl Backend for Switch {
+        fn retrieve(&mut self) -> Result<Props, ResourceError> {
+            Ok([("value".to_string(), Value::Bool(self.0))]
+                .into_iter()
+                .collect())
+        }
+        fn update(&mut self, props: &Props) -> Result<(), ResourceError> {
+            match props.get("value") {
+                Some(Value::Bool(b)) => {
+                    self.0 = *b;
+                    Ok(())
+                }
+                _ => Err(ResourceError::BadRequest("value".into())),
+            }
+        }
+    }
+
+    fn agent() -> Rc<Agent> {
+        let mut device = Device::new(
+            OcfDeviceInfo {
+                di: crate::tls::tests::DI.into(),
+                piid: "c0ffee00-0000-4000-8000-000000000002".into(),
+                name: "test".into(),
+                device_type: "oic.d.switch".into(),
+                spec_version: "ocf.2.5.0".into(),
+                data_model_version: "ocf.res.1.3.0".into(),
+                software_version: "0".into(),
+            },
+            PlatformInfo::default(),
+        );
+        device
+            .add(Resource::new(
+                "/switch",
+                &["oic.r.switch.binary"],
+                &[Interface::Actuator, Interface::Baseline],
+                Policy::discoverable_observable(),
+                Box::new(Switch(false)),
+            ))
+            .unwrap();
+        Rc::new(Agent::new(device))
+    }
+
+    /// The cloud side of one connection, scripted by the test.
+    struct FakeCloud<S> {
+        io: S,
+        conn: TcpConnection,
+        pending: Vec<Packet>,
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> FakeCloud<S> {
+        async fn new(mut io: S) -> Self {
+            let mut conn = TcpConnection::new(1 << 20);
+            io.write_all(&conn.start()).await.unwrap();
+            FakeCloud {
+                io,
+                conn,
+                pending: Vec::new(),
+            }
+        }
+
+        async fn next(&mut self) -> Packet {
+            let mut buf = [0u8; 4096];
+            loop {
+                if !self.pending.is_empty() {
+                    return self.pending.remove(0);
+                }
+                let n = tokio::time::timeout(Duration::from_secs(10), self.io.read(&mut buf))
+                    .await
+                    .expect("the device went quiet")
+                    .unwrap();
+                assert!(n > 0, "the device closed the connection");
+                for ev in self.conn.receive(&buf[..n]) {
+                    match ev {
+                        ConnEvent::Message(p) => self.pending.push(p),
+                        ConnEvent::Transmit(b) => self.io.write_all(&b).await.unwrap(),
+                        ConnEvent::Close { reason } => panic!("closed: {reason}"),
+                        ConnEvent::Pong { .. } => {}
+                    }
+                }
+            }
+        }
+
+        async fn send(&mut self, p: &Packet) {
+            let b = self.conn.encode(p).unwrap();
+            self.io.write_all(&b).await.unwrap();
+            self.io.flush().await.unwrap();
+        }
+
+        /// Expects a request to `path` and answers it with `code` and a CBOR body.
+        async fn answer(&mut self, path: &str, code: ResponseType, body: Value) -> Packet {
+            let req = self.next().await;
+            assert_eq!(uri_path(&req), path, "{req:?}");
+            let mut r = Response::new(code);
+            r.content_format = Some(10000);
+            ciborium::into_writer(&body, &mut r.payload).unwrap();
+            self.send(&r.to_packet(req.get_token())).await;
+            req
+        }
+
+        async fn request(&mut self, req: &Request, token: &[u8]) -> Packet {
+            self.send(&req.to_packet(token)).await;
+            loop {
+                let p = self.next().await;
+                if p.get_token() == token {
+                    return p;
+                }
+            }
+        }
+    }
+
+    fn map(entries: &[(&str, Value)]) -> Value {
+        Value::Map(
+            entries
+                .iter()
+                .map(|(k, v)| (Value::Text(k.to_string()), v.clone()))
+                .collect(),
+        )
+    }
+
+    fn text(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+
+    fn conf(cis: &str, sid: &str) -> Props {
+        [
+            ("cis", cis),
+            ("sid", sid),
+            ("apn", "plgd"),
+            ("at", "CODE-SECRET"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), text(v)))
+        .collect()
+    }
+
+    /// Registers through a fake cloud on `accept`ed connections, then serves a forwarded GET
+    /// and the batch observation of /oic/res over the cloud connection.
+    async fn scenario<S, F, Fut>(cis: String, sid: &str, dir: &Path, accept: F)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        F: Fn() -> Fut,
+        Fut: Future<Output = S>,
+    {
+        let agent = agent();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let cloud = start(dir, &agent, Some("backoff-base=50ms"), stop_rx).unwrap();
+        cloud.configure(&conf(&cis, sid)).unwrap();
+        let mut c = FakeCloud::new(accept().await).await;
+
+        let req = c
+            .answer(
+                "/oic/sec/account",
+                ResponseType::Changed,
+                map(&[
+                    ("accesstoken", text("AT-SECRET")),
+                    ("refreshtoken", text("RT-SECRET")),
+                    ("uid", text("user-1")),
+                    ("expiresin", Value::Integer((-1).into())),
+                ]),
+            )
+            .await;
+        let body: Value = ciborium::from_reader(&req.payload[..]).unwrap();
+        assert_eq!(ocf_text(&body, "accesstoken"), "CODE-SECRET");
+        c.answer(
+            "/oic/sec/session",
+            ResponseType::Changed,
+            map(&[("expiresin", Value::Integer((-1).into()))]),
+        )
+        .await;
+        let publish = c
+            .answer(
+                "/oic/rd",
+                ResponseType::Changed,
+                map(&[("links", Value::Array(vec![]))]),
+            )
+            .await;
+        let body: Value = ciborium::from_reader(&publish.payload[..]).unwrap();
+        let hrefs: Vec<String> = match body
+            .as_map()
+            .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some("links")))
+        {
+            Some((_, Value::Array(links))) => links
+                .iter()
+                .filter_map(|l| {
+                    l.as_map()?
+                        .iter()
+                        .find(|(k, _)| k.as_text() == Some("href"))?
+                        .1
+                        .as_text()
+                        .map(str::to_string)
+                })
+                .collect(),
+            _ => panic!("no links: {body:?}"),
+        };
+        assert!(hrefs.contains(&"/switch".to_string()), "{hrefs:?}");
+        assert!(
+            !hrefs.iter().any(|h| h == HREF || h == RES_HREF),
+            "{hrefs:?}"
+        );
+
+        // A forwarded read.
+        let mut get = Request::new(Method::Get, "/switch");
+        get.query.push(("if".into(), "oic.if.baseline".into()));
+        let r = c.request(&get, &[1, 2, 3, 4]).await;
+        assert_eq!(r.header.code, MessageClass::Response(ResponseType::Content));
+        // plgd's batch observation; a change is notified on the cloud connection.
+        let mut obs = Request::new(Method::Get, RES_HREF);
+        obs.query.push(("if".into(), "oic.if.b".into()));
+        obs.observe = Some(0);
+        let r = c.request(&obs, &[9, 9, 9, 9]).await;
+        assert!(
+            r.get_option(CoapOption::Observe).is_some(),
+            "batch observation registered"
+        );
+        let mut post = Request::new(Method::Post, "/switch");
+        post.content_format = Some(10000);
+        ciborium::into_writer(&map(&[("value", Value::Bool(true))]), &mut post.payload).unwrap();
+        let r = c.request(&post, &[5, 5, 5, 5]).await;
+        assert_eq!(r.header.code, MessageClass::Response(ResponseType::Changed));
+        let note = loop {
+            let p = c.next().await;
+            if p.get_token() == [9, 9, 9, 9] {
+                break p;
+            }
+        };
+        assert!(note.get_option(CoapOption::Observe).is_some());
+
+        assert_eq!(
+            cloud.representation().unwrap().get("cps"),
+            Some(&text("registered"))
+        );
+        let state =
+            PersistedState::from_cbor(&std::fs::read(dir.join(STATE_FILE)).unwrap()).unwrap();
+        assert_eq!(state.cps, ocf::cloud::Cps::Registered);
+        assert!(
+            state.conf.unwrap().at.is_empty(),
+            "the single-use at is dropped once used"
+        );
+        let _ = stop_tx.send(true);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    fn ocf_text(v: &Value, k: &str) -> String {
+        v.as_map()
+            .and_then(|m| m.iter().find(|(kk, _)| kk.as_text() == Some(k)))
+            .and_then(|(_, v)| v.as_text())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ocf-cloud-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        crate::state::ensure_dir(&d).unwrap();
+        d
+    }
+
+    fn local(f: impl Future<Output = ()>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, f);
+    }
+
+    #[test]
+    fn link_over_plain_tcp() {
+        let dir = temp_dir("plain");
+        local(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let cis = format!("coap+tcp://{}", listener.local_addr().unwrap());
+            let listener = Rc::new(listener);
+            scenario(cis, crate::tls::tests::SID, &dir, || {
+                let l = listener.clone();
+                async move { l.accept().await.unwrap().0 }
+            })
+            .await;
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn link_over_mutual_tls() {
+        use crate::tls::tests::{leaf, pki, DI, SID};
+        let dir = temp_dir("tls");
+        let server = pki(&format!("uuid:{SID}"));
+        let (key, _) = tls::ensure_identity_key(&dir).unwrap();
+        std::fs::write(
+            dir.join(tls::IDENTITY_CERT),
+            leaf(&format!("uuid:{DI}"), &server.ca, &key).pem(),
+        )
+        .unwrap();
+        std::fs::write(dir.join(tls::CLOUD_CA), &server.ca_pem).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server.ca.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            tls::provider(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                server.server_chain.clone(),
+                PrivateKeyDer::clone_key(&server.server_key),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        local(async {
+            let listener = Rc::new(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+            let cis = format!("coaps+tcp://{}", listener.local_addr().unwrap());
+            scenario(cis, SID, &dir, || {
+                let (l, a) = (listener.clone(), acceptor.clone());
+                async move {
+                    let tcp = l.accept().await.unwrap().0;
+                    a.accept(tcp).await.unwrap()
+                }
+            })
+            .await;
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn cis_parsing() {
         let p = |s: &str| CloudUri::parse(s);
         assert_eq!(
             p("coaps+tcp://cloud.example").unwrap(),
-            CloudUri { secure: true, host: "cloud.example".into(), port: 5684 }
+            CloudUri {
+                secure: true,
+                host: "cloud.example".into(),
+                port: 5684
+            }
         );
         assert_eq!(
             p("coap+tcp://127.0.0.1").unwrap(),
-            CloudUri { secure: false, host: "127.0.0.1".into(), port: 5683 }
+            CloudUri {
+                secure: false,
+                host: "127.0.0.1".into(),
+                port: 5683
+            }
         );
         assert_eq!(
             p("COAPS+TCP://[::1]:443/path?x").unwrap(),
-            CloudUri { secure: true, host: "::1".into(), port: 443 }
+            CloudUri {
+                secure: true,
+                host: "::1".into(),
+                port: 443
+            }
         );
         assert_eq!(p("coap+tcp://[fe80::1]").unwrap().port, 5683);
         assert_eq!(p("coap+tcp://h:").unwrap().port, 5683);
@@ -763,7 +1142,10 @@ mod tests {
 
     #[test]
     fn timing_overrides() {
-        let t = parse_timing("ping=2s, pong-timeout=500ms,attempts=3,backoff-base=100ms,backoff-cap=1s").unwrap();
+        let t = parse_timing(
+            "ping=2s, pong-timeout=500ms,attempts=3,backoff-base=100ms,backoff-cap=1s",
+        )
+        .unwrap();
         assert_eq!(t.ping_interval, Duration::from_secs(2));
         assert_eq!(t.pong_timeout, Duration::from_millis(500));
         assert_eq!(t.attempts_before_failure, 3);

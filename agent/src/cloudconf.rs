@@ -18,7 +18,13 @@ impl CloudConfBackend {
     /// The resource (rt `oic.r.coapcloudconf`, `oic.if.rw` + `oic.if.baseline`, discoverable
     /// and observable) backed by `cloud`.
     pub fn resource(cloud: Rc<Cloud>) -> Resource {
-        Resource::new(HREF, &[RT], &INTERFACES, policy(), Box::new(CloudConfBackend { cloud }))
+        Resource::new(
+            HREF,
+            &[RT],
+            &INTERFACES,
+            policy(),
+            Box::new(CloudConfBackend { cloud }),
+        )
     }
 }
 

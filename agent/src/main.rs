@@ -1,9 +1,12 @@
 //! `ocf-agent`: serves a board's sensors and actuators as OCF resources.
 
 mod board;
+mod cloud;
+mod cloudconf;
 mod server;
 mod state;
 mod tcp;
+mod tls;
 mod udp;
 
 use std::net::{IpAddr, SocketAddr};
@@ -38,10 +41,34 @@ struct Cli {
     /// Port of the OCF multicast groups (224.0.1.187, ff02::158), or "off".
     #[arg(long, default_value = "5683")]
     multicast: String,
+    /// Cloud link timers for tests, `KEY=VALUE,...` (see cloud::parse_timing).
+    #[arg(long, hide = true, value_name = "KEY=VALUE,...")]
+    cloud_timing: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print a PKCS#10 CSR (PEM, CN uuid:<di>) for the identity key, creating it if needed.
+    Csr {
+        /// Directory for identity, credentials and configuration.
+        #[arg(long, default_value = "/var/lib/ocf-agent")]
+        state_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Csr { state_dir }) = &cli.command {
+        return match cloud::print_csr(state_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ocf-agent: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -152,6 +179,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     for task in sensors {
         tokio::task::spawn_local(task.run(agent.clone(), stop_rx.clone()));
     }
+    cloud::start(&cli.state_dir, &agent, cli.cloud_timing.as_deref(), stop_rx.clone())?;
 
     // The line protocol tests and scripts wait for: every endpoint, then "ready".
     println!("ocf-agent: di {}", identity.di);

@@ -4,7 +4,8 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use coap_lite::MessageClass;
+use coap_lite::{CoapOption, MessageClass, Packet};
+use ocf::coap::block;
 use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
 use ocf::resource::Origin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -88,7 +89,8 @@ async fn connection(
                         match event {
                             ConnEvent::Message(packet) => {
                                 if let MessageClass::Request(_) = packet.header.code {
-                                    let response = agent.device.borrow_mut().handle_packet(&origin, &packet);
+                                    let mut response = agent.device.borrow_mut().handle_packet(&origin, &packet);
+                                    fit_response(&conn, &packet, &mut response);
                                     match conn.encode(&response) {
                                         Ok(bytes) => out.extend(bytes),
                                         Err(e) => warn!(connection = id, "cannot send response: {e}"),
@@ -114,10 +116,11 @@ async fn connection(
                     }
                 }
                 packet = outbox.recv() => {
-                    let Some(packet) = packet else {
+                    let Some(mut packet) = packet else {
                         // The agent dropped us (stuck observer).
                         return Ok(());
                     };
+                    fit_response(&conn, &Packet::new(), &mut packet);
                     match conn.encode(&packet) {
                         Ok(bytes) => stream.write_all(&bytes).await?,
                         Err(e) => warn!(connection = id, "cannot send notification: {e}"),
@@ -135,6 +138,18 @@ async fn connection(
     agent.close_stream(id);
     let _ = stream.shutdown().await;
     result
+}
+
+/// Serves the block a request asks for, and cuts a response that exceeds the peer's
+/// Max-Message-Size into blocks (RFC 8323 §5.3.1: 1152 bytes until the peer's CSM says more;
+/// the reference device sends no CSM).
+pub fn fit_response(conn: &TcpConnection, request: &Packet, response: &mut Packet) {
+    let peer_max = conn.peer_max_message_size() as usize;
+    if request.get_option(CoapOption::Block2).is_some() {
+        block::apply_block2(request, response, block::szx_for(peer_max));
+    } else if conn.encode(response).is_err() {
+        block::apply_block2(request, response, block::szx_for(peer_max));
+    }
 }
 
 pub fn log_listening(listener: &TcpListener) {

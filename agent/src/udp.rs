@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use coap_lite::{MessageClass, Packet};
+use ocf::coap::block;
 use ocf::coap::udp::{UdpInbound, UdpMessageLayer};
 use ocf::resource::{Origin, Request};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -23,6 +24,10 @@ pub const OCF_GROUP_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x158
 /// Every 8th notification to a UDP observer is confirmable, so an observer that went away is
 /// noticed by its RST (RFC 7641 §4.5) without every notification costing an ACK.
 const CON_EVERY: u32 = 8;
+
+/// Responses larger than 1024 bytes go block-wise (RFC 7959), keeping datagrams within the
+/// 1152 bytes CoAP stacks accept by default.
+const UDP_SZX: u8 = 6;
 
 /// Largest datagram we read; CoAP over UDP stays below the IPv6 minimum MTU in practice.
 const MAX_DATAGRAM: usize = 1500;
@@ -151,7 +156,8 @@ pub async fn serve_unicast(socket: Rc<UdpSocket>, agent: Rc<Agent>, mut shutdown
                 };
                 match layer.handle_datagram(peer, &buf[..n], Instant::now()) {
                     UdpInbound::Request(packet) => {
-                        let response = agent.device.borrow_mut().handle_packet(&Origin::Udp(peer), &packet);
+                        let mut response = agent.device.borrow_mut().handle_packet(&Origin::Udp(peer), &packet);
+                        block::apply_block2(&packet, &mut response, UDP_SZX);
                         let bytes = layer.respond(peer, &packet, response, Instant::now());
                         let _ = socket.send_to(&bytes, peer).await;
                         agent.flush_notifications();
@@ -169,7 +175,8 @@ pub async fn serve_unicast(socket: Rc<UdpSocket>, agent: Rc<Agent>, mut shutdown
                     _ => {}
                 }
             }
-            Some((peer, packet)) = notifications.recv() => {
+            Some((peer, mut packet)) = notifications.recv() => {
+                block::apply_block2(&Packet::new(), &mut packet, UDP_SZX);
                 counter = counter.wrapping_add(1);
                 let token = packet.get_token().to_vec();
                 let (mid, bytes) = layer.notification(peer, packet, counter % CON_EVERY == 0);
@@ -206,7 +213,8 @@ pub async fn serve_multicast(
                 let Ok(request) = Request::from_packet(&packet) else { continue };
                 let answer = agent.device.borrow_mut().handle_multicast(&Origin::Udp(peer), &request);
                 if let Some(response) = answer {
-                    let response = response.to_packet(packet.get_token());
+                    let mut response = response.to_packet(packet.get_token());
+                    block::apply_block2(&packet, &mut response, UDP_SZX);
                     let bytes = layer.respond(peer, &packet, response, Instant::now());
                     let _ = reply.send_to(&bytes, peer).await;
                 }

@@ -91,7 +91,7 @@ pub struct Outcome {
 }
 
 /// A refusal: a CoAP error code with a diagnostic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
     /// The CoAP code.
     pub code: ResponseType,
@@ -219,9 +219,9 @@ impl Core {
 
     fn check_apn(&self, apn: Option<&str>) -> Result<(), Refusal> {
         match apn {
-            Some(a) if !a.is_empty() && a != self.cfg.apn => Err(Refusal::unauthorized(
-                "unknown authorisation provider",
-            )),
+            Some(a) if !a.is_empty() && a != self.cfg.apn => {
+                Err(Refusal::unauthorized("unknown authorisation provider"))
+            }
             _ => Ok(()),
         }
     }
@@ -273,23 +273,23 @@ impl Core {
         self.check_apn(body.authprovider.as_deref())?;
         check_identity(peer_di, &body.di)?;
         let di = canonical(&body.di, peer_di);
-        let user = match self.store.use_authcode(
-            &store::digest(body.accesstoken.expose()),
-            &di,
-            now_ms,
-        )? {
-            CodeUse::Consumed(user) => {
-                // A new registration: whatever was published before is stale.
-                self.store.delete_links(&di, &[])?;
-                user
-            }
-            CodeUse::Repeated(user) => user,
-            CodeUse::Invalid => {
-                return Err(Refusal::unauthorized(
-                    "invalid, expired or already used authorisation code",
-                ))
-            }
-        };
+        let user =
+            match self
+                .store
+                .use_authcode(&store::digest(body.accesstoken.expose()), &di, now_ms)?
+            {
+                CodeUse::Consumed(user) => {
+                    // A new registration: whatever was published before is stale.
+                    self.store.delete_links(&di, &[])?;
+                    user
+                }
+                CodeUse::Repeated(user) => user,
+                CodeUse::Invalid => {
+                    return Err(Refusal::unauthorized(
+                        "invalid, expired or already used authorisation code",
+                    ))
+                }
+            };
         self.store.upsert_device(&di, &user, now_ms)?;
         let t = self.issue_tokens(&di, &user, now_ms)?;
         let resp = SignUpResponse {
@@ -299,7 +299,11 @@ impl Core {
             expiresin: t.expiresin,
             redirecturi: Some(String::new()),
         };
-        Ok((cbor_response(ResponseType::Changed, &resp)?, Effect::None, false))
+        Ok((
+            cbor_response(ResponseType::Changed, &resp)?,
+            Effect::None,
+            false,
+        ))
     }
 
     /// POST /oic/sec/session (OCF-PROTOCOL.md §5.2).
@@ -344,7 +348,10 @@ impl Core {
         if tokens.uid != full.uid {
             return Err(Refusal::unauthorized("`uid` does not own this device"));
         }
-        if !constant_time_eq(&tokens.access_hash, &store::digest(full.accesstoken.expose())) {
+        if !constant_time_eq(
+            &tokens.access_hash,
+            &store::digest(full.accesstoken.expose()),
+        ) {
             return Err(Refusal::unauthorized("invalid access token"));
         }
         let expiresin = match tokens.access_expires_ms {
@@ -357,7 +364,10 @@ impl Core {
         let resp = payload::SignInResponse { expiresin };
         Ok((
             cbor_response(ResponseType::Changed, &resp)?,
-            Effect::SignedIn(Session { di, uid: tokens.uid }),
+            Effect::SignedIn(Session {
+                di,
+                uid: tokens.uid,
+            }),
             false,
         ))
     }
@@ -384,7 +394,10 @@ impl Core {
         if !body.uid.is_empty() && body.uid != tokens.uid {
             return Err(Refusal::unauthorized("`uid` does not own this device"));
         }
-        if !constant_time_eq(&tokens.refresh_hash, &store::digest(body.refreshtoken.expose())) {
+        if !constant_time_eq(
+            &tokens.refresh_hash,
+            &store::digest(body.refreshtoken.expose()),
+        ) {
             return Err(Refusal::unauthorized("invalid refresh token"));
         }
         let t = self.issue_tokens(&di, &tokens.uid, now_ms)?;
@@ -393,7 +406,11 @@ impl Core {
             refreshtoken: t.refresh,
             expiresin: t.expiresin,
         };
-        Ok((cbor_response(ResponseType::Changed, &resp)?, Effect::None, false))
+        Ok((
+            cbor_response(ResponseType::Changed, &resp)?,
+            Effect::None,
+            false,
+        ))
     }
 
     /// DELETE /oic/sec/account?di=..&uid=..[&accesstoken=..] (OCF-PROTOCOL.md §5.4).
@@ -538,16 +555,18 @@ impl Core {
         let rt_filter: Vec<&str> = query_values(req, "rt");
         let mut links = Vec::new();
         for device in self.store.devices_of(&session.uid)? {
-            if !di_filter.is_empty() && !di_filter.iter().any(|d| d.eq_ignore_ascii_case(&device.di))
+            if !di_filter.is_empty()
+                && !di_filter.iter().any(|d| d.eq_ignore_ascii_case(&device.di))
             {
                 continue;
             }
             for row in self.store.links(&device.di)? {
                 let mut link = row.link;
                 if !rt_filter.is_empty() {
-                    let has = link["rt"]
-                        .as_array()
-                        .is_some_and(|rts| rts.iter().any(|r| rt_filter.contains(&r.as_str().unwrap_or(""))));
+                    let has = link["rt"].as_array().is_some_and(|rts| {
+                        rts.iter()
+                            .any(|r| rt_filter.contains(&r.as_str().unwrap_or("")))
+                    });
                     if !has {
                         continue;
                     }
@@ -606,8 +625,7 @@ fn canonical(di: &str, peer_di: Option<&str>) -> String {
 
 fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0

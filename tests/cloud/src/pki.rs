@@ -107,15 +107,16 @@ impl Pki {
         };
         let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
             .map_err(|e| format!("ca.crt: {e}"))?;
-        let issuer = Issuer::from_ca_cert_der(&ca_der, ca_key).map_err(|e| format!("ca.crt: {e}"))?;
+        let issuer =
+            Issuer::from_ca_cert_der(&ca_der, ca_key).map_err(|e| format!("ca.crt: {e}"))?;
 
         let (srv_key_path, srv_crt_path) = (dir.join("server.key"), dir.join("server.crt"));
         let existing = if srv_key_path.exists() && srv_crt_path.exists() {
             let crt = read(&srv_crt_path)?;
             let der = CertificateDer::from_pem_slice(crt.as_bytes())
                 .map_err(|e| format!("server.crt: {e}"))?;
-            let cn_ok = common_name(&der)
-                .is_some_and(|cn| cn.eq_ignore_ascii_case(&format!("uuid:{sid}")));
+            let cn_ok =
+                common_name(&der).is_some_and(|cn| cn.eq_ignore_ascii_case(&format!("uuid:{sid}")));
             cn_ok.then_some((read(&srv_key_path)?, der))
         } else {
             None
@@ -352,7 +353,12 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
+        // Under the target directory (the test binary lives in target/<profile>/deps).
+        let base = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("ocf-dev-cloud-tmp")))
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!(
             "ocf-dev-cloud-pki-{name}-{}-{}",
             std::process::id(),
             crate::core::random_hex(4).unwrap()
@@ -380,6 +386,19 @@ mod tests {
         assert_eq!(
             common_name(&a.server_chain[0]).unwrap(),
             format!("uuid:{sid}")
+        );
+        let (_, srv) = x509_parser::parse_x509_certificate(&a.server_chain[0]).unwrap();
+        let eku = srv.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        let san = srv.subject_alternative_name().unwrap().unwrap().value;
+        let names: Vec<String> = san.general_names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "IPAddress(7f:00:00:01)",
+                "IPAddress(00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:01)",
+                "DNSName(localhost)"
+            ]
         );
         #[cfg(unix)]
         {
@@ -428,16 +447,15 @@ mod tests {
         }
         assert!(pki.sign_csr("garbage").is_err());
         assert!(pki
-            .sign_csr("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")
+            .sign_csr(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+            )
             .is_err());
         // A tampered CSR: its signature no longer verifies.
         let (_k, pem) = csr("uuid:9f0a6b1e-3c2d-4e5f-8a9b-0c1d2e3f4a5b");
         let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap();
         let mut bytes = der.as_ref().to_vec();
-        let pos = bytes
-            .windows(4)
-            .position(|w| w == b"9f0a")
-            .unwrap();
+        let pos = bytes.windows(4).position(|w| w == b"9f0a").unwrap();
         bytes[pos] = b'8';
         let tampered = pem_encode("CERTIFICATE REQUEST", &bytes);
         let err = pki.sign_csr(&tampered).unwrap_err();
@@ -464,7 +482,11 @@ mod tests {
         const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut b64 = String::new();
         for chunk in der.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
                 if i <= chunk.len() {

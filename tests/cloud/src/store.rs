@@ -133,6 +133,16 @@ pub const REPEAT_WINDOW_MS: u64 = 60_000;
 impl Store {
     /// Opens (creating if needed) the database file.
     pub fn open(path: &Path) -> StoreResult<Store> {
+        // SQLite gives its journal and WAL files the database file's mode: create it 0600.
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        opts.open(path)
+            .map_err(|e| StoreError(format!("cannot create {}: {e}", path.display())))?;
         let conn = Connection::open(path)?;
         Self::init(conn)
     }
@@ -383,7 +393,8 @@ impl Store {
     /// The published links of a device, ordered by href.
     pub fn links(&self, di: &str) -> StoreResult<Vec<LinkRow>> {
         let db = self.db();
-        let mut stmt = db.prepare("SELECT href, ins, link FROM links WHERE di = ?1 ORDER BY href")?;
+        let mut stmt =
+            db.prepare("SELECT href, ins, link FROM links WHERE di = ?1 ORDER BY href")?;
         let rows = stmt.query_map(params![di], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -496,7 +507,10 @@ mod tests {
         s.upsert_links("d1", &[link("/a", 1), link("/b", 2), link("/c", 3)])
             .unwrap();
         assert_eq!(s.links("d1").unwrap().len(), 3);
-        assert_eq!(s.delete_links("d1", &[2, 9]).unwrap(), vec!["/b".to_owned()]);
+        assert_eq!(
+            s.delete_links("d1", &[2, 9]).unwrap(),
+            vec!["/b".to_owned()]
+        );
         assert_eq!(s.links("d1").unwrap().len(), 2);
         assert_eq!(s.devices_of("alice").unwrap().len(), 1);
         s.delete_device("d1").unwrap();

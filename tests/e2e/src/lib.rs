@@ -1,6 +1,8 @@
 //! Harness for the end-to-end tests: start the real binaries on loopback with ports the OS
 //! picks, talk CoAP to them over UDP and TCP, and clean up by PID.
 
+pub mod cloud;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};

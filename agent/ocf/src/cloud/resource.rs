@@ -79,10 +79,7 @@ pub fn representation(session: &CloudSession) -> Props {
                 servers
                     .iter()
                     .map(|s| {
-                        Value::Map(vec![
-                            (text("uri"), text(&s.uri)),
-                            (text("id"), text(&s.id)),
-                        ])
+                        Value::Map(vec![(text("uri"), text(&s.uri)), (text("id"), text(&s.id))])
                     })
                     .collect(),
             ),
@@ -143,7 +140,9 @@ pub fn parse_update(props: &Props) -> Result<CloudConf, UpdateError> {
         .keys()
         .find(|k| ![KEY_CIS, KEY_SID, KEY_APN, KEY_AT, KEY_SERVERS].contains(&k.as_str()))
     {
-        return Err(UpdateError::Unknown(k.chars().take(MAX_ECHOED_KEY).collect()));
+        return Err(UpdateError::Unknown(
+            k.chars().take(MAX_ECHOED_KEY).collect(),
+        ));
     }
     let text = |key: &'static str| -> Result<Option<String>, UpdateError> {
         match props.get(key) {
@@ -216,9 +215,7 @@ pub fn apply_update(
 mod tests {
     use super::*;
     use crate::cloud::payload::{Clec, Cps};
-    use crate::cloud::session::{
-        Action, DeviceInfo, PersistedState, Registration, Timing,
-    };
+    use crate::cloud::session::{Action, DeviceInfo, PersistedState, Registration, Timing};
 
     const SID: &str = "9b8c6a0e-1f2d-4e3c-8a7b-6c5d4e3f2a1b";
     const AT: &str = "SECRET-auth-code";
@@ -360,7 +357,10 @@ mod tests {
             let mut p = valid();
             p.insert(key.into(), t("registered"));
             let e = apply_update(&mut s, &p, Instant::now()).unwrap_err();
-            assert_eq!(e, UpdateError::ReadOnly(if key == "cps" { "cps" } else { "clec" }));
+            assert_eq!(
+                e,
+                UpdateError::ReadOnly(if key == "cps" { "cps" } else { "clec" })
+            );
             assert!(diag(e).contains("read-only"));
         }
         // Even with the deregistration trigger.
@@ -374,7 +374,10 @@ mod tests {
         let mut s = session();
         let now = Instant::now();
         let cases: Vec<(Props, &str)> = vec![
-            (props(&[("sid", t(SID)), ("at", t(AT))]), "`cis` is required"),
+            (
+                props(&[("sid", t(SID)), ("at", t(AT))]),
+                "`cis` is required",
+            ),
             (
                 props(&[("cis", t("coap+tcp://x")), ("sid", t(SID))]),
                 "`at`",
@@ -383,24 +386,38 @@ mod tests {
                 props(&[("cis", t("coap+tcp://x")), ("sid", t(SID)), ("at", t(""))]),
                 "`at`",
             ),
+            (props(&[("cis", t("coap+tcp://x")), ("at", t(AT))]), "`sid`"),
             (
-                props(&[("cis", t("coap+tcp://x")), ("at", t(AT))]),
+                props(&[
+                    ("cis", t("coap+tcp://x")),
+                    ("at", t(AT)),
+                    ("sid", t("nope")),
+                ]),
                 "`sid`",
             ),
             (
-                props(&[("cis", t("coap+tcp://x")), ("at", t(AT)), ("sid", t("nope"))]),
-                "`sid`",
-            ),
-            (
-                props(&[("cis", Value::Integer(1.into())), ("at", t(AT)), ("sid", t(SID))]),
+                props(&[
+                    ("cis", Value::Integer(1.into())),
+                    ("at", t(AT)),
+                    ("sid", t(SID)),
+                ]),
                 "`cis` must be a text string",
             ),
             (
-                props(&[("cis", t("coap+tcp://x")), ("at", Value::Bool(true)), ("sid", t(SID))]),
+                props(&[
+                    ("cis", t("coap+tcp://x")),
+                    ("at", Value::Bool(true)),
+                    ("sid", t(SID)),
+                ]),
                 "`at` must be a text string",
             ),
             (
-                props(&[("cis", t("coap+tcp://x")), ("at", t(AT)), ("sid", t(SID)), ("foo", t("x"))]),
+                props(&[
+                    ("cis", t("coap+tcp://x")),
+                    ("at", t(AT)),
+                    ("sid", t(SID)),
+                    ("foo", t("x")),
+                ]),
                 "unknown property `foo`",
             ),
             (

@@ -11,3 +11,4 @@ pub mod signal;
 pub mod tcp;
 pub mod tcp_conn;
 pub mod udp;
+pub mod block;

@@ -289,6 +289,13 @@ impl Device {
             }
         }
         let format = match req.accept {
+            // A client that sends no OCF version option and no Accept does not speak OCF's
+            // content format: it gets the same CBOR as application/cbor (60), without the
+            // critical option 2053 that a generic CoAP stack would have to reject (RFC 7252
+            // §5.4.1; libcoap drops such responses). OCF clients always send 2049 or Accept.
+            None if req.accept_version.is_none() && req.content_version.is_none() => {
+                ContentFormat::Cbor
+            }
             None => ContentFormat::OcfCbor,
             Some(n) => ContentFormat::from_number(n).ok_or_else(|| {
                 Response::error(

@@ -103,7 +103,9 @@ const O: Origin = Origin::Stream(1);
 #[test]
 fn oic_res_link_list_is_the_default_with_anchor_eps_and_policy() {
     let mut d = device();
-    let r = d.handle(&O, &get("/oic/res", &[]), &[]);
+    let mut req = get("/oic/res", &[]);
+    req.accept_version = Some(0x0800);
+    let r = d.handle(&O, &req, &[]);
     assert_eq!(r.code, ResponseType::Content);
     assert_eq!(r.content_format, Some(10000));
     let links = body(&r);
@@ -210,7 +212,7 @@ fn json_bodies_and_accept_json() {
     // Content-format 10000 carries the OCF version option; 60 does not.
     let p = r.to_packet(&[1]);
     assert!(p.get_option(coap_lite::CoapOption::Unknown(OCF_CONTENT_VERSION)).is_none());
-    let p = d.handle(&O, &get("/switch", &[]), &[]).to_packet(&[1]);
+    let p = d.handle(&O, &Request { accept: Some(10000), ..get("/switch", &[]) }, &[]).to_packet(&[1]);
     assert_eq!(
         p.get_first_option(coap_lite::CoapOption::Unknown(OCF_CONTENT_VERSION)),
         Some(&vec![0x08, 0x00])
@@ -246,6 +248,28 @@ fn errors_have_the_right_codes_and_a_diagnostic() {
     // Nothing changed through the refused updates.
     let v = body(&d.handle(&O, &get("/switch", &[]), &[]));
     assert_eq!(get_key(&v, "value"), Some(&Value::Bool(false)));
+}
+
+#[test]
+fn content_format_follows_what_the_client_speaks() {
+    let mut d = device();
+    // No Accept, no OCF option: a generic CoAP client; plain CBOR without option 2053.
+    let r = d.handle(&O, &get("/switch", &[]), &[]);
+    assert_eq!(r.content_format, Some(60));
+    assert!(r.to_packet(&[]).get_option(coap_lite::CoapOption::Unknown(OCF_CONTENT_VERSION)).is_none());
+    // An OCF client (2049 present) gets 10000 with 2053 = 2048.
+    let mut req = get("/switch", &[]);
+    req.accept_version = Some(0x0800);
+    let r = d.handle(&O, &req, &[]);
+    assert_eq!(r.content_format, Some(10000));
+    assert_eq!(
+        r.to_packet(&[]).get_first_option(coap_lite::CoapOption::Unknown(OCF_CONTENT_VERSION)),
+        Some(&vec![0x08, 0x00])
+    );
+    // plgd hub: Accept 10000 and no version options.
+    let mut req = get("/switch", &[]);
+    req.accept = Some(10000);
+    assert_eq!(d.handle(&O, &req, &[]).content_format, Some(10000));
 }
 
 #[test]

@@ -1,0 +1,1202 @@
+//! Integration tests: the `ocf-dev-cloud` binary on loopback (ports chosen by the OS), played
+//! against by a device written here over rustls (or plain TCP) and the shared `TcpConnection`.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
+use ocf::cloud::payload::{from_cbor, to_cbor};
+use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
+use ocf::resource::{encode_uint, Method, Request};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{json, Value};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// The cloud process
+// ---------------------------------------------------------------------------------------------
+
+struct Cloud {
+    child: Child,
+    dir: PathBuf,
+    sid: String,
+    coap: SocketAddr,
+    plain: Option<SocketAddr>,
+    http: SocketAddr,
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ocf-dev-cloud-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn addr_of(line: &str) -> SocketAddr {
+    let s = line.rsplit("://").next().unwrap();
+    s.parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+impl Cloud {
+    fn start(dir: &std::path::Path, extra: &[&str]) -> Cloud {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("stderr.log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ocf-dev-cloud"))
+            .args([
+                "--coap",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir.join("data"))
+            .args(extra)
+            .env("OCF_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line == "ocf-dev-cloud: ready" => break,
+                Ok(line) => lines.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("the cloud did not get ready: {lines:?}");
+                }
+            }
+        }
+        let find = |prefix: &str| {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix))
+                .map(str::to_owned)
+        };
+        let sid = find("ocf-dev-cloud: sid ").expect("sid line");
+        let coap = addr_of(&find("ocf-dev-cloud: coap ").expect("coap line"));
+        assert!(find("ocf-dev-cloud: coap ")
+            .unwrap()
+            .starts_with("coaps+tcp://"));
+        let plain = find("ocf-dev-cloud: coap-plain ").map(|l| {
+            assert!(l.starts_with("coap+tcp://"));
+            addr_of(&l)
+        });
+        let http = addr_of(&find("ocf-dev-cloud: http ").expect("http line"));
+        Cloud {
+            child,
+            dir: dir.to_owned(),
+            sid,
+            coap,
+            plain,
+            http,
+        }
+    }
+
+    /// SIGTERM and wait: returns the exit code.
+    fn stop(mut self) -> Option<i32> {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on the PID of our own child, which has not been reaped yet.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        let (status, _, body) = http(self.http, "GET", path, None);
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (status, _, body) = http(self.http, "POST", path, Some(&body.to_string()));
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    fn authcode(&self, user: &str) -> String {
+        let (status, body) = self.post("/api/v1/authcodes", &json!({ "user": user }));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["apn"], "plgd");
+        body["code"].as_str().unwrap().to_owned()
+    }
+
+    fn log(&self) -> Vec<Value> {
+        let (status, body) = self.get("/api/v1/log");
+        assert_eq!(status, 200);
+        body.as_array().unwrap().clone()
+    }
+
+    fn count(&self, from: &str, method: &str, path: &str, code: Option<&str>) -> usize {
+        self.log()
+            .iter()
+            .filter(|e| {
+                e["from"] == from
+                    && e["method"] == method
+                    && e["path"] == path
+                    && code.is_none_or(|c| e["code"] == c)
+            })
+            .count()
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client: (status, head, body).
+fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, head.to_ascii_lowercase(), body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Identities
+// ---------------------------------------------------------------------------------------------
+
+struct Identity {
+    di: String,
+    key: KeyPair,
+    cert_pem: String,
+    ca_pem: String,
+}
+
+fn new_di() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A device identity certificate from the cloud's CSR endpoint, for `cn_di`.
+fn identity(cloud: &Cloud, cn_di: &str) -> Identity {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("uuid:{cn_di}"));
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let (status, body) = cloud.post("/api/v1/csr", &json!({ "csr_pem": csr }));
+    assert_eq!(status, 200, "{body}");
+    Identity {
+        di: cn_di.to_owned(),
+        key,
+        cert_pem: body["certificate_pem"].as_str().unwrap().to_owned(),
+        ca_pem: body["ca_pem"].as_str().unwrap().to_owned(),
+    }
+}
+
+fn client_config(id: &Identity, tls12_only: bool) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(id.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let provider = if tls12_only {
+        Arc::new(rustls::crypto::CryptoProvider {
+            cipher_suites: vec![
+                rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ],
+            ..(*provider).clone()
+        })
+    } else {
+        provider
+    };
+    let chain = vec![CertificateDer::from_pem_slice(id.cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::Pkcs8(id.key.serialize_der().into());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The device side
+// ---------------------------------------------------------------------------------------------
+
+trait Io: Read + Write + Send {}
+impl<T: Read + Write + Send> Io for T {}
+
+struct Device {
+    io: Box<dyn Io>,
+    conn: TcpConnection,
+    inbox: VecDeque<Packet>,
+    raw: Vec<u8>,
+    pings: usize,
+    answer_pings: bool,
+    eof: bool,
+    next_token: u64,
+}
+
+impl Device {
+    fn tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Device {
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_nodelay(true).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into());
+        let conn = rustls::ClientConnection::new(config, name).unwrap();
+        Device::over(Box::new(rustls::StreamOwned::new(conn, sock)))
+    }
+
+    fn plain(addr: SocketAddr) -> Device {
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_nodelay(true).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        Device::over(Box::new(sock))
+    }
+
+    fn over(io: Box<dyn Io>) -> Device {
+        Device {
+            io,
+            conn: TcpConnection::new(64 * 1024),
+            inbox: VecDeque::new(),
+            raw: Vec::new(),
+            pings: 0,
+            answer_pings: true,
+            eof: false,
+            next_token: 0x0102_0304_0506_0700,
+        }
+    }
+
+    fn send_csm(&mut self) {
+        let csm = self.conn.start();
+        self.write(&csm);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).unwrap();
+        self.io.flush().unwrap();
+    }
+
+    fn send(&mut self, p: &Packet) {
+        let bytes = self.conn.encode(p).unwrap();
+        self.write(&bytes);
+    }
+
+    /// Reads once (up to the socket timeout); false at EOF or on an error.
+    fn pump(&mut self) -> bool {
+        if self.eof {
+            return false;
+        }
+        let mut buf = [0u8; 16 * 1024];
+        match self.io.read(&mut buf) {
+            Ok(0) => {
+                self.eof = true;
+                false
+            }
+            Ok(n) => {
+                self.raw.extend_from_slice(&buf[..n]);
+                for ev in self.conn.receive(&buf[..n]) {
+                    match ev {
+                        ConnEvent::Message(p) => self.inbox.push_back(p),
+                        ConnEvent::Transmit(b) => {
+                            self.pings += 1;
+                            if self.answer_pings {
+                                self.write(&b);
+                            }
+                        }
+                        ConnEvent::Pong { .. } => {}
+                        ConnEvent::Close { .. } => {
+                            self.eof = true;
+                            return false;
+                        }
+                    }
+                }
+                true
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                true
+            }
+            Err(_) => {
+                self.eof = true;
+                false
+            }
+        }
+    }
+
+    fn token(&mut self) -> Vec<u8> {
+        self.next_token += 1;
+        self.next_token.to_be_bytes().to_vec()
+    }
+
+    /// Sends a request and waits for its response; other messages stay in the inbox.
+    fn request(&mut self, mut p: Packet) -> Packet {
+        let token = self.token();
+        p.set_token(token.clone());
+        self.send(&p);
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(i) = self
+                .inbox
+                .iter()
+                .position(|m| m.get_token() == token && is_response(m))
+            {
+                return self.inbox.remove(i).unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no response to {:?}",
+                p.header.code
+            );
+            assert!(
+                self.pump(),
+                "connection closed while waiting for a response"
+            );
+        }
+    }
+
+    /// The next request the cloud sends.
+    fn expect_request(&mut self) -> Packet {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(i) = self.inbox.iter().position(|m| !is_response(m)) {
+                return self.inbox.remove(i).unwrap();
+            }
+            assert!(Instant::now() < deadline, "no request from the cloud");
+            assert!(self.pump(), "connection closed while waiting for a request");
+        }
+    }
+
+    fn respond(
+        &mut self,
+        req: &Packet,
+        code: ResponseType,
+        body: Option<Value>,
+        observe: Option<u32>,
+    ) {
+        let mut p = Packet::new();
+        p.header.code = MessageClass::Response(code);
+        p.set_token(req.get_token().to_vec());
+        if let Some(o) = observe {
+            p.add_option(CoapOption::Observe, encode_uint(o));
+        }
+        if let Some(b) = body {
+            p.add_option(CoapOption::ContentFormat, encode_uint(10000));
+            p.payload = to_cbor(&b).unwrap();
+        }
+        self.send(&p);
+    }
+
+    /// Waits for the cloud to close the connection.
+    fn wait_closed(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if !self.pump() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Every frame the cloud sent was at least six bytes (OCF-PROTOCOL.md §7.7).
+    fn assert_frames_at_least_six_bytes(&self) {
+        let mut rest = &self.raw[..];
+        let mut n = 0;
+        while !rest.is_empty() {
+            let Ok((_, used)) = ocf::coap::tcp::decode(rest) else {
+                break;
+            };
+            assert!(
+                used >= 6,
+                "frame {n} is {used} bytes: {:02x?}",
+                &rest[..used]
+            );
+            rest = &rest[used..];
+            n += 1;
+        }
+        assert!(n > 0);
+    }
+}
+
+fn is_response(p: &Packet) -> bool {
+    matches!(p.header.code, MessageClass::Response(_))
+}
+
+fn post(path: &str, query: &[(&str, &str)], body: Value) -> Packet {
+    let mut r = Request::new(Method::Post, path);
+    r.query = query
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).into()))
+        .collect();
+    r.content_format = Some(10000);
+    r.accept = Some(10000);
+    r.payload = to_cbor(&body).unwrap();
+    r.to_packet(&[])
+}
+
+fn delete(path: &str, query: &[(&str, &str)]) -> Packet {
+    let mut r = Request::new(Method::Delete, path);
+    r.query = query
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).into()))
+        .collect();
+    r.accept = Some(10000);
+    r.to_packet(&[])
+}
+
+fn code(p: &Packet) -> ResponseType {
+    match p.header.code {
+        MessageClass::Response(c) => c,
+        other => panic!("not a response: {other:?}"),
+    }
+}
+
+fn body(p: &Packet) -> Value {
+    from_cbor(&p.payload).unwrap()
+}
+
+fn path_of(p: &Packet) -> String {
+    p.get_option(CoapOption::UriPath)
+        .map(|segs| {
+            segs.iter()
+                .map(|s| format!("/{}", String::from_utf8_lossy(s)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn queries(p: &Packet) -> Vec<String> {
+    p.get_option(CoapOption::UriQuery)
+        .map(|q| {
+            q.iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn crc32(bytes: &[u8]) -> i64 {
+    i64::from(ocf_dev_cloud::core::crc32(bytes))
+}
+
+struct Tokens {
+    access: String,
+    refresh: String,
+    uid: String,
+}
+
+fn sign_up(dev: &mut Device, di: &str, code_: &str) -> Tokens {
+    let resp = dev.request(post(
+        "/oic/sec/account",
+        &[],
+        json!({"di": di, "accesstoken": code_, "authprovider": "plgd", "devicetype": "device"}),
+    ));
+    assert_eq!(
+        code(&resp),
+        ResponseType::Changed,
+        "{}",
+        String::from_utf8_lossy(&resp.payload)
+    );
+    let b = body(&resp);
+    assert_eq!(b["redirecturi"], "");
+    Tokens {
+        access: b["accesstoken"].as_str().unwrap().into(),
+        refresh: b["refreshtoken"].as_str().unwrap().into(),
+        uid: b["uid"].as_str().unwrap().into(),
+    }
+}
+
+fn sign_in(dev: &mut Device, di: &str, t: &Tokens) -> Packet {
+    dev.request(post(
+        "/oic/sec/session",
+        &[],
+        json!({"di": di, "uid": t.uid, "accesstoken": t.access, "login": true}),
+    ))
+}
+
+fn links_body(di: &str, hrefs: &[&str]) -> Value {
+    let links: Vec<Value> = hrefs
+        .iter()
+        .map(|h| {
+            json!({"href": h, "rt": ["oic.r.switch.binary"], "if": ["oic.if.a", "oic.if.baseline"],
+                        "rel": "hosts", "p": {"bm": 3}})
+        })
+        .collect();
+    json!({"di": di, "n": "Test Pi", "ttl": 0, "links": links})
+}
+
+/// Answers the cloud's discovery GET /oic/res?if=oic.if.ll; returns the next request (the
+/// batch observation).
+fn answer_discovery(dev: &mut Device, di: &str) -> Packet {
+    let disc = dev.expect_request();
+    assert_eq!(path_of(&disc), "/oic/res");
+    assert_eq!(queries(&disc), vec!["if=oic.if.ll"]);
+    assert_eq!(disc.header.code, MessageClass::Request(RequestType::Get));
+    dev.respond(
+        &disc,
+        ResponseType::Content,
+        Some(json!([
+            {"href": "/oic/res", "rt": ["oic.wk.res"], "if": ["oic.if.ll", "oic.if.b", "oic.if.baseline"],
+             "rel": ["self"], "p": {"bm": 3}, "anchor": format!("ocf://{di}")},
+            {"href": "/switch/1", "rt": ["oic.r.switch.binary"], "if": ["oic.if.a"], "p": {"bm": 3}}
+        ])),
+        None,
+    );
+    let batch = dev.expect_request();
+    assert_eq!(path_of(&batch), "/oic/res");
+    assert_eq!(queries(&batch), vec!["if=oic.if.b"]);
+    assert!(batch.get_option(CoapOption::Observe).is_some());
+    batch
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn tls_device_registers_publishes_and_is_reachable_over_http() {
+    let dir = temp_dir("flow");
+    let cloud = Cloud::start(&dir, &[]);
+    let (status, wk) = cloud.get("/.well-known/ocf-cloud");
+    assert_eq!(status, 200);
+    assert_eq!(wk["sid"], cloud.sid.as_str());
+    assert_eq!(wk["cis"], format!("coaps+tcp://{}", cloud.coap));
+    assert_eq!(wk["cis_plain"], Value::Null);
+    assert_eq!(wk["apn"], "plgd");
+    assert!(wk["ca_pem"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+
+    let di = new_di();
+    let id = identity(&cloud, &di);
+    let mut dev = Device::tls(cloud.coap, client_config(&id, false));
+    dev.send_csm();
+    let code_ = cloud.authcode("alice");
+    let tokens = sign_up(&mut dev, &di, &code_);
+    assert_eq!(tokens.uid, "alice");
+    let resp = sign_in(&mut dev, &di, &tokens);
+    assert_eq!(code(&resp), ResponseType::Changed);
+    let expiresin = body(&resp)["expiresin"].as_i64().unwrap();
+    assert!((3590..=3600).contains(&expiresin), "{expiresin}");
+
+    // Discovery and batch observation, hub style.
+    let batch = answer_discovery(&mut dev, &di);
+    dev.respond(
+        &batch,
+        ResponseType::Content,
+        Some(json!([{"href": format!("ocf://{di}/switch/1"), "rep": {"value": false}}])),
+        Some(0),
+    );
+
+    // Publish: ins is the CRC-32 of the href.
+    let resp = dev.request(post(
+        "/oic/rd",
+        &[("rt", "oic.wk.rdpub")],
+        links_body(&di, &["/switch/1", "/oic/d"]),
+    ));
+    assert_eq!(code(&resp), ResponseType::Changed);
+    let b = body(&resp);
+    assert_eq!(b["links"][0]["href"], "/switch/1");
+    assert_eq!(b["links"][0]["ins"], crc32(b"/switch/1"));
+    assert_eq!(b["links"][1]["ins"], crc32(b"/oic/d"));
+
+    let (_, devices) = cloud.get("/api/v1/devices");
+    let me = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["di"] == di.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(me["online"], true);
+    assert_eq!(me["name"], "Test Pi");
+    assert!(me["last_seen"].as_u64().unwrap() > 1_600_000_000);
+    let (status, links) = cloud.get(&format!("/api/v1/devices/{di}/links"));
+    assert_eq!(status, 200);
+    assert_eq!(links.as_array().unwrap().len(), 2);
+
+    // Forwarded GET with a query: CoAP GET with Accept 10000 and no OCF version options.
+    let http_addr = cloud.http;
+    let path = format!("/api/v1/devices/{di}/switch/1?if=oic.if.baseline");
+    let client = std::thread::spawn(move || http(http_addr, "GET", &path, None));
+    let req = dev.expect_request();
+    assert_eq!(req.header.code, MessageClass::Request(RequestType::Get));
+    assert_eq!(path_of(&req), "/switch/1");
+    assert_eq!(queries(&req), vec!["if=oic.if.baseline"]);
+    assert_eq!(
+        req.get_first_option(CoapOption::Accept).cloned(),
+        Some(encode_uint(10000))
+    );
+    assert!(req.get_option(CoapOption::Unknown(2049)).is_none());
+    assert!(req.get_token().len() >= 4);
+    dev.respond(
+        &req,
+        ResponseType::Content,
+        Some(json!({"rt": ["oic.r.switch.binary"], "value": false})),
+        None,
+    );
+    let (status, head, text) = client.join().unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(head.contains("x-coap-code: 2.05"), "{head}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["value"],
+        false
+    );
+
+    // Forwarded POST: JSON in, CBOR to the device, 2.04 without a body → {}.
+    let path = format!("/api/v1/devices/{di}/switch/1");
+    let client =
+        std::thread::spawn(move || http(http_addr, "POST", &path, Some(r#"{"value":true}"#)));
+    let req = dev.expect_request();
+    assert_eq!(req.header.code, MessageClass::Request(RequestType::Post));
+    assert_eq!(
+        req.get_first_option(CoapOption::ContentFormat).cloned(),
+        Some(encode_uint(10000))
+    );
+    assert!(req.get_option(CoapOption::Unknown(2053)).is_none());
+    assert_eq!(body(&req), json!({"value": true}));
+    dev.respond(&req, ResponseType::Changed, None, None);
+    let (status, head, text) = client.join().unwrap();
+    assert_eq!((status, text.as_str()), (200, "{}"));
+    assert!(head.contains("x-coap-code: 2.04"));
+
+    // A device error: status and diagnostic carried over.
+    let path = format!("/api/v1/devices/{di}/nope");
+    let client = std::thread::spawn(move || http(http_addr, "DELETE", &path, None));
+    let req = dev.expect_request();
+    assert_eq!(req.header.code, MessageClass::Request(RequestType::Delete));
+    let mut p = Packet::new();
+    p.header.code = MessageClass::Response(ResponseType::NotFound);
+    p.set_token(req.get_token().to_vec());
+    p.payload = b"no such resource".to_vec();
+    dev.send(&p);
+    let (status, head, text) = client.join().unwrap();
+    assert_eq!(status, 404);
+    assert!(head.contains("x-coap-code: 4.04"));
+    let err: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(err["coap"], "4.04");
+    assert_eq!(err["diagnostic"], "no such resource");
+
+    // Server-sent events of the batch observation.
+    let mut sse = TcpStream::connect(cloud.http).unwrap();
+    sse.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        sse,
+        "GET /api/v1/devices/{di}/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(sse);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("200"), "{line}");
+    // Headers first, so the subscription exists before the change.
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if line.to_ascii_lowercase().starts_with("content-type") {
+            assert!(line.contains("text/event-stream"), "{line}");
+        }
+    }
+    let mut notif = Packet::new();
+    notif.header.code = MessageClass::Response(ResponseType::Content);
+    notif.set_token(batch.get_token().to_vec());
+    notif.add_option(CoapOption::Observe, encode_uint(2));
+    notif.add_option(CoapOption::ContentFormat, encode_uint(10000));
+    notif.payload = to_cbor(&json!([
+        {"href": format!("ocf://{di}/switch/1"), "rep": {"value": true}},
+        {"href": "/oic/d", "rep": {"n": "Test Pi", "di": di}}
+    ]))
+    .unwrap();
+    dev.send(&notif);
+    let mut got = None;
+    let deadline = Instant::now() + TIMEOUT;
+    let mut event = String::new();
+    while Instant::now() < deadline && got.is_none() {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let l = line.trim_end();
+        if let Some(e) = l.strip_prefix("event:") {
+            event = e.trim().to_owned();
+        } else if let Some(d) = l.strip_prefix("data:") {
+            let v: Value = serde_json::from_str(d.trim()).unwrap();
+            if event == "change" && v["href"] == "/switch/1" {
+                got = Some(v);
+            }
+        }
+    }
+    assert_eq!(got.expect("a change event")["rep"], json!({"value": true}));
+
+    // Deregistration: 2.02, records deleted, connection closed.
+    let resp = dev.request(delete(
+        "/oic/sec/account",
+        &[("uid", "alice"), ("di", di.as_str())],
+    ));
+    assert_eq!(code(&resp), ResponseType::Deleted);
+    assert!(
+        dev.wait_closed(TIMEOUT),
+        "the cloud did not close the connection"
+    );
+    dev.assert_frames_at_least_six_bytes();
+    let (_, devices) = cloud.get("/api/v1/devices");
+    assert!(!devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["di"] == di.as_str()));
+    let (status, _) = cloud.get(&format!("/api/v1/devices/{di}/links"));
+    assert_eq!(status, 404);
+
+    // The log: one sign-up, no 4.01, the deregistration, the cloud's own requests.
+    assert_eq!(cloud.count("device", "POST", "/oic/sec/account", None), 1);
+    assert_eq!(
+        cloud.count("device", "DELETE", "/oic/sec/account", Some("2.02")),
+        1
+    );
+    assert_eq!(cloud.count("cloud", "GET", "/oic/res", Some("2.05")), 2);
+    assert_eq!(cloud.count("cloud", "POST", "/switch/1", Some("2.04")), 1);
+    let log = cloud.log();
+    assert!(log.iter().all(|e| e["code"] != "4.01"), "{log:?}");
+    // No secret in the log.
+    let text = serde_json::to_string(&log).unwrap();
+    assert!(!text.contains(&tokens.access) && !text.contains(&code_));
+    drop(cloud);
+}
+
+#[test]
+fn request_before_sign_in_gets_4_01_and_close() {
+    let dir = temp_dir("early");
+    let cloud = Cloud::start(&dir, &[]);
+    let di = new_di();
+    let id = identity(&cloud, &di);
+    let mut dev = Device::tls(cloud.coap, client_config(&id, false));
+    dev.send_csm();
+    let resp = dev.request(post("/oic/rd", &[], links_body(&di, &["/a"])));
+    assert_eq!(code(&resp), ResponseType::Unauthorized);
+    assert!(dev.wait_closed(TIMEOUT));
+    assert_eq!(cloud.count("device", "POST", "/oic/rd", Some("4.01")), 1);
+}
+
+#[test]
+fn certificate_identity_is_enforced() {
+    let dir = temp_dir("identity");
+    let cloud = Cloud::start(&dir, &[]);
+    // A certificate for one device, a sign-up body for another: 4.01 (over TLS 1.2 with
+    // ECDHE-ECDSA-AES128-GCM, which must be offered).
+    let di = new_di();
+    let id = identity(&cloud, &di);
+    let mut dev = Device::tls(cloud.coap, client_config(&id, true));
+    dev.send_csm();
+    let code_ = cloud.authcode("alice");
+    let other = new_di();
+    let resp = dev.request(post(
+        "/oic/sec/account",
+        &[],
+        json!({"di": other, "accesstoken": code_}),
+    ));
+    assert_eq!(code(&resp), ResponseType::Unauthorized);
+    // The code was not consumed: the right device can still use it.
+    let tokens = sign_up(&mut dev, &di, &code_);
+    assert_eq!(tokens.uid, "alice");
+    // Sign-in with the other di: refused too.
+    let resp = dev.request(post(
+        "/oic/sec/session",
+        &[],
+        json!({"di": other, "uid": "alice", "accesstoken": tokens.access, "login": true}),
+    ));
+    assert_eq!(code(&resp), ResponseType::Unauthorized);
+
+    // A certificate from another CA is refused.
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("uuid:{di}"));
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        rcgen::ExtendedKeyUsagePurpose::Other(vec![1, 3, 6, 1, 4, 1, 44924, 1, 6]),
+    ];
+    let foreign = Identity {
+        di: di.clone(),
+        cert_pem: params.self_signed(&key).unwrap().pem(),
+        key,
+        ca_pem: id.ca_pem.clone(),
+    };
+    let mut dev = Device::tls(cloud.coap, client_config(&foreign, false));
+    let _ = dev.io.write_all(&dev.conn.start());
+    let _ = dev.io.flush();
+    assert!(
+        dev.wait_closed(TIMEOUT),
+        "a foreign certificate was accepted"
+    );
+    assert!(dev.inbox.is_empty());
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+        if log.contains("TLS handshake failed") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the handshake did not fail: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(foreign.di, di);
+}
+
+#[test]
+fn reference_device_sequence_on_the_plain_listener() {
+    let dir = temp_dir("reference");
+    let cloud = Cloud::start(
+        &dir,
+        &["--coap-plain", "127.0.0.1:0", "--token-lifetime", "0"],
+    );
+    let plain = cloud.plain.expect("plain listener");
+    let (_, wk) = cloud.get("/.well-known/ocf-cloud");
+    assert_eq!(wk["cis_plain"], format!("coap+tcp://{plain}"));
+    let di = new_di();
+    let code_ = cloud.authcode("bob");
+
+    // iotivity-lite: no CSM, sign-up with OCF version options and `devicetype`.
+    let mut dev = Device::plain(plain);
+    let tokens = sign_up(&mut dev, &di, &code_);
+    assert_eq!(tokens.uid, "bob");
+    let resp = sign_in(&mut dev, &di, &tokens);
+    assert_eq!(code(&resp), ResponseType::Changed);
+    assert_eq!(body(&resp)["expiresin"], -1);
+    let resp = dev.request(post(
+        "/oic/rd",
+        &[("rt", "oic.wk.rdpub")],
+        links_body(&di, &["/light/1", "/oic/mnt"]),
+    ));
+    assert_eq!(code(&resp), ResponseType::Changed);
+    assert_eq!(body(&resp)["links"][0]["ins"], crc32(b"/light/1"));
+
+    // /oic/res is not observable on iotivity-lite: 2.05 without Observe → the cloud observes
+    // each published href instead.
+    let batch = answer_discovery(&mut dev, &di);
+    dev.respond(
+        &batch,
+        ResponseType::Content,
+        Some(json!([{"href": format!("ocf://{di}/light/1"), "rep": {"state": false}}])),
+        None,
+    );
+    let mut observed = BTreeSet::new();
+    let mut light_token = Vec::new();
+    for _ in 0..2 {
+        let req = dev.expect_request();
+        assert!(req.get_option(CoapOption::Observe).is_some());
+        let href = path_of(&req);
+        if href == "/light/1" {
+            light_token = req.get_token().to_vec();
+        }
+        dev.respond(
+            &req,
+            ResponseType::Content,
+            Some(json!({"state": false})),
+            Some(0),
+        );
+        observed.insert(href);
+    }
+    assert_eq!(
+        observed,
+        BTreeSet::from(["/light/1".to_owned(), "/oic/mnt".to_owned()])
+    );
+    // A notification lands in the cache: a 2.03 answer is served from it.
+    let mut notif = Packet::new();
+    notif.header.code = MessageClass::Response(ResponseType::Content);
+    notif.set_token(light_token);
+    notif.add_option(CoapOption::Observe, encode_uint(2));
+    notif.add_option(CoapOption::ContentFormat, encode_uint(10000));
+    notif.payload = to_cbor(&json!({"state": true, "power": 10})).unwrap();
+    dev.send(&notif);
+    let http_addr = cloud.http;
+    let path = format!("/api/v1/devices/{di}/light/1");
+    // Give the cloud a moment to take the notification before the forwarded GET.
+    std::thread::sleep(Duration::from_millis(200));
+    let client = std::thread::spawn(move || http(http_addr, "GET", &path, None));
+    let req = dev.expect_request();
+    dev.respond(&req, ResponseType::Valid, None, None);
+    let (status, head, text) = client.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(head.contains("x-coap-code: 2.03"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!({"state": true, "power": 10})
+    );
+
+    // A Ping gets a Pong with its token.
+    let mut ping_token = vec![9u8; 8];
+    ping_token[0] = 1;
+    let ping = dev.conn.ping(&ping_token);
+    dev.write(&ping);
+    let deadline = Instant::now() + TIMEOUT;
+    let mut ponged = false;
+    while !ponged && Instant::now() < deadline {
+        let before = dev.raw.len();
+        assert!(dev.pump());
+        if dev.raw.len() > before {
+            ponged = dev.raw[before..].windows(2).any(|w| w == [0x08, 0xE3]);
+        }
+    }
+    assert!(ponged, "no Pong");
+    dev.assert_frames_at_least_six_bytes();
+    drop(dev);
+
+    // Reconnect as iotivity-lite does: refresh first, then sign in; no new sign-up.
+    let mut dev = Device::plain(plain);
+    let resp = dev.request(post(
+        "/oic/sec/tokenrefresh",
+        &[],
+        json!({"uid": tokens.uid, "di": di, "authprovider": "plgd",
+               "granttype": "refresh_token", "refreshtoken": tokens.refresh}),
+    ));
+    assert_eq!(code(&resp), ResponseType::Changed);
+    let b = body(&resp);
+    assert_eq!(b["expiresin"], -1);
+    let fresh = Tokens {
+        access: b["accesstoken"].as_str().unwrap().into(),
+        refresh: b["refreshtoken"].as_str().unwrap().into(),
+        uid: tokens.uid.clone(),
+    };
+    assert_ne!(fresh.refresh, tokens.refresh);
+    assert_eq!(code(&sign_in(&mut dev, &di, &fresh)), ResponseType::Changed);
+    assert_eq!(
+        code(&sign_in(&mut dev, &di, &tokens)),
+        ResponseType::Unauthorized
+    );
+    assert_eq!(cloud.count("device", "POST", "/oic/sec/account", None), 1);
+}
+
+#[test]
+fn restarted_cloud_keeps_the_registration() {
+    let dir = temp_dir("restart");
+    let data = dir.clone();
+    let cloud = Cloud::start(&data, &["--coap-plain", "127.0.0.1:0"]);
+    let sid = cloud.sid.clone();
+    let di = new_di();
+    let id = identity(&cloud, &di);
+    let code_ = cloud.authcode("carol");
+    let mut dev = Device::tls(cloud.coap, client_config(&id, false));
+    dev.send_csm();
+    let tokens = sign_up(&mut dev, &di, &code_);
+    assert_eq!(
+        code(&sign_in(&mut dev, &di, &tokens)),
+        ResponseType::Changed
+    );
+    let resp = dev.request(post("/oic/rd", &[], links_body(&di, &["/switch/1"])));
+    assert_eq!(code(&resp), ResponseType::Changed);
+
+    // Graceful stop: exit 0, the device sees the connection end.
+    let mut cloud = cloud;
+    cloud.dir = PathBuf::new(); // keep the data directory for the restart
+    assert_eq!(cloud.stop(), Some(0));
+    assert!(dev.wait_closed(TIMEOUT));
+
+    let cloud = Cloud::start(&data, &[]);
+    assert_eq!(cloud.sid, sid);
+    let (_, devices) = cloud.get("/api/v1/devices");
+    let me = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["di"] == di.as_str())
+        .expect("device still known")
+        .clone();
+    assert_eq!(me["online"], false);
+    let (status, links) = cloud.get(&format!("/api/v1/devices/{di}/links"));
+    assert_eq!(status, 200);
+    assert_eq!(links[0]["href"], "/switch/1");
+    // Offline device: 503.
+    let (status, _, _) = http(
+        cloud.http,
+        "GET",
+        &format!("/api/v1/devices/{di}/switch/1"),
+        None,
+    );
+    assert_eq!(status, 503);
+
+    // The same certificate and tokens sign in again, with no sign-up.
+    let mut dev = Device::tls(cloud.coap, client_config(&id, false));
+    dev.send_csm();
+    assert_eq!(
+        code(&sign_in(&mut dev, &di, &tokens)),
+        ResponseType::Changed
+    );
+    assert_eq!(cloud.count("device", "POST", "/oic/sec/account", None), 0);
+    assert_eq!(
+        cloud.count("device", "POST", "/oic/sec/session", Some("2.04")),
+        1
+    );
+    let (_, devices) = cloud.get("/api/v1/devices");
+    assert!(devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["di"] == di.as_str() && d["online"] == true));
+}
+
+#[test]
+fn keepalive_pings_a_silent_device_and_closes_without_pong() {
+    let dir = temp_dir("keepalive");
+    let cloud = Cloud::start(
+        &dir,
+        &["--coap-plain", "127.0.0.1:0", "--keepalive-secs", "2"],
+    );
+    let plain = cloud.plain.unwrap();
+
+    // A device that answers Pings stays connected.
+    let mut dev = Device::plain(plain);
+    dev.send_csm();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(5500) {
+        assert!(dev.pump(), "closed although Pongs were sent");
+    }
+    assert!(dev.pings >= 2, "pings: {}", dev.pings);
+
+    // One that does not is closed after the Pong timeout.
+    let mut mute = Device::plain(plain);
+    mute.answer_pings = false;
+    mute.send_csm();
+    assert!(mute.wait_closed(Duration::from_secs(8)));
+    assert!(mute.pings >= 1);
+    let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+    assert!(log.contains("no Pong to the keepalive Ping"), "{log}");
+    mute.assert_frames_at_least_six_bytes();
+}
+
+#[test]
+fn http_api_refuses_bad_input() {
+    let dir = temp_dir("http");
+    let cloud = Cloud::start(&dir, &["--apn", "plgd.web"]);
+    // Default user, custom apn.
+    let (status, _, text) = http(cloud.http, "POST", "/api/v1/authcodes", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["apn"],
+        "plgd.web"
+    );
+    let (status, reply) = cloud.post("/api/v1/csr", &json!({"csr_pem": "nope"}));
+    assert_eq!(status, 400);
+    assert!(reply["error"].is_string());
+    // A CSR whose CN is not uuid:<UUID>.
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "my-device");
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let (status, reply) = cloud.post("/api/v1/csr", &json!({ "csr_pem": csr }));
+    assert_eq!(status, 400);
+    assert!(reply["error"].as_str().unwrap().contains("uuid"));
+    let (status, _, _) = http(cloud.http, "POST", "/api/v1/csr", Some("{"));
+    assert_eq!(status, 400);
+    // Unknown device.
+    let (status, _) = cloud.get(&format!("/api/v1/devices/{}/x", new_di()));
+    assert_eq!(status, 404);
+    // Sign-up with the wrong provider: 4.01.
+    let di = new_di();
+    let id = identity(&cloud, &di);
+    let code_ = cloud.post("/api/v1/authcodes", &json!({}));
+    let code_ = code_.1["code"].as_str().unwrap().to_owned();
+    let mut dev = Device::tls(cloud.coap, client_config(&id, false));
+    dev.send_csm();
+    let resp = dev.request(post(
+        "/oic/sec/account",
+        &[],
+        json!({"di": di, "accesstoken": code_, "authprovider": "plgd"}),
+    ));
+    assert_eq!(code(&resp), ResponseType::Unauthorized);
+    let resp = dev.request(post(
+        "/oic/sec/account",
+        &[],
+        json!({"di": di, "accesstoken": code_, "authprovider": "plgd.web"}),
+    ));
+    assert_eq!(code(&resp), ResponseType::Changed);
+    assert_eq!(body(&resp)["uid"], "user");
+}
