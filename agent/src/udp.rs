@@ -38,8 +38,14 @@ const SENT_MEMORY: usize = 256;
 /// Binds a unicast CoAP socket.
 pub fn bind_unicast(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // A socket bound to the wildcard address would otherwise also receive the group traffic
+    // that the multicast sockets serve, and a multicast request would be answered twice
+    // (IP_MULTICAST_ALL, Linux ip(7)/ipv6(7)): take only groups this socket joined, i.e. none.
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+        let _ = socket.set_multicast_all_v6(false);
+    } else {
+        socket.set_multicast_all_v4(false)?;
     }
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;

@@ -30,7 +30,10 @@ async def main(base):
     ctx = await Context.create_client_context()
     out = {}
     try:
-        r = await asyncio.wait_for(ctx.request(Message(code=GET, uri=base + "/oic/res")).response, 10)
+        # As an OCF client would: Accept 10000. The answer then carries the OCF option 2053.
+        req = Message(code=GET, uri=base + "/oic/res")
+        req.opt.accept = ContentFormat(OCF_CBOR)
+        r = await asyncio.wait_for(ctx.request(req).response, 10)
         out["res_code"] = str(r.code)
         out["res_cf"] = int(r.opt.content_format) if r.opt.content_format is not None else None
         out["hrefs"] = [link["href"] for link in decode(r)]

@@ -1,7 +1,9 @@
 //! Multicast discovery, inside a network namespace this test creates (`unshare -n`), so the
 //! agent can own port 5683 and the OCF groups without touching the machine's network:
-//! IPv4 224.0.1.187 on the namespace's loopback, IPv6 ff02::158 across a veth pair with
-//! link-local addresses only. The client is libcoap's `coap-client`.
+//! IPv4 224.0.1.187 on the namespace's loopback (multicast switched on for it), and IPv6
+//! ff02::158 from a second namespace joined by a veth pair (link-local addresses only). The
+//! client is libcoap's `coap-client`; each group must answer exactly once, or libcoap's
+//! block-wise reassembly of the answer fails.
 
 use std::process::Command;
 
@@ -24,19 +26,27 @@ ip link set lo up
 ip link set lo multicast on
 ip route add 224.0.0.0/4 dev lo
 sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+# A second host for the IPv6 client: its own namespace, joined to ours by a veth pair.
+unshare --net sleep 60 &
+peer=$!
+trap 'kill $peer 2>/dev/null || true' EXIT
+sleep 0.2
 ip link add ocf0 type veth peer name ocf1
+ip link set ocf1 netns $peer
 ip link set ocf0 up
-ip link set ocf1 up
+nsenter -t $peer -n sh -c 'sysctl -qw net.ipv6.conf.all.accept_dad=0; ip link set lo up; ip link set ocf1 up'
+for i in $(seq 100); do
+  ip -6 addr show dev ocf0 | grep -q fe80 && nsenter -t $peer -n ip -6 addr show dev ocf1 | grep -q fe80 && break
+  sleep 0.05
+done
 '{agent}' --board sim --state-dir '{d}/state' --tcp 127.0.0.1:0 >'{d}/out' 2>'{d}/err' &
 pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
+trap 'kill $pid $peer 2>/dev/null || true' EXIT
 for i in $(seq 200); do grep -q 'ocf-agent: ready' '{d}/out' && break; sleep 0.05; done
 grep -q 'ocf-agent: ready' '{d}/out'
-# wait for link-local addresses on the veth pair
-for i in $(seq 100); do ip -6 addr show dev ocf0 | grep -q 'fe80' && break; sleep 0.05; done
 '{client}' -N -B 2 -m get -o '{d}/v4.cbor' 'coap://224.0.1.187/oic/res'
 '{client}' -N -B 2 -m get -o '{d}/v4-miss.cbor' 'coap://224.0.1.187/oic/res?rt=oic.r.nothing' || true
-'{client}' -N -B 2 -m get -o '{d}/v6.cbor' 'coap://[ff02::158%ocf0]/oic/res'
+nsenter -t $peer -n '{client}' -N -B 2 -m get -o '{d}/v6.cbor' 'coap://[ff02::158%ocf1]/oic/res'
 kill -TERM $pid
 wait $pid
 "#,
