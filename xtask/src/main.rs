@@ -164,6 +164,8 @@ fn bench(extra: &[String]) -> Result<(), String> {
     run(Command::new(&cargo)
         .current_dir(&root)
         .args(["build", "--profile", "bench-release", "--package", "ocf-agent", "--package", "ocf-e2e", "--bins"]))?;
+    // The shipped, size-tuned build, so its size can be reported.
+    run(Command::new(&cargo).current_dir(&root).args(["build", "--release", "--package", "ocf-agent"]))?;
     run(Command::new(&cargo)
         .current_dir(&root)
         .args(["run", "--profile", "bench-release", "--package", "ocf-e2e", "--bin", "ocf-bench", "--"])
