@@ -511,7 +511,7 @@ impl Sse {
                 .ok()?;
             match self.stream.read(&mut buf) {
                 Ok(0) => return None,
-                Ok(n) => self.feed(&buf[..n].to_vec()),
+                Ok(n) => self.feed(&buf[..n]),
                 Err(e)
                     if matches!(
                         e.kind(),

@@ -11,7 +11,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ciborium::Value;
-use coap_lite::{MessageType, Packet};
+use coap_lite::{CoapOption, MessageType, Packet};
+use ocf::coap::block::Block;
 use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
 use ocf::model::{decode_payload, ContentFormat};
 use ocf::resource::{Method, Request, Response};
@@ -313,8 +314,31 @@ impl UdpClient {
         Packet::from_bytes(&buf[..n]).ok()
     }
 
+    /// Sends a CON request and waits for its piggybacked answer. A block-wise answer
+    /// (RFC 7959 Block2) is reassembled by asking for the following blocks, as libcoap does.
     pub fn request(&mut self, req: &Request) -> (Packet, Response) {
+        let (first, mut resp) = self.request_block(req, None);
+        let Some(mut block) = first.get_first_option(CoapOption::Block2).and_then(|b| Block::decode(b)) else {
+            return (first, resp);
+        };
+        while block.more {
+            let next = Block { num: block.num + 1, more: false, szx: block.szx };
+            let (p, r) = self.request_block(req, Some(next));
+            assert_eq!(r.etag, resp.etag, "representation changed during block-wise transfer");
+            resp.payload.extend_from_slice(&r.payload);
+            block = p
+                .get_first_option(CoapOption::Block2)
+                .and_then(|b| Block::decode(b))
+                .expect("Block2 on every block");
+        }
+        (first, resp)
+    }
+
+    fn request_block(&mut self, req: &Request, block: Option<Block>) -> (Packet, Response) {
         let mut p = req.to_packet(&[7, 7, 7, 7]);
+        if let Some(b) = block {
+            p.add_option(CoapOption::Block2, b.encode());
+        }
         let mid = self.send(&mut p, true);
         loop {
             let r = self.recv().expect("no UDP response");

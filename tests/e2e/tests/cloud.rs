@@ -2,7 +2,9 @@
 //! "Shown by end-to-end tests"): provisioning of the identity certificate and CoAPCloudConf,
 //! sign-up, sign-in, publish, requests and observations through the cloud's HTTP API, token
 //! refresh, reconnects, the failure paths (`cps`/`clec`), deregistration, the cloud identity
-//! check, and libcoap's `coap-client` with TLS against the cloud.
+//! check; and peers nobody here wrote against the cloud: libcoap's `coap-client` with TLS and a
+//! client certificate signs up and signs in (one request per connection, so its publish is
+//! refused 4.01 as on plgd), and aiocoap signs up, signs in and publishes on one connection.
 //!
 //! Until the Mediator (issue 4) does it over the secured local endpoint, a test provisions the
 //! agent as an installer would: `ocf-agent csr` → the cloud's CSR API → `identity.crt` and
@@ -395,6 +397,11 @@ fn short_lived_tokens_are_refreshed_without_a_401() {
         .map(|w| w[1].0.saturating_sub(w[0].0))
         .collect();
     eprintln!("token age at refresh (ms): {gaps:?}");
+    // Refreshed *before* expiry: every token was replaced while it was still valid.
+    assert!(
+        gaps.iter().all(|g| *g < 5000),
+        "a token was refreshed only after its 5 s lifetime: {gaps:?} ms"
+    );
     assert!(
         refreshes.len() >= 2,
         "only {} refreshes in 16 s with 5 s tokens",
@@ -487,10 +494,11 @@ fn a_cut_connection_is_back_within_the_backoff_bound() {
         times.push(t0.elapsed());
     }
     eprintln!("cut → signed in again: {times:?}");
-    // Back-off ceiling 1 s for the first retry, plus TCP, TLS and the sign-in on loopback.
+    // Back-off ceiling 1 s for the first retry, plus TCP, TLS and the sign-in on loopback
+    // (with room for a loaded CI machine).
     for t in &times {
         assert!(
-            *t < Duration::from_millis(2500),
+            *t < Duration::from_millis(3000),
             "reconnect took {t:?} (all: {times:?})"
         );
     }
@@ -807,4 +815,91 @@ fn libcoap_client_with_tls_signs_up_and_signs_in() {
     let published = cloud.requests(di, "POST", "/oic/rd");
     assert_eq!(published.len(), 1, "publish not in the cloud log:\n{log}");
     assert_eq!(coap_code(&published[0]["code"]), "4.01", "{published:?}");
+}
+
+fn python() -> std::path::PathBuf {
+    let p = std::env::var("OCF_INTEROP_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/interop-venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo xtask test`, which creates the aiocoap venv",
+        p.display()
+    );
+    p
+}
+
+/// A CoAP stack nobody here wrote (aiocoap) as a device: sign-up, sign-in and publish on one
+/// mutually authenticated coaps+tcp connection; the cloud then lists the published link.
+#[test]
+fn aiocoap_device_with_tls_signs_in_and_publishes() {
+    let dir = TempDir::new("cloud-aiocoap");
+    let cloud = DevCloud::start(&dir.path().join("cloud"), &[]);
+    let work = dir.path().join("client");
+    std::fs::create_dir_all(&work).unwrap();
+    let di = "2c3d4e5f-6071-4829-93a4-b5c6d7e8f90a";
+    let (key_file, csr) = (work.join("key.pem"), work.join("csr.pem"));
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key_file.to_str().unwrap(),
+        "-subj",
+        &format!("/CN=uuid:{di}"),
+        "-out",
+        csr.to_str().unwrap(),
+    ]);
+    let (cert, ca) = cloud.sign_csr(&std::fs::read_to_string(&csr).unwrap());
+    std::fs::write(work.join("cert.pem"), cert).unwrap();
+    std::fs::write(work.join("ca.pem"), ca).unwrap();
+    let code = cloud.auth_code("aiocoap");
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("interop/aiocoap_cloud_device.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(format!("coaps+tcp://{}", cloud.coaps))
+        .args([
+            work.join("cert.pem"),
+            work.join("key.pem"),
+            work.join("ca.pem"),
+        ])
+        .args([di, code.as_str()])
+        .output()
+        .expect("run the aiocoap device");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "aiocoap device failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Json =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    eprintln!("aiocoap device saw: {seen}");
+    assert!(seen.get("error").is_none(), "{seen}");
+    assert_eq!(seen["signup_code"], "2.04 Changed", "{seen}");
+    assert_eq!(seen["signin_code"], "2.04 Changed", "{seen}");
+    assert_eq!(seen["publish_code"], "2.04 Changed", "{seen}");
+    let links = seen["published"]["links"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        links
+            .iter()
+            .any(|l| l["href"] == "/light/1" && l["ins"].is_number()),
+        "{seen}"
+    );
+    let hrefs = link_hrefs(&cloud, di);
+    assert!(
+        hrefs.iter().any(|h| h == "/light/1"),
+        "not in the cloud RD: {hrefs:?}"
+    );
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 /// When to refresh a token that lives `expiresin` seconds from now (OCF-PROTOCOL.md §7.4, the
 /// iotivity-lite schedule): more than 1 h → 10 min before expiry; more than 4 min → 2 min
-/// before; more than 20 s → 10 s before; otherwise (> 0) at expiry; `<= 0` → never (`None`).
+/// before; more than 20 s → 10 s before; `<= 0` → never (`None`). For 20 s or less
+/// iotivity-lite refreshes *at* expiry, which races the cloud's clock; we refresh when a third
+/// of the lifetime is left, so a short-lived token is replaced before it expires (issue 3).
 ///
 /// plgd hub already reports the sign-in `expiresin` 2 min short of the JWT expiry and refuses
 /// tokens with less than 2 min left (§10), so the margins are needed.
@@ -15,7 +17,7 @@ pub fn refresh_delay(expiresin: i64) -> Option<Duration> {
         s if s > 3600 => s - 600,
         s if s > 240 => s - 120,
         s if s > 20 => s - 10,
-        s => s,
+        s => return Some(Duration::from_millis(s.unsigned_abs() * 2000 / 3)),
     };
     Some(Duration::from_secs(secs.unsigned_abs()))
 }
@@ -86,9 +88,6 @@ mod tests {
             (241, Some(121)),
             (240, Some(230)),
             (21, Some(11)),
-            (20, Some(20)),
-            (5, Some(5)),
-            (1, Some(1)),
             (0, None),
             (-1, None),
             (i64::MIN, None),
@@ -101,6 +100,10 @@ mod tests {
             );
         }
         assert!(refresh_delay(i64::MAX).is_some());
+        // Short lifetimes: refreshed with a third of the lifetime left, strictly before expiry.
+        assert_eq!(refresh_delay(20), Some(Duration::from_millis(13_333)));
+        assert_eq!(refresh_delay(5), Some(Duration::from_millis(3_333)));
+        assert_eq!(refresh_delay(1), Some(Duration::from_millis(666)));
     }
 
     #[test]
