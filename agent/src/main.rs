@@ -131,7 +131,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let mut endpoints = Vec::new();
 
     let udp_addrs = if cli.udp.is_empty() {
-        vec!["0.0.0.0:5683".parse().expect("literal"), "[::]:5683".parse().expect("literal")]
+        vec![SocketAddr::from(([0, 0, 0, 0], 5683)), SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 5683))]
     } else {
         cli.udp.clone()
     };

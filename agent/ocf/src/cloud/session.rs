@@ -22,7 +22,7 @@
 //!
 //! # Driving it from tokio
 //!
-//! ```ignore
+//! ```text
 //! let mut session = match store.load_cloud()? {
 //!     Some(state) => CloudSession::restore(state, device, Timing::default(), seed)?,
 //!     None => CloudSession::new(device, Timing::default(), seed),
