@@ -47,10 +47,13 @@ grep -q 'ocf-agent: ready' '{d}/out'
 '{client}' -N -B 2 -m get -o '{d}/v4.cbor' 'coap://224.0.1.187/oic/res'
 '{client}' -N -B 2 -m get -o '{d}/v4-miss.cbor' 'coap://224.0.1.187/oic/res?rt=oic.r.nothing' || true
 nsenter -t $peer -n '{client}' -N -B 2 -m get -o '{d}/v6.cbor' 'coap://[ff02::158%ocf1]/oic/res'
+'{mediator}' discover --wait 1.5 >'{d}/discover-local.txt'
+nsenter -t $peer -n '{mediator}' discover --wait 1.5 >'{d}/discover-peer.txt'
 kill -TERM $pid
 wait $pid
 "#,
         agent = agent.display(),
+        mediator = binary("ocf-mediator").display(),
         d = d,
         client = coap_client(),
     );
@@ -71,6 +74,19 @@ wait $pid
             .unwrap_or_else(|e| panic!("{file}: no CBOR answer to multicast discovery ({e})\nagent log:\n{err}"));
         let hrefs: Vec<&str> = links.as_array().unwrap().iter().filter_map(|l| key(l, "href")?.as_text()).collect();
         assert!(hrefs.contains(&"/temperature"), "{file}: {hrefs:?}");
+    }
+    // The Mediator finds the device from this host (IPv4 and IPv6 groups) and from the other
+    // namespace (IPv6 link-local only), with its endpoints.
+    let di = std::fs::read_to_string(dir.path().join("out"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("ocf-agent: di ").map(str::to_string))
+        .expect("di line");
+    for file in ["discover-local.txt", "discover-peer.txt"] {
+        let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
+        assert!(text.contains(&format!("device {di}")), "{file}:\n{text}");
+        assert!(text.contains("ep coap+tcp://"), "{file}:\n{text}");
+        assert!(text.contains("/temperature oic.r.temperature"), "{file}:\n{text}");
     }
     // A filter that matches nothing gets no answer at all from a multicast group member.
     let miss = std::fs::read(dir.path().join("v4-miss.cbor")).unwrap_or_default();
