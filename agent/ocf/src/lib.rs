@@ -8,3 +8,4 @@ pub mod cloud;
 pub mod coap;
 pub mod model;
 pub mod resource;
+pub mod security;
