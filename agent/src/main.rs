@@ -186,11 +186,12 @@ async fn run(cli: Cli) -> Result<(), String> {
     for ep in &endpoints {
         println!("ocf-agent: endpoint {ep}");
     }
+    let signals = shutdown_signals();
     println!("ocf-agent: ready");
     notify_systemd("READY=1");
     info!(di = %identity.di, "serving {} endpoints", endpoints.len());
 
-    wait_for_signal().await;
+    signals.await;
     info!("shutting down");
     notify_systemd("STOPPING=1");
     let _ = stop_tx.send(true);
@@ -199,16 +200,21 @@ async fn run(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Installs the SIGTERM/SIGINT handlers. Done before the agent says it is ready, so a signal
+/// sent right after "ready" already finds them and ends in a clean shutdown.
+fn shutdown_signals() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handling, run until killed.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without signal handling, run until killed.
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
     }
 }
 

@@ -147,25 +147,117 @@ fn test(extra: &[String]) -> Result<(), String> {
         .args(extra))
 }
 
+/// `cargo xtask demo [--keep] [--readings N]`: builds the release binaries, then becomes
+/// `ocf-demo` (exec, as `cargo run` does too), which starts the dev cloud and the agent on the
+/// sim board with state under `target/demo/`, provisions the agent and shows it working through
+/// the cloud until Ctrl-C. Exec rather than wait: Ctrl-C then reaches only the demo, which stops
+/// both processes in order, and the demo's exit status is this command's.
 fn demo(extra: &[String]) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
     let root = workspace_root();
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let state = root.join("target").join("demo-state");
-    run(Command::new(&cargo)
+    let dir = root.join("target").join("demo");
+    run(Command::new(&cargo).current_dir(&root).args([
+        "build",
+        "--release",
+        "--package",
+        "ocf-agent",
+        "--package",
+        "ocf-dev-cloud",
+        "--package",
+        "ocf-e2e",
+        "--bin",
+        "ocf-agent",
+        "--bin",
+        "ocf-dev-cloud",
+        "--bin",
+        "ocf-demo",
+    ]))?;
+    let err = Command::new(&cargo)
         .current_dir(&root)
-        .args(["run", "--release", "--package", "ocf-agent", "--", "--board", "sim", "--state-dir"])
-        .arg(&state)
-        .args(extra))
+        .args(["run", "--quiet", "--release", "--package", "ocf-e2e", "--bin", "ocf-demo", "--", "--dir"])
+        .arg(&dir)
+        .args(extra)
+        .exec();
+    Err(format!("cannot run ocf-demo: {err}"))
 }
 
+/// `cargo xtask bench [SECONDS]`: builds the agent, the dev cloud and `ocf-bench` with the
+/// `bench-release` profile, and the shipped `release` agent twice (x86_64 glibc, and static
+/// x86_64 musl, adding the rustup target and finding a C compiler for ring as needed), then runs
+/// `ocf-bench`, which prints the README's table rows (issue 3's figures beside the goals and the
+/// reference device's). SECONDS (default 5) per load run.
 fn bench(extra: &[String]) -> Result<(), String> {
+    const MUSL: &str = "x86_64-unknown-linux-musl";
+    const MUSL_CC: &str = "CC_x86_64_unknown_linux_musl";
+
+    /// The rustup target for the static build, added if missing.
+    fn ensure_musl_target() -> Result<(), String> {
+        let installed = Command::new("rustup")
+            .args(["target", "list", "--installed"])
+            .output()
+            .map_err(|e| format!("cannot run rustup ({e}); install the target with:\n  rustup target add {MUSL}"))?;
+        if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == MUSL) {
+            return Ok(());
+        }
+        eprintln!("xtask: adding the rustup target {MUSL}");
+        run(Command::new("rustup").args(["target", "add", MUSL]))
+            .map_err(|e| format!("{e}; run:\n  rustup target add {MUSL}"))
+    }
+
+    /// A C compiler for ring's C code on the musl target: $CC_x86_64_unknown_linux_musl if set,
+    /// else musl-gcc (Debian's musl-tools), else the host gcc (ring's C needs no libc headers
+    /// beyond the compiler's own); installs musl-tools if neither is there and it can.
+    fn musl_cc() -> Result<String, String> {
+        if let Ok(cc) = env::var(MUSL_CC) {
+            return Ok(cc);
+        }
+        for cc in ["musl-gcc", "gcc"] {
+            if have_command(cc) {
+                return Ok(cc.into());
+            }
+        }
+        let install = "apt-get install -y --no-install-recommends musl-tools";
+        if !is_root() || !have_command("apt-get") {
+            return Err(format!(
+                "the static musl build needs a C compiler for ring; run:\n  sudo apt-get update && sudo {install}"
+            ));
+        }
+        eprintln!("xtask: installing musl-tools");
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("sh").arg("-c").arg(format!("DEBIAN_FRONTEND=noninteractive {install} -qq")))?;
+        Ok("musl-gcc".into())
+    }
+
     let root = workspace_root();
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo).current_dir(&root).args([
+        "build",
+        "--profile",
+        "bench-release",
+        "--package",
+        "ocf-agent",
+        "--package",
+        "ocf-dev-cloud",
+        "--package",
+        "ocf-e2e",
+        "--bins",
+    ]))?;
+    // The shipped, size-tuned builds (the agent alone, so only its own features are on), for
+    // their size and their RSS signed in.
+    run(Command::new(&cargo).current_dir(&root).args(["build", "--release", "--package", "ocf-agent"]))?;
+    ensure_musl_target()?;
+    let cc = musl_cc()?;
     run(Command::new(&cargo)
         .current_dir(&root)
-        .args(["build", "--profile", "bench-release", "--package", "ocf-agent", "--package", "ocf-e2e", "--bins"]))?;
-    // The shipped, size-tuned build, so its size can be reported.
-    run(Command::new(&cargo).current_dir(&root).args(["build", "--release", "--package", "ocf-agent"]))?;
+        .env(MUSL_CC, &cc)
+        .args(["build", "--release", "--target", MUSL, "--package", "ocf-agent"]))
+    .map_err(|e| {
+        format!(
+            "{e}\nthe static build needs the rustup target and a C compiler for ring:\n  \
+             rustup target add {MUSL} && sudo apt-get install musl-tools   (or set {MUSL_CC}=gcc)"
+        )
+    })?;
     run(Command::new(&cargo)
         .current_dir(&root)
         .args(["run", "--profile", "bench-release", "--package", "ocf-e2e", "--bin", "ocf-bench", "--"])

@@ -2,17 +2,17 @@
 //! tiny blocking HTTP/1.1 client for its JSON API and its server-sent events, and a TCP proxy
 //! that can cut the agent's cloud connection on demand.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use crate::binary;
+use crate::{Spawn, Spawned};
 
 /// A running `ocf-dev-cloud`, killed (by PID) when dropped.
 pub struct DevCloud {
@@ -25,6 +25,7 @@ pub struct DevCloud {
     pub http: SocketAddr,
     pub data_dir: PathBuf,
     extra: Vec<String>,
+    how: Spawn,
     stderr: mpsc::Receiver<String>,
     log: Vec<String>,
 }
@@ -33,97 +34,101 @@ impl DevCloud {
     /// Starts the cloud on loopback with OS-chosen ports (coaps+tcp, plain coap+tcp, HTTP).
     pub fn start(data_dir: &Path, extra: &[&str]) -> DevCloud {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        DevCloud::spawn(data_dir, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", extra)
+        DevCloud::spawn(
+            data_dir,
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            extra,
+            &Spawn::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn spawn(
+    /// Starts the cloud on the given listener addresses (`IP:0`: a port chosen by the OS) as
+    /// `how` says; an error if it does not print `ocf-dev-cloud: ready` within 30 s.
+    pub fn spawn(
         data_dir: &Path,
         coaps: &str,
         plain: &str,
         http: &str,
         extra: Vec<String>,
-    ) -> DevCloud {
-        std::fs::create_dir_all(data_dir).expect("cloud data dir");
-        let mut child = Command::new(binary("ocf-dev-cloud"))
-            .args([
-                "--coap",
-                coaps,
-                "--coap-plain",
-                plain,
-                "--http",
-                http,
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(&extra)
-            .env("RUST_LOG", "debug")
-            .env("OCF_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ocf-dev-cloud");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        let (err_tx, err_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if err_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let addr = |v: &str, scheme: &str| -> SocketAddr {
+        how: &Spawn,
+    ) -> Result<DevCloud, String> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| format!("cloud data dir {}: {e}", data_dir.display()))?;
+        let mut args: Vec<String> = [
+            "--coap",
+            coaps,
+            "--coap-plain",
+            plain,
+            "--http",
+            http,
+            "--data-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(data_dir.display().to_string());
+        args.extend(extra.iter().cloned());
+        let Spawned {
+            mut child,
+            stdout: rx,
+            stderr: err_rx,
+        } = how.start("ocf-dev-cloud", &args)?;
+        let addr = |v: &str, scheme: &str| -> Result<SocketAddr, String> {
             v.strip_prefix(scheme)
                 .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("unexpected address line {v:?}"))
+                .ok_or_else(|| format!("ocf-dev-cloud: unexpected address line {v:?}"))
         };
         let (mut sid, mut coaps, mut coap_plain, mut http) = (None, None, None, None);
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let parsed = loop {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) => {
-                    if let Some(v) = line.strip_prefix("ocf-dev-cloud: sid ") {
+                    let r = if let Some(v) = line.strip_prefix("ocf-dev-cloud: sid ") {
                         sid = Some(v.trim().to_string());
+                        Ok(())
                     } else if let Some(v) = line.strip_prefix("ocf-dev-cloud: coap ") {
-                        coaps = Some(addr(v.trim(), "coaps+tcp://"));
+                        addr(v.trim(), "coaps+tcp://").map(|a| coaps = Some(a))
                     } else if let Some(v) = line.strip_prefix("ocf-dev-cloud: coap-plain ") {
-                        coap_plain = Some(addr(v.trim(), "coap+tcp://"));
+                        addr(v.trim(), "coap+tcp://").map(|a| coap_plain = Some(a))
                     } else if let Some(v) = line.strip_prefix("ocf-dev-cloud: http ") {
-                        http = Some(addr(v.trim(), "http://"));
+                        addr(v.trim(), "http://").map(|a| http = Some(a))
                     } else if line.trim() == "ocf-dev-cloud: ready" {
-                        break;
+                        break Ok(());
+                    } else {
+                        Ok(())
+                    };
+                    if let Err(e) = r {
+                        break Err(e);
                     }
                 }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log: Vec<String> = err_rx.try_iter().collect();
-                    panic!("ocf-dev-cloud did not become ready:\n{}", log.join("\n"));
-                }
+                Err(_) => return Err(how.not_ready("ocf-dev-cloud", &mut child, &err_rx)),
             }
-        }
+        };
+        let (Ok(()), Some(sid), Some(coaps), Some(http)) = (parsed.clone(), sid, coaps, http)
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(parsed.err().unwrap_or_else(|| {
+                "ocf-dev-cloud: ready without its sid, coap and http lines".to_string()
+            }));
+        };
         // Keep draining stdout so the cloud never blocks on a full pipe.
         std::thread::spawn(move || for _ in rx {});
-        DevCloud {
+        Ok(DevCloud {
             child,
-            sid: sid.expect("sid line"),
-            coaps: coaps.expect("coap line"),
+            sid,
+            coaps,
             coap_plain,
-            http: http.expect("http line"),
+            http,
             data_dir: data_dir.to_path_buf(),
             extra,
+            how: how.clone(),
             stderr: err_rx,
             log: Vec::new(),
-        }
+        })
     }
 
     /// `coaps+tcp://IP:PORT` of the cloud.
@@ -147,16 +152,14 @@ impl DevCloud {
         let mut next = None;
         // The ports were just released; retry briefly in case one is still held.
         for _ in 0..20 {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                DevCloud::spawn(
-                    &self.data_dir,
-                    &self.coaps.to_string(),
-                    &plain,
-                    &self.http.to_string(),
-                    self.extra.clone(),
-                )
-            }));
-            match r {
+            match DevCloud::spawn(
+                &self.data_dir,
+                &self.coaps.to_string(),
+                &plain,
+                &self.http.to_string(),
+                self.extra.clone(),
+                &self.how,
+            ) {
                 Ok(c) => {
                     next = Some(c);
                     break;
@@ -196,30 +199,55 @@ impl DevCloud {
 
     /// A single-use authorisation code for the sign-up.
     pub fn auth_code(&self, user: &str) -> String {
-        let r = self.post("/api/v1/authcodes", &serde_json::json!({ "user": user }));
-        assert_eq!(r.status, 200, "authcodes: {}", r.text());
-        r.json()["code"].as_str().expect("code").to_string()
+        self.try_auth_code(user).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `POST /api/v1/authcodes`: a single-use authorisation code for `user`.
+    pub fn try_auth_code(&self, user: &str) -> Result<String, String> {
+        let r = try_http(
+            self.http,
+            "POST",
+            "/api/v1/authcodes",
+            Some(&serde_json::json!({ "user": user })),
+        )?;
+        let j = r.expect_ok("authcodes")?;
+        j["code"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("authcodes: no code in {j}"))
     }
 
     /// Has the cloud's CA sign a CSR: (certificate PEM, CA PEM).
     pub fn sign_csr(&self, csr_pem: &str) -> (String, String) {
-        let r = self.post("/api/v1/csr", &serde_json::json!({ "csr_pem": csr_pem }));
-        assert_eq!(r.status, 200, "csr: {}", r.text());
-        let j = r.json();
-        (
-            j["certificate_pem"]
-                .as_str()
-                .expect("certificate_pem")
-                .to_string(),
-            j["ca_pem"].as_str().expect("ca_pem").to_string(),
-        )
+        self.try_sign_csr(csr_pem).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `POST /api/v1/csr`: (certificate PEM, CA PEM).
+    pub fn try_sign_csr(&self, csr_pem: &str) -> Result<(String, String), String> {
+        let r = try_http(
+            self.http,
+            "POST",
+            "/api/v1/csr",
+            Some(&serde_json::json!({ "csr_pem": csr_pem })),
+        )?;
+        let j = r.expect_ok("csr")?;
+        match (j["certificate_pem"].as_str(), j["ca_pem"].as_str()) {
+            (Some(cert), Some(ca)) => Ok((cert.to_string(), ca.to_string())),
+            _ => Err(format!("csr: no certificate_pem and ca_pem in {j}")),
+        }
     }
 
     /// `GET /api/v1/devices`.
     pub fn devices(&self) -> Vec<Json> {
-        let r = self.get("/api/v1/devices");
-        assert_eq!(r.status, 200, "devices: {}", r.text());
-        r.json().as_array().cloned().unwrap_or_default()
+        self.try_devices().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `GET /api/v1/devices`, with errors instead of panics.
+    pub fn try_devices(&self) -> Result<Vec<Json>, String> {
+        let j = try_http(self.http, "GET", "/api/v1/devices", None)?.expect_ok("devices")?;
+        j.as_array()
+            .cloned()
+            .ok_or_else(|| format!("devices: not an array: {j}"))
     }
 
     /// The entry of `di` in `GET /api/v1/devices`.
@@ -294,16 +322,42 @@ impl HttpResponse {
     }
 
     pub fn json(&self) -> Json {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+        self.try_json().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_json(&self) -> Result<Json, String> {
+        serde_json::from_slice(&self.body).map_err(|e| format!("not JSON ({e}): {:?}", self.text()))
+    }
+
+    /// The JSON body of a 2xx answer, or an error naming `what`, the status and the body.
+    pub fn expect_ok(&self, what: &str) -> Result<Json, String> {
+        if self.status / 100 != 2 {
+            return Err(format!(
+                "{what}: HTTP {} {}",
+                self.status,
+                self.text().trim()
+            ));
+        }
+        self.try_json().map_err(|e| format!("{what}: {e}"))
     }
 }
 
 /// One blocking HTTP/1.1 request (`Connection: close`), JSON body if given.
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Json>) -> HttpResponse {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    try_http(addr, method, path, body).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`http`] with errors instead of panics (30 s timeout).
+pub fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Json>,
+) -> Result<HttpResponse, String> {
+    let mut s =
+        TcpStream::connect(addr).map_err(|e| format!("{method} {path}: connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
+        .map_err(|e| format!("timeout: {e}"))?;
     let body = body.map(|b| serde_json::to_vec(b).expect("json"));
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n"
@@ -321,13 +375,19 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Json>) -> 
     if let Some(b) = body {
         bytes.extend(b);
     }
-    s.write_all(&bytes).expect("write request");
+    s.write_all(&bytes)
+        .map_err(|e| format!("{method} {path}: {e}"))?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let split = find(&raw, b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end: {:?}", String::from_utf8_lossy(&raw)));
-    let (status, headers) = parse_head(&raw[..split]);
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    let split = find(&raw, b"\r\n\r\n").ok_or_else(|| {
+        format!(
+            "{method} {path}: no header end: {:?}",
+            String::from_utf8_lossy(&raw)
+        )
+    })?;
+    let (status, headers) =
+        try_parse_head(&raw[..split]).map_err(|e| format!("{method} {path}: {e}"))?;
     let rest = &raw[split + 4..];
     let chunked = headers.iter().any(|(k, v)| {
         k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
@@ -339,11 +399,11 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Json>) -> 
     } else {
         rest.to_vec()
     };
-    HttpResponse {
+    Ok(HttpResponse {
         status,
         headers,
         body,
-    }
+    })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -351,6 +411,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
+    try_parse_head(head).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_parse_head(head: &[u8]) -> Result<(u16, Vec<(String, String)>), String> {
     let text = String::from_utf8_lossy(head);
     let mut lines = text.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
@@ -358,12 +422,12 @@ fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    (status, headers)
+    Ok((status, headers))
 }
 
 /// Incremental decoder of `Transfer-Encoding: chunked`.

@@ -2,6 +2,7 @@
 //! picks, talk CoAP to them over UDP and TCP, and clean up by PID.
 
 pub mod cloud;
+pub mod provision;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -29,13 +30,137 @@ pub fn bin_dir() -> PathBuf {
 
 /// Path of a workspace binary, failing with the command that builds it.
 pub fn binary(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run `cargo build --workspace --bins` (cargo xtask test does)",
-        path.display()
-    );
-    path
+    try_binary(&bin_dir(), name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Path of a binary in `dir`, or the command that builds it.
+pub fn try_binary(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let path = dir.join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is not built; run `cargo build --workspace --bins` (cargo xtask test does)",
+            path.display()
+        ))
+    }
+}
+
+/// How the harness starts `ocf-agent` and `ocf-dev-cloud`. The default is what the tests
+/// want: binaries next to the test executable, `OCF_LOG=debug`, stderr captured in memory.
+#[derive(Clone, Debug)]
+pub struct Spawn {
+    /// Directory holding the binaries.
+    pub bin_dir: PathBuf,
+    /// `OCF_LOG` for the child.
+    pub log_level: String,
+    /// Append the child's stderr to this file instead of capturing it.
+    pub log_file: Option<PathBuf>,
+    /// Start the child in its own process group, so that a terminal's Ctrl-C reaches only the
+    /// parent (which stops the child by PID), and have the kernel send it SIGTERM should the
+    /// parent die first (Linux `PR_SET_PDEATHSIG`).
+    pub supervised: bool,
+}
+
+impl Default for Spawn {
+    fn default() -> Spawn {
+        Spawn { bin_dir: bin_dir(), log_level: "debug".into(), log_file: None, supervised: false }
+    }
+}
+
+/// A started child with its stdout and stderr as lines (stderr stays empty when it goes to a
+/// file).
+pub struct Spawned {
+    pub child: Child,
+    pub stdout: mpsc::Receiver<String>,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Spawn {
+    /// Starts `name` from [`Spawn::bin_dir`] with `args`.
+    pub fn start(&self, name: &str, args: &[String]) -> Result<Spawned, String> {
+        let mut cmd = Command::new(try_binary(&self.bin_dir, name)?);
+        cmd.args(args)
+            .env("OCF_LOG", &self.log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        match &self.log_file {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                cmd.stderr(Stdio::from(file));
+            }
+            None => {
+                cmd.stderr(Stdio::piped());
+            }
+        }
+        if self.supervised {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: getpid before the fork; prctl, getppid and _exit are async-signal-safe.
+            let parent = unsafe { libc::getpid() };
+            cmd.process_group(0);
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // The parent died between fork and prctl: nobody would stop this child.
+                    if libc::getppid() != parent {
+                        libc::_exit(1);
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
+        let (err_tx, stderr) = mpsc::channel();
+        if let Some(err) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if err_tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let out = child.stdout.take().expect("stdout is piped");
+        let (tx, stdout) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Spawned { child, stdout, stderr })
+    }
+
+    /// Why a child did not become ready: its exit status if it exited, and its log.
+    pub fn not_ready(&self, name: &str, child: &mut Child, stderr: &mpsc::Receiver<String>) -> String {
+        let status = match child.try_wait() {
+            Ok(Some(status)) => format!("it exited with {status}"),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                "it was killed".to_string()
+            }
+        };
+        let log = match &self.log_file {
+            Some(path) => log_tail(path, 20),
+            None => stderr.try_iter().collect::<Vec<_>>().join("\n"),
+        };
+        format!("{name} did not become ready ({status}):\n{log}")
+    }
+}
+
+/// The last `n` lines of a log file (empty if unreadable).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A fresh directory under the target directory, removed when dropped.
@@ -92,32 +217,13 @@ impl Agent {
     }
 
     pub fn start_with(args: &[String]) -> Agent {
-        let mut child = Command::new(binary("ocf-agent"))
-            .args(args)
-            .env("OCF_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ocf-agent");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        let (err_tx, err_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if err_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        Agent::spawn(args, &Spawn::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the agent with `args` as `how` says; an error if it does not print
+    /// `ocf-agent: ready` within 20 s.
+    pub fn spawn(args: &[String], how: &Spawn) -> Result<Agent, String> {
+        let Spawned { mut child, stdout: rx, stderr: err_rx } = how.start("ocf-agent", args)?;
         let mut di = String::new();
         let mut endpoints = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -133,24 +239,21 @@ impl Agent {
                         break;
                     }
                 }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log: Vec<String> = err_rx.try_iter().collect();
-                    panic!("ocf-agent did not become ready:\n{}", log.join("\n"));
-                }
+                Err(_) => return Err(how.not_ready("ocf-agent", &mut child, &err_rx)),
             }
         }
-        let addr_of = |scheme: &str| -> SocketAddr {
+        let addr_of = |scheme: &str| -> Option<SocketAddr> {
             endpoints
                 .iter()
                 .find_map(|e| e.strip_prefix(&format!("{scheme}://")))
                 .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("no {scheme} endpoint in {endpoints:?}"))
         };
-        let udp = addr_of("coap");
-        let tcp = addr_of("coap+tcp");
-        Agent { child, di, udp, tcp, endpoints, stderr: err_rx, log: Vec::new() }
+        let (Some(udp), Some(tcp)) = (addr_of("coap"), addr_of("coap+tcp")) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("ocf-agent: no coap and coap+tcp endpoints in {endpoints:?}"));
+        };
+        Ok(Agent { child, di, udp, tcp, endpoints, stderr: err_rx, log: Vec::new() })
     }
 
     pub fn pid(&self) -> i32 {
@@ -209,15 +312,20 @@ pub struct TcpClient {
 
 impl TcpClient {
     pub fn connect(addr: SocketAddr) -> TcpClient {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        TcpClient::try_connect(addr).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Connects and sends our CSM; answers within 10 s are expected.
+    pub fn try_connect(addr: SocketAddr) -> Result<TcpClient, String> {
+        let stream = TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| format!("timeout: {e}"))?;
         let mut conn = TcpConnection::new(1 << 20);
         let mut client = TcpClient { stream, conn: TcpConnection::new(1 << 20), next_token: 1, pending: Vec::new() };
         let csm = conn.start();
         client.conn = conn;
-        client.stream.write_all(&csm).expect("send CSM");
-        client
+        client.stream.write_all(&csm).map_err(|e| format!("send CSM to {addr}: {e}"))?;
+        Ok(client)
     }
 
     pub fn token(&mut self) -> Vec<u8> {
@@ -276,6 +384,17 @@ impl TcpClient {
     pub fn request(&mut self, req: &Request) -> Response {
         let token = self.token();
         self.request_with_token(req, &token)
+    }
+
+    /// [`TcpClient::request`] with errors instead of panics.
+    pub fn try_request(&mut self, req: &Request) -> Result<Response, String> {
+        let token = self.token();
+        let bytes = self.conn.encode(&req.to_packet(&token)).map_err(|e| format!("encode: {e:?}"))?;
+        self.stream.write_all(&bytes).map_err(|e| format!("send: {e}"))?;
+        let p = self
+            .recv_token(&token)
+            .ok_or("the connection closed (or 10 s passed) before the response")?;
+        Response::from_packet(&p).ok_or_else(|| "the answer is not a CoAP response".to_string())
     }
 
     pub fn request_with_token(&mut self, req: &Request, token: &[u8]) -> Response {
