@@ -1,8 +1,20 @@
 //! `cargo xtask bench`: starts the release agent on loopback and measures it from outside.
-//! Prints Markdown rows for the README's performance table.
+//! Prints Markdown rows for the README's performance table, each beside issue 3's goal and the
+//! reference device's (iotivity-lite, OCF-PROTOCOL.md §7.7) figure where there is one.
 //!
-//! Figures: GET /oic/d over coap+tcp with 1 and 16 concurrent connections (requests/s,
-//! p50/p99 latency), the agent's idle RSS, and the stripped binary size.
+//! Local figures: GET /oic/d over coap+tcp with 1 and 16 concurrent connections (requests/s,
+//! p50/p99 latency), notification latencies, the agent's idle RSS, the stripped binary size.
+//! Cloud figures (issue 3 "Measured", [`bench_cloud`]), agent and `ocf-dev-cloud` on loopback
+//! with TLS: process start → published (restart of a registered agent, and first boot with the
+//! sign-up), connection cut → signed in again, GET forwarded through the cloud's HTTP API with 1
+//! and 16 keep-alive clients, RSS signed in and idle for the glibc and the static musl release
+//! builds (`cargo xtask bench` builds both), and both builds' stripped size.
+//!
+//! `ocf-bench [SECONDS]`: SECONDS (default 5) per load run. `ocf-bench rss BINARY...`: only the
+//! signed-in idle RSS of the given agent builds (to compare build options).
+
+#[path = "../bench_cloud.rs"]
+mod bench_cloud;
 
 use std::time::{Duration, Instant};
 
@@ -133,42 +145,181 @@ fn micros(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
+fn millis(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.2} MiB", kib as f64 / 1024.0)
+}
+
+const NONE: &str = "—";
+
+/// Where `cargo xtask bench` puts the static musl release build.
+const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// `ocf-bench rss BINARY...`: only the signed-in idle RSS (and size) of other agent builds, to
+/// compare build options.
+fn rss_only(bins: &[String]) {
+    let dir = TempDir::new("bench-rss");
+    let cloud = ocf_e2e::cloud::DevCloud::start(&dir.path().join("cloud"), &[]);
+    let starts = bench_cloud::start_to_published(&cloud, &dir, 1, 0);
+    println!("| build | RSS signed in and idle | size |");
+    println!("|---|---|---|");
+    for bin in bins {
+        let path = std::path::Path::new(bin);
+        let m = bench_cloud::signed_in_idle_memory(path, &starts.registered_state, Duration::from_millis(1500));
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "| {bin} | {} (anon {}, of it brk heap {}; file-backed {}) | {:.3} MB |",
+            mib(m.rss),
+            mib(m.anon),
+            mib(m.heap),
+            mib(m.file),
+            size as f64 / 1e6
+        );
+    }
+}
+
 fn main() {
-    let seconds: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(5);
-    let dir = TempDir::new("bench");
-    let agent = Agent::start(dir.path(), &[]);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("rss") {
+        return rss_only(&args[1..]);
+    }
+    let seconds: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(5);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
         .unwrap_or_else(|| "unknown CPU".into());
     let machine = format!("{} cores, {cpu}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    std::thread::sleep(Duration::from_millis(500));
-    let idle_rss = agent.rss_kib().unwrap_or(0);
-    println!("| figure | value | machine |");
-    println!("|---|---|---|");
-    for clients in [1usize, 16] {
-        let (rps, p50, p99) = load(&agent, clients, Duration::from_secs(seconds));
-        println!(
-            "| GET /oic/d over coap+tcp, {clients} connection{} | {rps:.0} req/s, p50 {}, p99 {} | {machine} |",
-            if clients == 1 { "" } else { "s" },
-            micros(p50),
-            micros(p99)
+    let row = |figure: &str, value: String, goal: &str, reference: &str| {
+        println!("| {figure} | {value} | {goal} | {reference} | {machine} |");
+    };
+    println!("| figure | value | goal (issue 3) | iotivity-lite (OCF-PROTOCOL.md §7.7) | machine |");
+    println!("|---|---|---|---|---|");
+
+    // Local endpoints, no cloud.
+    {
+        let dir = TempDir::new("bench");
+        let agent = Agent::start(dir.path(), &[]);
+        std::thread::sleep(Duration::from_millis(500));
+        let idle_rss = agent.rss_kib().unwrap_or(0);
+        for clients in [1usize, 16] {
+            let (rps, p50, p99) = load(&agent, clients, Duration::from_secs(seconds));
+            row(
+                &format!("GET /oic/d over coap+tcp, {clients} connection{}", if clients == 1 { "" } else { "s" }),
+                format!("{rps:.0} req/s, p50 {}, p99 {}", micros(p50), micros(p99)),
+                NONE,
+                NONE,
+            );
+        }
+        let (p50, p99) = write_to_notification(&agent, 2000);
+        row(
+            "switch POST on one connection → notification on another (coap+tcp)",
+            format!("p50 {}, p99 {}", micros(p50), micros(p99)),
+            NONE,
+            NONE,
+        );
+        let (p50, p99) = sensor_to_notification(20000);
+        row(
+            "simulated sensor change → notification frame encoded (in process; add up to one sampling period)",
+            format!("p50 {}, p99 {}", micros(p50), micros(p99)),
+            NONE,
+            NONE,
+        );
+        row("agent RSS, idle on the sim board, no cloud (bench-release profile, glibc)", mib(idle_rss), NONE, NONE);
+        let loaded_rss = agent.rss_kib().unwrap_or(0);
+        row("agent RSS after the load runs, no cloud (bench-release profile, glibc)", mib(loaded_rss), NONE, NONE);
+    }
+
+    // The cloud link, TLS on loopback.
+    let dir = TempDir::new("bench-cloud");
+    let cloud = ocf_e2e::cloud::DevCloud::start(&dir.path().join("cloud"), &[]);
+    let starts = bench_cloud::start_to_published(&cloud, &dir, 5, 20);
+    let s = &starts.restart;
+    row(
+        &format!("process start → published, registered agent restarted (refresh + sign-in + publish, TLS), {} runs", s.0.len()),
+        format!("median {}, p90 {}, max {}", millis(s.median()), millis(s.p90()), millis(s.max())),
+        "≤ 100 ms",
+        "connects ≈1.6 s after start (random 1–2 s delay), refreshes, signs in ≈1.7 s later (as §7.6 R2–R3): ≈3.3 s (derived)",
+    );
+    let (f, fi) = (&starts.first_boot, &starts.first_signed_in);
+    row(
+        &format!("process start → published, first boot (sign-up + sign-in + publish, TLS), {} runs", f.0.len()),
+        format!(
+            "median {}, p90 {} (signed in: median {})",
+            millis(f.median()),
+            millis(f.p90()),
+            millis(fi.median())
+        ),
+        NONE,
+        "connects ≈1.6 s after start, signs in ≈1.8 s after the sign-up answer, publishes at once: ≈3.4 s",
+    );
+    let cut = bench_cloud::cut_to_signed_in(&cloud, &dir, 20);
+    row(
+        &format!("cloud connection cut → signed in again (back-off with full jitter, first retry ≤ 1 s; TLS), {} cuts", cut.0.len()),
+        format!("median {}, p90 {}, max {}", millis(cut.median()), millis(cut.p90()), millis(cut.max())),
+        "≤ 1 s median",
+        "≈3.4 s",
+    );
+
+    // Forwarded GETs through the cloud's HTTP API.
+    {
+        let agent_bin = ocf_e2e::binary("ocf-agent");
+        let mut a = bench_cloud::TimedAgent::spawn(&agent_bin, &starts.registered_state, &[]);
+        a.wait_ready();
+        a.wait_line(bench_cloud::PUBLISHED, a.spawned, Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(500));
+        for clients in [1usize, 16] {
+            let f = bench_cloud::forwarded_get(&cloud, a.pid(), &a.di, "/temperature", clients, Duration::from_secs(seconds));
+            row(
+                &format!(
+                    "GET /api/v1/devices/{{di}}/temperature forwarded by the dev cloud (HTTP keep-alive, {clients} client{}; TLS to the agent)",
+                    if clients == 1 { "" } else { "s" }
+                ),
+                format!("{:.0} req/s, p50 {}, p99 {}", f.rps, micros(f.p50), micros(f.p99)),
+                NONE,
+                NONE,
+            );
+            row(
+                &format!("agent CPU per forwarded GET ({clients} client{})", if clients == 1 { "" } else { "s" }),
+                format!("{} (dev cloud: {})", micros(f.agent_cpu), micros(f.cloud_cpu)),
+                NONE,
+                "≈15 µs per pipelined forwarded GET (plain TCP)",
+            );
+        }
+        a.terminate();
+    }
+
+    // RSS signed in and idle, and the size of the shipped builds.
+    let target = ocf_e2e::bin_dir().parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let builds = [
+        ("release profile, x86_64 glibc", target.join("release").join("ocf-agent")),
+        ("release profile, x86_64 musl static", target.join(MUSL_TARGET).join("release").join("ocf-agent")),
+        ("bench-release profile, x86_64 glibc", ocf_e2e::binary("ocf-agent")),
+    ];
+    for (name, bin) in &builds {
+        if !bin.exists() {
+            eprintln!("ocf-bench: {} is not built (cargo xtask bench builds it); no RSS figure for it", bin.display());
+            continue;
+        }
+        let m = bench_cloud::signed_in_idle_memory(bin, &starts.registered_state, Duration::from_millis(1500));
+        row(
+            &format!("agent RSS signed in and idle (TLS), {name}"),
+            format!("{} (anon {}, of it brk heap {}; file-backed {})", mib(m.rss), mib(m.anon), mib(m.heap), mib(m.file)),
+            "≤ 2.6 MiB",
+            "≈2.2 MiB signed in",
         );
     }
-    let (p50, p99) = write_to_notification(&agent, 2000);
-    println!("| switch POST on one connection → notification on another (coap+tcp) | p50 {}, p99 {} | {machine} |", micros(p50), micros(p99));
-    let (p50, p99) = sensor_to_notification(20000);
-    println!(
-        "| simulated sensor change → notification frame encoded (in process; add up to one sampling period) | p50 {}, p99 {} | {machine} |",
-        micros(p50),
-        micros(p99)
-    );
-    println!("| agent RSS, idle on the sim board | {:.1} MiB | {machine} |", idle_rss as f64 / 1024.0);
-    let loaded_rss = agent.rss_kib().unwrap_or(0);
-    println!("| agent RSS after the load runs | {:.1} MiB | {machine} |", loaded_rss as f64 / 1024.0);
-    // The size-tuned release build (`cargo xtask bench` builds it next to this profile's).
-    let release = ocf_e2e::bin_dir().with_file_name("release").join("ocf-agent");
-    if let Ok(meta) = std::fs::metadata(&release) {
-        println!("| ocf-agent binary, release profile (opt-level z, LTO, stripped), x86_64 glibc | {:.2} MB | {machine} |", meta.len() as f64 / 1e6);
+    for (name, bin) in builds.iter().take(2) {
+        if let Ok(meta) = std::fs::metadata(bin) {
+            row(
+                &format!("ocf-agent binary, {name} (opt-level z, LTO, stripped)"),
+                format!("{:.2} MB", meta.len() as f64 / 1e6),
+                NONE,
+                NONE,
+            );
+        }
     }
+    drop(cloud);
 }
