@@ -12,9 +12,15 @@
 //! - **Persistence**: every [`Action::Persist`] is written atomically (0600) to `cloud.cbor` in
 //!   the state directory; it is restored at start, so a registered device signs in again after a
 //!   restart without a second sign-up (§7.5).
-//! - **Transport**: `coaps+tcp://host[:5684]` (TLS 1.3 / 1.2 with the identity certificate,
-//!   [`crate::tls`]) or `coap+tcp://host[:5683]` (plain); TCP_NODELAY (§7.7); our CSM first
-//!   (§2.4), Pongs answered by [`TcpConnection`].
+//! - **Onboarding gate**: the link runs only in RFNOP ([`Cloud::set_provisioned`], driven by
+//!   [`crate::security`]); always in the development mode (`--insecure-dev`).
+//! - **Transport**: `coaps+tcp://host[:5684]` (TLS 1.3 / 1.2 with the identity certificate of
+//!   `/oic/sec/cred` and the identity key, the cloud verified against the trust anchors
+//!   provisioned for its `sid` and CN `uuid:<sid>`, [`crate::tls`]) or, in the development
+//!   mode only, `coap+tcp://host[:5683]` (plain); TCP_NODELAY (§7.7); our CSM first (§2.4),
+//!   Pongs answered by [`TcpConnection`].
+//! - **Authorisation**: requests the cloud forwards are checked against the ACEs for the
+//!   cloud's `sid` ([`crate::security::Security::serve`]); without one they get 4.01.
 //! - **Timing**: [`Timing::default`] is the documented behaviour. The hidden flag
 //!   `--cloud-timing KEY=VALUE,...` shortens it for tests (see [`parse_timing`]).
 //!
@@ -27,6 +33,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coap_lite::{MessageClass, Packet, ResponseType};
@@ -35,12 +42,15 @@ use ocf::cloud::resource::{self, HREF};
 use ocf::cloud::{Action, CloudSession, DeviceInfo, PersistedState, RdLink, Timing};
 use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
 use ocf::resource::{Method, Origin, Props, Request, ResourceError, RES_HREF};
+use ocf::security::PeerIdentity;
+use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
 use crate::cloudconf::CloudConfBackend;
+use crate::security::{Security, Via};
 use crate::server::Agent;
 use crate::state::{atomic_write, Identity};
 use crate::tls;
@@ -62,7 +72,10 @@ const RELEASE_TIMEOUT: Duration = Duration::from_millis(200);
 pub trait Io: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 
-type ConnectFuture = Pin<Box<dyn Future<Output = Result<Box<dyn Io>, String>>>>;
+/// A connected stream and, over TLS, the cloud's verified identity.
+type Connected = (Box<dyn Io>, Option<PeerIdentity>);
+
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<Connected, String>>>>;
 
 /// The cloud controller shared by the link task and the CoAPCloudConf backend. Its session is
 /// borrowed only for the span of one call, never across an `await` or a call into the resource
@@ -70,14 +83,57 @@ type ConnectFuture = Pin<Box<dyn Future<Output = Result<Box<dyn Io>, String>>>>;
 pub struct Cloud {
     session: RefCell<CloudSession>,
     wake: Notify,
+    device: DeviceInfo,
+    timing: Timing,
+    dir: PathBuf,
 }
 
 impl Cloud {
-    fn new(session: CloudSession) -> Cloud {
+    fn new(session: CloudSession, device: DeviceInfo, timing: Timing, dir: PathBuf) -> Cloud {
         Cloud {
             session: RefCell::new(session),
             wake: Notify::new(),
+            device,
+            timing,
+            dir,
         }
+    }
+
+    /// The onboarding gate (OCF-PROTOCOL.md §1 step 6): the link runs only while `provisioned`
+    /// (RFNOP); leaving it closes the connection without changing `cps`.
+    pub fn set_provisioned(&self, provisioned: bool) {
+        self.with_session(|s| s.set_provisioned(provisioned, Instant::now()));
+        self.wake.notify_one();
+    }
+
+    /// Deregisters (factory reset, §9): see [`CloudSession::deregister`]; completion wipes the
+    /// cloud state ([`Cloud::is_unconfigured`]).
+    pub fn deregister(&self) {
+        info!("deregistering from the cloud");
+        self.with_session(|s| s.deregister(Instant::now()));
+        self.wake.notify_one();
+    }
+
+    /// No cloud configuration (`cps` uninitialized): a deregistration has completed.
+    pub fn is_unconfigured(&self) -> bool {
+        self.session.borrow().cps() == ocf::cloud::Cps::Uninitialized
+    }
+
+    /// How long a deregistration may take before the session gives up on the cloud's answer.
+    pub fn deregister_timeout(&self) -> Duration {
+        self.timing.deregister_timeout
+    }
+
+    /// Forgets the cloud state without asking the cloud (a deregistration that did not complete
+    /// in time): an unconfigured session, persisted.
+    pub fn wipe(&self) {
+        let fresh = CloudSession::new(self.device.clone(), self.timing, seed());
+        persist(&self.dir, &fresh.persisted_state());
+        self.with_session(|s| {
+            s.set_provisioned(false, Instant::now());
+            *s = fresh;
+        });
+        self.wake.notify_one();
     }
 
     /// CoAPCloudConf's properties (never `at`).
@@ -135,12 +191,13 @@ impl Cloud {
     }
 }
 
-/// Sets up the cloud link: creates the identity key if missing, restores `cloud.cbor`, adds
-/// CoAPCloudConf to the resource tree and starts the link task. Call it once the resources
-/// are populated.
+/// Sets up the cloud link: restores `cloud.cbor`, adds CoAPCloudConf to the resource tree and
+/// starts the link task, which connects only while the security allows it (RFNOP, or the
+/// development mode). Call it once the resources are populated.
 pub fn start(
     state_dir: &Path,
     agent: &Rc<Agent>,
+    security: &Rc<Security>,
     timing: Option<&str>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Rc<Cloud>, String> {
@@ -148,10 +205,6 @@ pub fn start(
         Some(spec) => parse_timing(spec)?,
         None => Timing::default(),
     };
-    let (_, created) = tls::ensure_identity_key(state_dir)?;
-    if created {
-        info!("created the identity key {}", tls::IDENTITY_KEY);
-    }
     let device = {
         let d = agent.device.borrow();
         DeviceInfo {
@@ -159,11 +212,10 @@ pub fn start(
             name: d.info().name.clone(),
         }
     };
-    let mut session = load_session(state_dir, device, timing);
-    let now = Instant::now();
-    // pstat is issue 4's: until then the device counts as provisioned (RFNOP).
-    session.set_provisioned(true, now);
-    let cloud = Rc::new(Cloud::new(session));
+    let mut session = load_session(state_dir, device.clone(), timing);
+    session.set_provisioned(security.cloud_allowed(), Instant::now());
+    let cloud = Rc::new(Cloud::new(session, device, timing, state_dir.to_path_buf()));
+    security.set_cloud(cloud.clone());
     agent
         .device
         .borrow_mut()
@@ -172,6 +224,7 @@ pub fn start(
     tokio::task::spawn_local(run(
         cloud.clone(),
         agent.clone(),
+        security.clone(),
         state_dir.to_path_buf(),
         shutdown,
     ));
@@ -361,15 +414,36 @@ impl CloudUri {
     }
 }
 
-/// Opens the connection for [`Action::Connect`]: TCP (TCP_NODELAY), then TLS for `coaps+tcp`.
-async fn connect(uri: String, sid: String, dir: PathBuf) -> Result<Box<dyn Io>, String> {
-    let target = CloudUri::parse(&uri)?;
-    // Read the credentials first: a device without them cannot get anywhere.
-    let tls = if target.secure {
-        Some(tls::client_config(&dir, &sid)?)
+/// What [`connect`] needs, decided when the session asks to connect: the cloud's address and,
+/// for `coaps+tcp`, the TLS configuration with the device's credentials. A plain `coap+tcp`
+/// cloud is only allowed in the development mode (its requests could not be authenticated).
+fn prepare_connect(
+    security: &Security,
+    uri: &str,
+    sid: &str,
+) -> Result<(CloudUri, Option<Arc<ClientConfig>>), String> {
+    let target = CloudUri::parse(uri)?;
+    if target.secure {
+        let config = security.cloud_client_config(sid)?;
+        Ok((target, Some(config)))
+    } else if security.dev_mode() {
+        Ok((target, None))
     } else {
-        None
-    };
+        Err(format!(
+            "{uri}: a plain coap+tcp cloud is only allowed with --insecure-dev; use coaps+tcp"
+        ))
+    }
+}
+
+/// Opens the connection for [`Action::Connect`]: TCP (TCP_NODELAY), then TLS for `coaps+tcp`.
+/// Returns the stream and, over TLS, the cloud's identity (its certificate was verified against
+/// the trust anchors, CN `uuid:<sid>` included).
+async fn connect(
+    uri: String,
+    prepared: Result<(CloudUri, Option<Arc<ClientConfig>>), String>,
+) -> Result<Connected, String> {
+    // A device without credentials cannot get anywhere.
+    let (target, tls) = prepared?;
     let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
         .await
         .map_err(|e| format!("{}: {e}", target.host))?
@@ -389,7 +463,7 @@ async fn connect(uri: String, sid: String, dir: PathBuf) -> Result<Box<dyn Io>, 
     // OCF-PROTOCOL.md §7.7: Nagle would hold the last responses of a burst back.
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let Some(config) = tls else {
-        return Ok(Box::new(stream));
+        return Ok((Box::new(stream), None));
     };
     let name = tls::server_name(&target.host)?;
     let stream = tokio_rustls::TlsConnector::from(config)
@@ -402,7 +476,11 @@ async fn connect(uri: String, sid: String, dir: PathBuf) -> Result<Box<dyn Io>, 
         suite = ?conn.negotiated_cipher_suite().map(|s| s.suite()),
         "TLS established"
     );
-    Ok(Box::new(stream))
+    let identity = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| PeerIdentity::from_certificate_der(leaf, true).ok());
+    Ok((Box::new(stream), identity))
 }
 
 /// The live connection.
@@ -442,7 +520,7 @@ impl Link {
 
     /// Closes the connection: a Release first if it is still healthy, then forget its
     /// observations.
-    async fn close(mut self, agent: &Agent, release: Option<&str>) {
+    async fn close(mut self, agent: &Agent, security: &Security, release: Option<&str>) {
         if let Some(reason) = release {
             let bytes = self.conn.release(reason);
             let _ = tokio::time::timeout(RELEASE_TIMEOUT, async {
@@ -451,6 +529,7 @@ impl Link {
             })
             .await;
         }
+        security.closed(self.id);
         agent.close_stream(self.id);
     }
 }
@@ -458,7 +537,7 @@ impl Link {
 enum Event {
     Timer,
     Wake,
-    Connected(Result<Box<dyn Io>, String>),
+    Connected(Result<Connected, String>),
     Read(io::Result<usize>),
     Outbound(Option<Packet>),
     Shutdown,
@@ -471,7 +550,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-async fn connect_opt(pending: &mut Option<ConnectFuture>) -> Result<Box<dyn Io>, String> {
+async fn connect_opt(pending: &mut Option<ConnectFuture>) -> Result<Connected, String> {
     match pending {
         Some(f) => f.await,
         None => std::future::pending().await,
@@ -496,6 +575,7 @@ async fn recv_opt(outbox: Option<&mut mpsc::Receiver<Packet>>) -> Option<Packet>
 async fn run(
     cloud: Rc<Cloud>,
     agent: Rc<Agent>,
+    security: Rc<Security>,
     dir: PathBuf,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -509,16 +589,17 @@ async fn run(
             match action {
                 Action::Connect { uri, sid } => {
                     if let Some(old) = link.take() {
-                        old.close(&agent, Some("reconnecting")).await;
+                        old.close(&agent, &security, Some("reconnecting")).await;
                     }
                     info!(%uri, %sid, "connecting to the cloud");
-                    connecting = Some(Box::pin(connect(uri, sid, dir.clone())));
+                    let prepared = prepare_connect(&security, &uri, &sid);
+                    connecting = Some(Box::pin(connect(uri, prepared)));
                 }
                 Action::Disconnect => {
                     connecting = None;
                     if let Some(old) = link.take() {
                         debug!("closing the cloud connection");
-                        old.close(&agent, Some("closing")).await;
+                        old.close(&agent, &security, Some("closing")).await;
                     }
                     lost = None;
                 }
@@ -560,7 +641,7 @@ async fn run(
         if let Some(reason) = lost.take() {
             if let Some(old) = link.take() {
                 warn!("cloud connection lost: {reason}");
-                old.close(&agent, None).await;
+                old.close(&agent, &security, None).await;
                 cloud.with_session(|s| s.handle_disconnected(Instant::now()));
                 continue;
             }
@@ -586,9 +667,10 @@ async fn run(
         match event {
             Event::Timer => cloud.with_session(|s| s.handle_timeout(now)),
             Event::Wake => cloud.sync_links(&agent),
-            Event::Connected(Ok(io)) => {
+            Event::Connected(Ok((io, identity))) => {
                 connecting = None;
                 let (id, outbox) = agent.open_stream();
+                security.cloud_opened(id, identity);
                 let mut l = Link {
                     io,
                     conn: TcpConnection::new(MAX_MESSAGE_SIZE),
@@ -605,7 +687,7 @@ async fn run(
                     }
                     Err(e) => {
                         warn!("cloud connection lost at once: {e}");
-                        l.close(&agent, None).await;
+                        l.close(&agent, &security, None).await;
                         cloud.with_session(|s| s.handle_disconnected(Instant::now()));
                     }
                 }
@@ -617,10 +699,10 @@ async fn run(
             }
             Event::Read(Ok(n)) if n > 0 => {
                 let Some(l) = link.as_mut() else { continue };
-                if let Err(reason) = receive(&cloud, &agent, l, &buf[..n], now).await {
+                if let Err(reason) = receive(&cloud, &agent, &security, l, &buf[..n], now).await {
                     if let Some(old) = link.take() {
                         warn!("cloud connection lost: {reason}");
-                        old.close(&agent, None).await;
+                        old.close(&agent, &security, None).await;
                         cloud.with_session(|s| s.handle_disconnected(Instant::now()));
                     }
                 }
@@ -631,7 +713,7 @@ async fn run(
                         Ok(_) => info!("the cloud closed the connection"),
                         Err(e) => warn!("cloud connection lost: {e}"),
                     }
-                    old.close(&agent, None).await;
+                    old.close(&agent, &security, None).await;
                     cloud.with_session(|s| s.handle_disconnected(now));
                 }
             }
@@ -640,7 +722,7 @@ async fn run(
                     if let Err(e) = l.send(&packet).await {
                         if let Some(old) = link.take() {
                             warn!("cloud connection lost: {e}");
-                            old.close(&agent, None).await;
+                            old.close(&agent, &security, None).await;
                             cloud.with_session(|s| s.handle_disconnected(Instant::now()));
                         }
                     }
@@ -651,13 +733,14 @@ async fn run(
                 // up): its observations are gone, so reconnect and let the cloud observe anew.
                 if let Some(old) = link.take() {
                     warn!("the cloud does not keep up with notifications; reconnecting");
-                    old.close(&agent, Some("observer too slow")).await;
+                    old.close(&agent, &security, Some("observer too slow"))
+                        .await;
                     cloud.with_session(|s| s.handle_disconnected(now));
                 }
             }
             Event::Shutdown => {
                 if let Some(old) = link.take() {
-                    old.close(&agent, Some("shutting down")).await;
+                    old.close(&agent, &security, Some("shutting down")).await;
                 }
                 return;
             }
@@ -670,6 +753,7 @@ async fn run(
 async fn receive(
     cloud: &Cloud,
     agent: &Agent,
+    security: &Security,
     link: &mut Link,
     bytes: &[u8],
     now: Instant,
@@ -683,7 +767,8 @@ async fn receive(
         match event {
             ConnEvent::Message(packet) => match packet.header.code {
                 MessageClass::Request(method) => {
-                    let response = agent.device.borrow_mut().handle_packet(&origin, &packet);
+                    // Authorised against the ACEs for the cloud's sid (crate::security).
+                    let response = security.serve(agent, &origin, &packet, Via::Cloud);
                     debug!(
                         ?method,
                         path = %uri_path(&packet),
@@ -912,7 +997,8 @@ mod tests {
     {
         let agent = agent();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let cloud = start(dir, &agent, Some("backoff-base=50ms"), stop_rx).unwrap();
+        let security = test_security(dir, true);
+        let cloud = start(dir, &agent, &security, Some("backoff-base=50ms"), stop_rx).unwrap();
         cloud.configure(&conf(&cis, sid)).unwrap();
         let mut c = FakeCloud::new(accept().await).await;
 
@@ -1009,6 +1095,21 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    /// The device's security in `dir` (development mode: the interim files and no access
+    /// control on the cloud link; else the credentials of /oic/sec/cred and the ACEs).
+    fn test_security(dir: &Path, dev_mode: bool) -> Rc<Security> {
+        let (key, _) = tls::ensure_identity_key(dir).unwrap();
+        Security::new(crate::security::Options {
+            state_dir: dir.to_path_buf(),
+            di: crate::tls::tests::DI.into(),
+            pin: ocf::security::Pin::new("12345678").unwrap(),
+            dev_mode,
+            identity_key: key,
+            manufacturer: None,
+        })
+        .unwrap()
+    }
+
     fn ocf_text(v: &Value, k: &str) -> String {
         v.as_map()
             .and_then(|m| m.iter().find(|(kk, _)| kk.as_text() == Some(k)))
@@ -1089,6 +1190,196 @@ mod tests {
                 }
             })
             .await;
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A TLS acceptor for a fake cloud `uuid:<SID>` that requires a device certificate from
+    /// `server.ca`.
+    fn cloud_acceptor(server: &crate::tls::tests::Pki) -> tokio_rustls::TlsAcceptor {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server.ca.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            tls::provider(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                server.server_chain.clone(),
+                PrivateKeyDer::clone_key(&server.server_key),
+            )
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
+    #[test]
+    fn secure_mode_uses_cred_and_authorises_forwarded_requests_against_the_sid_ace() {
+        use crate::tls::tests::{leaf, pki, DI, SID};
+        use ocf::security::cred::{CredUsage, NewCred};
+        use ocf::security::{AclBackend, DosState, Trigger};
+        let dir = temp_dir("secure");
+        let server = pki(&format!("uuid:{SID}"));
+        let security = test_security(&dir, false);
+        // Onboarded as a Mediator would: identity certificate and trust anchor in
+        // /oic/sec/cred (no interim files), owned, RFNOP.
+        {
+            let (key, _) = tls::ensure_identity_key(&dir).unwrap();
+            let cert = leaf(&format!("uuid:{DI}"), &server.ca, &key).pem();
+            let mut s = security.state.borrow_mut();
+            s.add_local_credential(NewCred::new(None, DI, CredUsage::Cert, &cert, DI).unwrap())
+                .unwrap();
+            s.add_local_credential(
+                NewCred::new(None, SID, CredUsage::TrustCa, &server.ca_pem, DI).unwrap(),
+            )
+            .unwrap();
+            let owner = PeerIdentity {
+                uuid: Some("00000000-0000-4000-8000-0000000000aa".into()),
+                spki_sha256: [7; 32],
+                chain_verified: false,
+            };
+            s.take_ownership(&owner).unwrap();
+            s.set_dos(DosState::Rfnop, Trigger::Request).unwrap();
+        }
+        assert!(!dir.join(tls::IDENTITY_CERT).exists());
+        assert!(security.cloud_allowed());
+        assert!(
+            prepare_connect(&security, "coap+tcp://127.0.0.1:5683", SID).is_err(),
+            "no plain cloud outside the development mode"
+        );
+        let acceptor = cloud_acceptor(&server);
+        local(async {
+            let agent = agent();
+            security.install_batch_filter(&agent);
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let cis = format!("coaps+tcp://{}", listener.local_addr().unwrap());
+            let cloud = start(
+                &dir,
+                &agent,
+                &security,
+                Some("backoff-base=50ms"),
+                stop_rx.clone(),
+            )
+            .unwrap();
+            tokio::task::spawn_local(security.clone().run_events(agent.clone(), stop_rx));
+            cloud.configure(&conf(&cis, SID)).unwrap();
+            let tcp = listener.accept().await.unwrap().0;
+            let mut c = FakeCloud::new(acceptor.accept(tcp).await.unwrap()).await;
+            let token = |t: &str| {
+                map(&[
+                    ("accesstoken", text(t)),
+                    ("refreshtoken", text("RT")),
+                    ("uid", text("u")),
+                    ("expiresin", Value::Integer((-1).into())),
+                ])
+            };
+            c.answer("/oic/sec/account", ResponseType::Changed, token("AT"))
+                .await;
+            c.answer(
+                "/oic/sec/session",
+                ResponseType::Changed,
+                map(&[("expiresin", Value::Integer((-1).into()))]),
+            )
+            .await;
+            c.answer(
+                "/oic/rd",
+                ResponseType::Changed,
+                map(&[("links", Value::Array(vec![]))]),
+            )
+            .await;
+
+            let code = |p: &Packet| match p.header.code {
+                MessageClass::Response(r) => r,
+                other => panic!("not a response: {other:?}"),
+            };
+            let batch_hrefs = |p: &Packet| -> Vec<String> {
+                let v: Value = ciborium::from_reader(&p.payload[..]).unwrap();
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| ocf_text(i, "href"))
+                    .collect()
+            };
+            let mut batch = Request::new(Method::Get, RES_HREF);
+            batch.query.push(("if".into(), "oic.if.b".into()));
+            // Without an ACE for the sid: nothing.
+            let r = c.request(&Request::new(Method::Get, "/switch"), &[1]).await;
+            assert_eq!(code(&r), ResponseType::Unauthorized);
+            let r = c.request(&batch, &[2]).await;
+            assert_eq!(code(&r), ResponseType::Content);
+            // /oic/d and /oic/p are readable by any peer on a secure connection (the default
+            // policy); nothing else without an ACE.
+            let sw = format!("ocf://{DI}/switch");
+            let conf_href = format!("ocf://{DI}{HREF}");
+            let hrefs = batch_hrefs(&r);
+            assert!(
+                !hrefs.contains(&sw) && !hrefs.contains(&conf_href),
+                "{hrefs:?}"
+            );
+
+            // The ACE the Mediator provisions: wildcard, all permissions.
+            let ace: Props = [(
+                "aclist2".to_string(),
+                Value::Array(vec![map(&[
+                    ("subject", map(&[("uuid", text(SID))])),
+                    ("resources", Value::Array(vec![map(&[("wc", text("*"))])])),
+                    ("permission", Value::Integer(31.into())),
+                ])]),
+            )]
+            .into_iter()
+            .collect();
+            AclBackend::new(security.state.clone())
+                .update(&ace)
+                .unwrap();
+            let r = c.request(&Request::new(Method::Get, "/switch"), &[3]).await;
+            assert_eq!(code(&r), ResponseType::Content);
+            let r = c.request(&batch, &[4]).await;
+            let hrefs = batch_hrefs(&r);
+            assert!(
+                hrefs.contains(&sw) && !hrefs.contains(&conf_href),
+                "{hrefs:?}"
+            );
+            // Configuration resources need an explicit href: the wildcard does not cover them.
+            let mut post = Request::new(Method::Post, HREF);
+            post.content_format = Some(10000);
+            ciborium::into_writer(&map(&[("cis", text(""))]), &mut post.payload).unwrap();
+            let r = c.request(&post, &[5]).await;
+            assert_eq!(code(&r), ResponseType::Unauthorized);
+            let r = c
+                .request(&Request::new(Method::Get, "/oic/sec/cred"), &[6])
+                .await;
+            assert_eq!(code(&r), ResponseType::Unauthorized);
+
+            // Factory reset (pstat dos.s = 0): deregistration first, on the live connection.
+            security.state.borrow_mut().begin_factory_reset();
+            security.after_request();
+            let del = c.next().await;
+            assert_eq!(
+                del.header.code,
+                MessageClass::Request(coap_lite::RequestType::Delete)
+            );
+            assert_eq!(uri_path(&del), "/oic/sec/account");
+            c.send(&Response::new(ResponseType::Deleted).to_packet(del.get_token()))
+                .await;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while security.state.borrow().dos() != DosState::Rfotm {
+                assert!(
+                    Instant::now() < deadline,
+                    "the factory reset did not finish"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(cloud.is_unconfigured());
+            assert!(!security.cloud_allowed());
+            assert!(!dir.join(STATE_FILE).exists(), "the cloud state is wiped");
+            assert!(security.state.borrow().creds().creds().is_empty());
+            let _ = stop_tx.send(true);
+            tokio::time::sleep(Duration::from_millis(20)).await;
         });
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -3,10 +3,12 @@
 mod board;
 mod cloud;
 mod cloudconf;
+mod security;
 mod server;
 mod state;
 mod tcp;
 mod tls;
+mod tls_server;
 mod udp;
 
 use std::net::{IpAddr, SocketAddr};
@@ -19,6 +21,7 @@ use ocf::resource::{Device, DeviceInfo, PlatformInfo, Value};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::security::Security;
 use crate::server::Agent;
 use crate::state::Identity;
 
@@ -35,9 +38,28 @@ struct Cli {
     /// CoAP over UDP unicast address; may be given more than once.
     #[arg(long = "udp", value_name = "ADDR:PORT")]
     udp: Vec<SocketAddr>,
-    /// CoAP over TCP address.
-    #[arg(long = "tcp", value_name = "ADDR:PORT", default_value = "0.0.0.0:5683")]
-    tcp: SocketAddr,
+    /// The secure local endpoint: CoAP over TLS over TCP (coaps+tcp).
+    #[arg(long = "tls", value_name = "ADDR:PORT", default_value = "0.0.0.0:5684")]
+    tls: SocketAddr,
+    /// CoAP over TCP without TLS: only opened with --insecure-dev [default: 0.0.0.0:5683].
+    #[arg(long = "tcp", value_name = "ADDR:PORT")]
+    tcp: Option<SocketAddr>,
+    /// Development mode, like iotivity-lite built without security: also opens the plain
+    /// coap+tcp listener, serves everything on it and on UDP without access control, and runs
+    /// the cloud link without onboarding (with the interim files identity.crt, cloud-ca.pem).
+    /// Never in production.
+    #[arg(long)]
+    insecure_dev: bool,
+    /// Setup PIN (factory data): the first line of this file, 8 digits. Default: STATE/pin,
+    /// made with a random PIN (printed once) if missing.
+    #[arg(long, value_name = "PATH")]
+    pin_file: Option<PathBuf>,
+    /// Manufacturer certificate chain (PEM) for the secure endpoint [default: STATE/mfg.crt].
+    #[arg(long, value_name = "PATH", requires = "mfg_key")]
+    mfg_cert: Option<PathBuf>,
+    /// The manufacturer certificate's private key (PEM) [default: STATE/mfg.key].
+    #[arg(long, value_name = "PATH", requires = "mfg_cert")]
+    mfg_key: Option<PathBuf>,
     /// Port of the OCF multicast groups (224.0.1.187, ff02::158), or "off".
     #[arg(long, default_value = "5683")]
     multicast: String,
@@ -101,6 +123,37 @@ async fn run(cli: Cli) -> Result<(), String> {
     if created {
         info!(di = %identity.di, "created a new device identity");
     }
+    if cli.insecure_dev {
+        warn!(
+            "insecure development mode: plain coap+tcp and UDP serve every resource without access \
+             control, and the cloud link runs without onboarding; never use this in production"
+        );
+    } else if cli.tcp.is_some() {
+        warn!("--tcp is ignored: the plain coap+tcp listener only exists with --insecure-dev");
+    }
+    let (identity_key, created) = tls::ensure_identity_key(&cli.state_dir)?;
+    if created {
+        info!("created the identity key {}", tls::IDENTITY_KEY);
+    }
+    let (pin, created) = security::load_or_create_pin(cli.pin_file.as_deref(), &cli.state_dir)?;
+    if created {
+        // Shown once, on the console only (never through the log).
+        println!("ocf-agent: setup PIN {}", pin.expose());
+    }
+    let mfg_paths = cli.mfg_cert.as_deref().zip(cli.mfg_key.as_deref());
+    let manufacturer = tls_server::load_manufacturer(mfg_paths, &cli.state_dir)?;
+    if manufacturer.is_some() {
+        info!("the secure endpoint presents the manufacturer certificate");
+    }
+    let security = Security::new(security::Options {
+        state_dir: cli.state_dir.clone(),
+        di: identity.di.clone(),
+        pin,
+        dev_mode: cli.insecure_dev,
+        identity_key,
+        manufacturer,
+    })?;
+    info!(dos = security.state.borrow().dos().name(), "security state loaded");
     let multicast_port: Option<u16> = match cli.multicast.as_str() {
         "off" => None,
         p => Some(p.parse().map_err(|_| format!("--multicast: {p:?} is neither a port nor \"off\""))?),
@@ -125,6 +178,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         PlatformInfo { pi: identity.pi.clone(), manufacturer: facts.manufacturer, extra },
     );
     let agent = Rc::new(Agent::new(device));
+    for resource in security.resources() {
+        agent.device.borrow_mut().add(resource)?;
+    }
     let sensors = board::populate(&board, &agent)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -153,33 +209,55 @@ async fn run(cli: Cli) -> Result<(), String> {
         } else {
             unicast_v4.get_or_insert(socket.clone());
         }
-        tokio::task::spawn_local(udp::serve_unicast(socket, agent.clone(), stop_rx.clone()));
+        tokio::task::spawn_local(udp::serve_unicast(socket, agent.clone(), security.clone(), stop_rx.clone()));
     }
-    let tcp = tokio::net::TcpListener::bind(cli.tcp)
+    if cli.insecure_dev {
+        let addr = cli.tcp.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 5683)));
+        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot bind TCP {addr}: {e}"))?;
+        let tcp_local = tcp.local_addr().map_err(|e| e.to_string())?;
+        endpoints.extend(endpoint_uris("coap+tcp", tcp_local));
+        tcp::log_listening(&tcp);
+        tokio::task::spawn_local(tcp::serve(tcp, agent.clone(), security.clone(), stop_rx.clone()));
+    }
+    let tls = tokio::net::TcpListener::bind(cli.tls)
         .await
-        .map_err(|e| format!("cannot bind TCP {}: {e}", cli.tcp))?;
-    let tcp_local = tcp.local_addr().map_err(|e| e.to_string())?;
-    endpoints.extend(endpoint_uris("coap+tcp", tcp_local));
-    tcp::log_listening(&tcp);
-    tokio::task::spawn_local(tcp::serve(tcp, agent.clone(), stop_rx.clone()));
+        .map_err(|e| format!("cannot bind TCP {} for coaps+tcp: {e}", cli.tls))?;
+    let tls_local = tls.local_addr().map_err(|e| e.to_string())?;
+    endpoints.extend(endpoint_uris("coaps+tcp", tls_local));
+    tls_server::log_listening(&tls);
+    tokio::task::spawn_local(tls_server::serve(tls, agent.clone(), security.clone(), stop_rx.clone()));
 
     if let Some(port) = multicast_port {
         match udp::bind_multicast_v4(port) {
             Ok(s) => {
-                tokio::task::spawn_local(udp::serve_multicast(s, unicast_v4.clone(), agent.clone(), stop_rx.clone()));
+                tokio::task::spawn_local(udp::serve_multicast(
+                    s,
+                    unicast_v4.clone(),
+                    agent.clone(),
+                    security.clone(),
+                    stop_rx.clone(),
+                ));
             }
             Err(e) => warn!("cannot join {}:{port}: {e}", udp::OCF_GROUP_V4),
         }
         for (name, s) in udp::bind_multicast_v6(port) {
             info!(interface = %name, "joined [{}]:{port}", udp::OCF_GROUP_V6);
-            tokio::task::spawn_local(udp::serve_multicast(s, unicast_v6.clone(), agent.clone(), stop_rx.clone()));
+            tokio::task::spawn_local(udp::serve_multicast(
+                s,
+                unicast_v6.clone(),
+                agent.clone(),
+                security.clone(),
+                stop_rx.clone(),
+            ));
         }
     }
     agent.device.borrow_mut().set_endpoints(endpoints.clone());
+    security.install_batch_filter(&agent);
     for task in sensors {
         tokio::task::spawn_local(task.run(agent.clone(), stop_rx.clone()));
     }
-    cloud::start(&cli.state_dir, &agent, cli.cloud_timing.as_deref(), stop_rx.clone())?;
+    cloud::start(&cli.state_dir, &agent, &security, cli.cloud_timing.as_deref(), stop_rx.clone())?;
+    tokio::task::spawn_local(security.clone().run_events(agent.clone(), stop_rx.clone()));
 
     // The line protocol tests and scripts wait for: every endpoint, then "ready".
     println!("ocf-agent: di {}", identity.di);

@@ -54,6 +54,12 @@ impl Agent {
         }
     }
 
+    /// Closes a stream connection: its task sees its queue end and closes the connection (then
+    /// [`Agent::close_stream`] ends its observations).
+    pub fn disconnect(&self, id: u64) {
+        self.streams.borrow_mut().remove(&id);
+    }
+
     /// Sets the queue of the UDP socket that writes to peers of one address family.
     pub fn set_udp(&self, v6: bool, tx: mpsc::Sender<(SocketAddr, Packet)>) {
         if v6 {

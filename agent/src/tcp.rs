@@ -1,5 +1,6 @@
-//! The CoAP-over-TCP listener (RFC 8323): one task per connection, framing and signalling in
-//! the sans-IO [`TcpConnection`], requests served by the shared [`Agent`].
+//! CoAP over TCP (RFC 8323): the connection loop shared by the plain listener (development mode
+//! only) and the secure endpoint ([`crate::tls_server`]): one task per connection, framing and
+//! signalling in the sans-IO [`TcpConnection`], requests served through [`Security::serve`].
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -8,11 +9,12 @@ use coap_lite::{CoapOption, MessageClass, Packet};
 use ocf::coap::block;
 use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
 use ocf::resource::Origin;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::security::{Security, Via};
 use crate::server::Agent;
 
 /// Largest message we accept. Our representations are small; a batch of `/oic/res` for a
@@ -26,7 +28,8 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// so a frame declaring a huge length is refused after at most this much.
 const READ_CHUNK: usize = 4096;
 
-pub async fn serve(listener: TcpListener, agent: Rc<Agent>, shutdown: watch::Receiver<bool>) {
+/// Serves the plain listener (development mode only, `--insecure-dev`).
+pub async fn serve(listener: TcpListener, agent: Rc<Agent>, security: Rc<Security>, shutdown: watch::Receiver<bool>) {
     let live = Rc::new(std::cell::Cell::new(0usize));
     let mut stop = shutdown.clone();
     loop {
@@ -49,11 +52,21 @@ pub async fn serve(listener: TcpListener, agent: Rc<Agent>, shutdown: watch::Rec
         }
         live.set(live.get() + 1);
         let agent = agent.clone();
+        let security = security.clone();
         let live = live.clone();
         let shutdown = shutdown.clone();
         tokio::task::spawn_local(async move {
             debug!(%peer, "connection opened");
-            if let Err(e) = connection(stream, agent, shutdown).await {
+            // OCF-PROTOCOL.md §7.7: without TCP_NODELAY the last responses of a burst wait for
+            // the peer's delayed ACK.
+            let _ = stream.set_nodelay(true);
+            let (id, outbox) = agent.open_stream();
+            let origin = Origin::Stream(id);
+            let result = run_connection(stream, &agent, id, outbox, shutdown, |packet| {
+                security.serve(&agent, &origin, packet, Via::Clear)
+            })
+            .await;
+            if let Err(e) = result {
                 debug!(%peer, "connection ended: {e}");
             }
             live.set(live.get() - 1);
@@ -61,20 +74,28 @@ pub async fn serve(listener: TcpListener, agent: Rc<Agent>, shutdown: watch::Rec
     }
 }
 
-async fn connection(
-    mut stream: TcpStream,
-    agent: Rc<Agent>,
+/// Runs one stream connection (plain TCP or TLS) registered as `id` with the agent: RFC 8323
+/// framing and signalling in the sans-IO [`TcpConnection`], requests answered by `serve`,
+/// notifications from `outbox` written as they come. Ends when the peer closes, the agent drops
+/// the connection (its `outbox` ends), or at shutdown (with a Release); then the agent forgets
+/// the connection and its observations.
+pub async fn run_connection<S, F>(
+    mut stream: S,
+    agent: &Agent,
+    id: u64,
+    mut outbox: mpsc::Receiver<Packet>,
     mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    // OCF-PROTOCOL.md §7.7: without TCP_NODELAY the last responses of a burst wait for the
-    // peer's delayed ACK.
-    stream.set_nodelay(true)?;
-    let (id, mut outbox) = agent.open_stream();
-    let origin = Origin::Stream(id);
+    mut serve: F,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(&Packet) -> Packet,
+{
     let mut conn = TcpConnection::new(MAX_MESSAGE_SIZE as u32);
     let result = async {
         // RFC 8323 §5.3: both sides send a CSM first.
         stream.write_all(&conn.start()).await?;
+        stream.flush().await?;
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             tokio::select! {
@@ -89,7 +110,7 @@ async fn connection(
                         match event {
                             ConnEvent::Message(packet) => {
                                 if let MessageClass::Request(_) = packet.header.code {
-                                    let mut response = agent.device.borrow_mut().handle_packet(&origin, &packet);
+                                    let mut response = serve(&packet);
                                     fit_response(&conn, &packet, &mut response);
                                     match conn.encode(&response) {
                                         Ok(bytes) => out.extend(bytes),
@@ -108,6 +129,7 @@ async fn connection(
                     }
                     if !out.is_empty() {
                         stream.write_all(&out).await?;
+                        stream.flush().await?;
                     }
                     agent.flush_notifications();
                     if let Some(reason) = close {
@@ -117,18 +139,22 @@ async fn connection(
                 }
                 packet = outbox.recv() => {
                     let Some(mut packet) = packet else {
-                        // The agent dropped us (stuck observer).
+                        // The agent dropped us (stuck observer, or closed by the security).
                         return Ok(());
                     };
                     fit_response(&conn, &Packet::new(), &mut packet);
                     match conn.encode(&packet) {
-                        Ok(bytes) => stream.write_all(&bytes).await?,
+                        Ok(bytes) => {
+                            stream.write_all(&bytes).await?;
+                            stream.flush().await?;
+                        }
                         Err(e) => warn!(connection = id, "cannot send notification: {e}"),
                     }
                 }
                 _ = shutdown.changed() => {
                     // RFC 8323 §5.5: tell the peer we are going away before closing.
                     let _ = stream.write_all(&conn.release("shutting down")).await;
+                    let _ = stream.flush().await;
                     return Ok(());
                 }
             }
@@ -145,9 +171,8 @@ async fn connection(
 /// the reference device sends no CSM).
 pub fn fit_response(conn: &TcpConnection, request: &Packet, response: &mut Packet) {
     let peer_max = conn.peer_max_message_size() as usize;
-    if request.get_option(CoapOption::Block2).is_some() {
-        block::apply_block2(request, response, block::szx_for(peer_max));
-    } else if conn.encode(response).is_err() {
+    // A block the request asks for, or a response too large for the peer.
+    if request.get_option(CoapOption::Block2).is_some() || conn.encode(response).is_err() {
         block::apply_block2(request, response, block::szx_for(peer_max));
     }
 }

@@ -9,9 +9,10 @@
 //!   CSR (CN `uuid:<di>`, EKUs serverAuth, clientAuth, 1.3.6.1.4.1.44924.1.6).
 //! - `cloud-ca.pem`: the cloud trust anchor(s).
 //!
-//! Until the Mediator issue (issue 4) provisions them through `/oic/sec/cred`, a test or an
-//! operator puts `identity.crt` and `cloud-ca.pem` there. They are read at every connect, so
-//! new ones take effect at the next connection without a restart.
+//! Normally the identity certificate and the cloud trust anchors come from `/oic/sec/cred`
+//! (provisioned by the Mediator, see [`crate::security`]); `identity.crt` and `cloud-ca.pem`
+//! are the interim files of the development mode (`--insecure-dev`). Either is read at every
+//! connect, so new ones take effect at the next connection without a restart.
 //!
 //! rustls is used with the *ring* provider only (§8.4, DESIGN.md §3): TLS 1.3, and TLS 1.2 with
 //! ECDHE-ECDSA AES-128-GCM among the suites plgd hub and iotivity-lite offer (§8.1). webpki only
@@ -104,29 +105,91 @@ pub fn csr_pem(key: &KeyPair, di: &str) -> Result<String, String> {
         .map_err(|e| format!("CSR: {e}"))
 }
 
-/// The client configuration for a cloud with UUID `sid`, from the files in `dir`.
-pub fn client_config(dir: &Path, sid: &str) -> Result<Arc<ClientConfig>, String> {
+/// What the device presents to the cloud and what it trusts: the identity certificate chain
+/// (leaf first), its private key, and the trust anchors for the cloud's chain.
+pub struct CloudCredentials {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub anchors: Vec<CertificateDer<'static>>,
+}
+
+impl fmt::Debug for CloudCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CloudCredentials")
+            .field("chain", &self.chain.len())
+            .field("key", &"<redacted>")
+            .field("anchors", &self.anchors.len())
+            .finish()
+    }
+}
+
+/// The identity key as rustls wants it (PKCS#8 DER).
+pub fn private_key_der(key: &KeyPair) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::Pkcs8(key.serialize_der().into())
+}
+
+/// Replaces the identity key with a new one (factory reset, OCF-PROTOCOL.md §9: the key pair is
+/// regenerated), written atomically with mode 0600.
+pub fn regenerate_identity_key(dir: &Path) -> Result<KeyPair, String> {
+    let path = dir.join(IDENTITY_KEY);
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| format!("cannot generate the identity key: {e}"))?;
+    atomic_write(&path, key.serialize_pem().as_bytes())
+        .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+    Ok(key)
+}
+
+/// The credentials in the interim files of the state directory (`identity.crt`,
+/// `identity.key`, `cloud-ca.pem`); only used in the development mode.
+pub fn file_credentials(dir: &Path) -> Result<CloudCredentials, String> {
     let read = |name: &str| {
         let path = dir.join(name);
         std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
     };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(IDENTITY_CERT)?)
+    let chain = CertificateDer::pem_slice_iter(&read(IDENTITY_CERT)?)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{IDENTITY_CERT}: {e}"))?;
-    if chain.is_empty() {
-        return Err(format!("{IDENTITY_CERT}: no certificate"));
-    }
     let key = PrivateKeyDer::from_pem_slice(&read(IDENTITY_KEY)?)
         .map_err(|e| format!("{IDENTITY_KEY}: {e}"))?;
+    let anchors = CertificateDer::pem_slice_iter(&read(CLOUD_CA)?)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{CLOUD_CA}: {e}"))?;
+    Ok(CloudCredentials {
+        chain,
+        key,
+        anchors,
+    })
+}
+
+/// The cloud trust anchors of the interim file `cloud-ca.pem` (development mode only).
+pub fn file_anchors(dir: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let path = dir.join(CLOUD_CA);
+    let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{CLOUD_CA}: {e}"))
+}
+
+/// The client configuration for a cloud with UUID `sid`, from the files in `dir`.
+#[cfg(test)]
+pub fn client_config(dir: &Path, sid: &str) -> Result<Arc<ClientConfig>, String> {
+    client_config_from(file_credentials(dir)?, sid)
+}
+
+/// The client configuration for a cloud with UUID `sid`: mutual TLS with `creds.chain` and
+/// `creds.key`, the cloud verified by [`CloudVerifier`] against `creds.anchors`.
+pub fn client_config_from(creds: CloudCredentials, sid: &str) -> Result<Arc<ClientConfig>, String> {
+    if creds.chain.is_empty() {
+        return Err("no identity certificate".into());
+    }
     let mut roots = RootCertStore::empty();
-    for anchor in CertificateDer::pem_slice_iter(&read(CLOUD_CA)?) {
-        let anchor = anchor.map_err(|e| format!("{CLOUD_CA}: {e}"))?;
+    for anchor in creds.anchors {
         roots
             .add(anchor)
-            .map_err(|e| format!("{CLOUD_CA}: unusable trust anchor: {e}"))?;
+            .map_err(|e| format!("unusable trust anchor: {e}"))?;
     }
     if roots.is_empty() {
-        return Err(format!("{CLOUD_CA}: no trust anchor"));
+        return Err("no trust anchor for the cloud".into());
     }
     let provider = provider();
     let verifier = CloudVerifier::new(Arc::new(roots), sid, &provider);
@@ -135,8 +198,8 @@ pub fn client_config(dir: &Path, sid: &str) -> Result<Arc<ClientConfig>, String>
         .map_err(|e| format!("TLS: {e}"))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| format!("{IDENTITY_CERT}/{IDENTITY_KEY}: {e}"))?;
+        .with_client_auth_cert(creds.chain, creds.key)
+        .map_err(|e| format!("identity certificate and key: {e}"))?;
     Ok(Arc::new(config))
 }
 

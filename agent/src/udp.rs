@@ -1,6 +1,7 @@
-//! CoAP over UDP (RFC 7252): unicast sockets serving every resource, and multicast sockets
-//! joined to the OCF groups that answer discovery of `/oic/res` only (OCF Core §10.2:
-//! 224.0.1.187 and ff02::158, port 5683).
+//! CoAP over UDP (RFC 7252): unicast sockets, and multicast sockets joined to the OCF groups
+//! (OCF Core §10.2: 224.0.1.187 and ff02::158, port 5683). Both answer discovery of `/oic/res`
+//! only; everything else needs the secure endpoint, and is refused with 4.01 on unicast (in the
+//! development mode, `--insecure-dev`, unicast serves every resource).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
@@ -16,6 +17,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
+use crate::security::{Security, Via};
 use crate::server::Agent;
 
 pub const OCF_GROUP_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 1, 187);
@@ -145,7 +147,12 @@ pub fn interfaces() -> Vec<(String, u32, Option<IpAddr>)> {
 }
 
 /// Serves one unicast socket until shutdown.
-pub async fn serve_unicast(socket: Rc<UdpSocket>, agent: Rc<Agent>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve_unicast(
+    socket: Rc<UdpSocket>,
+    agent: Rc<Agent>,
+    security: Rc<Security>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let v6 = socket.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
     let (tx, mut notifications) = mpsc::channel::<(SocketAddr, Packet)>(256);
     agent.set_udp(v6, tx);
@@ -162,7 +169,8 @@ pub async fn serve_unicast(socket: Rc<UdpSocket>, agent: Rc<Agent>, mut shutdown
                 };
                 match layer.handle_datagram(peer, &buf[..n], Instant::now()) {
                     UdpInbound::Request(packet) => {
-                        let mut response = agent.device.borrow_mut().handle_packet(&Origin::Udp(peer), &packet);
+                        // Discovery only, unless in the development mode (crate::security).
+                        let mut response = security.serve(&agent, &Origin::Udp(peer), &packet, Via::Clear);
                         block::apply_block2(&packet, &mut response, UDP_SZX);
                         let bytes = layer.respond(peer, &packet, response, Instant::now());
                         let _ = socket.send_to(&bytes, peer).await;
@@ -185,7 +193,7 @@ pub async fn serve_unicast(socket: Rc<UdpSocket>, agent: Rc<Agent>, mut shutdown
                 block::apply_block2(&Packet::new(), &mut packet, UDP_SZX);
                 counter = counter.wrapping_add(1);
                 let token = packet.get_token().to_vec();
-                let (mid, bytes) = layer.notification(peer, packet, counter % CON_EVERY == 0);
+                let (mid, bytes) = layer.notification(peer, packet, counter.is_multiple_of(CON_EVERY));
                 sent.push_back((peer, mid, token));
                 if sent.len() > SENT_MEMORY { sent.pop_front(); }
                 let _ = socket.send_to(&bytes, peer).await;
@@ -201,6 +209,7 @@ pub async fn serve_multicast(
     socket: UdpSocket,
     reply: Option<Rc<UdpSocket>>,
     agent: Rc<Agent>,
+    security: Rc<Security>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let Some(reply) = reply else {
@@ -217,6 +226,7 @@ pub async fn serve_multicast(
                 let UdpInbound::Request(packet) = layer.handle_datagram(peer, &buf[..n], Instant::now()) else { continue };
                 if !matches!(packet.header.code, MessageClass::Request(_)) { continue; }
                 let Ok(request) = Request::from_packet(&packet) else { continue };
+                if !security.multicast_allowed(&request) { continue; }
                 let answer = agent.device.borrow_mut().handle_multicast(&Origin::Udp(peer), &request);
                 if let Some(response) = answer {
                     let mut response = response.to_packet(packet.get_token());

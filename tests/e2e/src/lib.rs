@@ -2,7 +2,9 @@
 //! picks, talk CoAP to them over UDP and TCP, and clean up by PID.
 
 pub mod cloud;
+pub mod mediator;
 pub mod provision;
+pub mod tls_client;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -192,13 +194,16 @@ pub struct Agent {
     pub di: String,
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
+    /// The secure endpoint (`coaps+tcp://`).
+    pub tls: Option<SocketAddr>,
     pub endpoints: Vec<String>,
     stderr: mpsc::Receiver<String>,
     log: Vec<String>,
 }
 
 impl Agent {
-    /// Starts the agent on loopback with OS-chosen ports and no multicast.
+    /// Starts the agent on loopback with OS-chosen ports and no multicast, in the development
+    /// mode (`--insecure-dev`: plain coap+tcp and UDP without access control).
     pub fn start(state_dir: &Path, extra: &[&str]) -> Agent {
         let mut args: Vec<String> = vec![
             "--board".into(),
@@ -209,8 +214,11 @@ impl Agent {
             "127.0.0.1:0".into(),
             "--tcp".into(),
             "127.0.0.1:0".into(),
+            "--tls".into(),
+            "127.0.0.1:0".into(),
             "--multicast".into(),
             "off".into(),
+            "--insecure-dev".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         Agent::start_with(&args)
@@ -253,7 +261,8 @@ impl Agent {
             let _ = child.wait();
             return Err(format!("ocf-agent: no coap and coap+tcp endpoints in {endpoints:?}"));
         };
-        Ok(Agent { child, di, udp, tcp, endpoints, stderr: err_rx, log: Vec::new() })
+        let tls = addr_of("coaps+tcp");
+        Ok(Agent { child, di, udp, tcp, tls, endpoints, stderr: err_rx, log: Vec::new() })
     }
 
     pub fn pid(&self) -> i32 {

@@ -39,7 +39,7 @@ for i in $(seq 100); do
   ip -6 addr show dev ocf0 | grep -q fe80 && nsenter -t $peer -n ip -6 addr show dev ocf1 | grep -q fe80 && break
   sleep 0.05
 done
-'{agent}' --board sim --state-dir '{d}/state' --tcp 127.0.0.1:0 >'{d}/out' 2>'{d}/err' &
+'{agent}' --board sim --state-dir '{d}/state' --tcp 127.0.0.1:0 --insecure-dev >'{d}/out' 2>'{d}/err' &
 pid=$!
 trap 'kill $pid $peer 2>/dev/null || true' EXIT
 for i in $(seq 200); do grep -q 'ocf-agent: ready' '{d}/out' && break; sleep 0.05; done

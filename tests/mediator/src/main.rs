@@ -1,24 +1,53 @@
 //! `ocf-mediator`: what a phone Mediator does on a device's first boot, as a command-line tool.
 //!
-//! Implemented so far: `discover`. Onboarding (ownership transfer, credentials, cloud
-//! configuration) and offboarding come with the device-security work (issue 4); until then
-//! those commands say so and exit with status 2 rather than pretend.
+//! ```text
+//! ocf-mediator [--identity DIR] discover [--wait SECS] [--port PORT]
+//! ocf-mediator [--identity DIR] onboard --pin PIN --cloud URL [--device EP | --di UUID] [--name NAME] [--timeout SECS]
+//! ocf-mediator [--identity DIR] offboard (--device EP | --di UUID) [--timeout SECS]
+//! ocf-mediator [--identity DIR] get (--device EP | --di UUID) PATH
+//! ocf-mediator [--identity DIR] post (--device EP | --di UUID) PATH JSON
+//! ocf-mediator [--identity DIR] identity
+//! ```
+//!
+//! Exit status: 0 done (onboard: `registered`; offboard: `uninitialized`); 1 a step failed or
+//! the device reported `failed`; 2 bad usage; 3 (`get`, `post`) the device answered an error.
 
-mod discover;
-
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use ocf::resource::Method;
+use ocf::security::otm::Pin;
+use ocf_mediator::flow::{self, Net, OnboardArgs, Outcome, Target};
+use ocf_mediator::identity::{default_dir, Identity};
+use ocf_mediator::{discover, tls};
 
-#[derive(Parser, Debug)]
+#[derive(Parser)]
 #[command(name = "ocf-mediator", version, about = "OCF Mediator: discover, onboard and offboard devices")]
 struct Cli {
+    /// Directory of the Mediator's key, certificate and pinned devices
+    /// (default $HOME/.ocf-mediator; created with mode 0700).
+    #[arg(long, global = true, value_name = "DIR")]
+    identity: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Args)]
+struct Which {
+    /// The device's secure endpoint, coaps+tcp://IP:PORT.
+    #[arg(long, value_name = "EP", conflicts_with = "di", required_unless_present = "di")]
+    device: Option<String>,
+    /// The device's di, found by multicast discovery.
+    #[arg(long, value_name = "UUID")]
+    di: Option<String>,
+    /// UDP port of the OCF multicast groups, for --di.
+    #[arg(long, default_value = "5683", value_name = "PORT")]
+    discovery_port: u16,
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Find OCF devices by multicast discovery of /oic/res and list them with their endpoints.
     Discover {
@@ -29,15 +58,106 @@ enum Cmd {
         #[arg(long, default_value = "5683")]
         port: u16,
     },
-    /// Take ownership of a device and provision it for a cloud (not implemented yet).
+    /// Take ownership of a device with its setup PIN and provision it for a cloud, then wait
+    /// until it is registered.
     Onboard {
-        #[arg(long)]
+        /// The device's 8-digit setup PIN (never printed).
+        #[arg(long, value_name = "PIN", conflicts_with = "pin_file", required_unless_present = "pin_file")]
         pin: Option<String>,
+        /// Read the PIN from this file instead (keeps it out of the process list).
+        #[arg(long, value_name = "PATH")]
+        pin_file: Option<PathBuf>,
+        /// The cloud's HTTP API, e.g. http://127.0.0.1:8080 (its /.well-known/ocf-cloud).
+        #[arg(long, value_name = "URL")]
+        cloud: String,
+        #[command(flatten)]
+        which: Which,
+        /// A name for the device (set through its oic.wk.con resource, if it has one).
         #[arg(long)]
-        cloud: Option<String>,
+        name: Option<String>,
+        /// Seconds to wait for discovery and for the registration.
+        #[arg(long, default_value = "60", value_name = "SECS")]
+        timeout: u64,
+        /// The cloud user the authorisation code is issued for (the cloud's default if absent).
+        #[arg(long)]
+        user: Option<String>,
+        /// Resources of the cloud's access rule, comma-separated: wildcards *, +, - and hrefs;
+        /// {conf} stands for CoAPCloudConf's href.
+        #[arg(long, value_name = "LIST", default_value = "*,/oic/mnt,{conf}")]
+        cloud_ace: String,
     },
-    /// Remove a device from its cloud (not implemented yet).
-    Offboard,
+    /// Deregister a device from its cloud ({"cis":""} as its owner) and wait for `uninitialized`.
+    Offboard {
+        #[command(flatten)]
+        which: Which,
+        /// Seconds to wait for `uninitialized`.
+        #[arg(long, default_value = "60", value_name = "SECS")]
+        timeout: u64,
+    },
+    /// GET a resource of a device over its secure endpoint with the Mediator's certificate.
+    Get {
+        #[command(flatten)]
+        which: Which,
+        /// The path, with an optional ?query.
+        path: String,
+        #[arg(long, default_value = "10", value_name = "SECS")]
+        timeout: u64,
+    },
+    /// POST a JSON body (sent as CBOR) to a resource of a device, with the Mediator's certificate.
+    Post {
+        #[command(flatten)]
+        which: Which,
+        path: String,
+        /// The body, JSON.
+        body: String,
+        #[arg(long, default_value = "10", value_name = "SECS")]
+        timeout: u64,
+    },
+    /// Print the Mediator's uuid and the paths of its certificate and key (creating them).
+    Identity,
+}
+
+fn fail(what: &str, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("ocf-mediator: {what}: {e}");
+    ExitCode::FAILURE
+}
+
+fn usage(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("ocf-mediator: {e}");
+    ExitCode::from(2)
+}
+
+fn net(which: &Which) -> Net {
+    Net { request_timeout: Duration::from_secs(10), discovery_port: which.discovery_port }
+}
+
+fn load_identity(dir: &Option<PathBuf>) -> Result<Identity, String> {
+    let dir = dir.clone().unwrap_or_else(default_dir);
+    let (id, created) = Identity::load_or_create(&dir)?;
+    if created {
+        eprintln!("ocf-mediator: created the Mediator identity uuid:{} in {}", id.uuid, dir.display());
+    }
+    Ok(id)
+}
+
+fn read_pin(pin: Option<String>, pin_file: Option<PathBuf>) -> Result<Pin, String> {
+    let text = match (pin, pin_file) {
+        (Some(p), _) => p,
+        (None, Some(path)) => std::fs::read_to_string(&path).map_err(|e| format!("--pin-file {}: {e}", path.display()))?,
+        (None, None) => return Err("give the device's setup PIN with --pin or --pin-file".into()),
+    };
+    Pin::new(&text).map_err(|e| format!("--pin: {e}"))
+}
+
+fn print_reply(reply: &tls::Reply) {
+    println!("{} {:?}", reply.code_text(), reply.code());
+    match reply.body() {
+        Some(v) if reply.is_success() => {
+            println!("{}", serde_json::to_string_pretty(&flow::cbor_to_json(&v)).unwrap_or_default())
+        }
+        _ if !reply.response.payload.is_empty() => println!("{}", reply.diagnostic()),
+        _ => {}
+    }
 }
 
 fn main() -> ExitCode {
@@ -62,15 +182,141 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("ocf-mediator: discover: {e}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => fail("discover", e),
             }
         }
-        Cmd::Onboard { .. } | Cmd::Offboard => {
-            eprintln!("ocf-mediator: onboarding and offboarding are not implemented yet (issue 4)");
-            ExitCode::from(2)
+        Cmd::Onboard { pin, pin_file, cloud, which, name, timeout, user, cloud_ace } => {
+            let pin = match read_pin(pin, pin_file) {
+                Ok(p) => p,
+                Err(e) => return usage(e),
+            };
+            let target = match Target::from_args(which.device.as_deref(), which.di.as_deref()) {
+                Ok(t) => t,
+                Err(e) => return usage(e),
+            };
+            if let Err(e) = ocf_mediator::cloud_api::parse_cloud_url(&cloud) {
+                return usage(format!("--cloud: {e}"));
+            }
+            let identity = match load_identity(&cli.identity) {
+                Ok(i) => i,
+                Err(e) => return fail("identity", e),
+            };
+            let args = OnboardArgs {
+                pin,
+                cloud,
+                target,
+                name,
+                timeout: Duration::from_secs(timeout.max(1)),
+                user,
+                cloud_ace: Some(cloud_ace),
+                net: net(&which),
+            };
+            match flow::onboard(&identity, &args) {
+                Ok(Outcome::Registered { .. }) => ExitCode::SUCCESS,
+                Ok(Outcome::Failed { .. }) => ExitCode::FAILURE,
+                Err(e) => fail("onboard", e),
+            }
         }
+        Cmd::Offboard { which, timeout } => {
+            let target = match Target::from_args(which.device.as_deref(), which.di.as_deref()) {
+                Ok(t) => t,
+                Err(e) => return usage(e),
+            };
+            let identity = match load_identity(&cli.identity) {
+                Ok(i) => i,
+                Err(e) => return fail("identity", e),
+            };
+            match flow::offboard(&identity, &target, Duration::from_secs(timeout.max(1)), &net(&which)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => fail("offboard", e),
+            }
+        }
+        Cmd::Get { which, path, timeout } => one_request(&cli.identity, &which, Method::Get, &path, None, timeout),
+        Cmd::Post { which, path, body, timeout } => one_request(&cli.identity, &which, Method::Post, &path, Some(&body), timeout),
+        Cmd::Identity => match load_identity(&cli.identity) {
+            Ok(id) => {
+                println!("uuid {}", id.uuid);
+                println!("certificate {}", id.cert_path().display());
+                println!("key {}", id.key_path().display());
+                println!("key sha256 {}", id.spki_sha256);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("identity", e),
+        },
+    }
+}
+
+fn one_request(identity: &Option<PathBuf>, which: &Which, method: Method, path: &str, body: Option<&str>, timeout: u64) -> ExitCode {
+    let target = match Target::from_args(which.device.as_deref(), which.di.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return usage(e),
+    };
+    if !path.starts_with('/') {
+        return usage(format!("the path {path:?} must start with /"));
+    }
+    let identity = match load_identity(identity) {
+        Ok(i) => i,
+        Err(e) => return fail("identity", e),
+    };
+    let mut n = net(which);
+    n.request_timeout = Duration::from_secs(timeout.max(1));
+    match flow::request(&identity, &target, method, path, body, Duration::from_secs(timeout.max(1)), &n) {
+        Ok(reply) => {
+            print_reply(&reply);
+            if reply.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            }
+        }
+        Err(e) => fail(if method == Method::Get { "get" } else { "post" }, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ocf-mediator").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn onboard_needs_a_pin_a_cloud_and_one_device() {
+        let ok = parse(&["--identity", "/tmp/x", "onboard", "--pin", "12345678", "--cloud", "http://h:1", "--device", "coaps+tcp://127.0.0.1:9"]).unwrap();
+        assert_eq!(ok.identity.as_deref(), Some(std::path::Path::new("/tmp/x")));
+        let Cmd::Onboard { timeout, cloud_ace, which, .. } = ok.command else { panic!() };
+        assert_eq!((timeout, cloud_ace.as_str(), which.discovery_port), (60, "*,/oic/mnt,{conf}", 5683));
+        // The identity directory may come after the subcommand too.
+        assert!(parse(&["onboard", "--pin-file", "p", "--cloud", "c", "--di", "d", "--identity", "/tmp/y"]).is_ok());
+        for bad in [
+            &["onboard", "--cloud", "c", "--device", "e"][..],
+            &["onboard", "--pin", "1", "--device", "e"],
+            &["onboard", "--pin", "1", "--cloud", "c"],
+            &["onboard", "--pin", "1", "--cloud", "c", "--device", "e", "--di", "d"],
+            &["onboard", "--pin", "1", "--pin-file", "f", "--cloud", "c", "--device", "e"],
+            &["offboard"],
+            &["get", "--device", "e"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn errors_about_the_pin_do_not_echo_it() {
+        let e = read_pin(Some("12a45".into()), None).unwrap_err();
+        assert!(!e.contains("12a45"), "{e}");
+        assert!(read_pin(Some(" 12345678\n".into()), None).is_ok());
+        let dir = std::env::temp_dir().join(format!("ocf-mediator-pin-{}", std::process::id()));
+        std::fs::write(&dir, "87654321\n").unwrap();
+        assert_eq!(read_pin(None, Some(dir.clone())).unwrap().expose(), "87654321");
+        std::fs::remove_file(&dir).unwrap();
+        assert!(read_pin(None, Some(dir)).is_err());
     }
 }

@@ -121,6 +121,12 @@ struct Observer {
     format: ContentFormat,
 }
 
+/// Decides whether the representation of the resource at `href`, read through its default
+/// interface, may go into a batch (`oic.if.b`) answer or notification of `/oic/res` for the peer
+/// of an [`Origin`]. The daemon passes one that asks its access control (see
+/// [`Device::set_batch_filter`]).
+pub type BatchFilter = Box<dyn Fn(&Origin, &str, Interface) -> bool>;
+
 /// A resource tree with its observers.
 pub struct Device {
     info: DeviceInfo,
@@ -131,6 +137,7 @@ pub struct Device {
     /// the whole device keeps every observer's sequence increasing.
     next_sequence: u32,
     changed: BTreeSet<String>,
+    batch_filter: Option<BatchFilter>,
 }
 
 /// Largest Observe sequence value (24 bits, RFC 7641 §3.4).
@@ -146,6 +153,7 @@ impl Device {
             observers: Vec::new(),
             next_sequence: 2,
             changed: BTreeSet::new(),
+            batch_filter: None,
         };
         let d = device_props(&device.info);
         let dtype = device.info.device_type.clone();
@@ -203,6 +211,15 @@ impl Device {
             self.changed.insert(RES_HREF.into());
         }
         Some(removed)
+    }
+
+    /// Sets the filter for batch representations of `/oic/res`: `/oic/res` itself is open to
+    /// anyone (discovery), but its batch form carries every resource's representation, so each
+    /// item is included only if `filter` allows it for the requester (as iotivity-lite checks
+    /// its ACL per batch item). Checked again for every batch notification, so a changed ACL
+    /// takes effect for existing batch observers. Without a filter every item is included.
+    pub fn set_batch_filter(&mut self, filter: Option<BatchFilter>) {
+        self.batch_filter = filter;
     }
 
     /// The endpoints (`coap://…`, `coap+tcp://…`) listed as `eps` in discovery.
@@ -437,7 +454,7 @@ impl Device {
         }
         let interface = interface.unwrap_or(Interface::LinkList);
         let rt_filter = req.query_value("rt").map(str::to_string);
-        let rep = self.discovery(interface, rt_filter.as_deref())?;
+        let rep = self.discovery(origin, interface, rt_filter.as_deref())?;
         let mut response = content_response(&rep, format, req)?;
         match req.observe {
             // Only the batch form is observable (OCF-PROTOCOL.md §3.1, §6.1: plgd hub's batch
@@ -453,7 +470,7 @@ impl Device {
     }
 
     /// `/oic/res` in one of its three forms.
-    fn discovery(&mut self, interface: Interface, rt: Option<&str>) -> Result<Value, Response> {
+    fn discovery(&mut self, origin: &Origin, interface: Interface, rt: Option<&str>) -> Result<Value, Response> {
         match interface {
             Interface::LinkList => Ok(Value::Array(self.links(rt))),
             Interface::Baseline => Ok(Value::Array(vec![Value::Map(vec![
@@ -476,6 +493,11 @@ impl Device {
                     let href = format!("ocf://{}{}", self.info.di, r.href);
                     let types = text_array(&r.types);
                     let default_if = r.default_interface();
+                    if let Some(allowed) = &self.batch_filter {
+                        if !allowed(origin, &r.href, default_if) {
+                            continue;
+                        }
+                    }
                     // A resource whose hardware is not answering is left out of this batch;
                     // an empty `rep` would tell plgd the resource is gone.
                     if let Ok(rep) = self.representation(idx, default_if) {
@@ -566,7 +588,7 @@ impl Device {
                 continue;
             }
             let rep = if observer.href == RES_HREF {
-                self.discovery(observer.interface, None)
+                self.discovery(&observer.origin, observer.interface, None)
             } else {
                 match self.find(&observer.href) {
                     Some(idx) => self.representation(idx, observer.interface),

@@ -414,3 +414,42 @@ fn handle_packet_round_trip_keeps_the_token() {
     assert_eq!(out.get_token(), &[9, 9, 9, 9]);
     assert_eq!(out.header.code, coap_lite::MessageClass::Response(ResponseType::Content));
 }
+
+#[test]
+fn batch_filter_decides_per_item_and_origin_also_for_notifications() {
+    let mut d = device();
+    let allowed = Origin::Stream(7);
+    d.set_batch_filter(Some(Box::new(move |origin: &Origin, href: &str, iface: Interface| {
+        // The resource's default interface is what the item is read through.
+        assert!(href != "/switch" || iface == Interface::Actuator);
+        *origin == allowed && href == "/switch"
+    })));
+    let hrefs = |v: &Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|i| get_key(i, "href").unwrap().as_text().unwrap().to_string()).collect()
+    };
+    let r = d.handle(&Origin::Stream(7), &get("/oic/res", &[("if", "oic.if.b")]), &[]);
+    assert_eq!(hrefs(&body(&r)), [format!("ocf://{DI}/switch")]);
+    let r = d.handle(&Origin::Stream(8), &get("/oic/res", &[("if", "oic.if.b")]), &[]);
+    assert!(hrefs(&body(&r)).is_empty(), "nothing for a requester the filter refuses");
+    // The link list is discovery: not filtered.
+    let r = d.handle(&Origin::Stream(8), &get("/oic/res", &[]), &[]);
+    assert_eq!(body(&r).as_array().unwrap().len(), 5);
+    // Notifications of a batch observation are filtered for their observer too.
+    let mut req = get("/oic/res", &[("if", "oic.if.b")]);
+    req.observe = Some(0);
+    d.handle(&Origin::Stream(8), &req, b"b8");
+    d.handle(&Origin::Stream(7), &req, b"b7");
+    d.mark_changed("/temperature");
+    let notes = d.take_notifications();
+    assert_eq!(notes.len(), 2);
+    for n in notes {
+        let items = hrefs(&body(&Response::from_packet(&n.packet).unwrap()));
+        match n.origin {
+            Origin::Stream(7) => assert_eq!(items, [format!("ocf://{DI}/switch")]),
+            _ => assert!(items.is_empty()),
+        }
+    }
+    d.set_batch_filter(None);
+    let r = d.handle(&Origin::Stream(8), &get("/oic/res", &[("if", "oic.if.b")]), &[]);
+    assert!(hrefs(&body(&r)).len() >= 3);
+}
