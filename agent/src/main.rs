@@ -91,14 +91,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OCF_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -276,6 +269,27 @@ async fn run(cli: Cli) -> Result<(), String> {
     // Let connection tasks send their Release.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     Ok(())
+}
+
+/// Logs to stderr (the journal under systemd). `OCF_LOG` takes a level (`debug`) or
+/// per-target levels (`ocf_agent=debug,warn`). `Targets` rather than `EnvFilter`: the latter
+/// brings a regex engine, about 330 KB of code and 0.2 MiB of RSS on the board.
+fn init_logging() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let default = || Targets::new().with_default(tracing::Level::INFO);
+    let filter = match std::env::var("OCF_LOG") {
+        Ok(spec) => spec.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("ocf-agent: OCF_LOG={spec:?} is not a log filter ({e}); using info");
+            default()
+        }),
+        Err(_) => default(),
+    };
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    tracing_subscriber::registry().with(filter).with(fmt).init();
 }
 
 /// Installs the SIGTERM/SIGINT handlers. Done before the agent says it is ready, so a signal
