@@ -162,7 +162,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         DeviceInfo {
             di: identity.di.clone(),
             piid: identity.piid.clone(),
-            name: facts.device_name,
+            name: identity.name.clone().unwrap_or(facts.device_name),
             device_type: facts.device_type,
             spec_version: "ocf.2.5.0".into(),
             data_model_version: "ocf.res.1.3.0,ocf.sh.1.3.0".into(),
@@ -171,6 +171,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         PlatformInfo { pi: identity.pi.clone(), manufacturer: facts.manufacturer, extra },
     );
     let agent = Rc::new(Agent::new(device));
+    agent.set_state_dir(cli.state_dir.clone());
     for resource in security.resources() {
         agent.device.borrow_mut().add(resource)?;
     }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use coap_lite::Packet;
 use ocf::resource::{Device, Origin};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Notifications queued for one stream connection before it counts as stuck and is closed.
 pub const STREAM_QUEUE: usize = 64;
@@ -19,6 +19,8 @@ pub struct Agent {
     udp_v4: RefCell<Option<mpsc::Sender<(SocketAddr, Packet)>>>,
     udp_v6: RefCell<Option<mpsc::Sender<(SocketAddr, Packet)>>>,
     next_stream: RefCell<u64>,
+    /// Where a device name set through `/oic/con` is kept.
+    state_dir: RefCell<Option<std::path::PathBuf>>,
 }
 
 impl Agent {
@@ -29,7 +31,13 @@ impl Agent {
             udp_v4: RefCell::new(None),
             udp_v6: RefCell::new(None),
             next_stream: RefCell::new(1),
+            state_dir: RefCell::new(None),
         }
+    }
+
+    /// Keeps device-name changes in this state directory.
+    pub fn set_state_dir(&self, dir: std::path::PathBuf) {
+        *self.state_dir.borrow_mut() = Some(dir);
     }
 
     /// Registers a new stream connection; returns its id and the queue of packets to write.
@@ -71,6 +79,14 @@ impl Agent {
 
     /// Sends every pending notification to its observer.
     pub fn flush_notifications(&self) {
+        if let Some(name) = self.device.borrow_mut().take_name_change() {
+            if let Some(dir) = self.state_dir.borrow().as_ref() {
+                match crate::state::Identity::save_name(dir, &name) {
+                    Ok(()) => info!(name = %name, "device name changed"),
+                    Err(e) => warn!("cannot keep the new device name: {e}"),
+                }
+            }
+        }
         let notifications = self.device.borrow_mut().take_notifications();
         for n in notifications {
             match &n.origin {

@@ -49,6 +49,9 @@ pub struct Identity {
     pub piid: String,
     /// Platform id for `/oic/p`.
     pub pi: String,
+    /// The device name set through `/oic/con`, if the owner set one (else the board's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 const IDENTITY_FILE: &str = "identity.json";
@@ -70,6 +73,16 @@ impl std::fmt::Display for StateError {
 impl std::error::Error for StateError {}
 
 impl Identity {
+    /// Records a new device name (set through `/oic/con`) in the identity file.
+    pub fn save_name(dir: &Path, name: &str) -> Result<(), StateError> {
+        let (mut id, _) = Identity::load_or_create(dir)?;
+        id.name = Some(name.to_string());
+        let path = dir.join(IDENTITY_FILE);
+        let bytes = serde_json::to_vec_pretty(&id)
+            .map_err(|e| StateError { path: path.clone(), reason: e.to_string() })?;
+        atomic_write(&path, &bytes).map_err(|e| StateError { path, reason: format!("cannot write: {e}") })
+    }
+
     /// Loads the identity from `dir`, creating it on first start.
     pub fn load_or_create(dir: &Path) -> Result<(Identity, bool), StateError> {
         let path = dir.join(IDENTITY_FILE);
@@ -98,6 +111,7 @@ impl Identity {
                     di: uuid::Uuid::new_v4().to_string(),
                     piid: uuid::Uuid::new_v4().to_string(),
                     pi: uuid::Uuid::new_v4().to_string(),
+                    name: None,
                 };
                 let bytes = serde_json::to_vec_pretty(&id).map_err(|e| err(e.to_string()))?;
                 atomic_write(&path, &bytes).map_err(|e| err(format!("cannot write: {e}")))?;

@@ -316,3 +316,23 @@ fn ping_gets_pong_and_sigterm_releases_connections() {
     let frame = dec.next_frame().ok().flatten().expect("a Release before close");
     assert!(matches!(Signal::from_packet(&frame), Ok(Some(Signal::Release { .. }))));
 }
+
+#[test]
+fn device_name_set_through_oic_con_survives_a_restart() {
+    let dir = TempDir::new("name");
+    {
+        let mut agent = Agent::start(dir.path(), &[]);
+        let mut tcp = TcpClient::connect(agent.tcp);
+        let r = tcp.request(&post_cbor("/oic/con", &map(&[("n", Value::Text("Greenhouse".into()))])));
+        assert_eq!(r.code, ResponseType::Changed, "{}", r.diagnostic());
+        let d = body(&tcp.request(&get("/oic/d")));
+        assert_eq!(key(&d, "n").and_then(Value::as_text), Some("Greenhouse"));
+        let r = tcp.request(&post_cbor("/oic/con", &map(&[("n", Value::Text(String::new()))])));
+        assert_eq!(r.code, ResponseType::BadRequest);
+        assert!(agent.terminate().success());
+    }
+    let agent = Agent::start(dir.path(), &[]);
+    let mut tcp = TcpClient::connect(agent.tcp);
+    let d = body(&tcp.request(&get("/oic/d")));
+    assert_eq!(key(&d, "n").and_then(Value::as_text), Some("Greenhouse"), "the name is kept");
+}

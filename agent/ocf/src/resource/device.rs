@@ -5,7 +5,9 @@
 //! pushes with [`Device::mark_changed`]) queue notifications that the daemon drains with
 //! [`Device::take_notifications`] and writes to the observers' connections.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::rc::Rc;
 use std::net::SocketAddr;
 
 use ciborium::Value;
@@ -20,6 +22,8 @@ use crate::model::{decode_payload, encode_payload, ContentFormat};
 pub const RES_HREF: &str = "/oic/res";
 /// `/oic/d`, the device resource (OCF Core §11.3.2).
 pub const DEVICE_HREF: &str = "/oic/d";
+/// `/oic/con`, the device configuration resource (OCF Core §11.3.4).
+pub const CONFIGURATION_HREF: &str = "/oic/con";
 /// `/oic/p`, the platform resource (OCF Core §11.3.3).
 pub const PLATFORM_HREF: &str = "/oic/p";
 
@@ -105,6 +109,63 @@ impl Backend for FixedProps {
     }
 }
 
+/// `/oic/d`: fixed properties plus the device name, which `/oic/con` can change.
+struct DeviceBackend {
+    props: Props,
+    name: Rc<RefCell<String>>,
+}
+
+impl Backend for DeviceBackend {
+    fn retrieve(&mut self) -> Result<Props, ResourceError> {
+        let mut p = self.props.clone();
+        p.insert("n".into(), Value::Text(self.name.borrow().clone()));
+        Ok(p)
+    }
+}
+
+/// Longest device name (`n`, OCF Core: at most 64 characters).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// `/oic/con` (rt `oic.wk.con`, OCF Core §11.3.4): the device configuration resource; here its
+/// writable `n`, the name `/oic/d` reports. Access control treats it as an ordinary resource, so
+/// only the owner (or an ACE) may write it.
+struct ConfigurationBackend {
+    name: Rc<RefCell<String>>,
+    changed: Rc<RefCell<bool>>,
+}
+
+impl Backend for ConfigurationBackend {
+    fn retrieve(&mut self) -> Result<Props, ResourceError> {
+        Ok(Props::from([("n".to_string(), Value::Text(self.name.borrow().clone()))]))
+    }
+
+    fn update(&mut self, props: &Props) -> Result<(), ResourceError> {
+        let mut new_name = None;
+        for (k, v) in props {
+            match (k.as_str(), v) {
+                ("n", Value::Text(n)) if !n.is_empty() && n.chars().count() <= MAX_NAME_LEN => {
+                    new_name = Some(n.clone())
+                }
+                ("n", _) => {
+                    return Err(ResourceError::BadRequest(format!(
+                        "n must be a text of 1 to {MAX_NAME_LEN} characters"
+                    )))
+                }
+                (other, _) => {
+                    return Err(ResourceError::BadRequest(format!(
+                        "property {other:?} is not writable here"
+                    )))
+                }
+            }
+        }
+        if let Some(n) = new_name {
+            *self.name.borrow_mut() = n;
+            *self.changed.borrow_mut() = true;
+        }
+        Ok(())
+    }
+}
+
 /// A notification ready to be written to an observer's connection.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notification {
@@ -138,6 +199,8 @@ pub struct Device {
     next_sequence: u32,
     changed: BTreeSet<String>,
     batch_filter: Option<BatchFilter>,
+    name: Rc<RefCell<String>>,
+    name_changed: Rc<RefCell<bool>>,
 }
 
 /// Largest Observe sequence value (24 bits, RFC 7641 §3.4).
@@ -154,8 +217,12 @@ impl Device {
             next_sequence: 2,
             changed: BTreeSet::new(),
             batch_filter: None,
+            name: Rc::new(RefCell::new(String::new())),
+            name_changed: Rc::new(RefCell::new(false)),
         };
-        let d = device_props(&device.info);
+        *device.name.borrow_mut() = device.info.name.clone();
+        let mut d = device_props(&device.info);
+        d.remove("n");
         let dtype = device.info.device_type.clone();
         device.resources.push(Resource {
             href: DEVICE_HREF.into(),
@@ -163,8 +230,18 @@ impl Device {
             interfaces: vec![Interface::ReadOnly, Interface::Baseline],
             policy: Policy::discoverable(),
             name: None,
-            backend: Box::new(FixedProps(d)),
+            backend: Box::new(DeviceBackend { props: d, name: device.name.clone() }),
         });
+        device.resources.push(Resource::new(
+            CONFIGURATION_HREF,
+            &["oic.wk.con"],
+            &[Interface::ReadWrite, Interface::Baseline],
+            Policy::discoverable(),
+            Box::new(ConfigurationBackend {
+                name: device.name.clone(),
+                changed: device.name_changed.clone(),
+            }),
+        ));
         let mut p = platform.extra.clone();
         p.insert("pi".into(), Value::Text(platform.pi.clone()));
         p.insert("mnmn".into(), Value::Text(platform.manufacturer.clone()));
@@ -180,6 +257,24 @@ impl Device {
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// The device name (`n` of `/oic/d`), as `/oic/con` may have changed it.
+    pub fn name(&self) -> String {
+        self.name.borrow().clone()
+    }
+
+    /// The new name if `/oic/con` changed it since the last call (for the daemon to persist).
+    pub fn take_name_change(&mut self) -> Option<String> {
+        let changed = std::mem::take(&mut *self.name_changed.borrow_mut());
+        if changed {
+            let name = self.name();
+            self.info.name = name.clone();
+            self.changed.insert(DEVICE_HREF.into());
+            Some(name)
+        } else {
+            None
+        }
     }
 
     /// Adds a resource. Hrefs are unique and must start with `/`.
@@ -715,7 +810,10 @@ fn decode_update(req: &Request) -> Result<Props, Response> {
         let Value::Text(k) = k else {
             return Err(Response::error(ResponseType::BadRequest, "property name is not text"));
         };
-        if matches!(k.as_str(), "rt" | "if" | "n" | "id") {
+        // Common properties are read-only, except the device name on /oic/con, whose job is
+        // to set it (OCF Core §11.3.4).
+        let writable_name = k == "n" && req.path == CONFIGURATION_HREF;
+        if matches!(k.as_str(), "rt" | "if" | "n" | "id") && !writable_name {
             return Err(Response::error(
                 ResponseType::BadRequest,
                 &format!("property {k:?} is read-only"),

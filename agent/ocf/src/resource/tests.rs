@@ -111,7 +111,7 @@ fn oic_res_link_list_is_the_default_with_anchor_eps_and_policy() {
     let links = body(&r);
     let links = links.as_array().unwrap();
     let hrefs: Vec<_> = links.iter().map(|l| get_key(l, "href").unwrap().as_text().unwrap()).collect();
-    assert_eq!(hrefs, ["/oic/res", "/oic/d", "/oic/p", "/switch", "/temperature"]);
+    assert_eq!(hrefs, ["/oic/res", "/oic/d", "/oic/con", "/oic/p", "/switch", "/temperature"]);
     let res = &links[0];
     assert_eq!(texts(get_key(res, "rel").unwrap()), ["self"]);
     assert!(texts(get_key(res, "if").unwrap()).contains(&"oic.if.b".to_string()));
@@ -122,7 +122,7 @@ fn oic_res_link_list_is_the_default_with_anchor_eps_and_policy() {
         let eps = get_key(l, "eps").unwrap().as_array().unwrap();
         assert_eq!(eps.len(), 2);
     }
-    let sw = &links[3];
+    let sw = &links[4];
     assert_eq!(texts(get_key(sw, "rt").unwrap()), ["oic.r.switch.binary"]);
     assert_eq!(texts(get_key(sw, "if").unwrap()), ["oic.if.a", "oic.if.baseline"]);
     let d_link = &links[1];
@@ -136,7 +136,7 @@ fn oic_res_baseline_and_batch_forms() {
     let v = body(&r);
     let top = &v.as_array().unwrap()[0];
     assert_eq!(texts(get_key(top, "rt").unwrap()), ["oic.wk.res"]);
-    assert_eq!(get_key(top, "links").unwrap().as_array().unwrap().len(), 5);
+    assert_eq!(get_key(top, "links").unwrap().as_array().unwrap().len(), 6);
 
     let r = d.handle(&O, &get("/oic/res", &[("if", "oic.if.b")]), &[]);
     let v = body(&r);
@@ -433,7 +433,7 @@ fn batch_filter_decides_per_item_and_origin_also_for_notifications() {
     assert!(hrefs(&body(&r)).is_empty(), "nothing for a requester the filter refuses");
     // The link list is discovery: not filtered.
     let r = d.handle(&Origin::Stream(8), &get("/oic/res", &[]), &[]);
-    assert_eq!(body(&r).as_array().unwrap().len(), 5);
+    assert_eq!(body(&r).as_array().unwrap().len(), 6);
     // Notifications of a batch observation are filtered for their observer too.
     let mut req = get("/oic/res", &[("if", "oic.if.b")]);
     req.observe = Some(0);
@@ -452,4 +452,27 @@ fn batch_filter_decides_per_item_and_origin_also_for_notifications() {
     d.set_batch_filter(None);
     let r = d.handle(&Origin::Stream(8), &get("/oic/res", &[("if", "oic.if.b")]), &[]);
     assert!(hrefs(&body(&r)).len() >= 3);
+}
+
+#[test]
+fn device_name_is_written_through_oic_con_and_reported_by_oic_d() {
+    let mut d = device();
+    let v = body(&d.handle(&O, &get("/oic/con", &[]), &[]));
+    assert_eq!(get_key(&v, "n").and_then(Value::as_text), Some("test"));
+    let r = d.handle(&O, &post("/oic/con", Value::Map(vec![("n".into(), Value::Text("Kitchen".into()))])), &[]);
+    assert_eq!(r.code, ResponseType::Changed);
+    assert_eq!(d.take_name_change().as_deref(), Some("Kitchen"));
+    assert_eq!(d.take_name_change(), None, "reported once");
+    let v = body(&d.handle(&O, &get("/oic/d", &[]), &[]));
+    assert_eq!(get_key(&v, "n").and_then(Value::as_text), Some("Kitchen"));
+    assert_eq!(d.info().name, "Kitchen");
+    // Bad names change nothing.
+    for bad in [Value::Text(String::new()), Value::Text("x".repeat(65)), Value::Integer(3.into())] {
+        let r = d.handle(&O, &post("/oic/con", Value::Map(vec![("n".into(), bad)])), &[]);
+        assert_eq!(r.code, ResponseType::BadRequest);
+    }
+    let r = d.handle(&O, &post("/oic/con", Value::Map(vec![("colour".into(), Value::Bool(true))])), &[]);
+    assert_eq!(r.code, ResponseType::BadRequest);
+    assert_eq!(d.take_name_change(), None);
+    assert_eq!(d.name(), "Kitchen");
 }
