@@ -523,6 +523,9 @@ fn no_secret_in_any_representation_or_log_and_state_files_are_private() {
 
     // Every resource as the owner, over the secure endpoint (default and baseline interfaces).
     let mut tls = TlsClient::connect(b.agent.coaps, Some(b.owner_cert()));
+    // `--name` went through /oic/con.
+    let d = body(&tls.request(&get("/oic/d")));
+    assert_eq!(key(&d, "n").and_then(Value::as_text), Some("bench device"));
     let res = tls.request(&get("/oic/res"));
     let mut hrefs: Vec<String> = body(&res)
         .as_array()
