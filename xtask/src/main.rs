@@ -137,6 +137,7 @@ fn test(extra: &[String]) -> Result<(), String> {
     ensure_debian_packages()?;
     let python = ensure_python_venv(&root)?;
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    check_rust_version(&root)?;
     // The end-to-end tests start the real binaries: build them first, once.
     run(Command::new(&cargo).current_dir(&root).args(["build", "--workspace", "--bins", "--locked"]))?;
     run(Command::new(&cargo)
@@ -152,6 +153,31 @@ fn test(extra: &[String]) -> Result<(), String> {
 /// sim board with state under `target/demo/`, provisions the agent and shows it working through
 /// the cloud until Ctrl-C. Exec rather than wait: Ctrl-C then reaches only the demo, which stops
 /// both processes in order, and the demo's exit status is this command's.
+/// The Rust the Yocto layer's release ships (wrynose, 6.0 LTS): the workspace's `rust-version`.
+/// Checking with that toolchain keeps the declaration honest as dependencies move.
+const YOCTO_RUST: &str = "1.94";
+
+fn check_rust_version(root: &Path) -> Result<(), String> {
+    if !have_command("rustup") {
+        return Err(format!(
+            "rustup is needed to check the build with Rust {YOCTO_RUST} (the Yocto release's); install it from rustup.rs"
+        ));
+    }
+    let installed = Command::new("rustup")
+        .args(["run", YOCTO_RUST, "rustc", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !installed {
+        eprintln!("xtask: installing Rust {YOCTO_RUST} (the Yocto release's) to check rust-version");
+        run(Command::new("rustup").args(["toolchain", "install", YOCTO_RUST, "--profile", "minimal"]))?;
+    }
+    run(Command::new("rustup")
+        .current_dir(root)
+        .env("CARGO_TARGET_DIR", root.join("target").join("rust-version-check"))
+        .args(["run", YOCTO_RUST, "cargo", "check", "--workspace", "--all-targets", "--locked", "--quiet"]))
+}
+
 fn demo(extra: &[String]) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
     let root = workspace_root();
