@@ -148,11 +148,6 @@ fn test(extra: &[String]) -> Result<(), String> {
         .args(extra))
 }
 
-/// `cargo xtask demo [--keep] [--readings N]`: builds the release binaries, then becomes
-/// `ocf-demo` (exec, as `cargo run` does too), which starts the dev cloud and the agent on the
-/// sim board with state under `target/demo/`, provisions the agent and shows it working through
-/// the cloud until Ctrl-C. Exec rather than wait: Ctrl-C then reaches only the demo, which stops
-/// both processes in order, and the demo's exit status is this command's.
 /// The Rust the Yocto layer's release ships (wrynose, 6.0 LTS): the workspace's `rust-version`.
 /// Checking with that toolchain keeps the declaration honest as dependencies move.
 const YOCTO_RUST: &str = "1.94";
@@ -178,6 +173,12 @@ fn check_rust_version(root: &Path) -> Result<(), String> {
         .args(["run", YOCTO_RUST, "cargo", "check", "--workspace", "--all-targets", "--locked", "--quiet"]))
 }
 
+/// `cargo xtask demo [--keep] [--readings N]`: builds the release binaries, then becomes
+/// `ocf-demo` (exec, as `cargo run` does too), which starts the dev cloud and the agent on the
+/// sim board in its secure mode with state under `target/demo/`, onboards the device with
+/// `ocf-mediator` and the setup PIN the agent printed, and shows it working through the cloud
+/// until Ctrl-C. Exec rather than wait: Ctrl-C then reaches only the demo, which stops both
+/// processes in order, and the demo's exit status is this command's.
 fn demo(extra: &[String]) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
     let root = workspace_root();
@@ -191,11 +192,15 @@ fn demo(extra: &[String]) -> Result<(), String> {
         "--package",
         "ocf-dev-cloud",
         "--package",
+        "ocf-mediator",
+        "--package",
         "ocf-e2e",
         "--bin",
         "ocf-agent",
         "--bin",
         "ocf-dev-cloud",
+        "--bin",
+        "ocf-mediator",
         "--bin",
         "ocf-demo",
     ]))?;

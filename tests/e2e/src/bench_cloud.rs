@@ -203,7 +203,8 @@ impl Drop for TimedAgent {
 }
 
 /// `ocf-agent csr` → the cloud's CA → `identity.crt` + `cloud-ca.pem` in `state` (the interim
-/// provisioning of [`ocf_e2e::provision`], as the e2e tests and the demo do until the Mediator).
+/// file provisioning of [`ocf_e2e::provision`] for the development mode, `--insecure-dev`: the
+/// bench measures the protocol path, not the onboarding).
 pub fn provision_identity(cloud: &DevCloud, state: &Path) {
     let csr = provision::agent_csr(&bin_dir(), state).unwrap_or_else(|e| panic!("{e}"));
     let (cert, ca) = cloud.sign_csr(&csr);

@@ -45,8 +45,8 @@ impl DevCloud {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Starts the cloud on the given listener addresses (`IP:0`: a port chosen by the OS) as
-    /// `how` says; an error if it does not print `ocf-dev-cloud: ready` within 30 s.
+    /// Starts the cloud on the given listener addresses (`IP:0`: a port chosen by the OS; an
+    /// empty `plain`: no plain coap+tcp listener) as `how` says; an error if it does not print `ocf-dev-cloud: ready` within 30 s.
     pub fn spawn(
         data_dir: &Path,
         coaps: &str,
@@ -57,19 +57,15 @@ impl DevCloud {
     ) -> Result<DevCloud, String> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| format!("cloud data dir {}: {e}", data_dir.display()))?;
-        let mut args: Vec<String> = [
-            "--coap",
-            coaps,
-            "--coap-plain",
-            plain,
-            "--http",
-            http,
-            "--data-dir",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = ["--coap", coaps, "--http", http, "--data-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         args.push(data_dir.display().to_string());
+        if !plain.is_empty() {
+            args.push("--coap-plain".into());
+            args.push(plain.into());
+        }
         args.extend(extra.iter().cloned());
         let Spawned {
             mut child,
@@ -145,10 +141,7 @@ impl DevCloud {
     /// ports with the same data directory.
     pub fn restart(&mut self) {
         self.kill();
-        let plain = self
-            .coap_plain
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "127.0.0.1:0".into());
+        let plain = self.coap_plain.map(|a| a.to_string()).unwrap_or_default();
         let mut next = None;
         // The ports were just released; retry briefly in case one is still held.
         for _ in 0..20 {

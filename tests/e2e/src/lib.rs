@@ -188,15 +188,22 @@ impl Drop for TempDir {
     }
 }
 
-/// A running `ocf-agent`, killed (by PID) when dropped.
+/// A running `ocf-agent`, killed (by PID) when dropped. Its endpoints are what it printed:
+/// in the development mode (`--insecure-dev`, [`Agent::start`]) coap, coap+tcp and coaps+tcp;
+/// in the secure mode coap (discovery only) and coaps+tcp.
 pub struct Agent {
     pub child: Child,
     pub di: String,
-    pub udp: SocketAddr,
-    pub tcp: SocketAddr,
-    /// The secure endpoint (`coaps+tcp://`).
+    /// The first `coap://` endpoint (UDP); see [`Agent::udp`].
+    pub udp: Option<SocketAddr>,
+    /// The first `coap+tcp://` endpoint (plain TCP, development mode only); see [`Agent::tcp`].
+    pub tcp: Option<SocketAddr>,
+    /// The first `coaps+tcp://` endpoint (the secure endpoint); see [`Agent::tls`].
     pub tls: Option<SocketAddr>,
     pub endpoints: Vec<String>,
+    /// The setup PIN, when the agent created one and printed it (`ocf-agent: setup PIN N`,
+    /// once, on a first start without `--pin-file`).
+    pub setup_pin: Option<String>,
     stderr: mpsc::Receiver<String>,
     log: Vec<String>,
 }
@@ -228,12 +235,13 @@ impl Agent {
         Agent::spawn(args, &Spawn::default()).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Starts the agent with `args` as `how` says; an error if it does not print
-    /// `ocf-agent: ready` within 20 s.
+    /// Starts the agent with `args` as `how` says, in either mode; an error if it does not print
+    /// `ocf-agent: ready` within 20 s, or has no endpoint at all.
     pub fn spawn(args: &[String], how: &Spawn) -> Result<Agent, String> {
         let Spawned { mut child, stdout: rx, stderr: err_rx } = how.start("ocf-agent", args)?;
         let mut di = String::new();
         let mut endpoints = Vec::new();
+        let mut setup_pin = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -243,6 +251,8 @@ impl Agent {
                         di = v.to_string();
                     } else if let Some(v) = line.strip_prefix("ocf-agent: endpoint ") {
                         endpoints.push(v.to_string());
+                    } else if let Some(v) = line.strip_prefix("ocf-agent: setup PIN ") {
+                        setup_pin = Some(v.trim().to_string());
                     } else if line == "ocf-agent: ready" {
                         break;
                     }
@@ -250,19 +260,39 @@ impl Agent {
                 Err(_) => return Err(how.not_ready("ocf-agent", &mut child, &err_rx)),
             }
         }
+        // Keep draining stdout so the agent never blocks on a full pipe.
+        std::thread::spawn(move || for _ in rx {});
         let addr_of = |scheme: &str| -> Option<SocketAddr> {
             endpoints
                 .iter()
                 .find_map(|e| e.strip_prefix(&format!("{scheme}://")))
                 .and_then(|a| a.parse().ok())
         };
-        let (Some(udp), Some(tcp)) = (addr_of("coap"), addr_of("coap+tcp")) else {
+        let (udp, tcp, tls) = (addr_of("coap"), addr_of("coap+tcp"), addr_of("coaps+tcp"));
+        if udp.is_none() && tcp.is_none() && tls.is_none() {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("ocf-agent: no coap and coap+tcp endpoints in {endpoints:?}"));
-        };
-        let tls = addr_of("coaps+tcp");
-        Ok(Agent { child, di, udp, tcp, tls, endpoints, stderr: err_rx, log: Vec::new() })
+            return Err(format!("ocf-agent: no coap, coap+tcp or coaps+tcp endpoint in {endpoints:?}"));
+        }
+        Ok(Agent { child, di, udp, tcp, tls, endpoints, setup_pin, stderr: err_rx, log: Vec::new() })
+    }
+
+    /// The UDP endpoint; panics if the agent printed none.
+    pub fn udp(&self) -> SocketAddr {
+        self.udp.unwrap_or_else(|| panic!("ocf-agent printed no coap:// endpoint: {:?}", self.endpoints))
+    }
+
+    /// The plain coap+tcp endpoint; panics if there is none (it exists only with
+    /// `--insecure-dev`, as [`Agent::start`] runs the agent).
+    pub fn tcp(&self) -> SocketAddr {
+        self.tcp.unwrap_or_else(|| {
+            panic!("ocf-agent printed no coap+tcp:// endpoint (only --insecure-dev has one): {:?}", self.endpoints)
+        })
+    }
+
+    /// The secure coaps+tcp endpoint; panics if the agent printed none.
+    pub fn tls(&self) -> SocketAddr {
+        self.tls.unwrap_or_else(|| panic!("ocf-agent printed no coaps+tcp:// endpoint: {:?}", self.endpoints))
     }
 
     pub fn pid(&self) -> i32 {

@@ -47,7 +47,7 @@ fn clec(v: &Value) -> u64 {
 
 /// GET CoAPCloudConf over the local coap+tcp endpoint.
 fn cloud_conf(agent: &Agent) -> Value {
-    let mut tcp = TcpClient::connect(agent.tcp);
+    let mut tcp = TcpClient::connect(agent.tcp());
     let r = tcp.request(&get(CONF));
     assert_eq!(r.code, ResponseType::Content, "{}", r.diagnostic());
     body(&r)
@@ -59,7 +59,7 @@ fn write_conf(agent: &Agent, entries: &[(&str, &str)]) -> Response {
         .iter()
         .map(|(k, v)| (*k, Value::Text(v.to_string())))
         .collect::<Vec<_>>());
-    TcpClient::connect(agent.tcp).request(&post_cbor(CONF, &body))
+    TcpClient::connect(agent.tcp()).request(&post_cbor(CONF, &body))
 }
 
 fn wait_cps(agent: &Agent, want: &str, timeout: Duration) -> Value {
@@ -237,7 +237,7 @@ fn registers_publishes_and_serves_clients_through_the_cloud() {
     assert_eq!(r.header("x-coap-code"), Some("2.04"), "{:?}", r.headers);
     let r = s.cloud.get(&format!("/api/v1/devices/{di}/switch"));
     assert_eq!(r.json()["value"], true, "{}", r.text());
-    let local = body(&TcpClient::connect(s.agent.tcp).request(&get("/switch")));
+    let local = body(&TcpClient::connect(s.agent.tcp()).request(&get("/switch")));
     assert_eq!(
         key(&local, "value"),
         Some(&Value::Bool(true)),
@@ -309,7 +309,7 @@ fn plain_coap_tcp_for_development_clouds() {
     let agent = Agent::start(&dir.path().join("agent"), &[]);
 
     // CoAPCloudConf is discoverable and observable: a local observer sees cps move.
-    let mut res = TcpClient::connect(agent.tcp);
+    let mut res = TcpClient::connect(agent.tcp());
     let links = body(&res.request(&get("/oic/res")));
     let conf_link = links
         .as_array()
@@ -323,7 +323,7 @@ fn plain_coap_tcp_for_development_clouds() {
             "oic.r.coapcloudconf".into()
         )]))
     );
-    let mut observer = TcpClient::connect(agent.tcp);
+    let mut observer = TcpClient::connect(agent.tcp());
     let mut obs = get(CONF);
     obs.observe = Some(0);
     let first = observer.request_with_token(&obs, &[0xC0, 0xF0, 0x01, 0x02]);

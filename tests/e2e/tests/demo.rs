@@ -1,6 +1,8 @@
 //! Smoke tests of `ocf-demo`, what `cargo xtask demo` runs: the dev cloud and the agent (sim
-//! board) are started, the agent is provisioned and registers, and readings come through the
-//! cloud; both ways to end it (`--readings N`, and Ctrl-C) stop both children and exit 0.
+//! board, secure mode) are started, the agent prints its setup PIN, `ocf-mediator onboard` with
+//! that PIN takes ownership and provisions it, it registers, and readings come through the
+//! cloud; both ways to end it (`--readings N`, and Ctrl-C) stop both children and exit 0; with
+//! `--keep` the registered device signs back in without a second onboarding.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -15,6 +17,7 @@ fn start_demo(dir: &Path, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
     // The demo starts these from its own directory: fail here with the command that builds them.
     binary("ocf-agent");
     binary("ocf-dev-cloud");
+    binary("ocf-mediator");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ocf-demo"))
         .arg("--dir")
         .arg(dir)
@@ -96,6 +99,22 @@ fn has(out: &[String], needle: &str) -> bool {
     out.iter().any(|l| l.contains(needle))
 }
 
+/// The setup PIN from the `  PIN   NNNNNNNN ...` line.
+fn setup_pin(out: &[String]) -> Option<String> {
+    out.iter()
+        .find_map(|l| l.strip_prefix("  PIN   "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .filter(|p| p.len() == 8 && p.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_string)
+}
+
+/// The device's di from the `  di    UUID` line.
+fn di(out: &[String]) -> Option<String> {
+    out.iter()
+        .find_map(|l| l.strip_prefix("  di    "))
+        .map(|d| d.trim().to_string())
+}
+
 #[test]
 fn demo_registers_and_reads_through_the_cloud() {
     let dir = TempDir::new("demo");
@@ -114,12 +133,29 @@ fn demo_registers_and_reads_through_the_cloud() {
         "no cloud endpoints:\n{all}"
     );
     assert!(has(&out, "  di    "), "no di:\n{all}");
-    for step in ["csr ", "sign ", "install ", "authcode ", "configure "] {
+    assert!(
+        !has(&out, "coap+tcp://"),
+        "a plain coap+tcp endpoint in the secure mode:\n{all}"
+    );
+    let pin = setup_pin(&out).unwrap_or_else(|| panic!("no setup PIN shown:\n{all}"));
+    assert!(
+        has(
+            &out,
+            &format!(" onboard --pin {pin} --cloud http://127.0.0.1:")
+        ),
+        "the Mediator not run with the PIN the agent printed:\n{all}"
+    );
+    for n in 1..=9 {
         assert!(
-            has(&out, &format!("  {step}")),
-            "no provisioning step {step:?}:\n{all}"
+            has(&out, &format!("  [{n}/9] ")),
+            "no onboarding progress line [{n}/9]:\n{all}"
         );
     }
+    assert!(has(&out, "onboarded and registered in "), "{all}");
+    assert!(
+        !has(&out, "ocf-agent csr") && !has(&out, "POST /api/v1/csr"),
+        "the interim provisioning is still there:\n{all}"
+    );
     assert!(has(&out, "cps registered"), "never registered:\n{all}");
     assert!(
         has(&out, "the cloud lists the device online"),
@@ -135,7 +171,10 @@ fn demo_registers_and_reads_through_the_cloud() {
         "the switch was not switched:\n{all}"
     );
     assert!(
-        has(&out, "coap-client-openssl ") && has(&out, "curl "),
+        has(&out, "coap-client-openssl -m get -A 50 -c ")
+            && has(&out, "/mediator.crt -j ")
+            && has(&out, " get --device coaps+tcp://127.0.0.1:")
+            && has(&out, "curl "),
         "no hint:\n{all}"
     );
 
@@ -204,6 +243,48 @@ fn ctrl_c_stops_the_agent_and_the_cloud_and_exits_0() {
         "{all}"
     );
     for pid in child_pids(&out) {
+        assert!(gone(pid), "pid {pid} still there after the demo exited");
+    }
+}
+
+#[test]
+fn keep_signs_the_registered_device_back_in_without_onboarding() {
+    let dir = TempDir::new("demo-keep");
+    let (child, rx) = start_demo(dir.path(), &["--readings", "1"]);
+    let mut first = Vec::new();
+    let (status, stderr) = finish(child, &rx, &mut first, Duration::from_secs(90));
+    let all = first.join("\n");
+    assert!(
+        status.success(),
+        "first run: {status}\n{all}\nstderr:\n{stderr}"
+    );
+    assert!(has(&first, "  [9/9] "), "not onboarded:\n{all}");
+
+    let (child, rx) = start_demo(dir.path(), &["--keep", "--readings", "1"]);
+    let mut out = Vec::new();
+    let (status, stderr) = finish(child, &rx, &mut out, Duration::from_secs(90));
+    let all = out.join("\n");
+    assert!(
+        status.success(),
+        "run with --keep: {status}\n{all}\nstderr:\n{stderr}"
+    );
+    assert!(has(&out, "(kept from the last run)"), "{all}");
+    assert_eq!(di(&out), di(&first), "the same device:\n{all}");
+    assert!(
+        setup_pin(&out).is_none() && has(&out, "PIN   not printed again"),
+        "{all}"
+    );
+    assert!(
+        has(&out, " get --device coaps+tcp://127.0.0.1:")
+            && has(&out, "yes: 2.05 Content, cps registered"),
+        "the kept registration not checked as the owner:\n{all}"
+    );
+    assert!(!has(&out, "[1/9]"), "onboarded a second time:\n{all}");
+    assert!(has(&out, "signed back in"), "{all}");
+    assert_eq!(readings(&out).len(), 1, "{all}");
+    let pids = child_pids(&out);
+    assert_eq!(pids.len(), 2, "cloud and agent PIDs:\n{all}");
+    for pid in pids {
         assert!(gone(pid), "pid {pid} still there after the demo exited");
     }
 }

@@ -58,7 +58,7 @@ fn json_objects(stdout: &[u8]) -> Vec<serde_json::Value> {
 fn libcoap_against(scheme: &str) {
     let dir = TempDir::new(&format!("libcoap-{}", scheme.replace('+', "-")));
     let agent = Agent::start(dir.path(), &[]);
-    let addr = if scheme == "coap" { agent.udp } else { agent.tcp };
+    let addr = if scheme == "coap" { agent.udp() } else { agent.tcp() };
     let base = format!("{scheme}://{addr}");
     let file = dir.path().join("res.cbor");
     libcoap(&["-m", "get", "-o", file.to_str().unwrap(), &format!("{base}/oic/res")]);
@@ -94,7 +94,7 @@ fn libcoap_client_over_tcp() {
 fn aiocoap_against(scheme: &str) {
     let dir = TempDir::new(&format!("aiocoap-{}", scheme.replace('+', "-")));
     let agent = Agent::start(dir.path(), &[]);
-    let addr = if scheme == "coap" { agent.udp } else { agent.tcp };
+    let addr = if scheme == "coap" { agent.udp() } else { agent.tcp() };
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/aiocoap_client.py");
     let out = Command::new(python()).arg(&script).arg(format!("{scheme}://{addr}")).output().expect("run python");
     assert!(out.status.success(), "aiocoap client failed: {}", String::from_utf8_lossy(&out.stderr));

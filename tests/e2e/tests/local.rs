@@ -32,7 +32,7 @@ fn identity_is_created_once_kept_across_restarts_and_private() {
     assert_eq!(mode & 0o777, 0o600);
     let mut agent = Agent::start(dir.path(), &[]);
     assert_eq!(agent.di, di, "di must survive a restart");
-    let mut tcp = TcpClient::connect(agent.tcp);
+    let mut tcp = TcpClient::connect(agent.tcp());
     let d = body(&tcp.request(&get("/oic/d")));
     assert_eq!(key(&d, "di").and_then(Value::as_text), Some(di.as_str()));
     let piid = key(&d, "piid").and_then(Value::as_text).unwrap().to_string();
@@ -44,7 +44,7 @@ fn identity_is_created_once_kept_across_restarts_and_private() {
 fn discovery_over_udp_and_tcp_lists_the_sim_resources_with_both_endpoints() {
     let dir = TempDir::new("discovery");
     let agent = Agent::start(dir.path(), &[]);
-    let mut udp = UdpClient::new(agent.udp);
+    let mut udp = UdpClient::new(agent.udp());
     let (_, r) = udp.request(&get("/oic/res"));
     assert_eq!(r.code, ResponseType::Content);
     let links = body(&r);
@@ -54,11 +54,11 @@ fn discovery_over_udp_and_tcp_lists_the_sim_resources_with_both_endpoints() {
     }
     let temp = links.as_array().unwrap().iter().find(|l| key(l, "href").and_then(Value::as_text) == Some("/temperature")).unwrap();
     let eps: Vec<String> = key(temp, "eps").unwrap().as_array().unwrap().iter().map(|e| key(e, "ep").unwrap().as_text().unwrap().to_string()).collect();
-    assert!(eps.contains(&format!("coap://{}", agent.udp)), "{eps:?}");
-    assert!(eps.contains(&format!("coap+tcp://{}", agent.tcp)), "{eps:?}");
+    assert!(eps.contains(&format!("coap://{}", agent.udp())), "{eps:?}");
+    assert!(eps.contains(&format!("coap+tcp://{}", agent.tcp())), "{eps:?}");
     assert_eq!(key(temp, "anchor").and_then(Value::as_text), Some(format!("ocf://{}", agent.di).as_str()));
 
-    let mut tcp = TcpClient::connect(agent.tcp);
+    let mut tcp = TcpClient::connect(agent.tcp());
     let r = tcp.request(&get("/oic/res"));
     assert_eq!(hrefs(&body(&r)), h, "same links over TCP");
 }
@@ -67,10 +67,10 @@ fn discovery_over_udp_and_tcp_lists_the_sim_resources_with_both_endpoints() {
 fn switch_is_written_and_read_back_over_both_transports() {
     let dir = TempDir::new("switch");
     let agent = Agent::start(dir.path(), &[]);
-    let mut tcp = TcpClient::connect(agent.tcp);
+    let mut tcp = TcpClient::connect(agent.tcp());
     let r = tcp.request(&post_cbor("/switch", &map(&[("value", Value::Bool(true))])));
     assert_eq!(r.code, ResponseType::Changed);
-    let mut udp = UdpClient::new(agent.udp);
+    let mut udp = UdpClient::new(agent.udp());
     let (_, r) = udp.request(&get("/switch"));
     assert_eq!(key(&body(&r), "value"), Some(&Value::Bool(true)));
     let (_, r) = udp.request(&post_cbor("/switch", &map(&[("value", Value::Bool(false))])));
@@ -89,7 +89,7 @@ fn switch_is_written_and_read_back_over_both_transports() {
 fn json_accept_and_json_bodies() {
     let dir = TempDir::new("json");
     let agent = Agent::start(dir.path(), &[]);
-    let mut tcp = TcpClient::connect(agent.tcp);
+    let mut tcp = TcpClient::connect(agent.tcp());
     let mut req = Request::new(Method::Post, "/switch");
     req.content_format = Some(50);
     req.accept = Some(50);
@@ -110,7 +110,7 @@ fn json_accept_and_json_bodies() {
 fn error_codes_come_with_diagnostics() {
     let dir = TempDir::new("errors");
     let agent = Agent::start(dir.path(), &[]);
-    let mut tcp = TcpClient::connect(agent.tcp);
+    let mut tcp = TcpClient::connect(agent.tcp());
     let mut bad_accept = get("/switch");
     bad_accept.accept = Some(0);
     let mut old_version = get("/switch");
@@ -140,7 +140,7 @@ fn error_codes_come_with_diagnostics() {
 fn temperature_observation_over_tcp_delivers_increasing_notifications_until_cancelled() {
     let dir = TempDir::new("observe-tcp");
     let agent = Agent::start(dir.path(), &[]);
-    let mut tcp = TcpClient::connect(agent.tcp);
+    let mut tcp = TcpClient::connect(agent.tcp());
     let mut req = get("/temperature");
     req.observe = Some(0);
     let token = b"obs-temp".to_vec();
@@ -172,12 +172,12 @@ fn temperature_observation_over_tcp_delivers_increasing_notifications_until_canc
 fn switch_observation_notifies_on_write_and_ends_with_the_connection() {
     let dir = TempDir::new("observe-switch");
     let mut agent = Agent::start(dir.path(), &[]);
-    let mut watcher = TcpClient::connect(agent.tcp);
+    let mut watcher = TcpClient::connect(agent.tcp());
     let mut req = get("/switch");
     req.observe = Some(0);
     let r = watcher.request_with_token(&req, b"sw");
     assert!(r.observe.is_some());
-    let mut writer = TcpClient::connect(agent.tcp);
+    let mut writer = TcpClient::connect(agent.tcp());
     writer.request(&post_cbor("/switch", &map(&[("value", Value::Bool(true))])));
     let n = Response::from_packet(&watcher.recv_token(b"sw").expect("notification")).unwrap();
     assert_eq!(key(&body(&n), "value"), Some(&Value::Bool(true)));
@@ -193,7 +193,7 @@ fn switch_observation_notifies_on_write_and_ends_with_the_connection() {
 fn udp_message_layer_acks_dedups_and_resets() {
     let dir = TempDir::new("udp");
     let agent = Agent::start(dir.path(), &[]);
-    let mut udp = UdpClient::new(agent.udp);
+    let mut udp = UdpClient::new(agent.udp());
     // CON → piggybacked ACK with the same Message-ID.
     let mut p = get("/switch").to_packet(&[1, 2]);
     let mid = udp.send(&mut p, true);
@@ -252,14 +252,14 @@ fn udp_message_layer_acks_dedups_and_resets() {
 fn udp_observation_ends_when_a_notification_is_reset() {
     let dir = TempDir::new("udp-observe");
     let mut agent = Agent::start(dir.path(), &[]);
-    let mut udp = UdpClient::new(agent.udp);
+    let mut udp = UdpClient::new(agent.udp());
     let mut req = get("/switch");
     req.observe = Some(0);
     let mut p = req.to_packet(b"ob");
     udp.send(&mut p, true);
     let r = udp.recv().unwrap();
     assert!(Response::from_packet(&r).unwrap().observe.is_some());
-    let mut writer = TcpClient::connect(agent.tcp);
+    let mut writer = TcpClient::connect(agent.tcp());
     writer.request(&post_cbor("/switch", &map(&[("value", Value::Bool(true))])));
     let n = udp.recv().expect("notification over UDP");
     assert_eq!(n.get_token(), b"ob");
@@ -282,7 +282,7 @@ fn udp_observation_ends_when_a_notification_is_reset() {
 fn ping_gets_pong_and_sigterm_releases_connections() {
     let dir = TempDir::new("signals");
     let mut agent = Agent::start(dir.path(), &[]);
-    let mut tcp = TcpClient::connect(agent.tcp);
+    let mut tcp = TcpClient::connect(agent.tcp());
     let ping = Signal::Ping { custody: true }.to_packet(b"pingpong");
     tcp.send(&ping);
     // The Pong is handled inside the connection; drive it through receive().
@@ -322,7 +322,7 @@ fn device_name_set_through_oic_con_survives_a_restart() {
     let dir = TempDir::new("name");
     {
         let mut agent = Agent::start(dir.path(), &[]);
-        let mut tcp = TcpClient::connect(agent.tcp);
+        let mut tcp = TcpClient::connect(agent.tcp());
         let r = tcp.request(&post_cbor("/oic/con", &map(&[("n", Value::Text("Greenhouse".into()))])));
         assert_eq!(r.code, ResponseType::Changed, "{}", r.diagnostic());
         let d = body(&tcp.request(&get("/oic/d")));
@@ -332,7 +332,7 @@ fn device_name_set_through_oic_con_survives_a_restart() {
         assert!(agent.terminate().success());
     }
     let agent = Agent::start(dir.path(), &[]);
-    let mut tcp = TcpClient::connect(agent.tcp);
+    let mut tcp = TcpClient::connect(agent.tcp());
     let d = body(&tcp.request(&get("/oic/d")));
     assert_eq!(key(&d, "n").and_then(Value::as_text), Some("Greenhouse"), "the name is kept");
 }

@@ -8,16 +8,16 @@ use coap_lite::ResponseType;
 use ocf_e2e::*;
 
 fn still_serves(agent: &Agent) {
-    let mut tcp = TcpClient::connect(agent.tcp);
+    let mut tcp = TcpClient::connect(agent.tcp());
     assert_eq!(tcp.request(&get("/oic/d")).code, ResponseType::Content);
-    let mut udp = UdpClient::new(agent.udp);
+    let mut udp = UdpClient::new(agent.udp());
     assert_eq!(udp.request(&get("/oic/d")).1.code, ResponseType::Content);
 }
 
 /// Sends `bytes` on a fresh connection and reads whatever comes back until the agent closes it
 /// (or a short timeout passes).
 fn hit(agent: &Agent, bytes: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(agent.tcp).unwrap();
+    let mut s = TcpStream::connect(agent.tcp()).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(150))).unwrap();
     let _ = s.write_all(bytes);
     let mut got = Vec::new();
@@ -36,7 +36,7 @@ fn garbage_truncated_and_huge_frames_do_not_hurt_other_connections() {
     let dir = TempDir::new("robust");
     let agent = Agent::start(dir.path(), &[]);
     // Keep one well-behaved connection open through the whole attack.
-    let mut steady = TcpClient::connect(agent.tcp);
+    let mut steady = TcpClient::connect(agent.tcp());
     assert_eq!(steady.request(&get("/oic/res")).code, ResponseType::Content);
     let rss_before = agent.rss_kib().expect("VmRSS");
 
@@ -67,8 +67,8 @@ fn garbage_truncated_and_huge_frames_do_not_hurt_other_connections() {
         hit(&agent, &garbage);
         // And on UDP.
         let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        u.send_to(&garbage[..200], agent.udp).unwrap();
-        u.send_to(&[0x40], agent.udp).unwrap();
+        u.send_to(&garbage[..200], agent.udp()).unwrap();
+        u.send_to(&[0x40], agent.udp()).unwrap();
     }
     assert_eq!(steady.request(&get("/oic/d")).code, ResponseType::Content, "steady connection survived");
     still_serves(&agent);
@@ -86,7 +86,7 @@ fn connection_flood_is_bounded() {
     let dir = TempDir::new("flood");
     let agent = Agent::start(dir.path(), &[]);
     // Open more idle connections than the agent serves at once.
-    let idle: Vec<TcpStream> = (0..100).filter_map(|_| TcpStream::connect(agent.tcp).ok()).collect();
+    let idle: Vec<TcpStream> = (0..100).filter_map(|_| TcpStream::connect(agent.tcp()).ok()).collect();
     std::thread::sleep(Duration::from_millis(300));
     drop(idle);
     std::thread::sleep(Duration::from_millis(300));

@@ -35,7 +35,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Each of `clients` threads sends GET /oic/d back to back for `duration`.
 fn load(agent: &Agent, clients: usize, duration: Duration) -> (f64, Duration, Duration) {
-    let addr = agent.tcp;
+    let addr = agent.tcp();
     let start = Instant::now();
     let handles: Vec<_> = (0..clients)
         .map(|_| {
@@ -123,11 +123,11 @@ fn sensor_to_notification(samples: usize) -> (Duration, Duration) {
 /// Out of process: one connection writes the switch, another observes it; the time from the
 /// POST leaving the writer to the notification arriving at the observer.
 fn write_to_notification(agent: &Agent, rounds: usize) -> (Duration, Duration) {
-    let mut observer = TcpClient::connect(agent.tcp);
+    let mut observer = TcpClient::connect(agent.tcp());
     let mut req = get("/switch");
     req.observe = Some(0);
     observer.request_with_token(&req, b"bench-ob");
-    let mut writer = TcpClient::connect(agent.tcp);
+    let mut writer = TcpClient::connect(agent.tcp());
     let mut lat = Vec::with_capacity(rounds);
     for i in 0..rounds {
         let body = map(&[("value", Value::Bool(i % 2 == 0))]);

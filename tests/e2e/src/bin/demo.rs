@@ -1,19 +1,25 @@
-//! `ocf-demo` (what `cargo xtask demo` runs): starts the development cloud (`ocf-dev-cloud`)
-//! and the agent on the simulated board (`ocf-agent --board sim`) on 127.0.0.1 with ports the
-//! OS picks, provisions the agent the interim way the e2e tests do until the Mediator (issue 4)
-//! exists, shows its registration (`cps`) and published links, switches the switch once through
-//! the cloud, then prints the temperature and humidity read through the cloud's HTTP API every
-//! 2 s until Ctrl-C, which stops both processes (SIGTERM by PID) and exits 0.
+//! `ocf-demo` (what `cargo xtask demo` runs): the first boot of a device as a user would see it,
+//! on 127.0.0.1 with ports the OS picks. It starts the development cloud (`ocf-dev-cloud`) and
+//! the agent on the simulated board in its secure mode (`ocf-agent --board sim`, no
+//! `--insecure-dev`: a coaps+tcp endpoint, UDP for discovery only), shows the setup PIN the agent
+//! prints once (what the label on a board would carry), onboards the device with the Mediator
+//! (`ocf-mediator onboard --pin PIN --cloud URL --device EP`, its `[n/9]` progress lines shown as
+//! they come), then shows the registration and the published links, switches the switch once
+//! through the cloud, and prints the temperature and humidity read through the cloud's HTTP API
+//! every 2 s until Ctrl-C, which stops both processes (SIGTERM by PID) and exits 0.
 //!
 //! ```text
 //! ocf-demo [--dir DIR] [--keep] [--readings N]
 //! ```
 //!
-//! - `--dir`: where the cloud's data (`DIR/cloud`), the agent's state (`DIR/agent`) and both
-//!   logs (`DIR/cloud.log`, `DIR/agent.log`) go; default `demo` beside the target directory's
-//!   profile directory (`target/demo`). Emptied at start unless `--keep`.
+//! - `--dir`: where the cloud's data (`DIR/cloud`), the agent's state (`DIR/agent`), the
+//!   Mediator's identity (`DIR/mediator`) and the logs (`DIR/cloud.log`, `DIR/agent.log`) go;
+//!   default `demo` beside the target directory's profile directory (`target/demo`). Emptied at
+//!   start unless `--keep`.
 //! - `--keep`: keep the previous run's state: the cloud listens on the same ports again (from
-//!   `DIR/demo.json`) and the agent signs in without a second sign-up.
+//!   `DIR/demo.json`), and if the device is still owned by the Mediator and registered with this
+//!   cloud (its CoAPCloudConf, read as the owner), it just signs back in: no onboarding. If that
+//!   cannot be, the demo says why and starts fresh.
 //! - `--readings N`: stop after N readings (non-interactive use, the smoke test).
 //!
 //! If a step fails, it says which and why, stops both processes and exits 1. Children run in
@@ -22,16 +28,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitCode};
+use std::process::{Child, ExitCode, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use ocf_e2e::cloud::{try_http, DevCloud};
-use ocf_e2e::provision::{
-    agent_csr, clec_meaning, clec_of, install_identity, read_cloud_conf, text_of, write_cloud_conf,
-    CLOUD_CONF,
-};
-use ocf_e2e::{bin_dir, log_tail, Agent, Spawn};
+use ocf_e2e::{bin_dir, log_tail, Agent, Spawn, Spawned};
 use serde_json::{json, Value as Json};
 
 const USAGE: &str = "usage: ocf-demo [--dir DIR] [--keep] [--readings N]";
@@ -39,8 +41,10 @@ const USAGE: &str = "usage: ocf-demo [--dir DIR] [--keep] [--readings N]";
 const INTERVAL: Duration = Duration::from_secs(2);
 /// Consecutive failed readings before the demo gives up.
 const MAX_FAILED_READINGS: u32 = 5;
-/// The account the authorisation code is issued for.
-const USER: &str = "demo";
+/// The CoAPCloudConf resource of the agent.
+const CLOUD_CONF: &str = "/CoAPCloudConfResURI";
+/// The Mediator's `--timeout` for the onboarding (mostly: the wait for `registered`), in s.
+const ONBOARD_TIMEOUT: u64 = 30;
 
 // -------------------------------------------------------------------------------------------
 // Signals: Ctrl-C (SIGINT), SIGTERM and SIGHUP only set a flag; every wait checks it.
@@ -162,6 +166,25 @@ fn shown(path: &Path) -> String {
         .to_string()
 }
 
+/// A command line as one could paste it into a shell (arguments with JSON or spaces quoted).
+fn command_line(program: &str, args: &[String]) -> String {
+    let mut line = program.to_string();
+    for a in args {
+        line.push(' ');
+        if a.chars().any(|c| " {}\"'$*?;&|<>()".contains(c)) {
+            line.push_str(&format!("'{}'", a.replace('\'', r"'\''")));
+        } else {
+            line.push_str(a);
+        }
+    }
+    line
+}
+
+/// The last non-empty line of `lines`, trimmed.
+fn last_line(lines: &[String]) -> Option<&str> {
+    lines.iter().rev().map(|l| l.trim()).find(|l| !l.is_empty())
+}
+
 // -------------------------------------------------------------------------------------------
 // The demo.
 // -------------------------------------------------------------------------------------------
@@ -170,13 +193,21 @@ struct Demo {
     args: Args,
     cloud: Option<DevCloud>,
     agent: Option<Agent>,
+    /// When the current agent process was started.
+    agent_started: Instant,
 }
 
 /// The cloud's listeners, remembered in `DIR/demo.json` for `--keep`.
 struct Ports {
     coaps: String,
-    plain: String,
     http: String,
+}
+
+/// One finished `ocf-mediator` run.
+struct MediatorRun {
+    status: ExitStatus,
+    stdout: Vec<String>,
+    stderr: Vec<String>,
 }
 
 impl Demo {
@@ -185,6 +216,9 @@ impl Demo {
     }
     fn state_dir(&self) -> PathBuf {
         self.args.dir.join("agent")
+    }
+    fn mediator_dir(&self) -> PathBuf {
+        self.args.dir.join("mediator")
     }
     fn cloud_log(&self) -> PathBuf {
         self.args.dir.join("cloud.log")
@@ -195,12 +229,16 @@ impl Demo {
     fn ports_file(&self) -> PathBuf {
         self.args.dir.join("demo.json")
     }
+    /// The Mediator as the user would run it (path relative to the working directory).
+    fn mediator_program(&self) -> String {
+        shown(&bin_dir().join("ocf-mediator"))
+    }
 
-    fn spawn(&self, log: PathBuf) -> Spawn {
+    fn spawn(&self, log: Option<PathBuf>) -> Spawn {
         Spawn {
             bin_dir: bin_dir(),
             log_level: std::env::var("OCF_LOG").unwrap_or_else(|_| "info".into()),
-            log_file: Some(log),
+            log_file: log,
             supervised: true,
         }
     }
@@ -212,6 +250,10 @@ impl Demo {
         self.agent
             .as_ref()
             .expect("the agent is started before it is used")
+    }
+    /// `coaps+tcp://IP:PORT` of the agent.
+    fn device_ep(&self) -> String {
+        format!("coaps+tcp://{}", self.agent().tls())
     }
 
     /// Fails if the agent or the cloud has exited on its own.
@@ -263,39 +305,77 @@ impl Demo {
 
     fn run(&mut self) -> Step<()> {
         println!(
-            "ocf-demo: the OCF device agent (sim board) and the development OCF cloud on 127.0.0.1"
+            "ocf-demo: the OCF device agent (sim board, secure mode), the Mediator and the development OCF cloud on 127.0.0.1"
         );
-        self.prepare()?;
-        self.start_cloud()?;
+        let mut keep = self.args.keep;
+        if keep {
+            if let Err(why) = self.keepable() {
+                println!("  (--keep: {why}: starting fresh)");
+                keep = false;
+            }
+        }
+        self.prepare(keep)?;
+        let keep = self.start_cloud(keep)?;
         self.start_agent()?;
-        let since = self.provision()?;
-        self.registration(since)?;
+        let kept = keep && self.kept_registration()?;
+        if keep && !kept {
+            // The device cannot sign back in: a new device, onboarded from the start.
+            self.stop_agent();
+            self.wipe(&[self.state_dir(), self.mediator_dir()], &[])?;
+            self.make_dirs()?;
+            self.start_agent()?;
+        }
+        let since = if kept {
+            self.agent_started
+        } else {
+            self.onboard()?
+        };
+        self.registration(since, kept)?;
         self.links()?;
         self.switch()?;
         self.hint();
         self.readings()
     }
 
-    /// Empties DIR (only what the demo puts there) unless `--keep`.
-    fn prepare(&mut self) -> Step<()> {
-        let dir = self.args.dir.clone();
-        let keep = self.args.keep && self.state_dir().exists();
-        if !keep {
-            for sub in [self.cloud_dir(), self.state_dir()] {
-                if sub.exists() {
-                    step(
-                        "prepare",
-                        std::fs::remove_dir_all(&sub)
-                            .map_err(|e| format!("{}: {e}", sub.display())),
-                    )?;
-                }
-            }
-            for file in [self.cloud_log(), self.agent_log(), self.ports_file()] {
-                let _ = std::fs::remove_file(file);
+    /// Why the last run's state cannot be kept, if it cannot.
+    fn keepable(&self) -> Result<(), String> {
+        if !self.state_dir().join("identity.json").exists() {
+            return Err(format!("no agent state in {}", shown(&self.state_dir())));
+        }
+        if self.saved_ports().is_none() {
+            return Err(format!("no cloud ports in {}", shown(&self.ports_file())));
+        }
+        Ok(())
+    }
+
+    /// Removes `dirs` and `files` (only what the demo puts in DIR).
+    fn wipe(&self, dirs: &[PathBuf], files: &[PathBuf]) -> Step<()> {
+        for sub in dirs {
+            if sub.exists() {
+                step(
+                    "prepare",
+                    std::fs::remove_dir_all(sub).map_err(|e| format!("{}: {e}", sub.display())),
+                )?;
             }
         }
+        for file in files {
+            let _ = std::fs::remove_file(file);
+        }
+        Ok(())
+    }
+
+    /// Everything of an earlier run.
+    fn wipe_all(&self) -> Step<()> {
+        self.wipe(
+            &[self.cloud_dir(), self.state_dir(), self.mediator_dir()],
+            &[self.cloud_log(), self.agent_log(), self.ports_file()],
+        )
+    }
+
+    /// The cloud's and the agent's directories, private (the agent's holds identity.key); the
+    /// Mediator creates its own.
+    fn make_dirs(&self) -> Step<()> {
         for sub in [self.cloud_dir(), self.state_dir()] {
-            // Private, as the agent's state directory is meant to be (it holds identity.key).
             let made = std::fs::create_dir_all(&sub).and_then(|()| {
                 std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700))
             });
@@ -304,9 +384,18 @@ impl Demo {
                 made.map_err(|e| format!("{}: {e}", sub.display())),
             )?;
         }
+        Ok(())
+    }
+
+    /// Empties DIR unless the last run's state is kept.
+    fn prepare(&mut self, keep: bool) -> Step<()> {
+        if !keep {
+            self.wipe_all()?;
+        }
+        self.make_dirs()?;
         println!(
             "  state   {} ({})   logs: {}, {}",
-            shown(&dir),
+            shown(&self.args.dir),
             if keep {
                 "kept from the last run"
             } else {
@@ -324,35 +413,22 @@ impl Demo {
         let get = |k: &str| j[k].as_str().map(str::to_string);
         Some(Ports {
             coaps: get("coaps")?,
-            plain: get("coap_plain")?,
             http: get("http")?,
         })
     }
 
-    fn start_cloud(&mut self) -> Step<()> {
-        let how = self.spawn(self.cloud_log());
-        let any = || Ports {
-            coaps: "127.0.0.1:0".into(),
-            plain: "127.0.0.1:0".into(),
-            http: "127.0.0.1:0".into(),
-        };
-        let wanted = if self.args.keep {
-            self.saved_ports()
-        } else {
-            None
-        };
-        let start = |p: &Ports| {
-            DevCloud::spawn(
-                &self.cloud_dir(),
-                &p.coaps,
-                &p.plain,
-                &p.http,
-                Vec::new(),
-                &how,
-            )
-        };
-        let cloud = match wanted {
-            Some(p) => match start(&p) {
+    /// Starts the cloud: on the last run's ports when `keep` (the device is configured for
+    /// them); if they cannot be had, everything starts fresh. Returns whether the state is
+    /// still kept. No plain coap+tcp listener: the agent in its secure mode refuses one.
+    fn start_cloud(&mut self, keep: bool) -> Step<bool> {
+        let how = self.spawn(Some(self.cloud_log()));
+        let dir = self.cloud_dir();
+        let start =
+            |coaps: &str, http: &str| DevCloud::spawn(&dir, coaps, "", http, Vec::new(), &how);
+        let fresh = || start("127.0.0.1:0", "127.0.0.1:0");
+        let mut kept = keep;
+        let cloud = match self.saved_ports().filter(|_| keep) {
+            Some(p) => match start(&p.coaps, &p.http) {
                 Ok(c) => c,
                 Err(e) => {
                     let why = e
@@ -360,33 +436,32 @@ impl Demo {
                         .rev()
                         .find(|l| !l.trim().is_empty())
                         .unwrap_or("")
-                        .trim();
-                    println!("  (the cloud cannot listen on the last run's ports again, so on new ones: {why})");
-                    step("start the cloud", start(&any()))?
+                        .trim()
+                        .to_string();
+                    println!("  (the cloud cannot listen on the last run's ports again, which the device was configured for ({why}): starting fresh)");
+                    self.wipe_all()?;
+                    self.make_dirs()?;
+                    kept = false;
+                    step("start the cloud", fresh())?
                 }
             },
-            None => step("start the cloud", start(&any()))?,
+            None => step("start the cloud", fresh())?,
         };
-        let plain = cloud.coap_plain.map(|a| a.to_string()).unwrap_or_default();
-        let saved = json!({"coaps": cloud.coaps.to_string(), "coap_plain": plain, "http": cloud.http.to_string()});
+        let saved = json!({"coaps": cloud.coaps.to_string(), "http": cloud.http.to_string()});
         let _ = std::fs::write(self.ports_file(), saved.to_string());
         println!();
         println!("cloud   ocf-dev-cloud, pid {}", cloud.child.id());
         println!("  sid   {}", cloud.sid);
         println!("  {:<32} devices, mutual TLS", cloud.cis());
-        if cloud.coap_plain.is_some() {
-            println!(
-                "  {:<32} devices, plain (development only)",
-                cloud.cis_plain()
-            );
-        }
         println!("  {:<32} HTTP/JSON API", format!("http://{}", cloud.http));
         self.cloud = Some(cloud);
-        check_interrupt()
+        check_interrupt()?;
+        Ok(kept)
     }
 
+    /// Starts the agent in its secure mode; a fresh one creates its setup PIN and prints it.
     fn start_agent(&mut self) -> Step<()> {
-        let how = self.spawn(self.agent_log());
+        let how = self.spawn(Some(self.agent_log()));
         let args: Vec<String> = [
             "--board",
             "sim",
@@ -394,7 +469,7 @@ impl Demo {
             &self.state_dir().display().to_string(),
             "--udp",
             "127.0.0.1:0",
-            "--tcp",
+            "--tls",
             "127.0.0.1:0",
             "--multicast",
             "off",
@@ -403,137 +478,256 @@ impl Demo {
         .map(|s| s.to_string())
         .collect();
         let agent = step("start the agent", Agent::spawn(&args, &how))?;
+        self.agent_started = Instant::now();
+        let pid = agent.child.id();
+        let has_tls = agent.tls.is_some();
         println!();
-        println!("agent   ocf-agent --board sim, pid {}", agent.child.id());
+        println!("agent   ocf-agent --board sim (secure mode), pid {pid}");
         println!("  di    {}", agent.di);
         for e in &agent.endpoints {
-            let what = if e.starts_with("coap+tcp://") {
+            let what = if e.starts_with("coaps+tcp://") {
+                "local CoAP over TLS: ownership transfer, then the owner only"
+            } else if e.starts_with("coap+tcp://") {
                 "local CoAP over TCP"
             } else {
-                "local CoAP over UDP"
+                "local CoAP over UDP: discovery (/oic/res) only"
             };
             println!("  {e:<32} {what}");
         }
+        match &agent.setup_pin {
+            Some(pin) => println!(
+                "  PIN   {pin}   the setup PIN, printed once by the agent (\"ocf-agent: setup PIN {pin}\") as the label on a board would show it"
+            ),
+            None => println!(
+                "  PIN   not printed again: the state directory has the one of an earlier run"
+            ),
+        }
         self.agent = Some(agent);
-        check_interrupt()
+        check_interrupt()?;
+        if !has_tls {
+            return Err(Stop::Failed {
+                step: "start the agent",
+                why: "ocf-agent printed no coaps+tcp endpoint".into(),
+            });
+        }
+        Ok(())
     }
 
-    /// Provisions the agent (or keeps a configuration for this very cloud with `--keep`);
-    /// returns when the configuration was written, for the registration times.
-    fn provision(&mut self) -> Step<Instant> {
-        let (tcp, cis, sid) = (
-            self.agent().tcp,
-            self.cloud().cis(),
-            self.cloud().sid.clone(),
-        );
-        let state = self.state_dir();
-        println!();
-        println!("provisioning (the interim installer path, until the Mediator of issue 4 exists)");
-        let conf = step("read CoAPCloudConf", read_cloud_conf(tcp))?;
-        let cps = text_of(&conf, "cps").unwrap_or_default();
-        let configured = ["readytoregister", "registering", "registered"].contains(&cps.as_str());
-        if self.args.keep && configured && text_of(&conf, "cis").as_deref() == Some(cis.as_str()) {
-            println!("  kept       configured for this cloud in the last run (cps {cps}): no new sign-up");
-            return Ok(Instant::now());
+    /// Stops the agent (for a fresh start after a state that cannot be kept).
+    fn stop_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            stop_child("ocf-agent", &mut a.child);
         }
-        if configured || cps == "deregistering" {
-            let old = text_of(&conf, "cis").unwrap_or_default();
-            step(
-                "reset the old configuration",
-                write_cloud_conf(tcp, &[("cis", "")]),
-            )?;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let c = step("reset the old configuration", read_cloud_conf(tcp))?;
-                if text_of(&c, "cps").as_deref() == Some("uninitialized") {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(Stop::Failed {
-                        step: "reset the old configuration",
-                        why: format!("cps still {:?} after 30 s", text_of(&c, "cps")),
-                    });
-                }
-                self.pause(Duration::from_millis(100), "reset the old configuration")?;
-            }
-            println!(
-                "  reset      POST {CLOUD_CONF} {{\"cis\":\"\"}}: dropped the last run's {old}"
-            );
-        }
+    }
 
-        let csr = step("csr", agent_csr(&bin_dir(), &state))?;
+    /// Runs `ocf-mediator ARGS` to its end (at most `limit`), watching for Ctrl-C and for a
+    /// child that exits; with `echo`, its lines are printed (indented) as they come.
+    fn mediator(
+        &mut self,
+        args: &[String],
+        echo: bool,
+        step_name: &'static str,
+        limit: Duration,
+    ) -> Step<MediatorRun> {
+        let how = self.spawn(None);
+        let Spawned {
+            mut child,
+            stdout,
+            stderr,
+        } = step(step_name, how.start("ocf-mediator", args))?;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let show = |line: String, into: &mut Vec<String>| {
+            if echo {
+                println!("  {line}");
+            }
+            into.push(line);
+        };
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            stdout.try_iter().for_each(|l| show(l, &mut out));
+            stderr.try_iter().for_each(|l| show(l, &mut err));
+            if let Ok(Some(status)) = child.try_wait() {
+                break status;
+            }
+            let problem = if interrupted() {
+                Some(Stop::Interrupted)
+            } else if let Err(e) = self.check_children(step_name) {
+                Some(e)
+            } else if Instant::now() > deadline {
+                Some(Stop::Failed {
+                    step: step_name,
+                    why: format!("ocf-mediator still running after {} s", limit.as_secs()),
+                })
+            } else {
+                None
+            };
+            if let Some(stop) = problem {
+                stop_child("ocf-mediator", &mut child);
+                return Err(stop);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The rest of its output: the readers end at EOF.
+        stdout.iter().for_each(|l| show(l, &mut out));
+        stderr.iter().for_each(|l| show(l, &mut err));
+        Ok(MediatorRun {
+            status,
+            stdout: out,
+            stderr: err,
+        })
+    }
+
+    /// With `--keep`: whether the device is still owned by this Mediator and registered with
+    /// this cloud, from its CoAPCloudConf read as the owner (waiting a little while it signs
+    /// in). False, with the reason printed, if not.
+    fn kept_registration(&mut self) -> Step<bool> {
+        const STEP: &str = "check the kept state";
+        let cis = self.cloud().cis();
+        let args: Vec<String> = [
+            "--identity".to_string(),
+            self.mediator_dir().display().to_string(),
+            "get".into(),
+            "--device".into(),
+            self.device_ep(),
+            CLOUD_CONF.into(),
+        ]
+        .into();
+        println!();
+        println!("kept from the last run: is the device still owned and registered? (its CoAPCloudConf, read as the owner)");
+        let mut shown_args = args.clone();
+        shown_args[1] = shown(&self.mediator_dir());
         println!(
-            "  csr        ocf-agent csr --state-dir {} → a CSR for uuid:{}",
-            shown(&state),
-            self.agent().di
+            "  $ {}",
+            command_line(&self.mediator_program(), &shown_args)
         );
-        let (cert, ca) = step("sign", self.cloud().try_sign_csr(&csr))?;
-        println!("  sign       POST /api/v1/csr → an identity certificate from the cloud's CA");
-        step("install", install_identity(&state, &cert, &ca))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let run = self.mediator(&args, false, STEP, Duration::from_secs(20))?;
+            let code = run.stdout.first().cloned().unwrap_or_default();
+            if !run.status.success() {
+                let why = if code.is_empty() {
+                    last_line(&run.stderr).unwrap_or("no answer").to_string()
+                } else {
+                    run.stdout.join(" ")
+                };
+                println!("  no: {why}");
+                println!("  so the device starts fresh: a new state, a new PIN, onboarded again");
+                return Ok(false);
+            }
+            let conf: Json =
+                serde_json::from_str(&run.stdout[1..].join("\n")).unwrap_or(Json::Null);
+            let cps = conf["cps"].as_str().unwrap_or("?").to_string();
+            let their_cis = conf["cis"].as_str().unwrap_or("").to_string();
+            let not_kept = if their_cis != cis {
+                Some(format!(
+                    "it is configured for {their_cis:?}, not for this cloud"
+                ))
+            } else {
+                match cps.as_str() {
+                    "registered" => {
+                        println!("  yes: {code}, cps registered, cis {cis}: no onboarding, the agent signed back in");
+                        return Ok(true);
+                    }
+                    "readytoregister" | "registering" if Instant::now() < deadline => None,
+                    _ => Some(format!("cps {cps}, clec {}", conf["clec"])),
+                }
+            };
+            if let Some(why) = not_kept {
+                println!("  no: {why}");
+                println!("  so the device starts fresh: a new state, a new PIN, onboarded again");
+                return Ok(false);
+            }
+            self.pause(Duration::from_millis(200), STEP)?;
+        }
+    }
+
+    /// `ocf-mediator onboard` with the PIN the agent printed, its progress shown as it comes;
+    /// returns when it started, for the registration times.
+    fn onboard(&mut self) -> Step<Instant> {
+        const STEP: &str = "onboarding";
+        let Some(pin) = self.agent().setup_pin.clone() else {
+            return Err(Stop::Failed {
+                step: STEP,
+                why: format!(
+                    "the agent printed no setup PIN (is there an old {}?)",
+                    shown(&self.state_dir().join("pin"))
+                ),
+            });
+        };
+        let tail = |dir: String| -> Vec<String> {
+            vec![
+                "--identity".into(),
+                dir,
+                "onboard".into(),
+                "--pin".into(),
+                pin.clone(),
+                "--cloud".into(),
+                format!("http://{}", self.cloud().http),
+                "--device".into(),
+                self.device_ep(),
+                "--timeout".into(),
+                ONBOARD_TIMEOUT.to_string(),
+            ]
+        };
+        let args = tail(self.mediator_dir().display().to_string());
+        let shown_args = tail(shown(&self.mediator_dir()));
+        println!();
+        println!("onboarding by the Mediator, as a phone app does it on the device's first boot");
+        // Its own identity first (created on first use), so that its note does not interleave
+        // with the progress lines.
+        let id_args = vec![
+            "--identity".to_string(),
+            self.mediator_dir().display().to_string(),
+            "identity".into(),
+        ];
+        let id = self.mediator(&id_args, false, STEP, Duration::from_secs(20))?;
+        let uuid = id.stdout.iter().find_map(|l| l.strip_prefix("uuid "));
+        let (Some(uuid), true) = (uuid, id.status.success()) else {
+            return Err(Stop::Failed {
+                step: STEP,
+                why: format!(
+                    "ocf-mediator identity {}: {}",
+                    id.status,
+                    last_line(&id.stderr).unwrap_or("no uuid")
+                ),
+            });
+        };
+        let med = shown(&self.mediator_dir());
+        println!("  the Mediator is uuid:{uuid}; its certificate and key: {med}/mediator.crt, {med}/mediator.key");
         println!(
-            "  install    identity.crt and cloud-ca.pem written to {}",
-            shown(&state)
+            "  $ {}",
+            command_line(&self.mediator_program(), &shown_args)
         );
-        let code = step("authcode", self.cloud().try_auth_code(USER))?;
-        println!("  authcode   POST /api/v1/authcodes {{\"user\":\"{USER}\"}} → a single-use authorisation code");
-        let rep = step(
-            "configure",
-            write_cloud_conf(
-                tcp,
-                &[("cis", &cis), ("apn", "plgd"), ("at", &code), ("sid", &sid)],
-            ),
-        )?;
-        let written = Instant::now();
+        let t0 = Instant::now();
+        let run = self.mediator(&args, true, STEP, Duration::from_secs(ONBOARD_TIMEOUT + 30))?;
+        if !run.status.success() {
+            let why = last_line(&run.stderr)
+                .or_else(|| last_line(&run.stdout))
+                .unwrap_or("no output")
+                .to_string();
+            return Err(Stop::Failed {
+                step: STEP,
+                why: format!(
+                    "ocf-mediator {}: {why}; the agent's log ends:\n{}",
+                    run.status,
+                    log_tail(&self.agent_log(), 10)
+                ),
+            });
+        }
         println!(
-            "  configure  POST {CLOUD_CONF} {{cis, apn, at, sid}} to coap+tcp://{tcp} → 2.04 Changed (cps {})",
-            text_of(&rep, "cps").unwrap_or_default()
+            "  onboarded and registered in {:.2} s",
+            t0.elapsed().as_secs_f64()
         );
         check_interrupt()?;
-        Ok(written)
+        Ok(t0)
     }
 
-    /// Polls `cps` until `registered`, then waits for the cloud to list the device online.
-    fn registration(&mut self, since: Instant) -> Step<()> {
+    /// Waits for the cloud to list the device online.
+    fn registration(&mut self, since: Instant, kept: bool) -> Step<()> {
         const STEP: &str = "registration";
-        let tcp = self.agent().tcp;
         let di = self.agent().di.clone();
         println!();
-        println!("registration (cps of {CLOUD_CONF}, read locally)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut last = String::new();
-        loop {
-            let conf = step(STEP, read_cloud_conf(tcp))?;
-            let cps = text_of(&conf, "cps").unwrap_or_default();
-            if cps != last {
-                println!("  {:>5.2} s  cps {cps}", since.elapsed().as_secs_f64());
-                last = cps.clone();
-            }
-            match cps.as_str() {
-                "registered" => break,
-                "failed" => {
-                    let clec = clec_of(&conf).unwrap_or(255);
-                    return Err(Stop::Failed {
-                        step: STEP,
-                        why: format!(
-                            "cps failed, clec {clec} ({}); the agent's log ends:\n{}",
-                            clec_meaning(clec),
-                            log_tail(&self.agent_log(), 10)
-                        ),
-                    });
-                }
-                _ => {}
-            }
-            if Instant::now() > deadline {
-                return Err(Stop::Failed {
-                    step: STEP,
-                    why: format!(
-                        "cps still {cps} after 30 s; see {}",
-                        shown(&self.agent_log())
-                    ),
-                });
-            }
-            self.pause(Duration::from_millis(50), STEP)?;
-        }
+        println!("registration (the cloud's device list, GET /api/v1/devices)");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let devices = step(STEP, self.cloud().try_devices())?;
@@ -542,17 +736,24 @@ impl Demo {
                 .find(|d| d["di"] == di.as_str() && d["online"] == true)
             {
                 println!(
-                    "  {:>5.2} s  the cloud lists the device online as {}",
+                    "  {:>5.2} s  the cloud lists the device online as {}{}",
                     since.elapsed().as_secs_f64(),
-                    d["name"]
+                    d["name"],
+                    if kept {
+                        " (signed back in after the agent started; no new sign-up)"
+                    } else {
+                        ""
+                    }
                 );
                 return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(Stop::Failed {
                     step: STEP,
-                    why: "registered, but the cloud does not list the device online after 20 s"
-                        .into(),
+                    why: format!(
+                        "the cloud does not list the device online after 20 s; see {}",
+                        shown(&self.agent_log())
+                    ),
                 });
             }
             self.pause(Duration::from_millis(100), STEP)?;
@@ -649,19 +850,21 @@ impl Demo {
         let (agent, cloud) = (self.agent(), self.cloud());
         let di = &agent.di;
         let api = format!("http://{}/api/v1", cloud.http);
+        let ep = self.device_ep();
+        let med = shown(&self.mediator_dir());
+        let mediator = self.mediator_program();
         println!();
         println!("try it while this runs");
-        println!("  the device, locally (libcoap; `apt-get install libcoap3-bin`):");
+        println!("  the device, locally: only its owner may, with the Mediator's certificate (mutual TLS over coaps+tcp):");
+        println!("    {mediator} --identity {med} get --device {ep} /temperature");
         println!(
-            "    coap-client-openssl -m get -A 50 'coap://{}/oic/res'",
-            agent.udp
+            "    {mediator} --identity {med} post --device {ep} /switch '{{\"value\":false}}'"
         );
-        println!(
-            "    coap-client-openssl -m get -A 50 'coap+tcp://{}/humidity'",
-            agent.tcp
-        );
-        println!("    coap-client-openssl -m post -t 50 -A 50 -e '{{\"value\":false}}' 'coap+tcp://{}/switch'", agent.tcp);
-        println!("    coap-client-openssl -s 10 -m get -A 50 'coap://{}/temperature'    # observe for 10 s", agent.udp);
+        println!("    coap-client-openssl -m get -A 50 -c {med}/mediator.crt -j {med}/mediator.key '{ep}/temperature'");
+        if let Some(udp) = agent.udp {
+            println!("    coap-client-openssl -m get -A 50 'coap://{udp}/oic/res'    # UDP: discovery only, open to all");
+        }
+        println!("    (libcoap: `apt-get install libcoap3-bin`)");
         println!("  the cloud (curl):");
         println!("    curl -s {api}/devices");
         println!("    curl -s {api}/devices/{di}/humidity");
@@ -821,6 +1024,7 @@ fn main() -> ExitCode {
         args,
         cloud: None,
         agent: None,
+        agent_started: Instant::now(),
     };
     let outcome = demo.run();
     let code = match &outcome {
