@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use ocf::resource::Resource;
 use ocf_drivers::board::Board;
+use ocf_drivers::contact::ContactTask;
 use ocf_drivers::device::{Device as LiveDevice, HardwareEnv, LiveDriver};
 use ocf_drivers::sampler::{LogLevel, SampleReport, SensorTask};
-use ocf_drivers::contact::ContactTask;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -29,7 +29,8 @@ pub enum DriverTask {
 
 /// Opens the board's hardware and adds its resources to the agent's tree.
 pub fn populate(board: &Board, agent: &Rc<Agent>) -> Result<Vec<DriverTask>, String> {
-    let live = LiveDevice::build(board, &HardwareEnv::default(), Instant::now()).map_err(|e| e.to_string())?;
+    let live = LiveDevice::build(board, &HardwareEnv::default(), Instant::now())
+        .map_err(|e| e.to_string())?;
     let mut tasks = Vec::new();
     let mut device = agent.device.borrow_mut();
     for r in live.resources {
@@ -111,7 +112,9 @@ impl DriverTask {
                     let timeout = task.poll_timeout();
                     let sleep = async {
                         match timeout {
-                            Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                            Some(t) => {
+                                tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await
+                            }
                             None => std::future::pending().await,
                         }
                     };
@@ -151,9 +154,16 @@ pub struct BoardFacts {
 
 pub fn facts(board: &Board) -> BoardFacts {
     BoardFacts {
-        device_name: board.device_name.clone().unwrap_or_else(|| format!("ocf-agent ({})", board.name)),
+        device_name: board
+            .device_name
+            .clone()
+            .unwrap_or_else(|| format!("ocf-agent ({})", board.name)),
         device_type: board.device_type.clone(),
-        manufacturer: board.platform.mnmn.clone().unwrap_or_else(|| "OCF-Pi project".into()),
+        manufacturer: board
+            .platform
+            .mnmn
+            .clone()
+            .unwrap_or_else(|| "OCF-Pi project".into()),
         platform_extra: board.platform.extra_props(),
     }
 }

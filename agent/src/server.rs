@@ -58,7 +58,10 @@ impl Agent {
         device.drop_origin(&Origin::Stream(id));
         let ended = before - device.observer_count();
         if ended > 0 {
-            debug!(connection = id, "connection closed; {ended} observations ended");
+            debug!(
+                connection = id,
+                "connection closed; {ended} observations ended"
+            );
         }
     }
 
@@ -97,7 +100,10 @@ impl Agent {
                         // A peer that does not read its notifications is closed rather than
                         // buffered for without bound: dropping the sender ends its writer.
                         if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                            warn!(connection = id, "observer does not keep up; closing its connection");
+                            warn!(
+                                connection = id,
+                                "observer does not keep up; closing its connection"
+                            );
                         }
                         streams.remove(id);
                         drop(streams);
@@ -105,7 +111,11 @@ impl Agent {
                     }
                 }
                 Origin::Udp(peer) => {
-                    let slot = if peer.is_ipv6() { &self.udp_v6 } else { &self.udp_v4 };
+                    let slot = if peer.is_ipv6() {
+                        &self.udp_v6
+                    } else {
+                        &self.udp_v4
+                    };
                     if let Some(tx) = slot.borrow().as_ref() {
                         // UDP notifications may be lost anyway (RFC 7641 §4.5); a full queue
                         // drops this one, the next change is notified again.

@@ -78,15 +78,23 @@ impl Identity {
         let (mut id, _) = Identity::load_or_create(dir)?;
         id.name = Some(name.to_string());
         let path = dir.join(IDENTITY_FILE);
-        let bytes = serde_json::to_vec_pretty(&id)
-            .map_err(|e| StateError { path: path.clone(), reason: e.to_string() })?;
-        atomic_write(&path, &bytes).map_err(|e| StateError { path, reason: format!("cannot write: {e}") })
+        let bytes = serde_json::to_vec_pretty(&id).map_err(|e| StateError {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        atomic_write(&path, &bytes).map_err(|e| StateError {
+            path,
+            reason: format!("cannot write: {e}"),
+        })
     }
 
     /// Loads the identity from `dir`, creating it on first start.
     pub fn load_or_create(dir: &Path) -> Result<(Identity, bool), StateError> {
         let path = dir.join(IDENTITY_FILE);
-        let err = |reason: String| StateError { path: path.clone(), reason };
+        let err = |reason: String| StateError {
+            path: path.clone(),
+            reason,
+        };
         match fs::read(&path) {
             Ok(bytes) => {
                 let id: Identity = serde_json::from_slice(&bytes)
@@ -141,7 +149,11 @@ mod tests {
         assert!(!created);
         assert_eq!(a, b);
         assert_ne!(a.di, a.piid);
-        let mode = fs::metadata(dir.join(IDENTITY_FILE)).unwrap().permissions().mode() & 0o777;
+        let mode = fs::metadata(dir.join(IDENTITY_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
@@ -156,8 +168,15 @@ mod tests {
         fs::write(dir.join(IDENTITY_FILE), b"{\"version\":1,\"di\":").unwrap();
         let e = Identity::load_or_create(&dir).unwrap_err();
         assert!(e.to_string().contains("identity.json"), "{e}");
-        fs::write(dir.join(IDENTITY_FILE), br#"{"version":9,"di":"x","piid":"y","pi":"z"}"#).unwrap();
-        assert!(Identity::load_or_create(&dir).unwrap_err().reason.contains("version 9"));
+        fs::write(
+            dir.join(IDENTITY_FILE),
+            br#"{"version":9,"di":"x","piid":"y","pi":"z"}"#,
+        )
+        .unwrap();
+        assert!(Identity::load_or_create(&dir)
+            .unwrap_err()
+            .reason
+            .contains("version 9"));
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -29,7 +29,12 @@ pub const MAX_CONNECTIONS: usize = 64;
 const READ_CHUNK: usize = 4096;
 
 /// Serves the plain listener (development mode only, `--insecure-dev`).
-pub async fn serve(listener: TcpListener, agent: Rc<Agent>, security: Rc<Security>, shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    agent: Rc<Agent>,
+    security: Rc<Security>,
+    shutdown: watch::Receiver<bool>,
+) {
     let live = Rc::new(std::cell::Cell::new(0usize));
     let mut stop = shutdown.clone();
     loop {

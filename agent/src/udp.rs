@@ -122,7 +122,9 @@ pub fn interfaces() -> Vec<(String, u32, Option<IpAddr>)> {
             if flags & (libc::IFF_UP as u32) == 0 || flags & (libc::IFF_MULTICAST as u32) == 0 {
                 continue;
             }
-            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name)
+                .to_string_lossy()
+                .into_owned();
             let index = libc::if_nametoindex(ifa.ifa_name);
             let addr = if ifa.ifa_addr.is_null() {
                 None
@@ -130,7 +132,9 @@ pub fn interfaces() -> Vec<(String, u32, Option<IpAddr>)> {
                 match i32::from((*ifa.ifa_addr).sa_family) {
                     libc::AF_INET => {
                         let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+                        Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            sin.sin_addr.s_addr,
+                        ))))
                     }
                     libc::AF_INET6 => {
                         let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);

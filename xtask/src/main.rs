@@ -53,7 +53,9 @@ fn workspace_root() -> PathBuf {
 
 fn run(cmd: &mut Command) -> Result<(), String> {
     let shown = format!("{cmd:?}");
-    let status = cmd.status().map_err(|e| format!("cannot run {shown}: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
@@ -102,7 +104,10 @@ fn ensure_debian_packages() -> Result<(), String> {
     if missing.is_empty() {
         return Ok(());
     }
-    let install = format!("apt-get install -y --no-install-recommends {}", missing.join(" "));
+    let install = format!(
+        "apt-get install -y --no-install-recommends {}",
+        missing.join(" ")
+    );
     if !is_root() || !have_command("apt-get") {
         return Err(format!(
             "the test suite needs Debian packages {missing:?}; run:\n  sudo apt-get update && sudo {install}"
@@ -110,7 +115,9 @@ fn ensure_debian_packages() -> Result<(), String> {
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("sh").arg("-c").arg(format!("DEBIAN_FRONTEND=noninteractive {install} -qq")))
+    run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("DEBIAN_FRONTEND=noninteractive {install} -qq")))
 }
 
 /// Creates the virtual environment with aiocoap; returns its python.
@@ -123,10 +130,22 @@ fn ensure_python_venv(root: &Path) -> Result<PathBuf, String> {
         return Ok(python);
     }
     // Debian's own interpreter, so the venv module from python3-venv is the one used.
-    let base = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
-    run(Command::new(base).args(["-m", "venv", "--clear"]).arg(&venv))?;
+    let base = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    run(Command::new(base)
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv))?;
     run(Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .args(PYTHON_PACKAGES))?;
     std::fs::write(&stamp, wanted).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
     Ok(python)
@@ -139,7 +158,12 @@ fn test(extra: &[String]) -> Result<(), String> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     check_rust_version(&root)?;
     // The end-to-end tests start the real binaries: build them first, once.
-    run(Command::new(&cargo).current_dir(&root).args(["build", "--workspace", "--bins", "--locked"]))?;
+    run(Command::new(&cargo).current_dir(&root).args([
+        "build",
+        "--workspace",
+        "--bins",
+        "--locked",
+    ]))?;
     run(Command::new(&cargo)
         .current_dir(&root)
         .env("OCF_INTEROP_PYTHON", &python)
@@ -164,13 +188,33 @@ fn check_rust_version(root: &Path) -> Result<(), String> {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !installed {
-        eprintln!("xtask: installing Rust {YOCTO_RUST} (the Yocto release's) to check rust-version");
-        run(Command::new("rustup").args(["toolchain", "install", YOCTO_RUST, "--profile", "minimal"]))?;
+        eprintln!(
+            "xtask: installing Rust {YOCTO_RUST} (the Yocto release's) to check rust-version"
+        );
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            YOCTO_RUST,
+            "--profile",
+            "minimal",
+        ]))?;
     }
     run(Command::new("rustup")
         .current_dir(root)
-        .env("CARGO_TARGET_DIR", root.join("target").join("rust-version-check"))
-        .args(["run", YOCTO_RUST, "cargo", "check", "--workspace", "--all-targets", "--locked", "--quiet"]))
+        .env(
+            "CARGO_TARGET_DIR",
+            root.join("target").join("rust-version-check"),
+        )
+        .args([
+            "run",
+            YOCTO_RUST,
+            "cargo",
+            "check",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--quiet",
+        ]))
 }
 
 /// `cargo xtask demo [--keep] [--readings N]`: builds the release binaries, then becomes
@@ -206,7 +250,17 @@ fn demo(extra: &[String]) -> Result<(), String> {
     ]))?;
     let err = Command::new(&cargo)
         .current_dir(&root)
-        .args(["run", "--quiet", "--release", "--package", "ocf-e2e", "--bin", "ocf-demo", "--", "--dir"])
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "ocf-e2e",
+            "--bin",
+            "ocf-demo",
+            "--",
+            "--dir",
+        ])
         .arg(&dir)
         .args(extra)
         .exec();
@@ -227,8 +281,15 @@ fn bench(extra: &[String]) -> Result<(), String> {
         let installed = Command::new("rustup")
             .args(["target", "list", "--installed"])
             .output()
-            .map_err(|e| format!("cannot run rustup ({e}); install the target with:\n  rustup target add {MUSL}"))?;
-        if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == MUSL) {
+            .map_err(|e| {
+                format!(
+                    "cannot run rustup ({e}); install the target with:\n  rustup target add {MUSL}"
+                )
+            })?;
+        if String::from_utf8_lossy(&installed.stdout)
+            .lines()
+            .any(|l| l.trim() == MUSL)
+        {
             return Ok(());
         }
         eprintln!("xtask: adding the rustup target {MUSL}");
@@ -256,7 +317,9 @@ fn bench(extra: &[String]) -> Result<(), String> {
         }
         eprintln!("xtask: installing musl-tools");
         run(Command::new("apt-get").args(["update", "-qq"]))?;
-        run(Command::new("sh").arg("-c").arg(format!("DEBIAN_FRONTEND=noninteractive {install} -qq")))?;
+        run(Command::new("sh")
+            .arg("-c")
+            .arg(format!("DEBIAN_FRONTEND=noninteractive {install} -qq")))?;
         Ok("musl-gcc".into())
     }
 
@@ -276,13 +339,25 @@ fn bench(extra: &[String]) -> Result<(), String> {
     ]))?;
     // The shipped, size-tuned builds (the agent alone, so only its own features are on), for
     // their size and their RSS signed in.
-    run(Command::new(&cargo).current_dir(&root).args(["build", "--release", "--package", "ocf-agent"]))?;
+    run(Command::new(&cargo).current_dir(&root).args([
+        "build",
+        "--release",
+        "--package",
+        "ocf-agent",
+    ]))?;
     ensure_musl_target()?;
     let cc = musl_cc()?;
     run(Command::new(&cargo)
         .current_dir(&root)
         .env(MUSL_CC, &cc)
-        .args(["build", "--release", "--target", MUSL, "--package", "ocf-agent"]))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            MUSL,
+            "--package",
+            "ocf-agent",
+        ]))
     .map_err(|e| {
         format!(
             "{e}\nthe static build needs the rustup target and a C compiler for ring:\n  \
@@ -291,7 +366,16 @@ fn bench(extra: &[String]) -> Result<(), String> {
     })?;
     run(Command::new(&cargo)
         .current_dir(&root)
-        .args(["run", "--profile", "bench-release", "--package", "ocf-e2e", "--bin", "ocf-bench", "--"])
+        .args([
+            "run",
+            "--profile",
+            "bench-release",
+            "--package",
+            "ocf-e2e",
+            "--bin",
+            "ocf-bench",
+            "--",
+        ])
         .args(extra))
 }
 

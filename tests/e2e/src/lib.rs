@@ -66,7 +66,12 @@ pub struct Spawn {
 
 impl Default for Spawn {
     fn default() -> Spawn {
-        Spawn { bin_dir: bin_dir(), log_level: "debug".into(), log_file: None, supervised: false }
+        Spawn {
+            bin_dir: bin_dir(),
+            log_level: "debug".into(),
+            log_file: None,
+            supervised: false,
+        }
     }
 }
 
@@ -117,7 +122,9 @@ impl Spawn {
                 });
             }
         }
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
         let (err_tx, stderr) = mpsc::channel();
         if let Some(err) = child.stderr.take() {
             std::thread::spawn(move || {
@@ -137,11 +144,20 @@ impl Spawn {
                 }
             }
         });
-        Ok(Spawned { child, stdout, stderr })
+        Ok(Spawned {
+            child,
+            stdout,
+            stderr,
+        })
     }
 
     /// Why a child did not become ready: its exit status if it exited, and its log.
-    pub fn not_ready(&self, name: &str, child: &mut Child, stderr: &mpsc::Receiver<String>) -> String {
+    pub fn not_ready(
+        &self,
+        name: &str,
+        child: &mut Child,
+        stderr: &mpsc::Receiver<String>,
+    ) -> String {
         let status = match child.try_wait() {
             Ok(Some(status)) => format!("it exited with {status}"),
             _ => {
@@ -172,7 +188,9 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let dir = bin_dir().join("e2e-tmp").join(format!("{tag}-{}-{n}", std::process::id()));
+        let dir = bin_dir()
+            .join("e2e-tmp")
+            .join(format!("{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
@@ -238,7 +256,11 @@ impl Agent {
     /// Starts the agent with `args` as `how` says, in either mode; an error if it does not print
     /// `ocf-agent: ready` within 20 s, or has no endpoint at all.
     pub fn spawn(args: &[String], how: &Spawn) -> Result<Agent, String> {
-        let Spawned { mut child, stdout: rx, stderr: err_rx } = how.start("ocf-agent", args)?;
+        let Spawned {
+            mut child,
+            stdout: rx,
+            stderr: err_rx,
+        } = how.start("ocf-agent", args)?;
         let mut di = String::new();
         let mut endpoints = Vec::new();
         let mut setup_pin = None;
@@ -272,27 +294,52 @@ impl Agent {
         if udp.is_none() && tcp.is_none() && tls.is_none() {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("ocf-agent: no coap, coap+tcp or coaps+tcp endpoint in {endpoints:?}"));
+            return Err(format!(
+                "ocf-agent: no coap, coap+tcp or coaps+tcp endpoint in {endpoints:?}"
+            ));
         }
-        Ok(Agent { child, di, udp, tcp, tls, endpoints, setup_pin, stderr: err_rx, log: Vec::new() })
+        Ok(Agent {
+            child,
+            di,
+            udp,
+            tcp,
+            tls,
+            endpoints,
+            setup_pin,
+            stderr: err_rx,
+            log: Vec::new(),
+        })
     }
 
     /// The UDP endpoint; panics if the agent printed none.
     pub fn udp(&self) -> SocketAddr {
-        self.udp.unwrap_or_else(|| panic!("ocf-agent printed no coap:// endpoint: {:?}", self.endpoints))
+        self.udp.unwrap_or_else(|| {
+            panic!(
+                "ocf-agent printed no coap:// endpoint: {:?}",
+                self.endpoints
+            )
+        })
     }
 
     /// The plain coap+tcp endpoint; panics if there is none (it exists only with
     /// `--insecure-dev`, as [`Agent::start`] runs the agent).
     pub fn tcp(&self) -> SocketAddr {
         self.tcp.unwrap_or_else(|| {
-            panic!("ocf-agent printed no coap+tcp:// endpoint (only --insecure-dev has one): {:?}", self.endpoints)
+            panic!(
+                "ocf-agent printed no coap+tcp:// endpoint (only --insecure-dev has one): {:?}",
+                self.endpoints
+            )
         })
     }
 
     /// The secure coaps+tcp endpoint; panics if the agent printed none.
     pub fn tls(&self) -> SocketAddr {
-        self.tls.unwrap_or_else(|| panic!("ocf-agent printed no coaps+tcp:// endpoint: {:?}", self.endpoints))
+        self.tls.unwrap_or_else(|| {
+            panic!(
+                "ocf-agent printed no coaps+tcp:// endpoint: {:?}",
+                self.endpoints
+            )
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -357,13 +404,25 @@ impl TcpClient {
     /// Connects and sends our CSM; answers within 10 s are expected.
     pub fn try_connect(addr: SocketAddr) -> Result<TcpClient, String> {
         let stream = TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| format!("timeout: {e}"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("nodelay: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| format!("timeout: {e}"))?;
         let mut conn = TcpConnection::new(1 << 20);
-        let mut client = TcpClient { stream, conn: TcpConnection::new(1 << 20), next_token: 1, pending: Vec::new() };
+        let mut client = TcpClient {
+            stream,
+            conn: TcpConnection::new(1 << 20),
+            next_token: 1,
+            pending: Vec::new(),
+        };
         let csm = conn.start();
         client.conn = conn;
-        client.stream.write_all(&csm).map_err(|e| format!("send CSM to {addr}: {e}"))?;
+        client
+            .stream
+            .write_all(&csm)
+            .map_err(|e| format!("send CSM to {addr}: {e}"))?;
         Ok(client)
     }
 
@@ -428,8 +487,13 @@ impl TcpClient {
     /// [`TcpClient::request`] with errors instead of panics.
     pub fn try_request(&mut self, req: &Request) -> Result<Response, String> {
         let token = self.token();
-        let bytes = self.conn.encode(&req.to_packet(&token)).map_err(|e| format!("encode: {e:?}"))?;
-        self.stream.write_all(&bytes).map_err(|e| format!("send: {e}"))?;
+        let bytes = self
+            .conn
+            .encode(&req.to_packet(&token))
+            .map_err(|e| format!("encode: {e:?}"))?;
+        self.stream
+            .write_all(&bytes)
+            .map_err(|e| format!("send: {e}"))?;
         let p = self
             .recv_token(&token)
             .ok_or("the connection closed (or 10 s passed) before the response")?;
@@ -438,7 +502,9 @@ impl TcpClient {
 
     pub fn request_with_token(&mut self, req: &Request, token: &[u8]) -> Response {
         self.send(&req.to_packet(token));
-        let p = self.recv_token(token).expect("connection closed before the response");
+        let p = self
+            .recv_token(token)
+            .expect("connection closed before the response");
         Response::from_packet(&p).expect("a response")
     }
 }
@@ -453,14 +519,24 @@ pub struct UdpClient {
 impl UdpClient {
     pub fn new(peer: SocketAddr) -> UdpClient {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        UdpClient { socket, peer, mid: 100 }
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        UdpClient {
+            socket,
+            peer,
+            mid: 100,
+        }
     }
 
     pub fn send(&mut self, packet: &mut Packet, confirmable: bool) -> u16 {
         self.mid = self.mid.wrapping_add(1);
         packet.header.message_id = self.mid;
-        packet.header.set_type(if confirmable { MessageType::Confirmable } else { MessageType::NonConfirmable });
+        packet.header.set_type(if confirmable {
+            MessageType::Confirmable
+        } else {
+            MessageType::NonConfirmable
+        });
         let bytes = packet.to_bytes().expect("encode");
         self.socket.send_to(&bytes, self.peer).expect("send");
         self.mid
@@ -476,13 +552,23 @@ impl UdpClient {
     /// (RFC 7959 Block2) is reassembled by asking for the following blocks, as libcoap does.
     pub fn request(&mut self, req: &Request) -> (Packet, Response) {
         let (first, mut resp) = self.request_block(req, None);
-        let Some(mut block) = first.get_first_option(CoapOption::Block2).and_then(|b| Block::decode(b)) else {
+        let Some(mut block) = first
+            .get_first_option(CoapOption::Block2)
+            .and_then(|b| Block::decode(b))
+        else {
             return (first, resp);
         };
         while block.more {
-            let next = Block { num: block.num + 1, more: false, szx: block.szx };
+            let next = Block {
+                num: block.num + 1,
+                more: false,
+                szx: block.szx,
+            };
             let (p, r) = self.request_block(req, Some(next));
-            assert_eq!(r.etag, resp.etag, "representation changed during block-wise transfer");
+            assert_eq!(
+                r.etag, resp.etag,
+                "representation changed during block-wise transfer"
+            );
             resp.payload.extend_from_slice(&r.payload);
             block = p
                 .get_first_option(CoapOption::Block2)
@@ -523,14 +609,25 @@ pub fn post_cbor(path: &str, body: &Value) -> Request {
 
 /// Decodes a response body by its Content-Format.
 pub fn body(r: &Response) -> Value {
-    let cf = r.content_format.and_then(ContentFormat::from_number).unwrap_or(ContentFormat::OcfCbor);
+    let cf = r
+        .content_format
+        .and_then(ContentFormat::from_number)
+        .unwrap_or(ContentFormat::OcfCbor);
     decode_payload(cf, &r.payload).unwrap_or_else(|e| panic!("bad body: {e}"))
 }
 
 pub fn key<'a>(v: &'a Value, k: &str) -> Option<&'a Value> {
-    v.as_map()?.iter().find(|(kk, _)| kk.as_text() == Some(k)).map(|(_, v)| v)
+    v.as_map()?
+        .iter()
+        .find(|(kk, _)| kk.as_text() == Some(k))
+        .map(|(_, v)| v)
 }
 
 pub fn map(entries: &[(&str, Value)]) -> Value {
-    Value::Map(entries.iter().map(|(k, v)| (Value::Text(k.to_string()), v.clone())).collect())
+    Value::Map(
+        entries
+            .iter()
+            .map(|(k, v)| (Value::Text(k.to_string()), v.clone()))
+            .collect(),
+    )
 }

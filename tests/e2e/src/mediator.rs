@@ -61,7 +61,11 @@ impl SecureAgent {
     /// coaps+tcp endpoint.
     pub fn spawn(state_dir: &Path, args: &[String]) -> Result<SecureAgent, String> {
         let how = Spawn::default();
-        let Spawned { mut child, stdout, stderr } = how.start("ocf-agent", args)?;
+        let Spawned {
+            mut child,
+            stdout,
+            stderr,
+        } = how.start("ocf-agent", args)?;
         let mut lines = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -76,15 +80,29 @@ impl SecureAgent {
                 Err(_) => return Err(how.not_ready("ocf-agent", &mut child, &stderr)),
             }
         }
-        let di = lines.iter().find_map(|l| l.strip_prefix("ocf-agent: di ")).unwrap_or_default().to_string();
-        let endpoints: Vec<String> =
-            lines.iter().filter_map(|l| l.strip_prefix("ocf-agent: endpoint ")).map(str::to_string).collect();
-        let Some(ep) = endpoints.iter().find(|e| e.starts_with("coaps+tcp://")).cloned() else {
+        let di = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("ocf-agent: di "))
+            .unwrap_or_default()
+            .to_string();
+        let endpoints: Vec<String> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("ocf-agent: endpoint "))
+            .map(str::to_string)
+            .collect();
+        let Some(ep) = endpoints
+            .iter()
+            .find(|e| e.starts_with("coaps+tcp://"))
+            .cloned()
+        else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!("ocf-agent: no coaps+tcp endpoint in {endpoints:?}"));
         };
-        let coaps = ep.trim_start_matches("coaps+tcp://").parse().map_err(|_| format!("bad endpoint {ep}"))?;
+        let coaps = ep
+            .trim_start_matches("coaps+tcp://")
+            .parse()
+            .map_err(|_| format!("bad endpoint {ep}"))?;
         Ok(SecureAgent {
             child,
             di,
@@ -127,7 +145,13 @@ impl Drop for SecureAgent {
 pub fn pin_file(dir: &Path, pin: &str) -> PathBuf {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("pin");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).expect("pin file");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .expect("pin file");
     writeln!(f, "{pin}").expect("write pin");
     path
 }
@@ -154,13 +178,26 @@ impl Run {
 
     /// Panics with the whole run unless it exited 0.
     pub fn expect_ok(self) -> Run {
-        assert!(self.ok(), "ocf-mediator {:?} exited {}:\n{}", self.args, self.code, self.output());
+        assert!(
+            self.ok(),
+            "ocf-mediator {:?} exited {}:\n{}",
+            self.args,
+            self.code,
+            self.output()
+        );
         self
     }
 
     /// The first line of stdout of `get` / `post`: the CoAP code (`2.05`, `4.01`, ...).
     pub fn coap_code(&self) -> String {
-        self.stdout.lines().next().unwrap_or_default().split_whitespace().next().unwrap_or_default().to_string()
+        self.stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// The JSON body `get` / `post` printed after the code line.
@@ -203,7 +240,12 @@ pub fn run_with_timeout(program: &Path, args: &[String], limit: Duration) -> Run
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    Run { args: args.to_vec(), code, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() }
+    Run {
+        args: args.to_vec(),
+        code,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
 }
 
 /// `ocf-mediator` with one identity directory. Every run is kept, for the log checks.
@@ -214,7 +256,10 @@ pub struct Mediator {
 
 impl Mediator {
     pub fn new(dir: &Path) -> Mediator {
-        Mediator { dir: dir.to_path_buf(), runs: Mutex::new(Vec::new()) }
+        Mediator {
+            dir: dir.to_path_buf(),
+            runs: Mutex::new(Vec::new()),
+        }
     }
 
     /// Runs `ocf-mediator --identity DIR ARGS` (at most 120 s).
@@ -228,7 +273,17 @@ impl Mediator {
 
     /// `onboard --pin PIN --device EP --cloud URL [extra]`.
     pub fn onboard(&self, pin: &str, ep: &str, cloud: &str, extra: &[&str]) -> Run {
-        let mut args = vec!["onboard", "--pin", pin, "--device", ep, "--cloud", cloud, "--timeout", "30"];
+        let mut args = vec![
+            "onboard",
+            "--pin",
+            pin,
+            "--device",
+            ep,
+            "--cloud",
+            cloud,
+            "--timeout",
+            "30",
+        ];
         args.extend_from_slice(extra);
         self.run(&args)
     }
@@ -244,7 +299,11 @@ impl Mediator {
     /// The Mediator's uuid (creating its identity if needed).
     pub fn uuid(&self) -> String {
         let r = self.run(&["identity"]).expect_ok();
-        r.stdout.lines().find_map(|l| l.strip_prefix("uuid ")).expect("uuid line").to_string()
+        r.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("uuid "))
+            .expect("uuid line")
+            .to_string()
     }
 
     pub fn cert_path(&self) -> PathBuf {
@@ -257,7 +316,13 @@ impl Mediator {
 
     /// stdout and stderr of every run so far.
     pub fn all_output(&self) -> String {
-        self.runs.lock().unwrap().iter().map(Run::output).collect::<Vec<_>>().join("\n")
+        self.runs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Run::output)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -298,7 +363,11 @@ impl Mitm {
             }
         }
         let ep = ep.expect("ocf-mitm did not say where it listens");
-        Mitm { child, ep, stderr: rx }
+        Mitm {
+            child,
+            ep,
+            stderr: rx,
+        }
     }
 
     pub fn log(&self) -> Vec<String> {
@@ -344,8 +413,13 @@ impl RecordingProxy {
                     break;
                 }
                 let Ok(mut inbound) = inbound else { continue };
-                let Ok(mut outbound) = TcpStream::connect(target) else { continue };
-                let (Ok(mut in2), Ok(mut out2)) = (inbound.try_clone(), outbound.try_clone()) else { continue };
+                let Ok(mut outbound) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let (Ok(mut in2), Ok(mut out2)) = (inbound.try_clone(), outbound.try_clone())
+                else {
+                    continue;
+                };
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut inbound, &mut outbound);
                     let _ = outbound.shutdown(Shutdown::Write);
@@ -378,7 +452,11 @@ impl RecordingProxy {
                 });
             }
         });
-        RecordingProxy { addr, recorded, stop }
+        RecordingProxy {
+            addr,
+            recorded,
+            stop,
+        }
     }
 
     /// `http://IP:PORT` of the proxy.

@@ -37,8 +37,20 @@ driver = "flux-capacitor"
     )
     .unwrap();
     let out = Command::new(binary("ocf-agent"))
-        .args(["--board", board.to_str().unwrap(), "--state-dir", dir.path().join("state").to_str().unwrap()])
-        .args(["--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--multicast", "off"])
+        .args([
+            "--board",
+            board.to_str().unwrap(),
+            "--state-dir",
+            dir.path().join("state").to_str().unwrap(),
+        ])
+        .args([
+            "--udp",
+            "127.0.0.1:0",
+            "--tcp",
+            "127.0.0.1:0",
+            "--multicast",
+            "off",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success(), "the agent must refuse to start");
@@ -46,10 +58,19 @@ driver = "flux-capacitor"
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
     // Each problem names file and line.
     let file = board.display().to_string();
-    assert!(err.contains(&format!("{file}:14")), "line already used, at line 14:\n{err}");
+    assert!(
+        err.contains(&format!("{file}:14")),
+        "line already used, at line 14:\n{err}"
+    );
     assert!(err.contains("already used"), "{err}");
-    assert!(err.contains(&format!("{file}:17")) && err.contains("/led"), "duplicate href at line 17:\n{err}");
-    assert!(err.contains(&format!("{file}:22")) && err.contains("flux-capacitor"), "unknown driver at line 22:\n{err}");
+    assert!(
+        err.contains(&format!("{file}:17")) && err.contains("/led"),
+        "duplicate href at line 17:\n{err}"
+    );
+    assert!(
+        err.contains(&format!("{file}:22")) && err.contains("flux-capacitor"),
+        "unknown driver at line 22:\n{err}"
+    );
     // Nothing was created for a device that never started.
     assert!(!dir.path().join("state").join("identity.json").exists());
 }
@@ -58,7 +79,12 @@ driver = "flux-capacitor"
 fn builtin_boards_load_and_unknown_names_are_refused() {
     let dir = TempDir::new("unknown-board");
     let out = Command::new(binary("ocf-agent"))
-        .args(["--board", "commodore64", "--state-dir", dir.path().to_str().unwrap()])
+        .args([
+            "--board",
+            "commodore64",
+            "--state-dir",
+            dir.path().to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

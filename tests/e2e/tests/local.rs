@@ -16,7 +16,12 @@ fn hrefs(links: &Value) -> Vec<String> {
         .as_array()
         .expect("array of links")
         .iter()
-        .map(|l| key(l, "href").and_then(Value::as_text).expect("href").to_string())
+        .map(|l| {
+            key(l, "href")
+                .and_then(Value::as_text)
+                .expect("href")
+                .to_string()
+        })
         .collect()
 }
 
@@ -28,14 +33,20 @@ fn identity_is_created_once_kept_across_restarts_and_private() {
         assert!(agent.terminate().success());
         agent.di.clone()
     };
-    let mode = std::fs::metadata(dir.path().join("identity.json")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dir.path().join("identity.json"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let mut agent = Agent::start(dir.path(), &[]);
     assert_eq!(agent.di, di, "di must survive a restart");
     let mut tcp = TcpClient::connect(agent.tcp());
     let d = body(&tcp.request(&get("/oic/d")));
     assert_eq!(key(&d, "di").and_then(Value::as_text), Some(di.as_str()));
-    let piid = key(&d, "piid").and_then(Value::as_text).unwrap().to_string();
+    let piid = key(&d, "piid")
+        .and_then(Value::as_text)
+        .unwrap()
+        .to_string();
     assert_ne!(piid, di);
     assert!(agent.terminate().success());
 }
@@ -49,14 +60,38 @@ fn discovery_over_udp_and_tcp_lists_the_sim_resources_with_both_endpoints() {
     assert_eq!(r.code, ResponseType::Content);
     let links = body(&r);
     let h = hrefs(&links);
-    for want in ["/oic/res", "/oic/d", "/oic/p", "/temperature", "/humidity", "/switch"] {
+    for want in [
+        "/oic/res",
+        "/oic/d",
+        "/oic/p",
+        "/temperature",
+        "/humidity",
+        "/switch",
+    ] {
         assert!(h.contains(&want.to_string()), "{want} missing from {h:?}");
     }
-    let temp = links.as_array().unwrap().iter().find(|l| key(l, "href").and_then(Value::as_text) == Some("/temperature")).unwrap();
-    let eps: Vec<String> = key(temp, "eps").unwrap().as_array().unwrap().iter().map(|e| key(e, "ep").unwrap().as_text().unwrap().to_string()).collect();
+    let temp = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| key(l, "href").and_then(Value::as_text) == Some("/temperature"))
+        .unwrap();
+    let eps: Vec<String> = key(temp, "eps")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| key(e, "ep").unwrap().as_text().unwrap().to_string())
+        .collect();
     assert!(eps.contains(&format!("coap://{}", agent.udp())), "{eps:?}");
-    assert!(eps.contains(&format!("coap+tcp://{}", agent.tcp())), "{eps:?}");
-    assert_eq!(key(temp, "anchor").and_then(Value::as_text), Some(format!("ocf://{}", agent.di).as_str()));
+    assert!(
+        eps.contains(&format!("coap+tcp://{}", agent.tcp())),
+        "{eps:?}"
+    );
+    assert_eq!(
+        key(temp, "anchor").and_then(Value::as_text),
+        Some(format!("ocf://{}", agent.di).as_str())
+    );
 
     let mut tcp = TcpClient::connect(agent.tcp());
     let r = tcp.request(&get("/oic/res"));
@@ -73,12 +108,18 @@ fn switch_is_written_and_read_back_over_both_transports() {
     let mut udp = UdpClient::new(agent.udp());
     let (_, r) = udp.request(&get("/switch"));
     assert_eq!(key(&body(&r), "value"), Some(&Value::Bool(true)));
-    let (_, r) = udp.request(&post_cbor("/switch", &map(&[("value", Value::Bool(false))])));
+    let (_, r) = udp.request(&post_cbor(
+        "/switch",
+        &map(&[("value", Value::Bool(false))]),
+    ));
     assert_eq!(r.code, ResponseType::Changed);
     let r = tcp.request(&get("/switch"));
     assert_eq!(key(&body(&r), "value"), Some(&Value::Bool(false)));
     // A bad body changes nothing and says why.
-    let r = tcp.request(&post_cbor("/switch", &map(&[("value", Value::Text("on".into()))])));
+    let r = tcp.request(&post_cbor(
+        "/switch",
+        &map(&[("value", Value::Text("on".into()))]),
+    ));
     assert_eq!(r.code, ResponseType::BadRequest);
     assert!(!r.payload.is_empty());
     let r = tcp.request(&get("/switch"));
@@ -123,8 +164,14 @@ fn error_codes_come_with_diagnostics() {
     garbage.payload = vec![0xff, 0x00, 0x13];
     for (req, code) in [
         (get("/no/such/thing"), ResponseType::NotFound),
-        (Request::new(Method::Delete, "/switch"), ResponseType::MethodNotAllowed),
-        (post_cbor("/temperature", &map(&[("temperature", Value::Float(1.0))])), ResponseType::MethodNotAllowed),
+        (
+            Request::new(Method::Delete, "/switch"),
+            ResponseType::MethodNotAllowed,
+        ),
+        (
+            post_cbor("/temperature", &map(&[("temperature", Value::Float(1.0))])),
+            ResponseType::MethodNotAllowed,
+        ),
         (bad_accept, ResponseType::NotAcceptable),
         (old_version, ResponseType::UnsupportedContentFormat),
         (bad_cf, ResponseType::UnsupportedContentFormat),
@@ -162,10 +209,15 @@ fn temperature_observation_over_tcp_delivers_increasing_notifications_until_canc
     cancel.observe = Some(1);
     let r = tcp.request_with_token(&cancel, &token);
     assert!(r.observe.is_none());
-    tcp.stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    tcp.stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
     let mut buf = [0u8; 512];
     let got = tcp.stream.read(&mut buf);
-    assert!(matches!(got, Err(_)), "no notification after deregistering: {got:?}");
+    assert!(
+        matches!(got, Err(_)),
+        "no notification after deregistering: {got:?}"
+    );
 }
 
 #[test]
@@ -183,10 +235,16 @@ fn switch_observation_notifies_on_write_and_ends_with_the_connection() {
     assert_eq!(key(&body(&n), "value"), Some(&Value::Bool(true)));
     drop(watcher);
     std::thread::sleep(Duration::from_millis(200));
-    writer.request(&post_cbor("/switch", &map(&[("value", Value::Bool(false))])));
+    writer.request(&post_cbor(
+        "/switch",
+        &map(&[("value", Value::Bool(false))]),
+    ));
     std::thread::sleep(Duration::from_millis(200));
     let log = agent.log().join("\n");
-    assert!(log.contains("observations ended"), "the closed connection's observation must be dropped:\n{log}");
+    assert!(
+        log.contains("observations ended"),
+        "the closed connection's observation must be dropped:\n{log}"
+    );
 }
 
 #[test]
@@ -215,24 +273,34 @@ fn udp_message_layer_acks_dedups_and_resets() {
     let mut dup = post_cbor("/switch", &map(&[("value", Value::Bool(false))])).to_packet(&[4]);
     dup.header.message_id = mid;
     dup.header.set_type(MessageType::Confirmable);
-    udp.socket.send_to(&dup.to_bytes().unwrap(), udp.peer).unwrap();
+    udp.socket
+        .send_to(&dup.to_bytes().unwrap(), udp.peer)
+        .unwrap();
     let second = udp.recv().unwrap();
     assert_eq!(first, second, "duplicate answered from the cache");
     let (_, r) = udp.request(&get("/switch"));
-    assert_eq!(key(&body(&r), "value"), Some(&Value::Bool(true)), "duplicate was not executed");
+    assert_eq!(
+        key(&body(&r), "value"),
+        Some(&Value::Bool(true)),
+        "duplicate was not executed"
+    );
     // An ACK nobody expects is rejected by silently ignoring it (RFC 7252 §4.3) ...
     let mut ack = Packet::new();
     ack.header.set_type(MessageType::Acknowledgement);
     ack.header.message_id = 4242;
     ack.header.code = MessageClass::Empty;
-    udp.socket.send_to(&ack.to_bytes().unwrap(), udp.peer).unwrap();
+    udp.socket
+        .send_to(&ack.to_bytes().unwrap(), udp.peer)
+        .unwrap();
     // ... while an unexpected CON that is not a request (an empty CON, "CoAP ping") gets RST
     // (§4.2, §4.3). The RST is the next datagram: the ACK drew no answer.
     let mut ping = Packet::new();
     ping.header.set_type(MessageType::Confirmable);
     ping.header.message_id = 4343;
     ping.header.code = MessageClass::Empty;
-    udp.socket.send_to(&ping.to_bytes().unwrap(), udp.peer).unwrap();
+    udp.socket
+        .send_to(&ping.to_bytes().unwrap(), udp.peer)
+        .unwrap();
     let r = udp.recv().unwrap();
     assert_eq!(r.header.get_type(), MessageType::Reset);
     assert_eq!(r.header.message_id, 4343);
@@ -242,7 +310,9 @@ fn udp_message_layer_acks_dedups_and_resets() {
     stray.header.message_id = 4444;
     stray.header.code = MessageClass::Response(ResponseType::Content);
     stray.set_token(vec![1, 2, 3, 4]);
-    udp.socket.send_to(&stray.to_bytes().unwrap(), udp.peer).unwrap();
+    udp.socket
+        .send_to(&stray.to_bytes().unwrap(), udp.peer)
+        .unwrap();
     let r = udp.recv().unwrap();
     assert_eq!(r.header.get_type(), MessageType::Reset);
     assert_eq!(r.header.message_id, 4444);
@@ -268,12 +338,23 @@ fn udp_observation_ends_when_a_notification_is_reset() {
     rst.header.set_type(MessageType::Reset);
     rst.header.code = MessageClass::Empty;
     rst.header.message_id = n.header.message_id;
-    udp.socket.send_to(&rst.to_bytes().unwrap(), udp.peer).unwrap();
+    udp.socket
+        .send_to(&rst.to_bytes().unwrap(), udp.peer)
+        .unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    writer.request(&post_cbor("/switch", &map(&[("value", Value::Bool(false))])));
-    udp.socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    writer.request(&post_cbor(
+        "/switch",
+        &map(&[("value", Value::Bool(false))]),
+    ));
+    udp.socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     let late = udp.recv();
-    assert!(late.is_none(), "no notification after RST: {late:?}\n{}", agent.log().join("\n"));
+    assert!(
+        late.is_none(),
+        "no notification after RST: {late:?}\n{}",
+        agent.log().join("\n")
+    );
     let log = agent.log().join("\n");
     assert!(log.contains("notification reset"), "{log}");
 }
@@ -313,8 +394,15 @@ fn ping_gets_pong_and_sigterm_releases_connections() {
     let n = tcp.stream.read(&mut buf).unwrap_or(0);
     let mut dec = ocf::coap::tcp::FrameDecoder::new(1 << 20);
     dec.push(&buf[..n]);
-    let frame = dec.next_frame().ok().flatten().expect("a Release before close");
-    assert!(matches!(Signal::from_packet(&frame), Ok(Some(Signal::Release { .. }))));
+    let frame = dec
+        .next_frame()
+        .ok()
+        .flatten()
+        .expect("a Release before close");
+    assert!(matches!(
+        Signal::from_packet(&frame),
+        Ok(Some(Signal::Release { .. }))
+    ));
 }
 
 #[test]
@@ -323,16 +411,26 @@ fn device_name_set_through_oic_con_survives_a_restart() {
     {
         let mut agent = Agent::start(dir.path(), &[]);
         let mut tcp = TcpClient::connect(agent.tcp());
-        let r = tcp.request(&post_cbor("/oic/con", &map(&[("n", Value::Text("Greenhouse".into()))])));
+        let r = tcp.request(&post_cbor(
+            "/oic/con",
+            &map(&[("n", Value::Text("Greenhouse".into()))]),
+        ));
         assert_eq!(r.code, ResponseType::Changed, "{}", r.diagnostic());
         let d = body(&tcp.request(&get("/oic/d")));
         assert_eq!(key(&d, "n").and_then(Value::as_text), Some("Greenhouse"));
-        let r = tcp.request(&post_cbor("/oic/con", &map(&[("n", Value::Text(String::new()))])));
+        let r = tcp.request(&post_cbor(
+            "/oic/con",
+            &map(&[("n", Value::Text(String::new()))]),
+        ));
         assert_eq!(r.code, ResponseType::BadRequest);
         assert!(agent.terminate().success());
     }
     let agent = Agent::start(dir.path(), &[]);
     let mut tcp = TcpClient::connect(agent.tcp());
     let d = body(&tcp.request(&get("/oic/d")));
-    assert_eq!(key(&d, "n").and_then(Value::as_text), Some("Greenhouse"), "the name is kept");
+    assert_eq!(
+        key(&d, "n").and_then(Value::as_text),
+        Some("Greenhouse"),
+        "the name is kept"
+    );
 }

@@ -70,9 +70,15 @@ wait $pid
     );
     for file in ["v4.cbor", "v6.cbor"] {
         let bytes = std::fs::read(dir.path().join(file)).unwrap_or_default();
-        let links: Value = ciborium::de::from_reader(bytes.as_slice())
-            .unwrap_or_else(|e| panic!("{file}: no CBOR answer to multicast discovery ({e})\nagent log:\n{err}"));
-        let hrefs: Vec<&str> = links.as_array().unwrap().iter().filter_map(|l| key(l, "href")?.as_text()).collect();
+        let links: Value = ciborium::de::from_reader(bytes.as_slice()).unwrap_or_else(|e| {
+            panic!("{file}: no CBOR answer to multicast discovery ({e})\nagent log:\n{err}")
+        });
+        let hrefs: Vec<&str> = links
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| key(l, "href")?.as_text())
+            .collect();
         assert!(hrefs.contains(&"/temperature"), "{file}: {hrefs:?}");
     }
     // The Mediator finds the device from this host (IPv4 and IPv6 groups) and from the other
@@ -86,9 +92,15 @@ wait $pid
         let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
         assert!(text.contains(&format!("device {di}")), "{file}:\n{text}");
         assert!(text.contains("ep coap+tcp://"), "{file}:\n{text}");
-        assert!(text.contains("/temperature oic.r.temperature"), "{file}:\n{text}");
+        assert!(
+            text.contains("/temperature oic.r.temperature"),
+            "{file}:\n{text}"
+        );
     }
     // A filter that matches nothing gets no answer at all from a multicast group member.
     let miss = std::fs::read(dir.path().join("v4-miss.cbor")).unwrap_or_default();
-    assert!(miss.is_empty(), "unexpected answer to a non-matching multicast query: {miss:02x?}");
+    assert!(
+        miss.is_empty(),
+        "unexpected answer to a non-matching multicast query: {miss:02x?}"
+    );
 }

@@ -54,12 +54,21 @@ impl Bench {
         let pin = pin_file(dir.path(), PIN);
         let agent = SecureAgent::start(&dir.path().join("state"), Some(&pin), &[]);
         let med = Mediator::new(&dir.path().join("mediator"));
-        Bench { cloud, api, agent, med, dir }
+        Bench {
+            cloud,
+            api,
+            agent,
+            med,
+            dir,
+        }
     }
 
     /// Onboards with [`PIN`]; must end `registered`.
     fn onboard(&self, extra: &[&str]) -> Run {
-        let run = self.med.onboard(PIN, &self.agent.ep, &self.api.url(), extra).expect_ok();
+        let run = self
+            .med
+            .onboard(PIN, &self.agent.ep, &self.api.url(), extra)
+            .expect_ok();
         assert!(run.stdout.contains("cps registered"), "{}", run.output());
         run
     }
@@ -77,13 +86,23 @@ fn owner_cert(med: &Mediator) -> (String, String) {
 }
 
 fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 /// The number in "try again in N s".
 fn retry_after(text: &str) -> u64 {
-    let i = text.find("try again in ").unwrap_or_else(|| panic!("no retry time in:\n{text}"));
-    text[i + 13..].split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("bad retry time in:\n{text}"))
+    let i = text
+        .find("try again in ")
+        .unwrap_or_else(|| panic!("no retry time in:\n{text}"));
+    text[i + 13..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad retry time in:\n{text}"))
 }
 
 /// Whether `needle` (digits) occurs in `hay` as a whole number, not inside a longer one.
@@ -136,16 +155,30 @@ fn secret_keys(v: &Value, out: &mut Vec<String>) {
 
 /// Fails if `text` holds any secret (or any private key).
 fn assert_no_secret(what: &str, text: &str, secrets: &[String]) {
-    assert!(!text.contains("PRIVATE KEY"), "{what} contains a private key:\n{text}");
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "{what} contains a private key:\n{text}"
+    );
     for s in secrets {
-        let found = if s.chars().all(|c| c.is_ascii_digit()) { contains_number(text, s) } else { text.contains(s.as_str()) };
-        assert!(!found, "{what} contains a secret ({} chars):\n{text}", s.len());
+        let found = if s.chars().all(|c| c.is_ascii_digit()) {
+            contains_number(text, s)
+        } else {
+            text.contains(s.as_str())
+        };
+        assert!(
+            !found,
+            "{what} contains a secret ({} chars):\n{text}",
+            s.len()
+        );
     }
 }
 
 fn coap_client() -> String {
     let tool = std::env::var("OCF_COAP_CLIENT").unwrap_or_else(|_| "coap-client-openssl".into());
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output();
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output();
     assert!(
         found.map(|o| o.status.success()).unwrap_or(false),
         "{tool} not found: run `cargo xtask test`, or `apt-get install libcoap3-bin`"
@@ -176,62 +209,123 @@ fn raw_request(tls: &mut TlsClient, req: &ocf::resource::Request) -> (coap_lite:
 }
 
 fn max_age(p: &coap_lite::Packet) -> Option<u32> {
-    p.get_first_option(CoapOption::MaxAge).map(|b| b.iter().fold(0u32, |acc, x| (acc << 8) | u32::from(*x)))
+    p.get_first_option(CoapOption::MaxAge)
+        .map(|b| b.iter().fold(0u32, |acc, x| (acc << 8) | u32::from(*x)))
 }
 
 #[test]
 fn first_boot_flow_registers_and_a_client_uses_the_device_through_the_cloud() {
     let b = Bench::new("onboard-flow");
     // The secure mode: a coaps+tcp endpoint and no plain coap+tcp one.
-    assert!(!b.agent.endpoints.iter().any(|e| e.starts_with("coap+tcp://")), "{:?}", b.agent.endpoints);
+    assert!(
+        !b.agent
+            .endpoints
+            .iter()
+            .any(|e| e.starts_with("coap+tcp://")),
+        "{:?}",
+        b.agent.endpoints
+    );
 
     let run = b.onboard(&[]);
     let mut last = 0;
     for n in 1..=9 {
-        let at = run.stdout.find(&format!("[{n}/9]")).unwrap_or_else(|| panic!("no step {n}:\n{}", run.output()));
+        let at = run
+            .stdout
+            .find(&format!("[{n}/9]"))
+            .unwrap_or_else(|| panic!("no step {n}:\n{}", run.output()));
         assert!(at >= last, "steps out of order:\n{}", run.stdout);
         last = at;
     }
-    for line in ["ownership transfer", "/oic/sec/cred", "/oic/sec/acl2", CONF, "dos.s = 3", "cps registered"] {
-        assert!(run.stdout.contains(line), "{line:?} not in:\n{}", run.stdout);
+    for line in [
+        "ownership transfer",
+        "/oic/sec/cred",
+        "/oic/sec/acl2",
+        CONF,
+        "dos.s = 3",
+        "cps registered",
+    ] {
+        assert!(
+            run.stdout.contains(line),
+            "{line:?} not in:\n{}",
+            run.stdout
+        );
     }
-    assert!(run.stdout.contains(&format!("device {} is registered with cloud {}", b.agent.di, b.cloud.sid)), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!(
+            "device {} is registered with cloud {}",
+            b.agent.di, b.cloud.sid
+        )),
+        "{}",
+        run.stdout
+    );
 
     // The Mediator's identity: a private directory, a private key, and the device pinned.
     assert_eq!(mode(&b.med.dir), 0o700);
     assert_eq!(mode(&b.med.key_path()), 0o600);
-    let devices: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(b.med.dir.join("devices.json")).unwrap()).unwrap();
+    let devices: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.med.dir.join("devices.json")).unwrap())
+            .unwrap();
     let pinned = &devices["devices"][&b.agent.di];
-    assert_eq!(pinned["spki_sha256"].as_str().map(str::len), Some(64), "{devices}");
+    assert_eq!(
+        pinned["spki_sha256"].as_str().map(str::len),
+        Some(64),
+        "{devices}"
+    );
 
     // The device is owned by this Mediator and in normal operation.
     let mut tls = TlsClient::connect(b.agent.coaps, Some(b.owner_cert()));
     let doxm = body(&tls.request(&get("/oic/sec/doxm")));
     assert_eq!(key(&doxm, "owned"), Some(&Value::Bool(true)));
-    assert_eq!(key(&doxm, "devowneruuid").and_then(Value::as_text), Some(b.med.uuid().as_str()));
+    assert_eq!(
+        key(&doxm, "devowneruuid").and_then(Value::as_text),
+        Some(b.med.uuid().as_str())
+    );
     let pstat = body(&tls.request(&get("/oic/sec/pstat")));
-    assert_eq!(key(key(&pstat, "dos").unwrap(), "s").and_then(Value::as_integer), Some(3.into()));
+    assert_eq!(
+        key(key(&pstat, "dos").unwrap(), "s").and_then(Value::as_integer),
+        Some(3.into())
+    );
 
     // A client reads the temperature and drives the switch through the cloud.
     let di = b.agent.di.clone();
-    wait_for(Duration::from_secs(20), "the device online in the cloud", || {
-        b.cloud.device(&di).filter(|d| d["online"] == true)
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "the device online in the cloud",
+        || b.cloud.device(&di).filter(|d| d["online"] == true),
+    );
     let r = b.cloud.get(&format!("/api/v1/devices/{di}/temperature"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.json()["temperature"].is_number(), "{}", r.text());
-    let r = b.cloud.post(&format!("/api/v1/devices/{di}/switch"), &json!({"value": true}));
+    let r = b.cloud.post(
+        &format!("/api/v1/devices/{di}/switch"),
+        &json!({"value": true}),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let sw = body(&tls.request(&get("/switch")));
     assert_eq!(key(&sw, "value"), Some(&Value::Bool(true)));
     drop(tls);
 
     // Offboarding: {"cis":""} as the owner, then `uninitialized`; the cloud forgets the device.
-    let off = b.med.run(&["offboard", "--device", &b.agent.ep, "--timeout", "30"]).expect_ok();
-    assert!(off.stdout.contains("[3/3]") && off.stdout.contains("cps uninitialized"), "{}", off.output());
-    wait_for(Duration::from_secs(10), "the cloud to forget the device", || {
-        b.cloud.try_devices().ok().filter(|d| !d.iter().any(|d| d["di"] == di && d["online"] == true)).map(|_| ())
-    });
+    let off = b
+        .med
+        .run(&["offboard", "--device", &b.agent.ep, "--timeout", "30"])
+        .expect_ok();
+    assert!(
+        off.stdout.contains("[3/3]") && off.stdout.contains("cps uninitialized"),
+        "{}",
+        off.output()
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the cloud to forget the device",
+        || {
+            b.cloud
+                .try_devices()
+                .ok()
+                .filter(|d| !d.iter().any(|d| d["di"] == di && d["online"] == true))
+                .map(|_| ())
+        },
+    );
     let _ = &b.dir;
 }
 
@@ -274,17 +368,45 @@ done
         mediator = binary("ocf-mediator").display(),
         pin = PIN,
     );
-    let out = Command::new("unshare").args(["--net", "--", "bash", "-c", &script]).output().expect("run unshare (util-linux)");
+    let out = Command::new("unshare")
+        .args(["--net", "--", "bash", "-c", &script])
+        .output()
+        .expect("run unshare (util-linux)");
     let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
-    let logs = || format!("onboard:\n{}{}\nagent:\n{}\ncloud:\n{}", read("onboard.out"), read("onboard.err"), read("agent.err"), read("cloud.err"));
-    assert!(out.status.success(), "namespace script failed: {}\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr), logs());
+    let logs = || {
+        format!(
+            "onboard:\n{}{}\nagent:\n{}\ncloud:\n{}",
+            read("onboard.out"),
+            read("onboard.err"),
+            read("agent.err"),
+            read("cloud.err")
+        )
+    };
+    assert!(
+        out.status.success(),
+        "namespace script failed: {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        logs()
+    );
     assert_eq!(read("onboard.code").trim(), "0", "{}", logs());
     let onboard = read("onboard.out");
-    assert!(onboard.contains("by multicast discovery") && onboard.contains("found "), "{onboard}");
+    assert!(
+        onboard.contains("by multicast discovery") && onboard.contains("found "),
+        "{onboard}"
+    );
     assert!(onboard.contains("cps registered"), "{}", logs());
     let temp = read("temperature.http");
-    assert!(temp.starts_with("HTTP/1.1 200") && temp.contains("\"temperature\""), "{temp}\n{}", logs());
-    assert_no_secret("the Mediator's output", &format!("{onboard}{}", read("onboard.err")), &[PIN.to_string()]);
+    assert!(
+        temp.starts_with("HTTP/1.1 200") && temp.contains("\"temperature\""),
+        "{temp}\n{}",
+        logs()
+    );
+    assert_no_secret(
+        "the Mediator's output",
+        &format!("{onboard}{}", read("onboard.err")),
+        &[PIN.to_string()],
+    );
 }
 
 #[test]
@@ -299,7 +421,13 @@ fn a_failed_registration_exits_non_zero_with_clec_explained() {
             Some(i) => {
                 let start = i + 8;
                 let end = start + text[start..].find('"').unwrap_or(0);
-                format!("{}{}{}", &text[..start], "x".repeat(end - start), &text[end..]).into_bytes()
+                format!(
+                    "{}{}{}",
+                    &text[..start],
+                    "x".repeat(end - start),
+                    &text[end..]
+                )
+                .into_bytes()
             }
             None => answer.to_vec(),
         }
@@ -310,10 +438,19 @@ fn a_failed_registration_exits_non_zero_with_clec_explained() {
     let med = Mediator::new(&dir.path().join("mediator"));
     let run = med.onboard(PIN, &agent.ep, &api.url(), &[]);
     assert_eq!(run.code, 1, "{}", run.output());
-    assert!(run.stdout.contains("[9/9]") && run.stdout.contains("cps failed"), "{}", run.output());
-    let clec_line = run.stdout.lines().find(|l| l.contains("failed to register: clec")).unwrap_or_else(|| panic!("{}", run.output()));
     assert!(
-        (clec_line.contains("clec 1") && clec_line.contains("refused")) || (clec_line.contains("clec 4") && clec_line.contains("unauthorised")),
+        run.stdout.contains("[9/9]") && run.stdout.contains("cps failed"),
+        "{}",
+        run.output()
+    );
+    let clec_line = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("failed to register: clec"))
+        .unwrap_or_else(|| panic!("{}", run.output()));
+    assert!(
+        (clec_line.contains("clec 1") && clec_line.contains("refused"))
+            || (clec_line.contains("clec 4") && clec_line.contains("unauthorised")),
         "{clec_line}"
     );
 }
@@ -332,7 +469,10 @@ fn a_wrong_pin_is_refused_and_then_rate_limited_with_growing_delays() {
     let r1 = tls.request(&otm::step1_request(&msg_a));
     assert_eq!(r1.code, ResponseType::Changed, "{}", r1.diagnostic());
     let s1 = otm::parse_step1_response(&r1).unwrap();
-    assert_eq!(m.finish(&s1.pake_msg_b, &s1.confirm_b, &tls.exporter()), Err(OtmError::Unauthorized));
+    assert_eq!(
+        m.finish(&s1.pake_msg_b, &s1.confirm_b, &tls.exporter()),
+        Err(OtmError::Unauthorized)
+    );
     let r2 = tls.request(&otm::step2_request(&[0x5a; 32]));
     assert_eq!(r2.code, ResponseType::Unauthorized, "{}", r2.diagnostic());
     drop(tls);
@@ -372,16 +512,26 @@ fn a_wrong_pin_is_refused_and_then_rate_limited_with_growing_delays() {
             run.output()
         );
         let secs = retry_after(&run.stderr);
-        assert!(secs <= wire && secs + 1 >= wire, "Max-Age {wire}, the Mediator said {secs}");
+        assert!(
+            secs <= wire && secs + 1 >= wire,
+            "Max-Age {wire}, the Mediator said {secs}"
+        );
         delays.push(wire);
         std::thread::sleep(Duration::from_millis(wire * 1000 + 300));
         if round < 2 {
             // One more wrong PIN is answered once the delay is over, and makes the next longer.
             let run = b.med.onboard(WRONG_PIN, &b.agent.ep, &b.api.url(), &[]);
-            assert!(run.stderr.contains("wrong PIN, or a man in the middle"), "{}", run.output());
+            assert!(
+                run.stderr.contains("wrong PIN, or a man in the middle"),
+                "{}",
+                run.output()
+            );
         }
     }
-    assert!(delays[0] >= 1 && delays[0] < delays[1] && delays[1] < delays[2], "delays {delays:?}");
+    assert!(
+        delays[0] >= 1 && delays[0] < delays[1] && delays[1] < delays[2],
+        "delays {delays:?}"
+    );
     // The right PIN still works once the delay has passed; the device is then owned.
     b.onboard(&[]);
     let mut tls = TlsClient::connect(b.agent.coaps, None);
@@ -414,7 +564,10 @@ fn a_man_in_the_middle_cannot_take_ownership() {
         "{}",
         run.output()
     );
-    assert!(mitm.log().iter().any(|l| l.contains("relaying")), "the Mediator did not go through the man in the middle");
+    assert!(
+        mitm.log().iter().any(|l| l.contains("relaying")),
+        "the Mediator did not go through the man in the middle"
+    );
     // The device stays unowned, and nothing was pinned.
     let mut tls = TlsClient::connect(agent.coaps, None);
     let doxm = body(&tls.request(&get("/oic/sec/doxm")));
@@ -429,7 +582,11 @@ fn a_man_in_the_middle_cannot_take_ownership() {
     // Now its key is pinned: through the man in the middle the Mediator stops at once.
     let run = med.run(&["offboard", "--device", &mitm.ep, "--timeout", "10"]);
     assert_eq!(run.code, 1, "{}", run.output());
-    assert!(run.stderr.contains("step 1/3 (connecting)") && run.stderr.contains("not the one pinned"), "{}", run.output());
+    assert!(
+        run.stderr.contains("step 1/3 (connecting)") && run.stderr.contains("not the one pinned"),
+        "{}",
+        run.output()
+    );
 
     let log = agent.log().join("\n");
     assert_no_secret("the agent's log", &log, std::slice::from_ref(&pin));
@@ -447,7 +604,12 @@ fn a_second_mediator_can_neither_take_nor_configure_an_owned_device() {
     // Ownership transfer with the right PIN: 4.03, the device is owned.
     let run = other.onboard(PIN, &b.agent.ep, &b.api.url(), &[]);
     assert_eq!(run.code, 1, "{}", run.output());
-    assert!(run.stderr.contains("step 3/9 (ownership transfer): the device is already owned (4.03)"), "{}", run.output());
+    assert!(
+        run.stderr
+            .contains("step 3/9 (ownership transfer): the device is already owned (4.03)"),
+        "{}",
+        run.output()
+    );
     let mut tls = TlsClient::connect(b.agent.coaps, Some(owner_cert(&other)));
     let mut rng = test_rng(7);
     let (_, msg_a) = MediatorOtm::start(&Pin::new(PIN).unwrap(), &b.agent.di, &mut rng);
@@ -458,23 +620,46 @@ fn a_second_mediator_can_neither_take_nor_configure_an_owned_device() {
     // Writes to the configuration and security resources: 4.01 or 4.03.
     for (path, body) in [
         (CONF, r#"{"cis":""}"#),
-        (CONF, r#"{"cis":"coaps+tcp://127.0.0.1:1","at":"x","sid":"11111111-2222-3333-4444-555555555555","apn":"plgd"}"#),
+        (
+            CONF,
+            r#"{"cis":"coaps+tcp://127.0.0.1:1","at":"x","sid":"11111111-2222-3333-4444-555555555555","apn":"plgd"}"#,
+        ),
         ("/oic/mnt", r#"{"fr":true}"#),
         ("/oic/sec/pstat", r#"{"dos":{"s":2}}"#),
-        ("/oic/sec/acl2", r#"{"aclist2":[{"subject":{"conntype":"anon-clear"},"permission":31,"resources":[{"wc":"*"}]}]}"#),
-        ("/oic/sec/doxm", r#"{"rowneruuid":"11111111-2222-3333-4444-555555555555"}"#),
+        (
+            "/oic/sec/acl2",
+            r#"{"aclist2":[{"subject":{"conntype":"anon-clear"},"permission":31,"resources":[{"wc":"*"}]}]}"#,
+        ),
+        (
+            "/oic/sec/doxm",
+            r#"{"rowneruuid":"11111111-2222-3333-4444-555555555555"}"#,
+        ),
     ] {
         let run = other.post(&b.agent.ep, path, body);
-        assert!(["4.01", "4.03"].contains(&run.coap_code().as_str()), "POST {path} by a non-owner: {}", run.output());
+        assert!(
+            ["4.01", "4.03"].contains(&run.coap_code().as_str()),
+            "POST {path} by a non-owner: {}",
+            run.output()
+        );
     }
     // Offboarding by a Mediator that never onboarded the device is refused by the Mediator.
     let run = other.run(&["offboard", "--device", &b.agent.ep, "--timeout", "5"]);
     assert_eq!(run.code, 1, "{}", run.output());
 
     // Nothing changed: still registered, still the first Mediator's.
-    let conf = b.med.get(&b.agent.ep, CONF).expect_ok().json().expect("JSON");
+    let conf = b
+        .med
+        .get(&b.agent.ep, CONF)
+        .expect_ok()
+        .json()
+        .expect("JSON");
     assert_eq!(conf["cps"], "registered", "{conf}");
-    let doxm = b.med.get(&b.agent.ep, "/oic/sec/doxm").expect_ok().json().expect("JSON");
+    let doxm = b
+        .med
+        .get(&b.agent.ep, "/oic/sec/doxm")
+        .expect_ok()
+        .json()
+        .expect("JSON");
     assert_eq!(doxm["devowneruuid"], owner_uuid.as_str(), "{doxm}");
 }
 
@@ -482,18 +667,44 @@ fn a_second_mediator_can_neither_take_nor_configure_an_owned_device() {
 fn a_cloud_without_the_wildcard_ace_cannot_use_the_resources() {
     let b = Bench::new("onboard-no-ace");
     let run = b.onboard(&["--cloud-ace", "/oic/mnt,{conf}"]);
-    assert!(run.stdout.contains("permission 31 (CRUDN) on /oic/mnt, /CoAPCloudConfResURI"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("permission 31 (CRUDN) on /oic/mnt, /CoAPCloudConfResURI"),
+        "{}",
+        run.stdout
+    );
     let di = b.agent.di.clone();
-    wait_for(Duration::from_secs(20), "the device online in the cloud", || b.cloud.device(&di).filter(|d| d["online"] == true));
+    wait_for(
+        Duration::from_secs(20),
+        "the device online in the cloud",
+        || b.cloud.device(&di).filter(|d| d["online"] == true),
+    );
     for href in ["/temperature", "/switch", "/humidity"] {
         let r = b.cloud.get(&format!("/api/v1/devices/{di}{href}"));
-        assert!([401, 403].contains(&r.status), "GET {href} through the cloud without an ACE: {} {}", r.status, r.text());
+        assert!(
+            [401, 403].contains(&r.status),
+            "GET {href} through the cloud without an ACE: {} {}",
+            r.status,
+            r.text()
+        );
     }
-    let r = b.cloud.post(&format!("/api/v1/devices/{di}/switch"), &json!({"value": true}));
-    assert!([401, 403].contains(&r.status), "POST /switch through the cloud without an ACE: {} {}", r.status, r.text());
+    let r = b.cloud.post(
+        &format!("/api/v1/devices/{di}/switch"),
+        &json!({"value": true}),
+    );
+    assert!(
+        [401, 403].contains(&r.status),
+        "POST /switch through the cloud without an ACE: {} {}",
+        r.status,
+        r.text()
+    );
     // The owner still can.
     let r = b.med.get(&b.agent.ep, "/temperature").expect_ok();
-    assert!(r.json().expect("JSON")["temperature"].is_number(), "{}", r.output());
+    assert!(
+        r.json().expect("JSON")["temperature"].is_number(),
+        "{}",
+        r.output()
+    );
 }
 
 #[test]
@@ -501,22 +712,34 @@ fn no_secret_in_any_representation_or_log_and_state_files_are_private() {
     let mut b = Bench::new("onboard-secrets");
     b.onboard(&["--name", "bench device"]);
     let di = b.agent.di.clone();
-    wait_for(Duration::from_secs(20), "the device online in the cloud", || b.cloud.device(&di).filter(|d| d["online"] == true));
+    wait_for(
+        Duration::from_secs(20),
+        "the device online in the cloud",
+        || b.cloud.device(&di).filter(|d| d["online"] == true),
+    );
 
     // The secrets: the PIN, the authorisation code the cloud gave the Mediator (seen by the
     // recording proxy), and the tokens the device holds (in its state file).
     let mut secrets = vec![PIN.to_string()];
     let codes = b.api.json_values("code");
-    assert!(!codes.is_empty(), "no authorisation code went through the proxy: {}", b.api.recorded());
+    assert!(
+        !codes.is_empty(),
+        "no authorisation code went through the proxy: {}",
+        b.api.recorded()
+    );
     secrets.extend(codes);
     let state = b.agent.state_dir.clone();
-    let tokens = wait_for(Duration::from_secs(10), "tokens in the device's cloud state", || {
-        let bytes = std::fs::read(state.join("cloud.cbor")).ok()?;
-        let v: Value = ciborium::de::from_reader(bytes.as_slice()).ok()?;
-        let mut t = Vec::new();
-        secret_values(&v, &mut t);
-        (t.len() >= 2).then_some(t)
-    });
+    let tokens = wait_for(
+        Duration::from_secs(10),
+        "tokens in the device's cloud state",
+        || {
+            let bytes = std::fs::read(state.join("cloud.cbor")).ok()?;
+            let v: Value = ciborium::de::from_reader(bytes.as_slice()).ok()?;
+            let mut t = Vec::new();
+            secret_values(&v, &mut t);
+            (t.len() >= 2).then_some(t)
+        },
+    );
     secrets.extend(tokens);
     secrets.sort();
     secrets.dedup();
@@ -533,7 +756,14 @@ fn no_secret_in_any_representation_or_log_and_state_files_are_private() {
         .iter()
         .filter_map(|l| key(l, "href").and_then(Value::as_text).map(str::to_string))
         .collect();
-    for h in ["/oic/sec/doxm", "/oic/sec/pstat", "/oic/sec/cred", "/oic/sec/acl2", "/oic/sec/csr", CONF] {
+    for h in [
+        "/oic/sec/doxm",
+        "/oic/sec/pstat",
+        "/oic/sec/cred",
+        "/oic/sec/acl2",
+        "/oic/sec/csr",
+        CONF,
+    ] {
         if !hrefs.iter().any(|x| x == h) {
             hrefs.push(h.to_string());
         }
@@ -550,10 +780,15 @@ fn no_secret_in_any_representation_or_log_and_state_files_are_private() {
             let r = tls.request(&req);
             let text = String::from_utf8_lossy(&r.payload).into_owned();
             assert_no_secret(&format!("owner GET {path}"), &text, &secrets);
-            if let Ok(v) = ocf::model::decode_payload(ocf::model::ContentFormat::OcfCbor, &r.payload) {
+            if let Ok(v) =
+                ocf::model::decode_payload(ocf::model::ContentFormat::OcfCbor, &r.payload)
+            {
                 let mut keys = Vec::new();
                 secret_keys(&v, &mut keys);
-                assert!(keys.is_empty(), "owner GET {path} has secret keys {keys:?}: {v:?}");
+                assert!(
+                    keys.is_empty(),
+                    "owner GET {path} has secret keys {keys:?}: {v:?}"
+                );
             }
         }
     }
@@ -561,24 +796,49 @@ fn no_secret_in_any_representation_or_log_and_state_files_are_private() {
 
     // Every published resource as the cloud, through its HTTP API.
     let links = b.cloud.get(&format!("/api/v1/devices/{di}/links")).json();
-    let cloud_hrefs: Vec<String> = links.as_array().unwrap().iter().filter_map(|l| l["href"].as_str().map(str::to_string)).collect();
-    assert!(cloud_hrefs.iter().any(|h| h == "/temperature"), "{cloud_hrefs:?}");
-    for href in cloud_hrefs.iter().chain([CONF.to_string(), "/oic/sec/cred".into(), "/oic/sec/acl2".into()].iter()) {
+    let cloud_hrefs: Vec<String> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["href"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        cloud_hrefs.iter().any(|h| h == "/temperature"),
+        "{cloud_hrefs:?}"
+    );
+    for href in cloud_hrefs.iter().chain(
+        [
+            CONF.to_string(),
+            "/oic/sec/cred".into(),
+            "/oic/sec/acl2".into(),
+        ]
+        .iter(),
+    ) {
         let r = b.cloud.get(&format!("/api/v1/devices/{di}{href}"));
         let text = r.text();
         assert_no_secret(&format!("cloud GET {href}"), &text, &secrets);
         for k in ["\"at\"", "token", "privatedata"] {
-            assert!(!text.to_ascii_lowercase().contains(k), "cloud GET {href} has {k}: {text}");
+            assert!(
+                !text.to_ascii_lowercase().contains(k),
+                "cloud GET {href} has {k}: {text}"
+            );
         }
     }
 
     // No log line: the agent's (debug level), the cloud's, the Mediator's output.
     std::thread::sleep(Duration::from_millis(300));
     let agent_log = b.agent.log().join("\n");
-    assert!(agent_log.contains("DEBUG") || agent_log.contains("INFO"), "no agent log captured");
+    assert!(
+        agent_log.contains("DEBUG") || agent_log.contains("INFO"),
+        "no agent log captured"
+    );
     assert_no_secret("the agent's log", &agent_log, &secrets);
     assert_no_secret("the agent's stdout", &b.agent.stdout().join("\n"), &secrets);
-    assert_no_secret("the cloud's log", &b.cloud.stderr_log().join("\n"), &secrets);
+    assert_no_secret(
+        "the cloud's log",
+        &b.cloud.stderr_log().join("\n"),
+        &secrets,
+    );
     assert_no_secret("the Mediator's output", &b.med.all_output(), &secrets);
 
     // The agent's state files are 0600.
@@ -587,7 +847,13 @@ fn no_secret_in_any_representation_or_log_and_state_files_are_private() {
         let entry = entry.unwrap();
         if entry.file_type().unwrap().is_file() {
             seen += 1;
-            assert_eq!(mode(&entry.path()) & 0o077, 0, "{} is mode {:o}", entry.path().display(), mode(&entry.path()));
+            assert_eq!(
+                mode(&entry.path()) & 0o077,
+                0,
+                "{} is mode {:o}",
+                entry.path().display(),
+                mode(&entry.path())
+            );
         }
     }
     assert!(seen >= 3, "only {seen} state files");
@@ -602,29 +868,107 @@ fn libcoap_client_with_the_owner_certificate_gets_and_posts_the_switch() {
     let cert = b.med.cert_path().display().to_string();
     let keyf = b.med.key_path().display().to_string();
     let coap = |args: &[&str]| {
-        let out = Command::new(&tool).args(args).output().expect("run coap-client");
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        let out = Command::new(&tool)
+            .args(args)
+            .output()
+            .expect("run coap-client");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     };
-    let json_value = |text: &str| serde_json::from_str::<serde_json::Value>(text.trim()).ok().map(|j| j["value"].clone());
+    let json_value = |text: &str| {
+        serde_json::from_str::<serde_json::Value>(text.trim())
+            .ok()
+            .map(|j| j["value"].clone())
+    };
 
-    let (ok, out) = coap(&["-B", "10", "-m", "post", "-t", "50", "-e", r#"{"value":true}"#, "-c", &cert, "-j", &keyf, &url]);
+    let (ok, out) = coap(&[
+        "-B",
+        "10",
+        "-m",
+        "post",
+        "-t",
+        "50",
+        "-e",
+        r#"{"value":true}"#,
+        "-c",
+        &cert,
+        "-j",
+        &keyf,
+        &url,
+    ]);
     assert!(ok && !out.contains("4.0"), "POST as the owner: {out}");
-    let (ok, out) = coap(&["-B", "10", "-m", "get", "-A", "50", "-c", &cert, "-j", &keyf, &url]);
+    let (ok, out) = coap(&[
+        "-B", "10", "-m", "get", "-A", "50", "-c", &cert, "-j", &keyf, &url,
+    ]);
     assert!(ok, "{out}");
-    assert_eq!(json_value(&out), Some(json!(true)), "GET as the owner: {out}");
-    let (ok, out) = coap(&["-B", "10", "-m", "post", "-t", "50", "-e", r#"{"value":false}"#, "-c", &cert, "-j", &keyf, &url]);
+    assert_eq!(
+        json_value(&out),
+        Some(json!(true)),
+        "GET as the owner: {out}"
+    );
+    let (ok, out) = coap(&[
+        "-B",
+        "10",
+        "-m",
+        "post",
+        "-t",
+        "50",
+        "-e",
+        r#"{"value":false}"#,
+        "-c",
+        &cert,
+        "-j",
+        &keyf,
+        &url,
+    ]);
     assert!(ok && !out.contains("4.0"), "{out}");
-    let (_, out) = coap(&["-B", "10", "-m", "get", "-A", "50", "-c", &cert, "-j", &keyf, &url]);
+    let (_, out) = coap(&[
+        "-B", "10", "-m", "get", "-A", "50", "-c", &cert, "-j", &keyf, &url,
+    ]);
     assert_eq!(json_value(&out), Some(json!(false)), "{out}");
 
     // Without the owner's certificate the same requests are refused.
     let (_, out) = coap(&["-B", "10", "-m", "get", "-A", "50", &url]);
-    assert!(out.contains("4.01") || out.contains("4.03"), "GET without a certificate: {out}");
+    assert!(
+        out.contains("4.01") || out.contains("4.03"),
+        "GET without a certificate: {out}"
+    );
     let other = Mediator::new(&b.dir.path().join("other"));
     other.uuid();
-    let (ocert, okey) = (other.cert_path().display().to_string(), other.key_path().display().to_string());
-    let (_, out) = coap(&["-B", "10", "-m", "post", "-t", "50", "-e", r#"{"value":true}"#, "-c", &ocert, "-j", &okey, &url]);
-    assert!(out.contains("4.01") || out.contains("4.03"), "POST with another certificate: {out}");
-    let sw = b.med.get(&b.agent.ep, "/switch").expect_ok().json().unwrap();
+    let (ocert, okey) = (
+        other.cert_path().display().to_string(),
+        other.key_path().display().to_string(),
+    );
+    let (_, out) = coap(&[
+        "-B",
+        "10",
+        "-m",
+        "post",
+        "-t",
+        "50",
+        "-e",
+        r#"{"value":true}"#,
+        "-c",
+        &ocert,
+        "-j",
+        &okey,
+        &url,
+    ]);
+    assert!(
+        out.contains("4.01") || out.contains("4.03"),
+        "POST with another certificate: {out}"
+    );
+    let sw = b
+        .med
+        .get(&b.agent.ep, "/switch")
+        .expect_ok()
+        .json()
+        .unwrap();
     assert_eq!(sw["value"], false, "{sw}");
 }

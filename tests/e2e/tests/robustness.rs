@@ -18,7 +18,8 @@ fn still_serves(agent: &Agent) {
 /// (or a short timeout passes).
 fn hit(agent: &Agent, bytes: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(agent.tcp()).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(150))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(150)))
+        .unwrap();
     let _ = s.write_all(bytes);
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
@@ -50,7 +51,10 @@ fn garbage_truncated_and_huge_frames_do_not_hurt_other_connections() {
         let answer = hit(&agent, &huge);
         // The agent refuses the frame from its header: an Abort (7.05 = 0xE5) follows our CSM.
         if round == 0 {
-            assert!(answer.contains(&0xE5), "expected an Abort, got {answer:02x?}");
+            assert!(
+                answer.contains(&0xE5),
+                "expected an Abort, got {answer:02x?}"
+            );
         }
         for t in truncated {
             hit(&agent, t);
@@ -70,7 +74,11 @@ fn garbage_truncated_and_huge_frames_do_not_hurt_other_connections() {
         u.send_to(&garbage[..200], agent.udp()).unwrap();
         u.send_to(&[0x40], agent.udp()).unwrap();
     }
-    assert_eq!(steady.request(&get("/oic/d")).code, ResponseType::Content, "steady connection survived");
+    assert_eq!(
+        steady.request(&get("/oic/d")).code,
+        ResponseType::Content,
+        "steady connection survived"
+    );
     still_serves(&agent);
     let rss_after = agent.rss_kib().expect("VmRSS");
     // Bounded memory: the attack must not leave its bytes behind. 30 × 64 KiB alone would be
@@ -86,7 +94,9 @@ fn connection_flood_is_bounded() {
     let dir = TempDir::new("flood");
     let agent = Agent::start(dir.path(), &[]);
     // Open more idle connections than the agent serves at once.
-    let idle: Vec<TcpStream> = (0..100).filter_map(|_| TcpStream::connect(agent.tcp()).ok()).collect();
+    let idle: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(agent.tcp()).ok())
+        .collect();
     std::thread::sleep(Duration::from_millis(300));
     drop(idle);
     std::thread::sleep(Duration::from_millis(300));

@@ -33,7 +33,9 @@ fn tlv(input: &[u8]) -> Result<Tlv<'_>, String> {
         }
         let (len_bytes, r) = rest.split_at(n);
         rest = r;
-        len_bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+        len_bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
     };
     if rest.len() < len {
         return Err("DER: truncated".into());
@@ -72,7 +74,8 @@ fn common_name(mut name: &[u8]) -> Result<Option<String>, String> {
 
 /// Reads the subject CN and key fingerprint of a PEM CSR.
 pub fn csr_info(pem: &str) -> Result<CsrInfo, String> {
-    let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).map_err(|e| format!("not a PEM certificate request: {e}"))?;
+    let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("not a PEM certificate request: {e}"))?;
     let (tag, req, _, _) = tlv(der.as_ref())?;
     if tag != 0x30 {
         return Err("CSR: not a SEQUENCE".into());
@@ -93,7 +96,10 @@ pub fn csr_info(pem: &str) -> Result<CsrInfo, String> {
     if tag != 0x30 {
         return Err("CSR: no SubjectPublicKeyInfo".into());
     }
-    Ok(CsrInfo { subject_cn: common_name(subject)?, spki_sha256: hex(&Sha256::digest(spki)) })
+    Ok(CsrInfo {
+        subject_cn: common_name(subject)?,
+        spki_sha256: hex(&Sha256::digest(spki)),
+    })
 }
 
 /// Checks that the device's CSR is for `di` (CN `uuid:<di>`); returns its info.
@@ -121,7 +127,10 @@ pub fn check_issued(cert_pem: &str, csr: &CsrInfo, di: &str) -> Result<(), Strin
     }
     match info.subject_cn.as_deref().and_then(uuid_from_cn) {
         Some(u) if u.eq_ignore_ascii_case(di) => Ok(()),
-        _ => Err(format!("the cloud's certificate has CN {:?}, not uuid:{di}", info.subject_cn)),
+        _ => Err(format!(
+            "the cloud's certificate has CN {:?}, not uuid:{di}",
+            info.subject_cn
+        )),
     }
 }
 
@@ -144,15 +153,29 @@ mod tests {
     #[test]
     fn csr_subject_and_key_are_checked() {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = params(&format!("uuid:{DI}")).serialize_request(&key).unwrap().pem().unwrap();
+        let csr = params(&format!("uuid:{DI}"))
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
         let info = check_csr(&csr, &DI.to_uppercase()).unwrap();
-        assert_eq!(info.subject_cn.as_deref(), Some(format!("uuid:{DI}").as_str()));
+        assert_eq!(
+            info.subject_cn.as_deref(),
+            Some(format!("uuid:{DI}").as_str())
+        );
 
         let other = "bbbbbbbb-1111-2222-3333-444444444444";
         assert!(check_csr(&csr, other).unwrap_err().contains("not uuid:"));
-        let no_uuid = params("device").serialize_request(&key).unwrap().pem().unwrap();
+        let no_uuid = params("device")
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
         assert!(check_csr(&no_uuid, DI).is_err());
-        assert!(csr_info("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n").is_err());
+        assert!(csr_info(
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+        )
+        .is_err());
         assert!(csr_info("hello").is_err());
 
         // A certificate for the same key and name passes; another key or name does not.
@@ -160,12 +183,25 @@ mod tests {
         let mut ca_params = params("ca");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let issuer = rcgen::Issuer::new(ca_params, &ca_key);
-        let cert = params(&format!("uuid:{DI}")).signed_by(&key, &issuer).unwrap().pem();
+        let cert = params(&format!("uuid:{DI}"))
+            .signed_by(&key, &issuer)
+            .unwrap()
+            .pem();
         check_issued(&cert, &info, DI).unwrap();
         let other_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let wrong_key = params(&format!("uuid:{DI}")).signed_by(&other_key, &issuer).unwrap().pem();
-        assert!(check_issued(&wrong_key, &info, DI).unwrap_err().contains("key"));
-        let wrong_name = params(&format!("uuid:{other}")).signed_by(&key, &issuer).unwrap().pem();
-        assert!(check_issued(&wrong_name, &info, DI).unwrap_err().contains("CN"));
+        let wrong_key = params(&format!("uuid:{DI}"))
+            .signed_by(&other_key, &issuer)
+            .unwrap()
+            .pem();
+        assert!(check_issued(&wrong_key, &info, DI)
+            .unwrap_err()
+            .contains("key"));
+        let wrong_name = params(&format!("uuid:{other}"))
+            .signed_by(&key, &issuer)
+            .unwrap()
+            .pem();
+        assert!(check_issued(&wrong_name, &info, DI)
+            .unwrap_err()
+            .contains("CN"));
     }
 }

@@ -69,7 +69,9 @@ fn ipv6_interfaces() -> Vec<u32> {
 
 /// Sends discovery to both groups and collects answers for `wait`.
 pub fn discover(wait: Duration, port: u16) -> Result<Vec<Found>, String> {
-    let token: Vec<u8> = (0u8..8).map(|i| (std::process::id() as u8).wrapping_add(i.wrapping_mul(37))).collect();
+    let token: Vec<u8> = (0u8..8)
+        .map(|i| (std::process::id() as u8).wrapping_add(i.wrapping_mul(37)))
+        .collect();
     let mut sockets = Vec::new();
     if let Ok(v4) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) {
         let _ = v4.send_to(&discovery_request(&token, 1, None), (OCF_GROUP_V4, port));
@@ -93,32 +95,59 @@ pub fn discover(wait: Duration, port: u16) -> Result<Vec<Found>, String> {
     while Instant::now() < deadline {
         for sock in &sockets {
             let _ = sock.set_read_timeout(Some(Duration::from_millis(50)));
-            let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
-            let Ok(packet) = Packet::from_bytes(&buf[..n]) else { continue };
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(packet) = Packet::from_bytes(&buf[..n]) else {
+                continue;
+            };
             if packet.get_token() != token.as_slice() {
                 continue;
             }
-            let Some(mut resp) = Response::from_packet(&packet) else { continue };
+            let Some(mut resp) = Response::from_packet(&packet) else {
+                continue;
+            };
             // A large answer comes block-wise: fetch the rest from the responder (RFC 7959).
-            if let Some(mut b) = packet.get_first_option(CoapOption::Block2).and_then(|v| Block::decode(v)) {
+            if let Some(mut b) = packet
+                .get_first_option(CoapOption::Block2)
+                .and_then(|v| Block::decode(v))
+            {
                 let mut mid = 100u16;
                 while b.more {
                     mid = mid.wrapping_add(1);
-                    let next = Block { num: b.num + 1, more: false, szx: b.szx };
+                    let next = Block {
+                        num: b.num + 1,
+                        more: false,
+                        szx: b.szx,
+                    };
                     let _ = sock.send_to(&discovery_request(&token, mid, Some(next)), from);
                     let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
-                    let Ok((n, _)) = sock.recv_from(&mut buf) else { break };
-                    let Ok(p) = Packet::from_bytes(&buf[..n]) else { break };
-                    let Some(r) = Response::from_packet(&p) else { break };
+                    let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                        break;
+                    };
+                    let Ok(p) = Packet::from_bytes(&buf[..n]) else {
+                        break;
+                    };
+                    let Some(r) = Response::from_packet(&p) else {
+                        break;
+                    };
                     resp.payload.extend_from_slice(&r.payload);
-                    match p.get_first_option(CoapOption::Block2).and_then(|v| Block::decode(v)) {
+                    match p
+                        .get_first_option(CoapOption::Block2)
+                        .and_then(|v| Block::decode(v))
+                    {
                         Some(nb) => b = nb,
                         None => break,
                     }
                 }
             }
-            let cf = resp.content_format.and_then(ContentFormat::from_number).unwrap_or(ContentFormat::OcfCbor);
-            let Ok(links) = decode_payload(cf, &resp.payload) else { continue };
+            let cf = resp
+                .content_format
+                .and_then(ContentFormat::from_number)
+                .unwrap_or(ContentFormat::OcfCbor);
+            let Ok(links) = decode_payload(cf, &resp.payload) else {
+                continue;
+            };
             merge(&mut found, &links, from);
         }
     }
@@ -126,19 +155,33 @@ pub fn discover(wait: Duration, port: u16) -> Result<Vec<Found>, String> {
 }
 
 fn text<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.as_map()?.iter().find(|(k, _)| k.as_text() == Some(key))?.1.as_text()
+    v.as_map()?
+        .iter()
+        .find(|(k, _)| k.as_text() == Some(key))?
+        .1
+        .as_text()
 }
 
 fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
-    v.as_map()?.iter().find(|(k, _)| k.as_text() == Some(key)).map(|(_, v)| v)
+    v.as_map()?
+        .iter()
+        .find(|(k, _)| k.as_text() == Some(key))
+        .map(|(_, v)| v)
 }
 
 /// Adds the links of one answer, grouped by the device in their `anchor` (`ocf://<di>`).
 pub fn merge(found: &mut BTreeMap<String, Found>, links: &Value, from: SocketAddr) {
-    let Some(links) = links.as_array() else { return };
+    let Some(links) = links.as_array() else {
+        return;
+    };
     for link in links {
-        let Some(di) = text(link, "anchor").and_then(|a| a.strip_prefix("ocf://")) else { continue };
-        let entry = found.entry(di.to_string()).or_insert_with(|| Found { di: di.to_string(), ..Found::default() });
+        let Some(di) = text(link, "anchor").and_then(|a| a.strip_prefix("ocf://")) else {
+            continue;
+        };
+        let entry = found.entry(di.to_string()).or_insert_with(|| Found {
+            di: di.to_string(),
+            ..Found::default()
+        });
         if !entry.from.contains(&from) {
             entry.from.push(from);
         }
@@ -152,7 +195,11 @@ pub fn merge(found: &mut BTreeMap<String, Found>, links: &Value, from: SocketAdd
         if let Some(href) = text(link, "href") {
             let types = field(link, "rt")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|t| t.as_text().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_text().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             if !entry.resources.iter().any(|(h, _)| h == href) {
                 entry.resources.push((href.to_string(), types));
@@ -175,15 +222,35 @@ mod tests {
         let link = |di: &str, href: &str, ep: &str| {
             Value::Map(vec![
                 ("href".into(), Value::Text(href.into())),
-                ("rt".into(), Value::Array(vec![Value::Text("oic.r.x".into())])),
+                (
+                    "rt".into(),
+                    Value::Array(vec![Value::Text("oic.r.x".into())]),
+                ),
                 ("anchor".into(), Value::Text(format!("ocf://{di}"))),
-                ("eps".into(), Value::Array(vec![Value::Map(vec![("ep".into(), Value::Text(ep.into()))])])),
+                (
+                    "eps".into(),
+                    Value::Array(vec![Value::Map(vec![(
+                        "ep".into(),
+                        Value::Text(ep.into()),
+                    )])]),
+                ),
             ])
         };
         let mut found = BTreeMap::new();
         let from: SocketAddr = "127.0.0.1:5683".parse().unwrap();
-        merge(&mut found, &Value::Array(vec![link("a", "/x", "coap://1"), link("a", "/y", "coap+tcp://1")]), from);
-        merge(&mut found, &Value::Array(vec![link("b", "/x", "coap://2"), Value::Bool(true)]), from);
+        merge(
+            &mut found,
+            &Value::Array(vec![
+                link("a", "/x", "coap://1"),
+                link("a", "/y", "coap+tcp://1"),
+            ]),
+            from,
+        );
+        merge(
+            &mut found,
+            &Value::Array(vec![link("b", "/x", "coap://2"), Value::Bool(true)]),
+            from,
+        );
         let a = &found["a"];
         assert_eq!(a.eps, ["coap://1", "coap+tcp://1"]);
         assert_eq!(a.resources.len(), 2);

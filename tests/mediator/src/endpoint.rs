@@ -27,7 +27,9 @@ pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
     };
     let rest = rest.trim_end_matches('/');
     if rest.contains('/') || rest.contains('?') {
-        return Err(format!("{s:?}: an endpoint has no path; expected coaps+tcp://IP:PORT"));
+        return Err(format!(
+            "{s:?}: an endpoint has no path; expected coaps+tcp://IP:PORT"
+        ));
     }
     if let Some(inner) = rest.strip_prefix('[') {
         let (host, after) = inner
@@ -35,13 +37,19 @@ pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
             .ok_or_else(|| format!("{s:?}: unclosed '[' in the address"))?;
         let port = match after {
             "" => COAPS_TCP_PORT,
-            p => parse_port(p.strip_prefix(':').ok_or_else(|| format!("{s:?}: expected :PORT after ']'"))?, s)?,
+            p => parse_port(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("{s:?}: expected :PORT after ']'"))?,
+                s,
+            )?,
         };
         let (ip, zone) = match host.split_once('%') {
             Some((ip, zone)) => (ip, Some(zone)),
             None => (host, None),
         };
-        let ip: std::net::Ipv6Addr = ip.parse().map_err(|_| format!("{s:?}: {ip:?} is not an IPv6 address"))?;
+        let ip: std::net::Ipv6Addr = ip
+            .parse()
+            .map_err(|_| format!("{s:?}: {ip:?} is not an IPv6 address"))?;
         let scope = match zone {
             None => 0,
             Some(z) => zone_index(z).ok_or_else(|| format!("{s:?}: no network interface {z:?}"))?,
@@ -124,14 +132,29 @@ mod tests {
 
     #[test]
     fn parses_secure_endpoints() {
-        assert_eq!(parse_endpoint("coaps+tcp://127.0.0.1:4000").unwrap(), "127.0.0.1:4000".parse().unwrap());
-        assert_eq!(parse_endpoint("COAPS+TCP://10.1.2.3").unwrap(), "10.1.2.3:5684".parse().unwrap());
-        assert_eq!(parse_endpoint("127.0.0.1:9").unwrap(), "127.0.0.1:9".parse().unwrap());
-        assert_eq!(parse_endpoint("coaps+tcp://[::1]:4000/").unwrap(), "[::1]:4000".parse().unwrap());
+        assert_eq!(
+            parse_endpoint("coaps+tcp://127.0.0.1:4000").unwrap(),
+            "127.0.0.1:4000".parse().unwrap()
+        );
+        assert_eq!(
+            parse_endpoint("COAPS+TCP://10.1.2.3").unwrap(),
+            "10.1.2.3:5684".parse().unwrap()
+        );
+        assert_eq!(
+            parse_endpoint("127.0.0.1:9").unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
+        assert_eq!(
+            parse_endpoint("coaps+tcp://[::1]:4000/").unwrap(),
+            "[::1]:4000".parse().unwrap()
+        );
         let v6 = parse_endpoint("coaps+tcp://[fe80::1%7]:4000").unwrap();
         let SocketAddr::V6(v6) = v6 else { panic!() };
         assert_eq!((v6.scope_id(), v6.port()), (7, 4000));
-        assert_eq!(parse_endpoint("coaps+tcp://[fe80::1%lo]:1").map(|a| a.port()), Ok(1));
+        assert_eq!(
+            parse_endpoint("coaps+tcp://[fe80::1%lo]:1").map(|a| a.port()),
+            Ok(1)
+        );
     }
 
     #[test]
@@ -150,12 +173,18 @@ mod tests {
         ] {
             assert!(parse_endpoint(bad).is_err(), "{bad} accepted");
         }
-        assert!(parse_endpoint("coap+tcp://127.0.0.1:1").unwrap_err().contains("not a secure endpoint"));
+        assert!(parse_endpoint("coap+tcp://127.0.0.1:1")
+            .unwrap_err()
+            .contains("not a secure endpoint"));
     }
 
     #[test]
     fn endpoint_uri_round_trips() {
-        for s in ["coaps+tcp://127.0.0.1:4000", "coaps+tcp://[::1]:4000", "coaps+tcp://[fe80::1%3]:4000"] {
+        for s in [
+            "coaps+tcp://127.0.0.1:4000",
+            "coaps+tcp://[::1]:4000",
+            "coaps+tcp://[fe80::1%3]:4000",
+        ] {
             assert_eq!(endpoint_uri(&parse_endpoint(s).unwrap()), s);
         }
     }
@@ -173,13 +202,25 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let from: IpAddr = "10.0.0.9".parse().unwrap();
-        assert_eq!(pick_endpoint(&eps, Some(from)), Some("10.0.0.9:5000".parse().unwrap()));
-        assert_eq!(pick_endpoint(&eps, None), Some("192.168.1.9:5000".parse().unwrap()));
-        assert_eq!(pick_endpoint(&eps[1..3], None), Some("[2001:db8::1]:5000".parse().unwrap()));
+        assert_eq!(
+            pick_endpoint(&eps, Some(from)),
+            Some("10.0.0.9:5000".parse().unwrap())
+        );
+        assert_eq!(
+            pick_endpoint(&eps, None),
+            Some("192.168.1.9:5000".parse().unwrap())
+        );
+        assert_eq!(
+            pick_endpoint(&eps[1..3], None),
+            Some("[2001:db8::1]:5000".parse().unwrap())
+        );
         assert_eq!(pick_endpoint(&eps[..1], None), None);
         // A wildcard listener address stands for the address that answered.
         let any = vec!["coaps+tcp://0.0.0.0:7000".to_string()];
-        assert_eq!(pick_endpoint(&any, Some(from)), Some("10.0.0.9:7000".parse().unwrap()));
+        assert_eq!(
+            pick_endpoint(&any, Some(from)),
+            Some("10.0.0.9:7000".parse().unwrap())
+        );
         assert_eq!(pick_endpoint(&any, None), None);
     }
 }

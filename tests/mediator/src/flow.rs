@@ -57,7 +57,11 @@ pub struct StepError {
 
 impl std::fmt::Display for StepError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "step {}/{} ({}): {}", self.step, self.total, self.name, self.message)
+        write!(
+            f,
+            "step {}/{} ({}): {}",
+            self.step, self.total, self.name, self.message
+        )
     }
 }
 
@@ -73,12 +77,20 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(steps: &'static [&'static str]) -> Progress {
-        Progress { steps, current: 0, quiet: false }
+        Progress {
+            steps,
+            current: 0,
+            quiet: false,
+        }
     }
 
     /// Details on stderr, stdout left to the result.
     pub fn quiet(steps: &'static [&'static str]) -> Progress {
-        Progress { steps, current: 0, quiet: true }
+        Progress {
+            steps,
+            current: 0,
+            quiet: true,
+        }
     }
 
     /// Starts step `n` (1-based) with its line.
@@ -99,7 +111,12 @@ impl Progress {
     /// An error in the current step.
     pub fn fail(&self, message: impl Into<String>) -> StepError {
         let n = self.current.max(1);
-        StepError { step: n, total: self.steps.len(), name: self.steps[n - 1], message: message.into() }
+        StepError {
+            step: n,
+            total: self.steps.len(),
+            name: self.steps[n - 1],
+            message: message.into(),
+        }
     }
 }
 
@@ -147,7 +164,13 @@ pub fn cred_body(subjectuuid: &str, credusage: &str, pem: &str) -> Value {
             ("credtype", Value::Integer(8.into())),
             ("subjectuuid", text(subjectuuid)),
             ("credusage", text(credusage)),
-            ("publicdata", map(vec![("encoding", text("oic.sec.encoding.pem")), ("data", text(pem))])),
+            (
+                "publicdata",
+                map(vec![
+                    ("encoding", text("oic.sec.encoding.pem")),
+                    ("data", text(pem)),
+                ]),
+            ),
         ])]),
     )])
 }
@@ -176,10 +199,23 @@ pub fn ace_body(sid: &str, resources: &[String]) -> Value {
 /// by CoAPCloudConf's href.
 pub fn cloud_ace_resources(spec: Option<&str>, conf_href: &str) -> Vec<String> {
     let list: Vec<String> = match spec {
-        Some(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        Some(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
         None => DEFAULT_CLOUD_ACE.iter().map(|s| s.to_string()).collect(),
     };
-    list.into_iter().map(|r| if r == "{conf}" { conf_href.to_string() } else { r }).collect()
+    list.into_iter()
+        .map(|r| {
+            if r == "{conf}" {
+                conf_href.to_string()
+            } else {
+                r
+            }
+        })
+        .collect()
 }
 
 /// What `clec` means (OCF-PROTOCOL.md §4).
@@ -196,7 +232,10 @@ pub fn clec_meaning(clec: u64) -> &'static str {
 
 /// A key of a CBOR map.
 pub fn field<'a>(v: &'a Value, k: &str) -> Option<&'a Value> {
-    v.as_map()?.iter().find(|(kk, _)| kk.as_text() == Some(k)).map(|(_, v)| v)
+    v.as_map()?
+        .iter()
+        .find(|(kk, _)| kk.as_text() == Some(k))
+        .map(|(_, v)| v)
 }
 
 pub fn field_text(v: &Value, k: &str) -> Option<String> {
@@ -204,18 +243,26 @@ pub fn field_text(v: &Value, k: &str) -> Option<String> {
 }
 
 pub fn field_uint(v: &Value, k: &str) -> Option<u64> {
-    field(v, k).and_then(Value::as_integer).and_then(|i| u64::try_from(i).ok())
+    field(v, k)
+        .and_then(Value::as_integer)
+        .and_then(|i| u64::try_from(i).ok())
 }
 
 /// Links of `/oic/res`: (href, rts).
 pub fn links(res: &Value) -> Vec<(String, Vec<String>)> {
-    let Some(arr) = res.as_array() else { return Vec::new() };
+    let Some(arr) = res.as_array() else {
+        return Vec::new();
+    };
     arr.iter()
         .filter_map(|l| {
             let href = field_text(l, "href")?;
             let rts = field(l, "rt")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|t| t.as_text().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_text().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             Some((href, rts))
         })
@@ -224,7 +271,10 @@ pub fn links(res: &Value) -> Vec<(String, Vec<String>)> {
 
 /// The href of the first link with resource type `rt`.
 pub fn href_of(res: &Value, rt: &str) -> Option<String> {
-    links(res).into_iter().find(|(_, rts)| rts.iter().any(|t| t == rt)).map(|(h, _)| h)
+    links(res)
+        .into_iter()
+        .find(|(_, rts)| rts.iter().any(|t| t == rt))
+        .map(|(h, _)| h)
 }
 
 /// Shortens a hex fingerprint for display.
@@ -233,7 +283,10 @@ fn short(fp: &str) -> String {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -251,10 +304,14 @@ impl Target {
     pub fn from_args(device: Option<&str>, di: Option<&str>) -> Result<Target, String> {
         match (device, di) {
             (Some(ep), None) => Ok(Target::Endpoint(parse_endpoint(ep)?)),
-            (None, Some(di)) if ocf::security::is_uuid(di) => Ok(Target::Di(di.to_ascii_lowercase())),
+            (None, Some(di)) if ocf::security::is_uuid(di) => {
+                Ok(Target::Di(di.to_ascii_lowercase()))
+            }
             (None, Some(di)) => Err(format!("--di {di:?} is not a UUID")),
             (Some(_), Some(_)) => Err("give either --device or --di, not both".into()),
-            (None, None) => Err("say which device: --device coaps+tcp://IP:PORT or --di UUID".into()),
+            (None, None) => {
+                Err("say which device: --device coaps+tcp://IP:PORT or --di UUID".into())
+            }
         }
     }
 
@@ -303,7 +360,11 @@ fn find_by_di(di: &str, net: &Net, deadline: Instant, p: &Progress) -> Result<So
             return Err(format!(
                 "device {di} did not answer multicast discovery on port {} ({rounds} rounds){}",
                 net.discovery_port,
-                if others.is_empty() { String::new() } else { format!("; devices that did: {}", others.join(", ")) }
+                if others.is_empty() {
+                    String::new()
+                } else {
+                    format!("; devices that did: {}", others.join(", "))
+                }
             ));
         }
     }
@@ -324,17 +385,27 @@ pub struct DeviceLink {
 
 /// Connects to `addr` with the Mediator's certificate, reads `/oic/sec/doxm`, and checks the
 /// device's key against the pin for its `di`. A mismatch is an error.
-fn connect_device(identity: &Identity, addr: SocketAddr, want_di: Option<&str>, net: &Net, p: &Progress) -> Result<DeviceLink, String> {
+fn connect_device(
+    identity: &Identity,
+    addr: SocketAddr,
+    want_di: Option<&str>,
+    net: &Net,
+    p: &Progress,
+) -> Result<DeviceLink, String> {
     let config = client_config(identity)?;
-    let mut client = SecureClient::connect(addr, config, net.request_timeout).map_err(|e| e.to_string())?;
-    let spki = client.peer_spki_sha256().ok_or("the device presented no usable certificate")?;
+    let mut client =
+        SecureClient::connect(addr, config, net.request_timeout).map_err(|e| e.to_string())?;
+    let spki = client
+        .peer_spki_sha256()
+        .ok_or("the device presented no usable certificate")?;
     let cert_sha = client.peer_cert_sha256().unwrap_or_default();
     let cn = client.peer_cn();
     let (mut di, mut owned, mut owner) = (client.peer_cn_uuid(), None, None);
     match client.request(&get(ocf::security::DOXM_HREF)) {
         Ok(r) if r.code() == ResponseType::Content => {
             if let Some(b) = r.body() {
-                if let Some(d) = field_text(&b, "deviceuuid").filter(|d| ocf::security::is_uuid(d)) {
+                if let Some(d) = field_text(&b, "deviceuuid").filter(|d| ocf::security::is_uuid(d))
+                {
                     di = Some(d.to_ascii_lowercase());
                 }
                 owned = field(&b, "owned").and_then(Value::as_bool);
@@ -346,11 +417,18 @@ fn connect_device(identity: &Identity, addr: SocketAddr, want_di: Option<&str>, 
     }
     let di = match (di, want_di) {
         (Some(d), Some(w)) if !d.eq_ignore_ascii_case(w) => {
-            return Err(format!("the device at {} is {d}, not {w}", endpoint_uri(&addr)))
+            return Err(format!(
+                "the device at {} is {d}, not {w}",
+                endpoint_uri(&addr)
+            ))
         }
         (Some(d), _) => d,
         (None, Some(w)) => w.to_ascii_lowercase(),
-        (None, None) => return Err("the device does not say its di (no readable /oic/sec/doxm, no uuid: CN)".into()),
+        (None, None) => {
+            return Err(
+                "the device does not say its di (no readable /oic/sec/doxm, no uuid: CN)".into(),
+            )
+        }
     };
     let devices = Devices::load(&identity.dir)?;
     let pin = check_pin(&devices, &di, &spki);
@@ -369,18 +447,36 @@ fn connect_device(identity: &Identity, addr: SocketAddr, want_di: Option<&str>, 
             identity.devices_path().display()
         ));
     }
-    Ok(DeviceLink { client, addr, di, owned, devowneruuid: owner, spki_sha256: spki, cert_sha256: cert_sha, pin })
+    Ok(DeviceLink {
+        client,
+        addr,
+        di,
+        owned,
+        devowneruuid: owner,
+        spki_sha256: spki,
+        cert_sha256: cert_sha,
+        pin,
+    })
 }
 
 /// Step 1 of every flow: find the device, connect, identify it.
-fn open(identity: &Identity, target: &Target, net: &Net, deadline: Instant, p: &mut Progress) -> Result<DeviceLink, StepError> {
+fn open(
+    identity: &Identity,
+    target: &Target,
+    net: &Net,
+    deadline: Instant,
+    p: &mut Progress,
+) -> Result<DeviceLink, StepError> {
     let addr = match target {
         Target::Endpoint(a) => {
             p.step(1, &format!("connecting to {}", endpoint_uri(a)));
             *a
         }
         Target::Di(di) => {
-            p.step(1, &format!("looking for device {di} by multicast discovery"));
+            p.step(
+                1,
+                &format!("looking for device {di} by multicast discovery"),
+            );
             let a = find_by_di(di, net, deadline, p).map_err(|e| p.fail(e))?;
             p.detail(&format!("connecting to {}", endpoint_uri(&a)));
             a
@@ -390,10 +486,17 @@ fn open(identity: &Identity, target: &Target, net: &Net, deadline: Instant, p: &
 }
 
 /// Connects again to a known device (after the device closed the connection).
-fn reconnect(identity: &Identity, link: &DeviceLink, net: &Net, p: &Progress) -> Result<DeviceLink, String> {
+fn reconnect(
+    identity: &Identity,
+    link: &DeviceLink,
+    net: &Net,
+    p: &Progress,
+) -> Result<DeviceLink, String> {
     let again = connect_device(identity, link.addr, Some(&link.di), net, p)?;
     if again.spki_sha256 != link.spki_sha256 {
-        return Err("the device presented another key on reconnecting: a man in the middle?".into());
+        return Err(
+            "the device presented another key on reconnecting: a man in the middle?".into(),
+        );
     }
     Ok(again)
 }
@@ -429,13 +532,24 @@ pub struct OnboardArgs {
 /// How onboarding ended (when no step failed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Registered { di: String, sid: String },
+    Registered {
+        di: String,
+        sid: String,
+    },
     /// `cps` became `failed`.
-    Failed { di: String, clec: u64 },
+    Failed {
+        di: String,
+        clec: u64,
+    },
 }
 
 /// The ownership transfer on `link` (step 3).
-fn take_ownership(identity: &Identity, link: &mut DeviceLink, pin: &Pin, p: &Progress) -> Result<(), String> {
+fn take_ownership(
+    identity: &Identity,
+    link: &mut DeviceLink,
+    pin: &Pin,
+    p: &Progress,
+) -> Result<(), String> {
     let exporter = link.client.exporter()?;
     let mut rng_error = None;
     let mut rng = |buf: &mut [u8]| {
@@ -447,7 +561,10 @@ fn take_ownership(identity: &Identity, link: &mut DeviceLink, pin: &Pin, p: &Pro
     if let Some(e) = rng_error {
         return Err(format!("no randomness from the OS: {e}"));
     }
-    let r1 = link.client.request(&otm::step1_request(&msg_a)).map_err(|e| format!("POST {}: {e}", ocf::security::OTM_HREF))?;
+    let r1 = link
+        .client
+        .request(&otm::step1_request(&msg_a))
+        .map_err(|e| format!("POST {}: {e}", ocf::security::OTM_HREF))?;
     match r1.code() {
         ResponseType::Changed => {}
         ResponseType::TooManyRequests => {
@@ -467,15 +584,21 @@ fn take_ownership(identity: &Identity, link: &mut DeviceLink, pin: &Pin, p: &Pro
         }
         _ => return Err(format!("the device refused the ownership transfer: {}", r1.describe())),
     }
-    let step1 = otm::parse_step1_response(&r1.response).map_err(|e| format!("the device's answer to step 1: {e}"))?;
-    let confirm_a = match otm.finish(&step1.pake_msg_b, &step1.confirm_b, &exporter) {
-        Ok(c) => c,
-        Err(OtmError::Unauthorized) => {
-            return Err("wrong PIN, or a man in the middle: the device's key confirmation did not match".into())
-        }
-        Err(e) => return Err(e.to_string()),
-    };
-    let r2 = link.client.request(&otm::step2_request(&confirm_a)).map_err(|e| format!("POST {} (step 2): {e}", ocf::security::OTM_HREF))?;
+    let step1 = otm::parse_step1_response(&r1.response)
+        .map_err(|e| format!("the device's answer to step 1: {e}"))?;
+    let confirm_a =
+        match otm.finish(&step1.pake_msg_b, &step1.confirm_b, &exporter) {
+            Ok(c) => c,
+            Err(OtmError::Unauthorized) => return Err(
+                "wrong PIN, or a man in the middle: the device's key confirmation did not match"
+                    .into(),
+            ),
+            Err(e) => return Err(e.to_string()),
+        };
+    let r2 = link
+        .client
+        .request(&otm::step2_request(&confirm_a))
+        .map_err(|e| format!("POST {} (step 2): {e}", ocf::security::OTM_HREF))?;
     match r2.code() {
         ResponseType::Changed => {}
         ResponseType::Unauthorized => {
@@ -486,12 +609,19 @@ fn take_ownership(identity: &Identity, link: &mut DeviceLink, pin: &Pin, p: &Pro
         }
         _ => return Err(format!("the device refused step 2: {}", r2.describe())),
     }
-    let info = otm::parse_step2_response(&r2.response).map_err(|e| format!("the device's answer to step 2: {e}"))?;
+    let info = otm::parse_step2_response(&r2.response)
+        .map_err(|e| format!("the device's answer to step 2: {e}"))?;
     if !info.devowneruuid.eq_ignore_ascii_case(&identity.uuid) {
-        return Err(format!("the device reports owner {}, not this Mediator ({})", info.devowneruuid, identity.uuid));
+        return Err(format!(
+            "the device reports owner {}, not this Mediator ({})",
+            info.devowneruuid, identity.uuid
+        ));
     }
     if !info.deviceuuid.eq_ignore_ascii_case(&link.di) {
-        return Err(format!("the device reports di {}, not {}", info.deviceuuid, link.di));
+        return Err(format!(
+            "the device reports di {}, not {}",
+            info.deviceuuid, link.di
+        ));
     }
     let mut devices = Devices::load(&identity.dir)?;
     devices.devices.insert(
@@ -517,47 +647,86 @@ fn take_ownership(identity: &Identity, link: &mut DeviceLink, pin: &Pin, p: &Pro
 /// (`{"cis":""}`), removes the identity certificates and trust anchors of the earlier
 /// provisioning, and the ACEs for `sid`, so that repeating `onboard` does not pile them up.
 /// Manufacturer credentials are kept.
-fn clear_earlier_provisioning(link: &mut DeviceLink, conf_href: &str, sid: &str, p: &Progress) -> Result<(), String> {
-    let conf = expect_success(&format!("GET {conf_href}"), link.client.request(&get(conf_href)))?;
-    let cps = conf.body().and_then(|b| field_text(&b, "cps")).unwrap_or_default();
+fn clear_earlier_provisioning(
+    link: &mut DeviceLink,
+    conf_href: &str,
+    sid: &str,
+    p: &Progress,
+) -> Result<(), String> {
+    let conf = expect_success(
+        &format!("GET {conf_href}"),
+        link.client.request(&get(conf_href)),
+    )?;
+    let cps = conf
+        .body()
+        .and_then(|b| field_text(&b, "cps"))
+        .unwrap_or_default();
     if matches!(cps.as_str(), "registering" | "registered" | "deregistering") {
         let body = map(vec![("cis", text(""))]);
-        expect_success(&format!("POST {conf_href} {{\"cis\":\"\"}}"), link.client.request(&post(conf_href, &body)))?;
-        p.detail(&format!("ended the earlier cloud registration (cps was {cps})"));
+        expect_success(
+            &format!("POST {conf_href} {{\"cis\":\"\"}}"),
+            link.client.request(&post(conf_href, &body)),
+        )?;
+        p.detail(&format!(
+            "ended the earlier cloud registration (cps was {cps})"
+        ));
     }
     let mut removed = 0;
-    let creds = expect_success("GET /oic/sec/cred", link.client.request(&get(ocf::security::CRED_HREF)))?;
+    let creds = expect_success(
+        "GET /oic/sec/cred",
+        link.client.request(&get(ocf::security::CRED_HREF)),
+    )?;
     let ids: Vec<u64> = creds
         .body()
         .and_then(|b| field(&b, "creds").and_then(Value::as_array).cloned())
         .unwrap_or_default()
         .iter()
-        .filter(|c| matches!(field_text(c, "credusage").as_deref(), Some("oic.sec.cred.cert" | "oic.sec.cred.trustca")))
+        .filter(|c| {
+            matches!(
+                field_text(c, "credusage").as_deref(),
+                Some("oic.sec.cred.cert" | "oic.sec.cred.trustca")
+            )
+        })
         .filter_map(|c| field_uint(c, "credid"))
         .collect();
     for id in ids {
         let mut r = Request::new(Method::Delete, ocf::security::CRED_HREF);
         r.query.push(("credid".into(), id.to_string()));
-        expect_success(&format!("DELETE /oic/sec/cred?credid={id}"), link.client.request(&r))?;
+        expect_success(
+            &format!("DELETE /oic/sec/cred?credid={id}"),
+            link.client.request(&r),
+        )?;
         removed += 1;
     }
-    let acl = expect_success("GET /oic/sec/acl2", link.client.request(&get(ocf::security::ACL2_HREF)))?;
+    let acl = expect_success(
+        "GET /oic/sec/acl2",
+        link.client.request(&get(ocf::security::ACL2_HREF)),
+    )?;
     let ids: Vec<u64> = acl
         .body()
         .and_then(|b| field(&b, "aclist2").and_then(Value::as_array).cloned())
         .unwrap_or_default()
         .iter()
-        .filter(|a| field(a, "subject").and_then(|s| field_text(s, "uuid")).is_some_and(|u| u.eq_ignore_ascii_case(sid)))
+        .filter(|a| {
+            field(a, "subject")
+                .and_then(|s| field_text(s, "uuid"))
+                .is_some_and(|u| u.eq_ignore_ascii_case(sid))
+        })
         .filter_map(|a| field_uint(a, "aceid"))
         .collect();
     for id in ids {
         let mut r = Request::new(Method::Delete, ocf::security::ACL2_HREF);
         r.query.push(("aceid".into(), id.to_string()));
-        expect_success(&format!("DELETE /oic/sec/acl2?aceid={id}"), link.client.request(&r))?;
+        expect_success(
+            &format!("DELETE /oic/sec/acl2?aceid={id}"),
+            link.client.request(&r),
+        )?;
         removed += 1;
     }
     if removed > 0 {
-        p.detail(&format!("removed {removed} credentials and access rules of the earlier provisioning"));
+        p.detail(&format!(
+            "removed {removed} credentials and access rules of the earlier provisioning"
+        ));
     }
     Ok(())
 }
@@ -572,37 +741,71 @@ fn clock(unix: u64) -> String {
 pub fn onboard(identity: &Identity, args: &OnboardArgs) -> Result<Outcome, StepError> {
     let mut p = Progress::new(&ONBOARD_STEPS);
     let start = Instant::now();
-    let mut link = open(identity, &args.target, &args.net, start + args.timeout, &mut p)?;
+    let mut link = open(
+        identity,
+        &args.target,
+        &args.net,
+        start + args.timeout,
+        &mut p,
+    )?;
     let di = link.di.clone();
     // /oic/res: CoAPCloudConf's href (by rt), and the configuration resource for the name.
-    let res = expect_success("GET /oic/res", link.client.request(&get("/oic/res"))).map_err(|e| p.fail(e))?;
+    let res = expect_success("GET /oic/res", link.client.request(&get("/oic/res")))
+        .map_err(|e| p.fail(e))?;
     let res = res.body().unwrap_or(Value::Null);
     let conf_href = href_of(&res, CLOUD_CONF_RT)
         .ok_or_else(|| p.fail(format!("the device lists no {CLOUD_CONF_RT} resource in /oic/res: it cannot be connected to a cloud")))?;
 
-    p.step(2, &format!("asking the cloud at {} for its identity", args.cloud));
+    p.step(
+        2,
+        &format!("asking the cloud at {} for its identity", args.cloud),
+    );
     let api = CloudApi::new(&args.cloud, args.net.request_timeout).map_err(|e| p.fail(e))?;
     let cloud: CloudInfo = api.info().map_err(|e| p.fail(e))?;
-    p.detail(&format!("sid {}, cis {}, apn {}", cloud.sid, cloud.cis, cloud.apn));
+    p.detail(&format!(
+        "sid {}, cis {}, apn {}",
+        cloud.sid, cloud.cis, cloud.apn
+    ));
 
-    p.step(3, "ownership transfer (SPAKE2 with the setup PIN, bound to this TLS session)");
+    p.step(
+        3,
+        "ownership transfer (SPAKE2 with the setup PIN, bound to this TLS session)",
+    );
     let ours = link.owned == Some(true)
-        && link.devowneruuid.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(&identity.uuid))
+        && link
+            .devowneruuid
+            .as_deref()
+            .is_some_and(|o| o.eq_ignore_ascii_case(&identity.uuid))
         && link.pin == PinCheck::Match;
     if ours {
-        p.detail("already owned by this Mediator (same key as pinned): continuing with provisioning");
+        p.detail(
+            "already owned by this Mediator (same key as pinned): continuing with provisioning",
+        );
         // Provisioning happens in RFPRO; a device in normal operation goes back there first.
-        let pstat = link.client.request(&get(ocf::security::PSTAT_HREF)).ok().and_then(|r| r.body());
-        let s = pstat.as_ref().and_then(|b| field(b, "dos")).and_then(|d| field_uint(d, "s"));
+        let pstat = link
+            .client
+            .request(&get(ocf::security::PSTAT_HREF))
+            .ok()
+            .and_then(|r| r.body());
+        let s = pstat
+            .as_ref()
+            .and_then(|b| field(b, "dos"))
+            .and_then(|d| field_uint(d, "s"));
         if s == Some(3) {
             let body = map(vec![("dos", map(vec![("s", Value::Integer(2.into()))]))]);
-            expect_success("POST /oic/sec/pstat {dos.s: 2}", link.client.request(&post(ocf::security::PSTAT_HREF, &body)))
-                .map_err(|e| p.fail(e))?;
+            expect_success(
+                "POST /oic/sec/pstat {dos.s: 2}",
+                link.client.request(&post(ocf::security::PSTAT_HREF, &body)),
+            )
+            .map_err(|e| p.fail(e))?;
             p.detail("back to provisioning (RFPRO)");
         }
         clear_earlier_provisioning(&mut link, &conf_href, &cloud.sid, &p).map_err(|e| p.fail(e))?;
     } else if link.owned == Some(true)
-        && link.devowneruuid.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(&identity.uuid))
+        && link
+            .devowneruuid
+            .as_deref()
+            .is_some_and(|o| o.eq_ignore_ascii_case(&identity.uuid))
         && link.pin == PinCheck::Unknown
     {
         // Its owner uuid is public: without the pinned key this could be any device.
@@ -615,12 +818,22 @@ pub fn onboard(identity: &Identity, args: &OnboardArgs) -> Result<Outcome, StepE
         take_ownership(identity, &mut link, &args.pin, &p).map_err(|e| p.fail(e))?;
     }
 
-    p.step(4, "identity certificate: the device's CSR, signed by the cloud's CA");
-    let r = expect_success("GET /oic/sec/csr", link.client.request(&get(ocf::security::CSR_HREF))).map_err(|e| p.fail(e))?;
+    p.step(
+        4,
+        "identity certificate: the device's CSR, signed by the cloud's CA",
+    );
+    let r = expect_success(
+        "GET /oic/sec/csr",
+        link.client.request(&get(ocf::security::CSR_HREF)),
+    )
+    .map_err(|e| p.fail(e))?;
     let body = r.body().unwrap_or(Value::Null);
-    let csr_pem = field_text(&body, "csr").ok_or_else(|| p.fail("GET /oic/sec/csr: no `csr` in the answer"))?;
+    let csr_pem = field_text(&body, "csr")
+        .ok_or_else(|| p.fail("GET /oic/sec/csr: no `csr` in the answer"))?;
     if let Some(enc) = field_text(&body, "encoding").filter(|e| e != "oic.sec.encoding.pem") {
-        return Err(p.fail(format!("GET /oic/sec/csr: encoding {enc:?} is not supported (PEM only)")));
+        return Err(p.fail(format!(
+            "GET /oic/sec/csr: encoding {enc:?} is not supported (PEM only)"
+        )));
     }
     let csr = crate::csr::check_csr(&csr_pem, &di).map_err(|e| p.fail(e))?;
     let (cert_pem, issued_ca) = api.sign_csr(&csr_pem).map_err(|e| p.fail(e))?;
@@ -628,62 +841,137 @@ pub fn onboard(identity: &Identity, args: &OnboardArgs) -> Result<Outcome, StepE
     if issued_ca.trim() != cloud.ca_pem.trim() {
         p.detail("note: the CA in the CSR answer differs from the well-known one; installing the well-known one as trust anchor");
     }
-    p.detail(&format!("certificate for uuid:{di} issued by the cloud's CA"));
+    p.detail(&format!(
+        "certificate for uuid:{di} issued by the cloud's CA"
+    ));
 
-    p.step(5, "installing the identity certificate and the cloud trust anchor (/oic/sec/cred)");
+    p.step(
+        5,
+        "installing the identity certificate and the cloud trust anchor (/oic/sec/cred)",
+    );
     let cred = ocf::security::CRED_HREF;
-    expect_success("POST /oic/sec/cred (identity certificate)", link.client.request(&post(cred, &cred_body(&di, "oic.sec.cred.cert", &cert_pem))))
-        .map_err(|e| p.fail(e))?;
+    expect_success(
+        "POST /oic/sec/cred (identity certificate)",
+        link.client
+            .request(&post(cred, &cred_body(&di, "oic.sec.cred.cert", &cert_pem))),
+    )
+    .map_err(|e| p.fail(e))?;
     expect_success(
         "POST /oic/sec/cred (trust anchor)",
-        link.client.request(&post(cred, &cred_body(&cloud.sid, "oic.sec.cred.trustca", &cloud.ca_pem))),
+        link.client.request(&post(
+            cred,
+            &cred_body(&cloud.sid, "oic.sec.cred.trustca", &cloud.ca_pem),
+        )),
     )
     .map_err(|e| p.fail(e))?;
     p.detail(&format!("identity certificate (oic.sec.cred.cert) and trust anchor for sid {} (oic.sec.cred.trustca)", cloud.sid));
 
-    p.step(6, &format!("access for the cloud (/oic/sec/acl2): an ACE for sid {}", cloud.sid));
+    p.step(
+        6,
+        &format!(
+            "access for the cloud (/oic/sec/acl2): an ACE for sid {}",
+            cloud.sid
+        ),
+    );
     let resources = cloud_ace_resources(args.cloud_ace.as_deref(), &conf_href);
-    expect_success("POST /oic/sec/acl2", link.client.request(&post(ocf::security::ACL2_HREF, &ace_body(&cloud.sid, &resources))))
-        .map_err(|e| p.fail(e))?;
-    p.detail(&format!("permission 31 (CRUDN) on {}", resources.join(", ")));
+    expect_success(
+        "POST /oic/sec/acl2",
+        link.client.request(&post(
+            ocf::security::ACL2_HREF,
+            &ace_body(&cloud.sid, &resources),
+        )),
+    )
+    .map_err(|e| p.fail(e))?;
+    p.detail(&format!(
+        "permission 31 (CRUDN) on {}",
+        resources.join(", ")
+    ));
 
     p.step(7, &format!("cloud configuration ({conf_href})"));
     if let Some(name) = &args.name {
         match href_of(&res, CON_RT) {
             Some(con) => {
-                expect_success(&format!("POST {con} (name)"), link.client.request(&post(&con, &map(vec![("n", text(name))]))))
-                    .map_err(|e| p.fail(e))?;
+                expect_success(
+                    &format!("POST {con} (name)"),
+                    link.client
+                        .request(&post(&con, &map(vec![("n", text(name))]))),
+                )
+                .map_err(|e| p.fail(e))?;
                 p.detail(&format!("device name set to {name:?}"));
             }
             None => {
                 warn(&format!("the device has no {CON_RT} resource, so its name cannot be set; --name ignored"));
-                p.detail(&format!("name not set: the device offers no {CON_RT} resource"));
+                p.detail(&format!(
+                    "name not set: the device offers no {CON_RT} resource"
+                ));
             }
         }
     }
     let code = api.auth_code(args.user.as_deref()).map_err(|e| p.fail(e))?;
     let apn = code.apn.clone().unwrap_or_else(|| cloud.apn.clone());
-    let conf = map(vec![("apn", text(&apn)), ("at", text(code.expose())), ("cis", text(&cloud.cis)), ("sid", text(&cloud.sid))]);
+    let conf = map(vec![
+        ("apn", text(&apn)),
+        ("at", text(code.expose())),
+        ("cis", text(&cloud.cis)),
+        ("sid", text(&cloud.sid)),
+    ]);
     drop(code);
-    let r = expect_success(&format!("POST {conf_href}"), link.client.request(&post(&conf_href, &conf))).map_err(|e| p.fail(e))?;
-    let cps = r.body().and_then(|b| field_text(&b, "cps")).unwrap_or_else(|| "?".into());
-    p.detail(&format!("cis {}, apn {apn}, sid {}, a fresh authorisation code (not shown); cps {cps}", cloud.cis, cloud.sid));
+    let r = expect_success(
+        &format!("POST {conf_href}"),
+        link.client.request(&post(&conf_href, &conf)),
+    )
+    .map_err(|e| p.fail(e))?;
+    let cps = r
+        .body()
+        .and_then(|b| field_text(&b, "cps"))
+        .unwrap_or_else(|| "?".into());
+    p.detail(&format!(
+        "cis {}, apn {apn}, sid {}, a fresh authorisation code (not shown); cps {cps}",
+        cloud.cis, cloud.sid
+    ));
 
     p.step(8, "normal operation: /oic/sec/pstat dos.s = 3 (RFNOP)");
     let body = map(vec![("dos", map(vec![("s", Value::Integer(3.into()))]))]);
-    expect_success("POST /oic/sec/pstat", link.client.request(&post(ocf::security::PSTAT_HREF, &body))).map_err(|e| p.fail(e))?;
+    expect_success(
+        "POST /oic/sec/pstat",
+        link.client.request(&post(ocf::security::PSTAT_HREF, &body)),
+    )
+    .map_err(|e| p.fail(e))?;
 
-    let wait = args.timeout.saturating_sub(start.elapsed()).max(Duration::from_secs(5));
-    p.step(9, &format!("waiting for the device to register with the cloud (up to {} s)", wait.as_secs()));
-    let (cps, clec) = wait_for_cps(identity, &mut link, &conf_href, &["registered", "failed"], Instant::now() + wait, &args.net, &p)
-        .map_err(|e| p.fail(e))?;
+    let wait = args
+        .timeout
+        .saturating_sub(start.elapsed())
+        .max(Duration::from_secs(5));
+    p.step(
+        9,
+        &format!(
+            "waiting for the device to register with the cloud (up to {} s)",
+            wait.as_secs()
+        ),
+    );
+    let (cps, clec) = wait_for_cps(
+        identity,
+        &mut link,
+        &conf_href,
+        &["registered", "failed"],
+        Instant::now() + wait,
+        &args.net,
+        &p,
+    )
+    .map_err(|e| p.fail(e))?;
     if cps == "registered" {
-        say(&format!("ocf-mediator: device {di} is registered with cloud {}", cloud.sid));
+        say(&format!(
+            "ocf-mediator: device {di} is registered with cloud {}",
+            cloud.sid
+        ));
         link.client.close();
         Ok(Outcome::Registered { di, sid: cloud.sid })
     } else {
         let clec = clec.unwrap_or(255);
-        say(&format!("ocf-mediator: device {di} failed to register: clec {clec}: {}", clec_meaning(clec)));
+        say(&format!(
+            "ocf-mediator: device {di} failed to register: clec {clec}: {}",
+            clec_meaning(clec)
+        ));
         link.client.close();
         Ok(Outcome::Failed { di, clec })
     }
@@ -703,24 +991,30 @@ fn wait_for_cps(
 ) -> Result<(String, Option<u64>), String> {
     let mut last: Option<(String, Option<u64>)> = None;
     let mut token: Option<Vec<u8>> = None;
-    let note = |v: &Value, last: &mut Option<(String, Option<u64>)>| -> Option<(String, Option<u64>)> {
-        let cps = field_text(v, "cps")?;
-        let clec = field_uint(v, "clec");
-        if last.as_ref() != Some(&(cps.clone(), clec)) {
-            match clec {
-                Some(c) if c != 0 => p.detail(&format!("cps {cps} (clec {c}: {})", clec_meaning(c))),
-                _ => p.detail(&format!("cps {cps}")),
+    let note =
+        |v: &Value, last: &mut Option<(String, Option<u64>)>| -> Option<(String, Option<u64>)> {
+            let cps = field_text(v, "cps")?;
+            let clec = field_uint(v, "clec");
+            if last.as_ref() != Some(&(cps.clone(), clec)) {
+                match clec {
+                    Some(c) if c != 0 => {
+                        p.detail(&format!("cps {cps} (clec {c}: {})", clec_meaning(c)))
+                    }
+                    _ => p.detail(&format!("cps {cps}")),
+                }
+                *last = Some((cps.clone(), clec));
             }
-            *last = Some((cps.clone(), clec));
-        }
-        until.contains(&cps.as_str()).then_some((cps, clec))
-    };
+            until.contains(&cps.as_str()).then_some((cps, clec))
+        };
     let mut next_poll = Instant::now();
     loop {
         let now = Instant::now();
         if now >= deadline {
             let state = last.map(|(c, _)| c).unwrap_or_else(|| "unknown".into());
-            return Err(format!("cps is still {state} after the timeout; wanted {}", until.join(" or ")));
+            return Err(format!(
+                "cps is still {state} after the timeout; wanted {}",
+                until.join(" or ")
+            ));
         }
         let result: Result<Option<(String, Option<u64>)>, NetError> = (|| {
             if token.is_none() {
@@ -756,7 +1050,11 @@ fn wait_for_cps(
                         }
                     }
                 }
-                None => std::thread::sleep(until_poll.saturating_duration_since(Instant::now()).min(Duration::from_millis(500))),
+                None => std::thread::sleep(
+                    until_poll
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(500)),
+                ),
             }
             Ok(None)
         })();
@@ -772,7 +1070,9 @@ fn wait_for_cps(
                         *link = again;
                         token = None;
                     }
-                    Err(e) if Instant::now() < deadline => p.detail(&format!("cannot reconnect yet: {e}")),
+                    Err(e) if Instant::now() < deadline => {
+                        p.detail(&format!("cannot reconnect yet: {e}"))
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -785,7 +1085,12 @@ fn wait_for_cps(
 // ---------------------------------------------------------------------------------------------
 
 /// Removes a device from its cloud: `{"cis":""}` as the owner, then waits for `uninitialized`.
-pub fn offboard(identity: &Identity, target: &Target, timeout: Duration, net: &Net) -> Result<String, StepError> {
+pub fn offboard(
+    identity: &Identity,
+    target: &Target,
+    timeout: Duration,
+    net: &Net,
+) -> Result<String, StepError> {
     let mut p = Progress::new(&OFFBOARD_STEPS);
     let start = Instant::now();
     let mut link = open(identity, target, net, start + timeout, &mut p)?;
@@ -797,18 +1102,43 @@ pub fn offboard(identity: &Identity, target: &Target, timeout: Duration, net: &N
         )));
     }
     p.detail("the device's key matches the one pinned at its ownership transfer");
-    let res = expect_success("GET /oic/res", link.client.request(&get("/oic/res"))).map_err(|e| p.fail(e))?;
+    let res = expect_success("GET /oic/res", link.client.request(&get("/oic/res")))
+        .map_err(|e| p.fail(e))?;
     let conf_href = href_of(&res.body().unwrap_or(Value::Null), CLOUD_CONF_RT)
         .ok_or_else(|| p.fail(format!("the device lists no {CLOUD_CONF_RT} resource")))?;
 
-    p.step(2, &format!("deregistering: POST {conf_href} {{\"cis\":\"\"}}"));
+    p.step(
+        2,
+        &format!("deregistering: POST {conf_href} {{\"cis\":\"\"}}"),
+    );
     let body = map(vec![("cis", text(""))]);
-    expect_success(&format!("POST {conf_href}"), link.client.request(&post(&conf_href, &body))).map_err(|e| p.fail(e))?;
+    expect_success(
+        &format!("POST {conf_href}"),
+        link.client.request(&post(&conf_href, &body)),
+    )
+    .map_err(|e| p.fail(e))?;
 
-    let wait = timeout.saturating_sub(start.elapsed()).max(Duration::from_secs(5));
-    p.step(3, &format!("waiting for cps uninitialized (up to {} s)", wait.as_secs()));
-    wait_for_cps(identity, &mut link, &conf_href, &["uninitialized"], Instant::now() + wait, net, &p).map_err(|e| p.fail(e))?;
-    say(&format!("ocf-mediator: device {} is no longer registered with a cloud", link.di));
+    let wait = timeout
+        .saturating_sub(start.elapsed())
+        .max(Duration::from_secs(5));
+    p.step(
+        3,
+        &format!("waiting for cps uninitialized (up to {} s)", wait.as_secs()),
+    );
+    wait_for_cps(
+        identity,
+        &mut link,
+        &conf_href,
+        &["uninitialized"],
+        Instant::now() + wait,
+        net,
+        &p,
+    )
+    .map_err(|e| p.fail(e))?;
+    say(&format!(
+        "ocf-mediator: device {} is no longer registered with a cloud",
+        link.di
+    ));
     let di = link.di.clone();
     link.client.close();
     Ok(di)
@@ -822,7 +1152,15 @@ pub fn offboard(identity: &Identity, target: &Target, timeout: Duration, net: &N
 /// and tests. Prints `<code> <name>` and then the body as JSON (or the diagnostic). Returns the
 /// reply. A device whose key does not match its pin is refused; an unpinned one is accepted
 /// with a note on stderr.
-pub fn request(identity: &Identity, target: &Target, method: Method, path: &str, json_body: Option<&str>, timeout: Duration, net: &Net) -> Result<Reply, String> {
+pub fn request(
+    identity: &Identity,
+    target: &Target,
+    method: Method,
+    path: &str,
+    json_body: Option<&str>,
+    timeout: Duration,
+    net: &Net,
+) -> Result<Reply, String> {
     let p = Progress::quiet(&["connecting"]);
     let addr = match target {
         Target::Endpoint(a) => *a,
@@ -830,7 +1168,11 @@ pub fn request(identity: &Identity, target: &Target, method: Method, path: &str,
     };
     let mut link = connect_device(identity, addr, target.di(), net, &p)?;
     if link.pin == PinCheck::Unknown {
-        eprintln!("ocf-mediator: note: device {} is not pinned in {} (not onboarded by this Mediator)", link.di, identity.devices_path().display());
+        eprintln!(
+            "ocf-mediator: note: device {} is not pinned in {} (not onboarded by this Mediator)",
+            link.di,
+            identity.devices_path().display()
+        );
     }
     let (path, query) = match path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -839,7 +1181,8 @@ pub fn request(identity: &Identity, target: &Target, method: Method, path: &str,
     let mut req = match (method, json_body) {
         (Method::Get, _) => get(path),
         (_, Some(body)) => {
-            let j: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+            let j: serde_json::Value =
+                serde_json::from_str(body).map_err(|e| format!("the body is not JSON: {e}"))?;
             let v = json_to_cbor(&j);
             let mut r = post(path, &v);
             r.method = method;
@@ -875,7 +1218,11 @@ pub fn json_to_cbor(j: &serde_json::Value) -> Value {
         },
         J::String(s) => Value::Text(s.clone()),
         J::Array(a) => Value::Array(a.iter().map(json_to_cbor).collect()),
-        J::Object(o) => Value::Map(o.iter().map(|(k, v)| (Value::Text(k.clone()), json_to_cbor(v))).collect()),
+        J::Object(o) => Value::Map(
+            o.iter()
+                .map(|(k, v)| (Value::Text(k.clone()), json_to_cbor(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -887,15 +1234,27 @@ pub fn cbor_to_json(v: &Value) -> serde_json::Value {
         Value::Bool(b) => J::Bool(*b),
         Value::Integer(i) => {
             let i = i128::from(*i);
-            i64::try_from(i).map(J::from).or_else(|_| u64::try_from(i).map(J::from)).unwrap_or(J::Null)
+            i64::try_from(i)
+                .map(J::from)
+                .or_else(|_| u64::try_from(i).map(J::from))
+                .unwrap_or(J::Null)
         }
-        Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .unwrap_or(J::Null),
         Value::Text(s) => J::String(s.clone()),
         Value::Bytes(b) => J::String(ocf::security::pem::hex(b)),
         Value::Array(a) => J::Array(a.iter().map(cbor_to_json).collect()),
         Value::Map(m) => J::Object(
             m.iter()
-                .map(|(k, v)| (k.as_text().map(str::to_string).unwrap_or_else(|| format!("{k:?}")), cbor_to_json(v)))
+                .map(|(k, v)| {
+                    (
+                        k.as_text()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| format!("{k:?}")),
+                        cbor_to_json(v),
+                    )
+                })
                 .collect(),
         ),
         Value::Tag(_, inner) => cbor_to_json(inner),
@@ -922,7 +1281,10 @@ mod tests {
         );
         let limited = cloud_ace_resources(Some("/oic/mnt, {conf},"), "/CoapCloudConfResURI");
         assert_eq!(limited, ["/oic/mnt", "/CoapCloudConfResURI"]);
-        assert_eq!(json(&ace_body(sid, &["+".into()]))["aclist2"][0]["resources"], serde_json::json!([{"wc":"+"}]));
+        assert_eq!(
+            json(&ace_body(sid, &["+".into()]))["aclist2"][0]["resources"],
+            serde_json::json!([{"wc":"+"}])
+        );
 
         let cred = cred_body(sid, "oic.sec.cred.trustca", "-----BEGIN CERTIFICATE-----\n");
         assert_eq!(
@@ -932,7 +1294,10 @@ mod tests {
         // The request carries it as OCF CBOR.
         let r = post("/oic/sec/cred", &cred);
         assert_eq!(r.content_format, Some(10000));
-        assert_eq!(decode_payload(ContentFormat::OcfCbor, &r.payload).unwrap(), cred);
+        assert_eq!(
+            decode_payload(ContentFormat::OcfCbor, &r.payload).unwrap(),
+            cred
+        );
     }
 
     #[test]
@@ -943,7 +1308,10 @@ mod tests {
             {"rt":["x"]},
             7
         ]));
-        assert_eq!(href_of(&res, CLOUD_CONF_RT).as_deref(), Some("/CoapCloudConfResURI"));
+        assert_eq!(
+            href_of(&res, CLOUD_CONF_RT).as_deref(),
+            Some("/CoapCloudConfResURI")
+        );
         assert_eq!(href_of(&res, CON_RT), None);
         assert_eq!(links(&res).len(), 2);
         assert!(links(&Value::Null).is_empty());
@@ -970,22 +1338,34 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert!(matches!(Target::from_args(Some("coaps+tcp://127.0.0.1:5"), None), Ok(Target::Endpoint(_))));
+        assert!(matches!(
+            Target::from_args(Some("coaps+tcp://127.0.0.1:5"), None),
+            Ok(Target::Endpoint(_))
+        ));
         assert!(matches!(
             Target::from_args(None, Some("AAAAAAAA-0000-0000-0000-000000000001")),
             Ok(Target::Di(d)) if d == "aaaaaaaa-0000-0000-0000-000000000001"
         ));
         assert!(Target::from_args(None, Some("nope")).is_err());
         assert!(Target::from_args(None, None).is_err());
-        assert!(Target::from_args(Some("coaps+tcp://127.0.0.1:5"), Some("aaaaaaaa-0000-0000-0000-000000000001")).is_err());
-        assert!(Target::from_args(Some("coap+tcp://127.0.0.1:5"), None).unwrap_err().contains("secure"));
+        assert!(Target::from_args(
+            Some("coaps+tcp://127.0.0.1:5"),
+            Some("aaaaaaaa-0000-0000-0000-000000000001")
+        )
+        .is_err());
+        assert!(Target::from_args(Some("coap+tcp://127.0.0.1:5"), None)
+            .unwrap_err()
+            .contains("secure"));
     }
 
     #[test]
     fn json_and_cbor_convert() {
         let j = serde_json::json!({"value":true,"n":-3,"big":18446744073709551615u64,"f":1.5,"a":[null,"x"]});
         assert_eq!(cbor_to_json(&json_to_cbor(&j)), j);
-        assert_eq!(cbor_to_json(&Value::Bytes(vec![0xab, 1])), serde_json::json!("ab01"));
+        assert_eq!(
+            cbor_to_json(&Value::Bytes(vec![0xab, 1])),
+            serde_json::json!("ab01")
+        );
         assert_eq!(clock(3600 * 25 + 61), "01:01:01");
     }
 }

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use ocf::security::pem::{certificate_info, hex, parse_certificates};
 use ocf::security::uuid_from_cn;
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, PublicKeyData,
-    PKCS_ECDSA_P256_SHA256,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
+    KeyUsagePurpose, PublicKeyData, PKCS_ECDSA_P256_SHA256,
 };
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +68,14 @@ pub fn random_uuid() -> Result<String, String> {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex(&b);
-    Ok(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
 }
 
 impl Identity {
@@ -81,30 +88,38 @@ impl Identity {
         let mut created = false;
         let key = if key_path.exists() {
             check_private_file(&key_path)?;
-            let pem = fs::read_to_string(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
-            KeyPair::from_pem(&pem).map_err(|e| format!("{}: not a usable key: {e}", key_path.display()))?
+            let pem = fs::read_to_string(&key_path)
+                .map_err(|e| format!("{}: {e}", key_path.display()))?;
+            KeyPair::from_pem(&pem)
+                .map_err(|e| format!("{}: not a usable key: {e}", key_path.display()))?
         } else {
-            let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| format!("cannot make a key: {e}"))?;
+            let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+                .map_err(|e| format!("cannot make a key: {e}"))?;
             write_private(&key_path, key.serialize_pem().as_bytes())?;
             let _ = fs::remove_file(&cert_path); // a certificate for another key is useless
             created = true;
             key
         };
         if !key.is_compatible(&PKCS_ECDSA_P256_SHA256) {
-            return Err(format!("{}: the key is not an ECDSA P-256 key", key_path.display()));
+            return Err(format!(
+                "{}: the key is not an ECDSA P-256 key",
+                key_path.display()
+            ));
         }
         if !cert_path.exists() {
             let cert = self_signed(&key, &random_uuid()?)?;
             write_private(&cert_path, cert.as_bytes())?;
             created = true;
         }
-        let cert_pem = fs::read_to_string(&cert_path).map_err(|e| format!("{}: {e}", cert_path.display()))?;
+        let cert_pem =
+            fs::read_to_string(&cert_path).map_err(|e| format!("{}: {e}", cert_path.display()))?;
         let cert_der = parse_certificates(&cert_pem)
             .map_err(|e| format!("{}: {e}", cert_path.display()))?
             .into_iter()
             .next()
             .ok_or_else(|| format!("{}: no certificate", cert_path.display()))?;
-        let info = certificate_info(&cert_der).map_err(|e| format!("{}: {e}", cert_path.display()))?;
+        let info =
+            certificate_info(&cert_der).map_err(|e| format!("{}: {e}", cert_path.display()))?;
         let uuid = info
             .subject_cn
             .as_deref()
@@ -155,8 +170,14 @@ fn self_signed(key: &KeyPair, uuid: &str) -> Result<String, String> {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, format!("uuid:{uuid}"));
     params.distinguished_name = dn;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyAgreement];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyAgreement,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ClientAuth,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    ];
     params
         .self_signed(key)
         .map(|c| c.pem())
@@ -213,7 +234,11 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let result = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
@@ -250,7 +275,9 @@ impl Devices {
     pub fn load(dir: &Path) -> Result<Devices, String> {
         let path = dir.join(DEVICES_FILE);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display())),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Devices::default()),
             Err(e) => Err(format!("{}: {e}", path.display())),
         }
@@ -286,7 +313,9 @@ pub fn check_pin(devices: &Devices, di: &str, spki_sha256: &str) -> PinCheck {
     match devices.devices.get(&di.to_ascii_lowercase()) {
         None => PinCheck::Unknown,
         Some(d) if d.spki_sha256.eq_ignore_ascii_case(spki_sha256) => PinCheck::Match,
-        Some(d) => PinCheck::Mismatch { pinned: d.spki_sha256.clone() },
+        Some(d) => PinCheck::Mismatch {
+            pinned: d.spki_sha256.clone(),
+        },
     }
 }
 
@@ -295,7 +324,8 @@ mod tests {
     use super::*;
 
     fn temp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ocf-mediator-test-{tag}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("ocf-mediator-test-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         d
     }
@@ -316,7 +346,10 @@ mod tests {
         assert!(id.key_pem().starts_with("-----BEGIN PRIVATE KEY-----"));
         assert!(id.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         let info = certificate_info(&id.cert_der).unwrap();
-        assert_eq!(info.subject_cn.as_deref(), Some(format!("uuid:{}", id.uuid).as_str()));
+        assert_eq!(
+            info.subject_cn.as_deref(),
+            Some(format!("uuid:{}", id.uuid).as_str())
+        );
         // The Debug form has neither the key nor the certificate.
         let dbg = format!("{id:?}");
         assert!(!dbg.contains("PRIVATE"), "{dbg}");
@@ -334,7 +367,9 @@ mod tests {
 
         // A key others can read is refused.
         fs::set_permissions(id.key_path(), fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(Identity::load_or_create(&dir).unwrap_err().contains("chmod 600"));
+        assert!(Identity::load_or_create(&dir)
+            .unwrap_err()
+            .contains("chmod 600"));
         let _ = fs::remove_dir_all(dir.parent().unwrap());
     }
 
@@ -367,7 +402,12 @@ mod tests {
         assert!(devs.devices.is_empty());
         devs.devices.insert(
             "aaaaaaaa-0000-0000-0000-000000000001".into(),
-            PinnedDevice { spki_sha256: "ab".repeat(32), cert_sha256: "cd".repeat(32), endpoint: "coaps+tcp://127.0.0.1:1".into(), owned_since: 1 },
+            PinnedDevice {
+                spki_sha256: "ab".repeat(32),
+                cert_sha256: "cd".repeat(32),
+                endpoint: "coaps+tcp://127.0.0.1:1".into(),
+                owned_since: 1,
+            },
         );
         devs.save(&dir).unwrap();
         assert_eq!(mode(&dir.join(DEVICES_FILE)), 0o600);
@@ -375,9 +415,20 @@ mod tests {
         assert_eq!(back, devs);
         let di = "AAAAAAAA-0000-0000-0000-000000000001";
         assert_eq!(check_pin(&back, di, &"AB".repeat(32)), PinCheck::Match);
-        assert_eq!(check_pin(&back, di, &"00".repeat(32)), PinCheck::Mismatch { pinned: "ab".repeat(32) });
-        assert_eq!(check_pin(&back, "bbbbbbbb-0000-0000-0000-000000000001", "00"), PinCheck::Unknown);
-        assert_eq!(back.by_key(&"ab".repeat(32)).map(|(d, _)| d), Some("aaaaaaaa-0000-0000-0000-000000000001"));
+        assert_eq!(
+            check_pin(&back, di, &"00".repeat(32)),
+            PinCheck::Mismatch {
+                pinned: "ab".repeat(32)
+            }
+        );
+        assert_eq!(
+            check_pin(&back, "bbbbbbbb-0000-0000-0000-000000000001", "00"),
+            PinCheck::Unknown
+        );
+        assert_eq!(
+            back.by_key(&"ab".repeat(32)).map(|(d, _)| d),
+            Some("aaaaaaaa-0000-0000-0000-000000000001")
+        );
         fs::write(dir.join(DEVICES_FILE), "{").unwrap();
         assert!(Devices::load(&dir).is_err());
         let _ = fs::remove_dir_all(dir);

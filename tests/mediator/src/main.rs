@@ -24,7 +24,11 @@ use ocf_mediator::identity::{default_dir, Identity};
 use ocf_mediator::{discover, tls};
 
 #[derive(Parser)]
-#[command(name = "ocf-mediator", version, about = "OCF Mediator: discover, onboard and offboard devices")]
+#[command(
+    name = "ocf-mediator",
+    version,
+    about = "OCF Mediator: discover, onboard and offboard devices"
+)]
 struct Cli {
     /// Directory of the Mediator's key, certificate and pinned devices
     /// (default $HOME/.ocf-mediator; created with mode 0700).
@@ -37,7 +41,12 @@ struct Cli {
 #[derive(Args)]
 struct Which {
     /// The device's secure endpoint, coaps+tcp://IP:PORT.
-    #[arg(long, value_name = "EP", conflicts_with = "di", required_unless_present = "di")]
+    #[arg(
+        long,
+        value_name = "EP",
+        conflicts_with = "di",
+        required_unless_present = "di"
+    )]
     device: Option<String>,
     /// The device's di, found by multicast discovery.
     #[arg(long, value_name = "UUID")]
@@ -62,7 +71,12 @@ enum Cmd {
     /// until it is registered.
     Onboard {
         /// The device's 8-digit setup PIN (never printed).
-        #[arg(long, value_name = "PIN", conflicts_with = "pin_file", required_unless_present = "pin_file")]
+        #[arg(
+            long,
+            value_name = "PIN",
+            conflicts_with = "pin_file",
+            required_unless_present = "pin_file"
+        )]
         pin: Option<String>,
         /// Read the PIN from this file instead (keeps it out of the process list).
         #[arg(long, value_name = "PATH")]
@@ -128,14 +142,21 @@ fn usage(e: impl std::fmt::Display) -> ExitCode {
 }
 
 fn net(which: &Which) -> Net {
-    Net { request_timeout: Duration::from_secs(10), discovery_port: which.discovery_port }
+    Net {
+        request_timeout: Duration::from_secs(10),
+        discovery_port: which.discovery_port,
+    }
 }
 
 fn load_identity(dir: &Option<PathBuf>) -> Result<Identity, String> {
     let dir = dir.clone().unwrap_or_else(default_dir);
     let (id, created) = Identity::load_or_create(&dir)?;
     if created {
-        eprintln!("ocf-mediator: created the Mediator identity uuid:{} in {}", id.uuid, dir.display());
+        eprintln!(
+            "ocf-mediator: created the Mediator identity uuid:{} in {}",
+            id.uuid,
+            dir.display()
+        );
     }
     Ok(id)
 }
@@ -143,7 +164,8 @@ fn load_identity(dir: &Option<PathBuf>) -> Result<Identity, String> {
 fn read_pin(pin: Option<String>, pin_file: Option<PathBuf>) -> Result<Pin, String> {
     let text = match (pin, pin_file) {
         (Some(p), _) => p,
-        (None, Some(path)) => std::fs::read_to_string(&path).map_err(|e| format!("--pin-file {}: {e}", path.display()))?,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| format!("--pin-file {}: {e}", path.display()))?,
         (None, None) => return Err("give the device's setup PIN with --pin or --pin-file".into()),
     };
     Pin::new(&text).map_err(|e| format!("--pin: {e}"))
@@ -153,7 +175,10 @@ fn print_reply(reply: &tls::Reply) {
     println!("{} {:?}", reply.code_text(), reply.code());
     match reply.body() {
         Some(v) if reply.is_success() => {
-            println!("{}", serde_json::to_string_pretty(&flow::cbor_to_json(&v)).unwrap_or_default())
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&flow::cbor_to_json(&v)).unwrap_or_default()
+            )
         }
         _ if !reply.response.payload.is_empty() => println!("{}", reply.diagnostic()),
         _ => {}
@@ -171,7 +196,9 @@ fn main() -> ExitCode {
                         println!("no OCF devices answered within {:.1} s", wait.as_secs_f64());
                     }
                     for f in found {
-                        let from = discover::answered_from(&f).map(|a| a.to_string()).unwrap_or_default();
+                        let from = discover::answered_from(&f)
+                            .map(|a| a.to_string())
+                            .unwrap_or_default();
                         println!("device {} (answered from {from})", f.di);
                         for ep in &f.eps {
                             println!("  ep {ep}");
@@ -185,7 +212,16 @@ fn main() -> ExitCode {
                 Err(e) => fail("discover", e),
             }
         }
-        Cmd::Onboard { pin, pin_file, cloud, which, name, timeout, user, cloud_ace } => {
+        Cmd::Onboard {
+            pin,
+            pin_file,
+            cloud,
+            which,
+            name,
+            timeout,
+            user,
+            cloud_ace,
+        } => {
             let pin = match read_pin(pin, pin_file) {
                 Ok(p) => p,
                 Err(e) => return usage(e),
@@ -226,13 +262,34 @@ fn main() -> ExitCode {
                 Ok(i) => i,
                 Err(e) => return fail("identity", e),
             };
-            match flow::offboard(&identity, &target, Duration::from_secs(timeout.max(1)), &net(&which)) {
+            match flow::offboard(
+                &identity,
+                &target,
+                Duration::from_secs(timeout.max(1)),
+                &net(&which),
+            ) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => fail("offboard", e),
             }
         }
-        Cmd::Get { which, path, timeout } => one_request(&cli.identity, &which, Method::Get, &path, None, timeout),
-        Cmd::Post { which, path, body, timeout } => one_request(&cli.identity, &which, Method::Post, &path, Some(&body), timeout),
+        Cmd::Get {
+            which,
+            path,
+            timeout,
+        } => one_request(&cli.identity, &which, Method::Get, &path, None, timeout),
+        Cmd::Post {
+            which,
+            path,
+            body,
+            timeout,
+        } => one_request(
+            &cli.identity,
+            &which,
+            Method::Post,
+            &path,
+            Some(&body),
+            timeout,
+        ),
         Cmd::Identity => match load_identity(&cli.identity) {
             Ok(id) => {
                 println!("uuid {}", id.uuid);
@@ -246,7 +303,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn one_request(identity: &Option<PathBuf>, which: &Which, method: Method, path: &str, body: Option<&str>, timeout: u64) -> ExitCode {
+fn one_request(
+    identity: &Option<PathBuf>,
+    which: &Which,
+    method: Method,
+    path: &str,
+    body: Option<&str>,
+    timeout: u64,
+) -> ExitCode {
     let target = match Target::from_args(which.device.as_deref(), which.di.as_deref()) {
         Ok(t) => t,
         Err(e) => return usage(e),
@@ -260,7 +324,15 @@ fn one_request(identity: &Option<PathBuf>, which: &Which, method: Method, path: 
     };
     let mut n = net(which);
     n.request_timeout = Duration::from_secs(timeout.max(1));
-    match flow::request(&identity, &target, method, path, body, Duration::from_secs(timeout.max(1)), &n) {
+    match flow::request(
+        &identity,
+        &target,
+        method,
+        path,
+        body,
+        Duration::from_secs(timeout.max(1)),
+        &n,
+    ) {
         Ok(reply) => {
             print_reply(&reply);
             if reply.is_success() {
@@ -289,18 +361,63 @@ mod tests {
 
     #[test]
     fn onboard_needs_a_pin_a_cloud_and_one_device() {
-        let ok = parse(&["--identity", "/tmp/x", "onboard", "--pin", "12345678", "--cloud", "http://h:1", "--device", "coaps+tcp://127.0.0.1:9"]).unwrap();
+        let ok = parse(&[
+            "--identity",
+            "/tmp/x",
+            "onboard",
+            "--pin",
+            "12345678",
+            "--cloud",
+            "http://h:1",
+            "--device",
+            "coaps+tcp://127.0.0.1:9",
+        ])
+        .unwrap();
         assert_eq!(ok.identity.as_deref(), Some(std::path::Path::new("/tmp/x")));
-        let Cmd::Onboard { timeout, cloud_ace, which, .. } = ok.command else { panic!() };
-        assert_eq!((timeout, cloud_ace.as_str(), which.discovery_port), (60, "*,/oic/mnt,{conf}", 5683));
+        let Cmd::Onboard {
+            timeout,
+            cloud_ace,
+            which,
+            ..
+        } = ok.command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (timeout, cloud_ace.as_str(), which.discovery_port),
+            (60, "*,/oic/mnt,{conf}", 5683)
+        );
         // The identity directory may come after the subcommand too.
-        assert!(parse(&["onboard", "--pin-file", "p", "--cloud", "c", "--di", "d", "--identity", "/tmp/y"]).is_ok());
+        assert!(parse(&[
+            "onboard",
+            "--pin-file",
+            "p",
+            "--cloud",
+            "c",
+            "--di",
+            "d",
+            "--identity",
+            "/tmp/y"
+        ])
+        .is_ok());
         for bad in [
             &["onboard", "--cloud", "c", "--device", "e"][..],
             &["onboard", "--pin", "1", "--device", "e"],
             &["onboard", "--pin", "1", "--cloud", "c"],
-            &["onboard", "--pin", "1", "--cloud", "c", "--device", "e", "--di", "d"],
-            &["onboard", "--pin", "1", "--pin-file", "f", "--cloud", "c", "--device", "e"],
+            &[
+                "onboard", "--pin", "1", "--cloud", "c", "--device", "e", "--di", "d",
+            ],
+            &[
+                "onboard",
+                "--pin",
+                "1",
+                "--pin-file",
+                "f",
+                "--cloud",
+                "c",
+                "--device",
+                "e",
+            ],
             &["offboard"],
             &["get", "--device", "e"],
         ] {
@@ -315,7 +432,10 @@ mod tests {
         assert!(read_pin(Some(" 12345678\n".into()), None).is_ok());
         let dir = std::env::temp_dir().join(format!("ocf-mediator-pin-{}", std::process::id()));
         std::fs::write(&dir, "87654321\n").unwrap();
-        assert_eq!(read_pin(None, Some(dir.clone())).unwrap().expose(), "87654321");
+        assert_eq!(
+            read_pin(None, Some(dir.clone())).unwrap().expose(),
+            "87654321"
+        );
         std::fs::remove_file(&dir).unwrap();
         assert!(read_pin(None, Some(dir)).is_err());
     }

@@ -48,7 +48,9 @@ pub struct AnyServerCertificate {
 
 impl AnyServerCertificate {
     pub fn new(provider: &CryptoProvider) -> AnyServerCertificate {
-        AnyServerCertificate { algorithms: provider.signature_verification_algorithms }
+        AnyServerCertificate {
+            algorithms: provider.signature_verification_algorithms,
+        }
     }
 }
 
@@ -88,14 +90,18 @@ impl ServerCertVerifier for AnyServerCertificate {
 }
 
 /// Parses a PEM certificate chain and key for rustls.
-pub fn cert_and_key(cert_pem: &str, key_pem: &str) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+pub fn cert_and_key(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("certificate PEM: {e}"))?;
     if chain.is_empty() {
         return Err("no certificate in the PEM".into());
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("key PEM: {e}"))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("key PEM: {e}"))?;
     Ok((chain, key))
 }
 
@@ -178,7 +184,11 @@ impl Reply {
     /// The diagnostic text of an error answer, or "" (sanitised: one line, at most 200 chars).
     pub fn diagnostic(&self) -> String {
         let d = self.response.diagnostic();
-        let mut one: String = d.chars().map(|c| if c.is_control() { ' ' } else { c }).take(200).collect();
+        let mut one: String = d
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(200)
+            .collect();
         one.truncate(one.trim_end().len());
         one
     }
@@ -199,7 +209,10 @@ pub fn body_of(r: &Response) -> Option<ciborium::Value> {
     if r.payload.is_empty() {
         return None;
     }
-    let cf = r.content_format.and_then(ContentFormat::from_number).unwrap_or(ContentFormat::OcfCbor);
+    let cf = r
+        .content_format
+        .and_then(ContentFormat::from_number)
+        .unwrap_or(ContentFormat::OcfCbor);
     decode_payload(cf, &r.payload).ok()
 }
 
@@ -222,37 +235,62 @@ pub struct SecureClient {
 
 impl std::fmt::Debug for SecureClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecureClient").field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("SecureClient")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
     }
 }
 
 impl SecureClient {
     /// Connects, completes the TLS handshake and sends our CSM.
-    pub fn connect(addr: SocketAddr, config: Arc<ClientConfig>, timeout: Duration) -> Result<SecureClient, NetError> {
-        let sock = TcpStream::connect_timeout(&addr, timeout).map_err(|e| NetError::Other(format!("cannot connect to {addr}: {e}")))?;
+    pub fn connect(
+        addr: SocketAddr,
+        config: Arc<ClientConfig>,
+        timeout: Duration,
+    ) -> Result<SecureClient, NetError> {
+        let sock = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| NetError::Other(format!("cannot connect to {addr}: {e}")))?;
         let _ = sock.set_nodelay(true);
-        sock.set_read_timeout(Some(timeout)).map_err(|e| NetError::Other(e.to_string()))?;
-        sock.set_write_timeout(Some(timeout)).map_err(|e| NetError::Other(e.to_string()))?;
+        sock.set_read_timeout(Some(timeout))
+            .map_err(|e| NetError::Other(e.to_string()))?;
+        sock.set_write_timeout(Some(timeout))
+            .map_err(|e| NetError::Other(e.to_string()))?;
         let name = ServerName::IpAddress(addr.ip().into());
-        let tls = ClientConnection::new(config, name).map_err(|e| NetError::Other(format!("TLS: {e}")))?;
+        let tls = ClientConnection::new(config, name)
+            .map_err(|e| NetError::Other(format!("TLS: {e}")))?;
         let mut stream = StreamOwned::new(tls, sock);
         while stream.conn.is_handshaking() {
             if let Err(e) = stream.conn.complete_io(&mut stream.sock) {
                 return Err(match e.kind() {
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => NetError::Other(format!("TLS handshake with {addr}: no answer in {} s", timeout.as_secs())),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                        NetError::Other(format!(
+                            "TLS handshake with {addr}: no answer in {} s",
+                            timeout.as_secs()
+                        ))
+                    }
                     _ => NetError::Other(format!("TLS handshake with {addr} failed: {e}")),
                 });
             }
         }
         let mut conn = TcpConnection::new(MAX_MESSAGE_SIZE);
         let csm = conn.start();
-        let mut client = SecureClient { stream, conn, next_token: 0, pending: Vec::new(), peer: addr, timeout };
+        let mut client = SecureClient {
+            stream,
+            conn,
+            next_token: 0,
+            pending: Vec::new(),
+            peer: addr,
+            timeout,
+        };
         client.write(&csm)?;
         Ok(client)
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), NetError> {
-        self.stream.write_all(bytes).and_then(|()| self.stream.flush()).map_err(|e| NetError::Closed(e.to_string()))
+        self.stream
+            .write_all(bytes)
+            .and_then(|()| self.stream.flush())
+            .map_err(|e| NetError::Closed(e.to_string()))
     }
 
     /// The TLS exporter the ownership transfer is bound to (label `EXPORTER-ocfpi-otm`, no
@@ -266,7 +304,11 @@ impl SecureClient {
 
     /// The device's leaf certificate (DER).
     pub fn peer_certificate(&self) -> Option<Vec<u8>> {
-        self.stream.conn.peer_certificates()?.first().map(|c| c.as_ref().to_vec())
+        self.stream
+            .conn
+            .peer_certificates()?
+            .first()
+            .map(|c| c.as_ref().to_vec())
     }
 
     /// SHA-256 of the device certificate's SubjectPublicKeyInfo (its key), lower-case hex.
@@ -283,7 +325,11 @@ impl SecureClient {
     /// The UUID of the device certificate's CN `uuid:<di>`, if it has one.
     pub fn peer_cn_uuid(&self) -> Option<String> {
         let der = self.peer_certificate()?;
-        certificate_info(&der).ok()?.subject_cn.as_deref().and_then(uuid_from_cn)
+        certificate_info(&der)
+            .ok()?
+            .subject_cn
+            .as_deref()
+            .and_then(uuid_from_cn)
     }
 
     /// The subject CN of the device's certificate.
@@ -308,7 +354,9 @@ impl SecureClient {
     pub fn token(&mut self) -> Vec<u8> {
         self.next_token += 1;
         // 8-byte tokens (OCF-PROTOCOL.md §7.7: 4 bytes or more).
-        (0x6d65_6400_0000_0000u64 | self.next_token).to_be_bytes().to_vec()
+        (0x6d65_6400_0000_0000u64 | self.next_token)
+            .to_be_bytes()
+            .to_vec()
     }
 
     /// Sends `req` with `token`.
@@ -317,7 +365,10 @@ impl SecureClient {
     }
 
     fn send_packet(&mut self, p: &Packet) -> Result<(), NetError> {
-        let bytes = self.conn.encode(p).map_err(|e| NetError::Other(format!("cannot encode the request: {e:?}")))?;
+        let bytes = self
+            .conn
+            .encode(p)
+            .map_err(|e| NetError::Other(format!("cannot encode the request: {e:?}")))?;
         self.write(&bytes)
     }
 
@@ -327,12 +378,20 @@ impl SecureClient {
         if left.is_zero() {
             return Err(NetError::Timeout);
         }
-        let _ = self.stream.sock.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        let _ = self
+            .stream
+            .sock
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))));
         let mut buf = [0u8; 16 * 1024];
         let n = match self.stream.read(&mut buf) {
             Ok(0) => return Err(NetError::Closed("closed by the device".into())),
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(NetError::Timeout)
             }
             Err(e) => return Err(NetError::Closed(e.to_string())),
@@ -364,8 +423,11 @@ impl SecureClient {
         let token = self.token();
         self.send(req, &token)?;
         let packet = self.recv_token(&token, Instant::now() + self.timeout)?;
-        let mut response = Response::from_packet(&packet).ok_or_else(|| NetError::Other("the answer is not a CoAP response".into()))?;
-        let mut block = packet.get_first_option(CoapOption::Block2).and_then(|b| Block::decode(b));
+        let mut response = Response::from_packet(&packet)
+            .ok_or_else(|| NetError::Other("the answer is not a CoAP response".into()))?;
+        let mut block = packet
+            .get_first_option(CoapOption::Block2)
+            .and_then(|b| Block::decode(b));
         let mut guard = 0;
         while let Some(b) = block.filter(|b| b.more && response.code == ResponseType::Content) {
             guard += 1;
@@ -374,15 +436,28 @@ impl SecureClient {
             }
             let token = self.token();
             let mut p = req.to_packet(&token);
-            p.add_option(CoapOption::Block2, Block { num: b.num + 1, more: false, szx: b.szx }.encode());
+            p.add_option(
+                CoapOption::Block2,
+                Block {
+                    num: b.num + 1,
+                    more: false,
+                    szx: b.szx,
+                }
+                .encode(),
+            );
             self.send_packet(&p)?;
             let next = self.recv_token(&token, Instant::now() + self.timeout)?;
-            let r = Response::from_packet(&next).ok_or_else(|| NetError::Other("the answer is not a CoAP response".into()))?;
+            let r = Response::from_packet(&next)
+                .ok_or_else(|| NetError::Other("the answer is not a CoAP response".into()))?;
             if r.code != ResponseType::Content || r.etag != response.etag {
-                return Err(NetError::Other("the representation changed during a block-wise transfer".into()));
+                return Err(NetError::Other(
+                    "the representation changed during a block-wise transfer".into(),
+                ));
             }
             response.payload.extend_from_slice(&r.payload);
-            block = next.get_first_option(CoapOption::Block2).and_then(|b| Block::decode(b));
+            block = next
+                .get_first_option(CoapOption::Block2)
+                .and_then(|b| Block::decode(b));
         }
         Ok(Reply { packet, response })
     }
@@ -394,15 +469,22 @@ impl SecureClient {
         let token = self.token();
         self.send(&req, &token)?;
         let packet = self.recv_token(&token, Instant::now() + self.timeout)?;
-        let response = Response::from_packet(&packet).ok_or_else(|| NetError::Other("the answer is not a CoAP response".into()))?;
+        let response = Response::from_packet(&packet)
+            .ok_or_else(|| NetError::Other("the answer is not a CoAP response".into()))?;
         Ok((token, Reply { packet, response }))
     }
 
     /// The next notification for `token`, or `Ok(None)` at `deadline`.
-    pub fn next_notification(&mut self, token: &[u8], deadline: Instant) -> Result<Option<Reply>, NetError> {
+    pub fn next_notification(
+        &mut self,
+        token: &[u8],
+        deadline: Instant,
+    ) -> Result<Option<Reply>, NetError> {
         match self.recv_token(token, deadline) {
             Ok(packet) => {
-                let response = Response::from_packet(&packet).ok_or_else(|| NetError::Other("a notification that is not a response".into()))?;
+                let response = Response::from_packet(&packet).ok_or_else(|| {
+                    NetError::Other("a notification that is not a response".into())
+                })?;
                 Ok(Some(Reply { packet, response }))
             }
             Err(NetError::Timeout) => Ok(None),

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn mediator(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ocf-mediator")).args(args).output().expect("run ocf-mediator")
+    Command::new(env!("CARGO_BIN_EXE_ocf-mediator"))
+        .args(args)
+        .output()
+        .expect("run ocf-mediator")
 }
 
 fn temp(tag: &str) -> PathBuf {
@@ -17,12 +20,20 @@ fn temp(tag: &str) -> PathBuf {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// A loopback port nothing listens on.
 fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -31,10 +42,54 @@ fn usage_errors_exit_2_and_never_echo_the_pin() {
     let ids = id.display().to_string();
     let ep = format!("coaps+tcp://127.0.0.1:{}", closed_port());
     for (args, want) in [
-        (vec!["onboard", "--pin", "98765x", "--cloud", "http://127.0.0.1:1", "--device", &ep], "8 decimal digits"),
-        (vec!["onboard", "--pin", "98765432", "--cloud", "http://127.0.0.1:1", "--device", "coap+tcp://127.0.0.1:5"], "not a secure endpoint"),
-        (vec!["onboard", "--pin", "98765432", "--cloud", "https://127.0.0.1:1", "--device", &ep], "--cloud"),
-        (vec!["onboard", "--pin", "98765432", "--cloud", "http://127.0.0.1:1", "--di", "not-a-uuid"], "not a UUID"),
+        (
+            vec![
+                "onboard",
+                "--pin",
+                "98765x",
+                "--cloud",
+                "http://127.0.0.1:1",
+                "--device",
+                &ep,
+            ],
+            "8 decimal digits",
+        ),
+        (
+            vec![
+                "onboard",
+                "--pin",
+                "98765432",
+                "--cloud",
+                "http://127.0.0.1:1",
+                "--device",
+                "coap+tcp://127.0.0.1:5",
+            ],
+            "not a secure endpoint",
+        ),
+        (
+            vec![
+                "onboard",
+                "--pin",
+                "98765432",
+                "--cloud",
+                "https://127.0.0.1:1",
+                "--device",
+                &ep,
+            ],
+            "--cloud",
+        ),
+        (
+            vec![
+                "onboard",
+                "--pin",
+                "98765432",
+                "--cloud",
+                "http://127.0.0.1:1",
+                "--di",
+                "not-a-uuid",
+            ],
+            "not a UUID",
+        ),
         (vec!["offboard", "--device", "coaps://127.0.0.1:5"], "DTLS"),
     ] {
         let mut all = vec!["--identity", &ids];
@@ -42,7 +97,11 @@ fn usage_errors_exit_2_and_never_echo_the_pin() {
         let out = mediator(&all);
         assert_eq!(out.status.code(), Some(2), "{all:?}: {}", text(&out));
         assert!(text(&out).contains(want), "{all:?}: {}", text(&out));
-        assert!(!text(&out).contains("98765"), "the PIN was echoed: {}", text(&out));
+        assert!(
+            !text(&out).contains("98765"),
+            "the PIN was echoed: {}",
+            text(&out)
+        );
     }
     let out = mediator(&["onboard", "--cloud", "http://127.0.0.1:1"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -55,11 +114,21 @@ fn identity_is_created_once_in_a_private_directory() {
     let ids = id.display().to_string();
     let first = mediator(&["--identity", &ids, "identity"]);
     assert!(first.status.success(), "{}", text(&first));
-    let uuid = String::from_utf8_lossy(&first.stdout).lines().find_map(|l| l.strip_prefix("uuid ").map(str::to_string)).unwrap();
+    let uuid = String::from_utf8_lossy(&first.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("uuid ").map(str::to_string))
+        .unwrap();
     assert!(String::from_utf8_lossy(&first.stderr).contains("created the Mediator identity"));
-    assert_eq!(std::fs::metadata(&id).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&id).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     for f in ["mediator.key", "mediator.crt"] {
-        assert_eq!(std::fs::metadata(id.join(f)).unwrap().permissions().mode() & 0o777, 0o600, "{f}");
+        assert_eq!(
+            std::fs::metadata(id.join(f)).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{f}"
+        );
     }
     let key = std::fs::read_to_string(id.join("mediator.key")).unwrap();
     assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
@@ -75,14 +144,44 @@ fn an_unreachable_device_fails_in_step_1() {
     let id = temp("unreachable");
     let ids = id.display().to_string();
     let ep = format!("coaps+tcp://127.0.0.1:{}", closed_port());
-    let out = mediator(&["--identity", &ids, "onboard", "--pin", "98765432", "--cloud", "http://127.0.0.1:1", "--device", &ep]);
+    let out = mediator(&[
+        "--identity",
+        &ids,
+        "onboard",
+        "--pin",
+        "98765432",
+        "--cloud",
+        "http://127.0.0.1:1",
+        "--device",
+        &ep,
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("[1/9] connecting to {ep}")), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("step 1/9 (connecting): cannot connect to"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(&format!("[1/9] connecting to {ep}")),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("step 1/9 (connecting): cannot connect to"),
+        "{}",
+        text(&out)
+    );
     assert!(!text(&out).contains("98765432"));
-    let out = mediator(&["--identity", &ids, "offboard", "--device", &ep, "--timeout", "2"]);
+    let out = mediator(&[
+        "--identity",
+        &ids,
+        "offboard",
+        "--device",
+        &ep,
+        "--timeout",
+        "2",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("step 1/3 (connecting)"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("step 1/3 (connecting)"),
+        "{}",
+        text(&out)
+    );
     let _ = std::fs::remove_dir_all(id);
 }
 
@@ -101,6 +200,10 @@ fn a_server_that_is_not_tls_fails_the_handshake_in_step_1() {
     let ep = format!("coaps+tcp://127.0.0.1:{port}");
     let out = mediator(&["--identity", &ids, "get", "--device", &ep, "/oic/res"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("TLS handshake"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS handshake"),
+        "{}",
+        text(&out)
+    );
     let _ = std::fs::remove_dir_all(id);
 }

@@ -31,7 +31,11 @@ impl Block {
             return None;
         }
         let v = bytes.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
-        Some(Block { num: v >> 4, more: v & 0x08 != 0, szx: (v & 0x07) as u8 })
+        Some(Block {
+            num: v >> 4,
+            more: v & 0x08 != 0,
+            szx: (v & 0x07) as u8,
+        })
     }
 
     pub fn encode(self) -> Vec<u8> {
@@ -46,7 +50,10 @@ pub fn szx_for(max_message: usize) -> u8 {
     // Leave room for the header, token and options of a response (ETag, Content-Format,
     // Observe, Block2, Size2, 2053): 128 bytes is ample.
     let room = max_message.saturating_sub(128);
-    (0..=MAX_SZX).rev().find(|szx| (1usize << (szx + 4)) <= room).unwrap_or(0)
+    (0..=MAX_SZX)
+        .rev()
+        .find(|szx| (1usize << (szx + 4)) <= room)
+        .unwrap_or(0)
 }
 
 /// Cuts `response` to the block the request asks for (its Block2 option), or to the first
@@ -54,11 +61,16 @@ pub fn szx_for(max_message: usize) -> u8 {
 /// without Block2 are left alone. Returns an error response when the requested block lies
 /// beyond the representation.
 pub fn apply_block2(request: &Packet, response: &mut Packet, max_szx: u8) {
-    if !matches!(response.header.code, MessageClass::Response(ResponseType::Content)) {
+    if !matches!(
+        response.header.code,
+        MessageClass::Response(ResponseType::Content)
+    ) {
         return;
     }
     let max_szx = max_szx.min(MAX_SZX);
-    let asked = request.get_first_option(CoapOption::Block2).and_then(|b| Block::decode(b));
+    let asked = request
+        .get_first_option(CoapOption::Block2)
+        .and_then(|b| Block::decode(b));
     let (num, szx) = match asked {
         // RFC 7959 §2.4: the server may answer with a smaller block than asked for; the
         // block number then scales so the offset stays the same.
@@ -67,7 +79,11 @@ pub fn apply_block2(request: &Packet, response: &mut Packet, max_szx: u8) {
         None if response.payload.len() > (1usize << (max_szx + 4)) => (0, max_szx),
         None => return,
     };
-    let block = Block { num, more: false, szx };
+    let block = Block {
+        num,
+        more: false,
+        szx,
+    };
     let total = response.payload.len();
     let start = (num as usize).saturating_mul(block.size());
     if start >= total && !(start == 0 && total == 0) {
@@ -85,7 +101,10 @@ pub fn apply_block2(request: &Packet, response: &mut Packet, max_szx: u8) {
     response.payload = response.payload[start..end].to_vec();
     response.add_option(CoapOption::Block2, Block { num, more, szx }.encode());
     if num == 0 {
-        response.add_option(CoapOption::Size2, crate::resource::encode_uint(total as u32));
+        response.add_option(
+            CoapOption::Size2,
+            crate::resource::encode_uint(total as u32),
+        );
     }
     if num > 0 {
         // Notifications are only the first block (RFC 7959 §2.6); later blocks are plain GETs.
@@ -106,10 +125,28 @@ mod tests {
 
     #[test]
     fn option_value_round_trips() {
-        for b in [Block { num: 0, more: true, szx: 6 }, Block { num: 70000, more: false, szx: 2 }] {
+        for b in [
+            Block {
+                num: 0,
+                more: true,
+                szx: 6,
+            },
+            Block {
+                num: 70000,
+                more: false,
+                szx: 2,
+            },
+        ] {
             assert_eq!(Block::decode(&b.encode()), Some(b));
         }
-        assert_eq!(Block::decode(&[]), Some(Block { num: 0, more: false, szx: 0 }));
+        assert_eq!(
+            Block::decode(&[]),
+            Some(Block {
+                num: 0,
+                more: false,
+                szx: 0
+            })
+        );
         assert_eq!(Block::decode(&[1, 2, 3, 4]), None);
     }
 
@@ -121,14 +158,25 @@ mod tests {
         loop {
             let mut req = Packet::new();
             if num > 0 {
-                req.add_option(CoapOption::Block2, Block { num, more: false, szx: 6 }.encode());
+                req.add_option(
+                    CoapOption::Block2,
+                    Block {
+                        num,
+                        more: false,
+                        szx: 6,
+                    }
+                    .encode(),
+                );
             }
             let mut resp = content(2500);
             apply_block2(&req, &mut resp, 6);
             let b = Block::decode(resp.get_first_option(CoapOption::Block2).unwrap()).unwrap();
             assert_eq!(b.num, num);
             if num == 0 {
-                assert_eq!(resp.get_first_option(CoapOption::Size2), Some(&crate::resource::encode_uint(2500)));
+                assert_eq!(
+                    resp.get_first_option(CoapOption::Size2),
+                    Some(&crate::resource::encode_uint(2500))
+                );
             }
             got.extend_from_slice(&resp.payload);
             if !b.more {
@@ -146,7 +194,15 @@ mod tests {
         apply_block2(&Packet::new(), &mut resp, 6);
         assert!(resp.get_option(CoapOption::Block2).is_none());
         let mut req = Packet::new();
-        req.add_option(CoapOption::Block2, Block { num: 1, more: false, szx: 2 }.encode());
+        req.add_option(
+            CoapOption::Block2,
+            Block {
+                num: 1,
+                more: false,
+                szx: 2,
+            }
+            .encode(),
+        );
         let mut resp = content(100);
         apply_block2(&req, &mut resp, 6);
         assert_eq!(resp.payload, (64..100).map(|i| i as u8).collect::<Vec<_>>());
@@ -155,10 +211,21 @@ mod tests {
     #[test]
     fn block_beyond_the_end_is_refused() {
         let mut req = Packet::new();
-        req.add_option(CoapOption::Block2, Block { num: 9, more: false, szx: 6 }.encode());
+        req.add_option(
+            CoapOption::Block2,
+            Block {
+                num: 9,
+                more: false,
+                szx: 6,
+            }
+            .encode(),
+        );
         let mut resp = content(100);
         apply_block2(&req, &mut resp, 6);
-        assert_eq!(resp.header.code, MessageClass::Response(ResponseType::BadOption));
+        assert_eq!(
+            resp.header.code,
+            MessageClass::Response(ResponseType::BadOption)
+        );
     }
 
     #[test]

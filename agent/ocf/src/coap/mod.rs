@@ -7,8 +7,8 @@
 //!   together.
 //! - [`udp`]: the server side of the RFC 7252 message layer (deduplication, ACK, RST).
 
+pub mod block;
 pub mod signal;
 pub mod tcp;
 pub mod tcp_conn;
 pub mod udp;
-pub mod block;

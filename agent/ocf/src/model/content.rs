@@ -168,7 +168,11 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -187,7 +191,8 @@ mod tests {
 
     #[test]
     fn json_and_cbor_carry_the_same_representation() {
-        let json = br#"{"value":true,"brightness":42,"temperature":-3.5,"rt":["oic.r.switch.binary"]}"#;
+        let json =
+            br#"{"value":true,"brightness":42,"temperature":-3.5,"rt":["oic.r.switch.binary"]}"#;
         let v = decode_payload(ContentFormat::Json, json).unwrap();
         let cbor = encode_payload(ContentFormat::OcfCbor, &v).unwrap();
         let back = decode_payload(ContentFormat::Cbor, &cbor).unwrap();
@@ -202,7 +207,10 @@ mod tests {
     #[test]
     fn malformed_bodies_are_reported_not_panicked_on() {
         assert!(decode_payload(ContentFormat::OcfCbor, &[0xa1, 0x61]).is_err());
-        assert!(decode_payload(ContentFormat::OcfCbor, &[0xa0, 0x00]).unwrap_err().0.contains("trailing"));
+        assert!(decode_payload(ContentFormat::OcfCbor, &[0xa0, 0x00])
+            .unwrap_err()
+            .0
+            .contains("trailing"));
         assert!(decode_payload(ContentFormat::Json, b"{\"a\":").is_err());
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(decode_payload(ContentFormat::Json, deep.as_bytes()).is_err());

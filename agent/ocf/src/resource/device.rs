@@ -7,8 +7,8 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::rc::Rc;
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use ciborium::Value;
 use coap_lite::{Packet, ResponseType};
@@ -96,7 +96,10 @@ impl Resource {
     }
 
     fn default_interface(&self) -> Interface {
-        self.interfaces.first().copied().unwrap_or(Interface::Baseline)
+        self.interfaces
+            .first()
+            .copied()
+            .unwrap_or(Interface::Baseline)
     }
 }
 
@@ -136,7 +139,10 @@ struct ConfigurationBackend {
 
 impl Backend for ConfigurationBackend {
     fn retrieve(&mut self) -> Result<Props, ResourceError> {
-        Ok(Props::from([("n".to_string(), Value::Text(self.name.borrow().clone()))]))
+        Ok(Props::from([(
+            "n".to_string(),
+            Value::Text(self.name.borrow().clone()),
+        )]))
     }
 
     fn update(&mut self, props: &Props) -> Result<(), ResourceError> {
@@ -230,7 +236,10 @@ impl Device {
             interfaces: vec![Interface::ReadOnly, Interface::Baseline],
             policy: Policy::discoverable(),
             name: None,
-            backend: Box::new(DeviceBackend { props: d, name: device.name.clone() }),
+            backend: Box::new(DeviceBackend {
+                props: d,
+                name: device.name.clone(),
+            }),
         });
         device.resources.push(Resource::new(
             CONFIGURATION_HREF,
@@ -286,7 +295,10 @@ impl Device {
             return Err(format!("href {} is already in use", resource.href));
         }
         if resource.interfaces.is_empty() || resource.types.is_empty() {
-            return Err(format!("resource {} needs at least one rt and one if", resource.href));
+            return Err(format!(
+                "resource {} needs at least one rt and one if",
+                resource.href
+            ));
         }
         let discoverable = resource.policy.discoverable;
         self.resources.push(resource);
@@ -349,7 +361,8 @@ impl Device {
 
     /// Ends one observation (a UDP notification answered with RST, RFC 7641 §3.6).
     pub fn cancel_observation(&mut self, origin: &Origin, token: &[u8]) {
-        self.observers.retain(|o| !(&o.origin == origin && o.token == token));
+        self.observers
+            .retain(|o| !(&o.origin == origin && o.token == token));
     }
 
     /// Serves a CoAP request message; the convenience form of [`Device::handle`].
@@ -390,9 +403,17 @@ impl Device {
         }
     }
 
-    fn serve(&mut self, origin: &Origin, req: &Request, token: &[u8]) -> Result<Response, Response> {
+    fn serve(
+        &mut self,
+        origin: &Origin,
+        req: &Request,
+        token: &[u8],
+    ) -> Result<Response, Response> {
         // OCF-PROTOCOL.md §2.6: versions below 1.0.0 are refused; absent options mean 1.0.0.
-        for v in [req.accept_version, req.content_version].into_iter().flatten() {
+        for v in [req.accept_version, req.content_version]
+            .into_iter()
+            .flatten()
+        {
             if v < OCF_VERSION_1_0 {
                 return Err(Response::error(
                     ResponseType::UnsupportedContentFormat,
@@ -427,7 +448,10 @@ impl Device {
         let interface = match req.query_value("if") {
             None => None,
             Some(s) => Some(Interface::parse(s).ok_or_else(|| {
-                Response::error(ResponseType::BadRequest, &format!("unknown interface {s:?}"))
+                Response::error(
+                    ResponseType::BadRequest,
+                    &format!("unknown interface {s:?}"),
+                )
             })?),
         };
 
@@ -526,7 +550,13 @@ impl Device {
             entries.push(("rt".into(), text_array(&resource.types)));
             entries.push((
                 "if".into(),
-                Value::Array(resource.interfaces.iter().map(|i| Value::Text(i.as_str().into())).collect()),
+                Value::Array(
+                    resource
+                        .interfaces
+                        .iter()
+                        .map(|i| Value::Text(i.as_str().into()))
+                        .collect(),
+                ),
             ));
             if let Some(n) = &resource.name {
                 entries.push(("n".into(), Value::Text(n.clone())));
@@ -545,7 +575,10 @@ impl Device {
         format: ContentFormat,
     ) -> Result<Response, Response> {
         if req.method != Method::Get {
-            return Err(Response::error(ResponseType::MethodNotAllowed, "/oic/res is read-only"));
+            return Err(Response::error(
+                ResponseType::MethodNotAllowed,
+                "/oic/res is read-only",
+            ));
         }
         let interface = interface.unwrap_or(Interface::LinkList);
         let rt_filter = req.query_value("rt").map(str::to_string);
@@ -565,7 +598,12 @@ impl Device {
     }
 
     /// `/oic/res` in one of its three forms.
-    fn discovery(&mut self, origin: &Origin, interface: Interface, rt: Option<&str>) -> Result<Value, Response> {
+    fn discovery(
+        &mut self,
+        origin: &Origin,
+        interface: Interface,
+        rt: Option<&str>,
+    ) -> Result<Value, Response> {
         match interface {
             Interface::LinkList => Ok(Value::Array(self.links(rt))),
             Interface::Baseline => Ok(Value::Array(vec![Value::Map(vec![
@@ -648,7 +686,12 @@ impl Device {
                 ("rt".into(), text_array(&r.types)),
                 (
                     "if".into(),
-                    Value::Array(r.interfaces.iter().map(|i| Value::Text(i.as_str().into())).collect()),
+                    Value::Array(
+                        r.interfaces
+                            .iter()
+                            .map(|i| Value::Text(i.as_str().into()))
+                            .collect(),
+                    ),
                 ),
                 ("p".into(), bm(r.policy)),
                 ("anchor".into(), anchor.clone()),
@@ -710,7 +753,10 @@ impl Device {
                     e
                 }
             };
-            out.push(Notification { origin: observer.origin, packet: response.to_packet(&observer.token) });
+            out.push(Notification {
+                origin: observer.origin,
+                packet: response.to_packet(&observer.token),
+            });
         }
         for (origin, token) in failed {
             self.cancel_observation(&origin, &token);
@@ -765,7 +811,11 @@ fn encode_rep(rep: &Value, format: ContentFormat) -> Result<(Vec<u8>, u16), Resp
 
 /// A 2.05 with the representation, or 2.03 Valid when the client already holds it (one of its
 /// ETags matches, RFC 7252 §5.10.6.2).
-fn content_response(rep: &Value, format: ContentFormat, req: &Request) -> Result<Response, Response> {
+fn content_response(
+    rep: &Value,
+    format: ContentFormat,
+    req: &Request,
+) -> Result<Response, Response> {
     let (payload, cf) = encode_rep(rep, format)?;
     let etag = etag_of(&payload, cf);
     if req.etags.iter().any(|e| e == &etag) {
@@ -794,7 +844,10 @@ pub fn etag_of(payload: &[u8], cf: u16) -> Vec<u8> {
 /// Decodes the body of an update into properties. Common properties are read-only.
 fn decode_update(req: &Request) -> Result<Props, Response> {
     if req.payload.is_empty() {
-        return Err(Response::error(ResponseType::BadRequest, "update needs a body"));
+        return Err(Response::error(
+            ResponseType::BadRequest,
+            "update needs a body",
+        ));
     }
     let format = req
         .content_format
@@ -803,12 +856,18 @@ fn decode_update(req: &Request) -> Result<Props, Response> {
     let value = decode_payload(format, &req.payload)
         .map_err(|e| Response::error(ResponseType::BadRequest, &e.0))?;
     let Value::Map(entries) = value else {
-        return Err(Response::error(ResponseType::BadRequest, "body is not a map"));
+        return Err(Response::error(
+            ResponseType::BadRequest,
+            "body is not a map",
+        ));
     };
     let mut props = Props::new();
     for (k, v) in entries {
         let Value::Text(k) = k else {
-            return Err(Response::error(ResponseType::BadRequest, "property name is not text"));
+            return Err(Response::error(
+                ResponseType::BadRequest,
+                "property name is not text",
+            ));
         };
         // Common properties are read-only, except the device name on /oic/con, whose job is
         // to set it (OCF Core §11.3.4).

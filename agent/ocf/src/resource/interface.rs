@@ -89,16 +89,27 @@ impl Policy {
     pub const OBSERVABLE: u8 = 0x02;
 
     pub fn discoverable_observable() -> Policy {
-        Policy { discoverable: true, observable: true, secure: false }
+        Policy {
+            discoverable: true,
+            observable: true,
+            secure: false,
+        }
     }
 
     pub fn discoverable() -> Policy {
-        Policy { discoverable: true, observable: false, secure: false }
+        Policy {
+            discoverable: true,
+            observable: false,
+            secure: false,
+        }
     }
 
     /// The `bm` bitmask of the link.
     pub fn bm(self) -> u8 {
-        (if self.discoverable { Self::DISCOVERABLE } else { 0 })
-            | (if self.observable { Self::OBSERVABLE } else { 0 })
+        (if self.discoverable {
+            Self::DISCOVERABLE
+        } else {
+            0
+        }) | (if self.observable { Self::OBSERVABLE } else { 0 })
     }
 }

@@ -9,8 +9,8 @@ mod request;
 
 pub use backend::{Backend, Props, ResourceError, Value};
 pub use device::{
-    etag_of, BatchFilter, Device, CONFIGURATION_HREF, MAX_NAME_LEN, DeviceInfo, Notification, Origin, PlatformInfo, Resource, DEVICE_HREF,
-    PLATFORM_HREF, RES_HREF,
+    etag_of, BatchFilter, Device, DeviceInfo, Notification, Origin, PlatformInfo, Resource,
+    CONFIGURATION_HREF, DEVICE_HREF, MAX_NAME_LEN, PLATFORM_HREF, RES_HREF,
 };
 pub use interface::{Interface, Policy};
 pub use request::{

@@ -15,8 +15,28 @@ pub const OCF_VERSION_1_0: u16 = 0x0800;
 /// Option numbers this stack understands. An unrecognised *critical* (odd-numbered) option makes
 /// a request fail with 4.02 (RFC 7252 §5.4.1); unknown elective ones are ignored.
 const KNOWN_OPTIONS: &[u16] = &[
-    1, 3, 4, 5, 6, 7, 8, 11, 12, 14, 15, 17, 20, 23, 27, 28, 35, 39, 60, 258,
-    OCF_ACCEPT_VERSION, OCF_CONTENT_VERSION,
+    1,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    11,
+    12,
+    14,
+    15,
+    17,
+    20,
+    23,
+    27,
+    28,
+    35,
+    39,
+    60,
+    258,
+    OCF_ACCEPT_VERSION,
+    OCF_CONTENT_VERSION,
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +106,9 @@ impl Request {
         let mut path = String::new();
         if let Some(segments) = packet.get_option(CoapOption::UriPath) {
             for seg in segments {
-                let seg = std::str::from_utf8(seg)
-                    .map_err(|_| Response::error(ResponseType::BadRequest, "Uri-Path is not UTF-8"))?;
+                let seg = std::str::from_utf8(seg).map_err(|_| {
+                    Response::error(ResponseType::BadRequest, "Uri-Path is not UTF-8")
+                })?;
                 path.push('/');
                 path.push_str(seg);
             }
@@ -98,8 +119,9 @@ impl Request {
         let mut query = Vec::new();
         if let Some(items) = packet.get_option(CoapOption::UriQuery) {
             for item in items {
-                let item = std::str::from_utf8(item)
-                    .map_err(|_| Response::error(ResponseType::BadRequest, "Uri-Query is not UTF-8"))?;
+                let item = std::str::from_utf8(item).map_err(|_| {
+                    Response::error(ResponseType::BadRequest, "Uri-Query is not UTF-8")
+                })?;
                 let (k, v) = item.split_once('=').unwrap_or((item, ""));
                 query.push((k.to_string(), v.to_string()));
             }
@@ -107,9 +129,9 @@ impl Request {
         let uint = |opt: CoapOption| -> Result<Option<u32>, Response> {
             match packet.get_first_option(opt) {
                 None => Ok(None),
-                Some(bytes) if bytes.len() <= 4 => {
-                    Ok(Some(bytes.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b))))
-                }
+                Some(bytes) if bytes.len() <= 4 => Ok(Some(
+                    bytes.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)),
+                )),
                 Some(_) => Err(Response::error(
                     ResponseType::BadOption,
                     &format!("option {} is longer than 4 bytes", u16::from(opt)),
@@ -147,7 +169,10 @@ impl Request {
 
     /// The value of the first query parameter named `key`.
     pub fn query_value(&self, key: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Builds a CoAP message for this request (for clients: the Mediator, the dev cloud, tests).
@@ -166,7 +191,11 @@ impl Request {
             p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
         }
         for (k, v) in &self.query {
-            let item = if v.is_empty() { k.clone() } else { format!("{k}={v}") };
+            let item = if v.is_empty() {
+                k.clone()
+            } else {
+                format!("{k}={v}")
+            };
             p.add_option(CoapOption::UriQuery, item.into_bytes());
         }
         if let Some(obs) = self.observe {
@@ -210,13 +239,22 @@ pub struct Response {
 
 impl Response {
     pub fn new(code: ResponseType) -> Response {
-        Response { code, content_format: None, observe: None, etag: None, payload: Vec::new() }
+        Response {
+            code,
+            content_format: None,
+            observe: None,
+            etag: None,
+            payload: Vec::new(),
+        }
     }
 
     /// An error response with a diagnostic payload (RFC 7252 §5.5.2: UTF-8 text, no
     /// Content-Format).
     pub fn error(code: ResponseType, diagnostic: &str) -> Response {
-        Response { payload: diagnostic.as_bytes().to_vec(), ..Response::new(code) }
+        Response {
+            payload: diagnostic.as_bytes().to_vec(),
+            ..Response::new(code)
+        }
     }
 
     /// The diagnostic text of an error response.

@@ -14,8 +14,14 @@ impl Backend for Switch {
         for (k, v) in props {
             match (k.as_str(), v) {
                 ("value", Value::Bool(b)) => self.0 = *b,
-                ("value", _) => return Err(ResourceError::BadRequest("value must be a boolean".into())),
-                (other, _) => return Err(ResourceError::BadRequest(format!("unknown property {other:?}"))),
+                ("value", _) => {
+                    return Err(ResourceError::BadRequest("value must be a boolean".into()))
+                }
+                (other, _) => {
+                    return Err(ResourceError::BadRequest(format!(
+                        "unknown property {other:?}"
+                    )))
+                }
             }
         }
         Ok(())
@@ -32,7 +38,9 @@ impl Backend for Thermo {
                 ("temperature".to_string(), Value::Float(t)),
                 ("units".to_string(), Value::Text("C".into())),
             ])),
-            None => Err(ResourceError::Unavailable("sensor at 0x48 does not answer".into())),
+            None => Err(ResourceError::Unavailable(
+                "sensor at 0x48 does not answer".into(),
+            )),
         }
     }
 }
@@ -50,7 +58,11 @@ fn device() -> Device {
             data_model_version: "ocf.res.1.3.0,ocf.sh.1.3.0".into(),
             software_version: "0.1.0".into(),
         },
-        PlatformInfo { pi: "a0b1c2d3-0000-4000-8000-000000000001".into(), manufacturer: "Example".into(), extra: Props::new() },
+        PlatformInfo {
+            pi: "a0b1c2d3-0000-4000-8000-000000000001".into(),
+            manufacturer: "Example".into(),
+            extra: Props::new(),
+        },
     );
     d.add(Resource::new(
         "/switch",
@@ -68,13 +80,19 @@ fn device() -> Device {
         Box::new(Thermo(Some(21.5))),
     ))
     .unwrap();
-    d.set_endpoints(vec!["coap://127.0.0.1:5683".into(), "coap+tcp://127.0.0.1:5684".into()]);
+    d.set_endpoints(vec![
+        "coap://127.0.0.1:5683".into(),
+        "coap+tcp://127.0.0.1:5684".into(),
+    ]);
     d
 }
 
 fn get(path: &str, query: &[(&str, &str)]) -> Request {
     let mut r = Request::new(Method::Get, path);
-    r.query = query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    r.query = query
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     r
 }
 
@@ -91,11 +109,18 @@ fn body(r: &Response) -> Value {
 }
 
 fn get_key<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
-    v.as_map()?.iter().find(|(k, _)| k.as_text() == Some(key)).map(|(_, v)| v)
+    v.as_map()?
+        .iter()
+        .find(|(k, _)| k.as_text() == Some(key))
+        .map(|(_, v)| v)
 }
 
 fn texts(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(|x| x.as_text().unwrap().to_string()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_text().unwrap().to_string())
+        .collect()
 }
 
 const O: Origin = Origin::Stream(1);
@@ -110,23 +135,52 @@ fn oic_res_link_list_is_the_default_with_anchor_eps_and_policy() {
     assert_eq!(r.content_format, Some(10000));
     let links = body(&r);
     let links = links.as_array().unwrap();
-    let hrefs: Vec<_> = links.iter().map(|l| get_key(l, "href").unwrap().as_text().unwrap()).collect();
-    assert_eq!(hrefs, ["/oic/res", "/oic/d", "/oic/con", "/oic/p", "/switch", "/temperature"]);
+    let hrefs: Vec<_> = links
+        .iter()
+        .map(|l| get_key(l, "href").unwrap().as_text().unwrap())
+        .collect();
+    assert_eq!(
+        hrefs,
+        [
+            "/oic/res",
+            "/oic/d",
+            "/oic/con",
+            "/oic/p",
+            "/switch",
+            "/temperature"
+        ]
+    );
     let res = &links[0];
     assert_eq!(texts(get_key(res, "rel").unwrap()), ["self"]);
     assert!(texts(get_key(res, "if").unwrap()).contains(&"oic.if.b".to_string()));
-    let bm = get_key(get_key(res, "p").unwrap(), "bm").unwrap().as_integer().unwrap();
-    assert_eq!(i128::from(bm) & 2, 2, "/oic/res must be observable for plgd");
+    let bm = get_key(get_key(res, "p").unwrap(), "bm")
+        .unwrap()
+        .as_integer()
+        .unwrap();
+    assert_eq!(
+        i128::from(bm) & 2,
+        2,
+        "/oic/res must be observable for plgd"
+    );
     for l in links {
-        assert_eq!(get_key(l, "anchor").unwrap().as_text().unwrap(), format!("ocf://{DI}"));
+        assert_eq!(
+            get_key(l, "anchor").unwrap().as_text().unwrap(),
+            format!("ocf://{DI}")
+        );
         let eps = get_key(l, "eps").unwrap().as_array().unwrap();
         assert_eq!(eps.len(), 2);
     }
     let sw = &links[4];
     assert_eq!(texts(get_key(sw, "rt").unwrap()), ["oic.r.switch.binary"]);
-    assert_eq!(texts(get_key(sw, "if").unwrap()), ["oic.if.a", "oic.if.baseline"]);
+    assert_eq!(
+        texts(get_key(sw, "if").unwrap()),
+        ["oic.if.a", "oic.if.baseline"]
+    );
     let d_link = &links[1];
-    assert_eq!(texts(get_key(d_link, "rt").unwrap()), ["oic.d.sensor", "oic.wk.d"]);
+    assert_eq!(
+        texts(get_key(d_link, "rt").unwrap()),
+        ["oic.d.sensor", "oic.wk.d"]
+    );
 }
 
 #[test]
@@ -141,11 +195,26 @@ fn oic_res_baseline_and_batch_forms() {
     let r = d.handle(&O, &get("/oic/res", &[("if", "oic.if.b")]), &[]);
     let v = body(&r);
     let items = v.as_array().unwrap();
-    let hrefs: Vec<_> = items.iter().map(|l| get_key(l, "href").unwrap().as_text().unwrap().to_string()).collect();
+    let hrefs: Vec<_> = items
+        .iter()
+        .map(|l| get_key(l, "href").unwrap().as_text().unwrap().to_string())
+        .collect();
     assert!(hrefs.contains(&format!("ocf://{DI}/switch")));
     assert!(!hrefs.iter().any(|h| h.ends_with("/oic/res")));
-    let sw = items.iter().find(|i| get_key(i, "href").unwrap().as_text().unwrap().ends_with("/switch")).unwrap();
-    assert_eq!(get_key(get_key(sw, "rep").unwrap(), "value"), Some(&Value::Bool(false)));
+    let sw = items
+        .iter()
+        .find(|i| {
+            get_key(i, "href")
+                .unwrap()
+                .as_text()
+                .unwrap()
+                .ends_with("/switch")
+        })
+        .unwrap();
+    assert_eq!(
+        get_key(get_key(sw, "rep").unwrap(), "value"),
+        Some(&Value::Bool(false))
+    );
 }
 
 #[test]
@@ -154,9 +223,20 @@ fn rt_query_filters_links_and_resources() {
     let v = body(&d.handle(&O, &get("/oic/res", &[("rt", "oic.r.temperature")]), &[]));
     let links = v.as_array().unwrap();
     assert_eq!(links.len(), 1);
-    assert_eq!(get_key(&links[0], "href").unwrap().as_text(), Some("/temperature"));
-    assert_eq!(d.handle(&O, &get("/switch", &[("rt", "oic.r.temperature")]), &[]).code, ResponseType::NotFound);
-    assert_eq!(d.handle(&O, &get("/switch", &[("rt", "oic.r.switch.binary")]), &[]).code, ResponseType::Content);
+    assert_eq!(
+        get_key(&links[0], "href").unwrap().as_text(),
+        Some("/temperature")
+    );
+    assert_eq!(
+        d.handle(&O, &get("/switch", &[("rt", "oic.r.temperature")]), &[])
+            .code,
+        ResponseType::NotFound
+    );
+    assert_eq!(
+        d.handle(&O, &get("/switch", &[("rt", "oic.r.switch.binary")]), &[])
+            .code,
+        ResponseType::Content
+    );
 }
 
 #[test]
@@ -168,7 +248,10 @@ fn oic_d_and_oic_p_carry_the_required_properties() {
     }
     assert!(get_key(&v, "rt").is_none(), "oic.if.r view has no rt");
     let v = body(&d.handle(&O, &get("/oic/d", &[("if", "oic.if.baseline")]), &[]));
-    assert_eq!(texts(get_key(&v, "rt").unwrap()), ["oic.d.sensor", "oic.wk.d"]);
+    assert_eq!(
+        texts(get_key(&v, "rt").unwrap()),
+        ["oic.d.sensor", "oic.wk.d"]
+    );
     let v = body(&d.handle(&O, &get("/oic/p", &[]), &[]));
     assert!(get_key(&v, "pi").is_some() && get_key(&v, "mnmn").is_some());
 }
@@ -186,7 +269,14 @@ fn baseline_adds_rt_and_if() {
 #[test]
 fn post_updates_and_answers_changed() {
     let mut d = device();
-    let r = d.handle(&O, &post("/switch", Value::Map(vec![("value".into(), Value::Bool(true))])), &[]);
+    let r = d.handle(
+        &O,
+        &post(
+            "/switch",
+            Value::Map(vec![("value".into(), Value::Bool(true))]),
+        ),
+        &[],
+    );
     assert_eq!(r.code, ResponseType::Changed);
     assert_eq!(get_key(&body(&r), "value"), Some(&Value::Bool(true)));
     let v = body(&d.handle(&O, &get("/switch", &[]), &[]));
@@ -211,8 +301,19 @@ fn json_bodies_and_accept_json() {
     assert_eq!(r.content_format, Some(60));
     // Content-format 10000 carries the OCF version option; 60 does not.
     let p = r.to_packet(&[1]);
-    assert!(p.get_option(coap_lite::CoapOption::Unknown(OCF_CONTENT_VERSION)).is_none());
-    let p = d.handle(&O, &Request { accept: Some(10000), ..get("/switch", &[]) }, &[]).to_packet(&[1]);
+    assert!(p
+        .get_option(coap_lite::CoapOption::Unknown(OCF_CONTENT_VERSION))
+        .is_none());
+    let p = d
+        .handle(
+            &O,
+            &Request {
+                accept: Some(10000),
+                ..get("/switch", &[])
+            },
+            &[],
+        )
+        .to_packet(&[1]);
     assert_eq!(
         p.get_first_option(coap_lite::CoapOption::Unknown(OCF_CONTENT_VERSION)),
         Some(&vec![0x08, 0x00])
@@ -224,20 +325,85 @@ fn errors_have_the_right_codes_and_a_diagnostic() {
     let mut d = device();
     let cases: Vec<(Request, ResponseType)> = vec![
         (get("/nope", &[]), ResponseType::NotFound),
-        (Request::new(Method::Delete, "/switch"), ResponseType::MethodNotAllowed),
-        (Request::new(Method::Put, "/switch"), ResponseType::MethodNotAllowed),
-        (post("/temperature", Value::Map(vec![("temperature".into(), Value::Float(3.0))])), ResponseType::MethodNotAllowed),
-        (post("/switch", Value::Map(vec![("value".into(), Value::Integer(3.into()))])), ResponseType::BadRequest),
-        (post("/switch", Value::Map(vec![("colour".into(), Value::Bool(true))])), ResponseType::BadRequest),
-        (post("/switch", Value::Map(vec![("rt".into(), Value::Bool(true))])), ResponseType::BadRequest),
+        (
+            Request::new(Method::Delete, "/switch"),
+            ResponseType::MethodNotAllowed,
+        ),
+        (
+            Request::new(Method::Put, "/switch"),
+            ResponseType::MethodNotAllowed,
+        ),
+        (
+            post(
+                "/temperature",
+                Value::Map(vec![("temperature".into(), Value::Float(3.0))]),
+            ),
+            ResponseType::MethodNotAllowed,
+        ),
+        (
+            post(
+                "/switch",
+                Value::Map(vec![("value".into(), Value::Integer(3.into()))]),
+            ),
+            ResponseType::BadRequest,
+        ),
+        (
+            post(
+                "/switch",
+                Value::Map(vec![("colour".into(), Value::Bool(true))]),
+            ),
+            ResponseType::BadRequest,
+        ),
+        (
+            post(
+                "/switch",
+                Value::Map(vec![("rt".into(), Value::Bool(true))]),
+            ),
+            ResponseType::BadRequest,
+        ),
         (post("/switch", Value::Bool(true)), ResponseType::BadRequest),
-        (get("/switch", &[("if", "oic.if.s")]), ResponseType::BadRequest),
-        (get("/switch", &[("if", "oic.if.nonsense")]), ResponseType::BadRequest),
-        (Request { accept: Some(41), ..get("/switch", &[]) }, ResponseType::NotAcceptable),
-        (Request { content_format: Some(0), payload: b"x".to_vec(), ..Request::new(Method::Post, "/switch") }, ResponseType::UnsupportedContentFormat),
-        (Request { accept_version: Some(0x0840 - 0x50), ..get("/switch", &[]) }, ResponseType::UnsupportedContentFormat),
-        (Request { payload: vec![0xa1, 0x65], content_format: Some(10000), ..Request::new(Method::Post, "/switch") }, ResponseType::BadRequest),
-        (Request::new(Method::Post, "/oic/res"), ResponseType::MethodNotAllowed),
+        (
+            get("/switch", &[("if", "oic.if.s")]),
+            ResponseType::BadRequest,
+        ),
+        (
+            get("/switch", &[("if", "oic.if.nonsense")]),
+            ResponseType::BadRequest,
+        ),
+        (
+            Request {
+                accept: Some(41),
+                ..get("/switch", &[])
+            },
+            ResponseType::NotAcceptable,
+        ),
+        (
+            Request {
+                content_format: Some(0),
+                payload: b"x".to_vec(),
+                ..Request::new(Method::Post, "/switch")
+            },
+            ResponseType::UnsupportedContentFormat,
+        ),
+        (
+            Request {
+                accept_version: Some(0x0840 - 0x50),
+                ..get("/switch", &[])
+            },
+            ResponseType::UnsupportedContentFormat,
+        ),
+        (
+            Request {
+                payload: vec![0xa1, 0x65],
+                content_format: Some(10000),
+                ..Request::new(Method::Post, "/switch")
+            },
+            ResponseType::BadRequest,
+        ),
+        (
+            Request::new(Method::Post, "/oic/res"),
+            ResponseType::MethodNotAllowed,
+        ),
     ];
     for (req, code) in cases {
         let r = d.handle(&O, &req, &[]);
@@ -256,14 +422,18 @@ fn content_format_follows_what_the_client_speaks() {
     // No Accept, no OCF option: a generic CoAP client; plain CBOR without option 2053.
     let r = d.handle(&O, &get("/switch", &[]), &[]);
     assert_eq!(r.content_format, Some(60));
-    assert!(r.to_packet(&[]).get_option(coap_lite::CoapOption::Unknown(OCF_CONTENT_VERSION)).is_none());
+    assert!(r
+        .to_packet(&[])
+        .get_option(coap_lite::CoapOption::Unknown(OCF_CONTENT_VERSION))
+        .is_none());
     // An OCF client (2049 present) gets 10000 with 2053 = 2048.
     let mut req = get("/switch", &[]);
     req.accept_version = Some(0x0800);
     let r = d.handle(&O, &req, &[]);
     assert_eq!(r.content_format, Some(10000));
     assert_eq!(
-        r.to_packet(&[]).get_first_option(coap_lite::CoapOption::Unknown(OCF_CONTENT_VERSION)),
+        r.to_packet(&[])
+            .get_first_option(coap_lite::CoapOption::Unknown(OCF_CONTENT_VERSION)),
         Some(&vec![0x08, 0x00])
     );
     // plgd hub: Accept 10000 and no version options.
@@ -286,7 +456,14 @@ fn requests_without_ocf_version_options_are_served() {
 fn sensor_fault_is_a_503_with_diagnostic() {
     let mut d = device();
     d.remove("/temperature");
-    d.add(Resource::new("/t2", &["oic.r.temperature"], &[Interface::Sensor], Policy::discoverable_observable(), Box::new(Thermo(None)))).unwrap();
+    d.add(Resource::new(
+        "/t2",
+        &["oic.r.temperature"],
+        &[Interface::Sensor],
+        Policy::discoverable_observable(),
+        Box::new(Thermo(None)),
+    ))
+    .unwrap();
     let r = d.handle(&O, &get("/t2", &[]), &[]);
     assert_eq!(r.code, ResponseType::ServiceUnavailable);
     assert!(r.diagnostic().contains("0x48"));
@@ -302,7 +479,14 @@ fn observe_register_notify_and_deregister() {
     let first = r.observe.expect("registration answered with Observe");
     assert_eq!(d.observer_count(), 1);
 
-    d.handle(&Origin::Stream(2), &post("/switch", Value::Map(vec![("value".into(), Value::Bool(true))])), &[]);
+    d.handle(
+        &Origin::Stream(2),
+        &post(
+            "/switch",
+            Value::Map(vec![("value".into(), Value::Bool(true))]),
+        ),
+        &[],
+    );
     let n = d.take_notifications();
     assert_eq!(n.len(), 1);
     assert_eq!(n[0].origin, O);
@@ -313,7 +497,10 @@ fn observe_register_notify_and_deregister() {
     assert_eq!(get_key(&body(&resp), "value"), Some(&Value::Bool(true)));
 
     d.mark_changed("/switch");
-    let third = Response::from_packet(&d.take_notifications()[0].packet).unwrap().observe.unwrap();
+    let third = Response::from_packet(&d.take_notifications()[0].packet)
+        .unwrap()
+        .observe
+        .unwrap();
     assert!(third > second);
     assert!(d.take_notifications().is_empty(), "nothing changed since");
 
@@ -383,8 +570,19 @@ fn matching_etag_gets_2_03_valid() {
     assert_eq!(r.code, ResponseType::Valid);
     assert_eq!(r.etag, Some(etag.clone()));
     assert!(r.payload.is_empty());
-    d.handle(&O, &post("/switch", Value::Map(vec![("value".into(), Value::Bool(true))])), &[]);
-    assert_eq!(d.handle(&O, &req, &[]).code, ResponseType::Content, "changed batch gets a new ETag");
+    d.handle(
+        &O,
+        &post(
+            "/switch",
+            Value::Map(vec![("value".into(), Value::Bool(true))]),
+        ),
+        &[],
+    );
+    assert_eq!(
+        d.handle(&O, &req, &[]).code,
+        ResponseType::Content,
+        "changed batch gets a new ETag"
+    );
 }
 
 #[test]
@@ -392,17 +590,33 @@ fn multicast_discovery_answers_only_matches() {
     let mut d = device();
     let peer = Origin::Udp("127.0.0.1:5000".parse().unwrap());
     assert!(d.handle_multicast(&peer, &get("/oic/res", &[])).is_some());
-    assert!(d.handle_multicast(&peer, &get("/oic/res", &[("rt", "oic.r.switch.binary")])).is_some());
-    assert!(d.handle_multicast(&peer, &get("/oic/res", &[("rt", "oic.r.nothing")])).is_none());
+    assert!(d
+        .handle_multicast(&peer, &get("/oic/res", &[("rt", "oic.r.switch.binary")]))
+        .is_some());
+    assert!(d
+        .handle_multicast(&peer, &get("/oic/res", &[("rt", "oic.r.nothing")]))
+        .is_none());
     assert!(d.handle_multicast(&peer, &get("/switch", &[])).is_none());
 }
 
 #[test]
 fn duplicate_href_is_refused() {
     let mut d = device();
-    let dup = Resource::new("/switch", &["oic.r.switch.binary"], &[Interface::Actuator], Policy::default(), Box::new(Switch(true)));
+    let dup = Resource::new(
+        "/switch",
+        &["oic.r.switch.binary"],
+        &[Interface::Actuator],
+        Policy::default(),
+        Box::new(Switch(true)),
+    );
     assert!(d.add(dup).is_err());
-    let res = Resource::new("/oic/res", &["x"], &[Interface::Actuator], Policy::default(), Box::new(Switch(true)));
+    let res = Resource::new(
+        "/oic/res",
+        &["x"],
+        &[Interface::Actuator],
+        Policy::default(),
+        Box::new(Switch(true)),
+    );
     assert!(d.add(res).is_err());
 }
 
@@ -412,25 +626,45 @@ fn handle_packet_round_trip_keeps_the_token() {
     let p = get("/switch", &[]).to_packet(&[9, 9, 9, 9]);
     let out = d.handle_packet(&O, &p);
     assert_eq!(out.get_token(), &[9, 9, 9, 9]);
-    assert_eq!(out.header.code, coap_lite::MessageClass::Response(ResponseType::Content));
+    assert_eq!(
+        out.header.code,
+        coap_lite::MessageClass::Response(ResponseType::Content)
+    );
 }
 
 #[test]
 fn batch_filter_decides_per_item_and_origin_also_for_notifications() {
     let mut d = device();
     let allowed = Origin::Stream(7);
-    d.set_batch_filter(Some(Box::new(move |origin: &Origin, href: &str, iface: Interface| {
-        // The resource's default interface is what the item is read through.
-        assert!(href != "/switch" || iface == Interface::Actuator);
-        *origin == allowed && href == "/switch"
-    })));
+    d.set_batch_filter(Some(Box::new(
+        move |origin: &Origin, href: &str, iface: Interface| {
+            // The resource's default interface is what the item is read through.
+            assert!(href != "/switch" || iface == Interface::Actuator);
+            *origin == allowed && href == "/switch"
+        },
+    )));
     let hrefs = |v: &Value| -> Vec<String> {
-        v.as_array().unwrap().iter().map(|i| get_key(i, "href").unwrap().as_text().unwrap().to_string()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| get_key(i, "href").unwrap().as_text().unwrap().to_string())
+            .collect()
     };
-    let r = d.handle(&Origin::Stream(7), &get("/oic/res", &[("if", "oic.if.b")]), &[]);
+    let r = d.handle(
+        &Origin::Stream(7),
+        &get("/oic/res", &[("if", "oic.if.b")]),
+        &[],
+    );
     assert_eq!(hrefs(&body(&r)), [format!("ocf://{DI}/switch")]);
-    let r = d.handle(&Origin::Stream(8), &get("/oic/res", &[("if", "oic.if.b")]), &[]);
-    assert!(hrefs(&body(&r)).is_empty(), "nothing for a requester the filter refuses");
+    let r = d.handle(
+        &Origin::Stream(8),
+        &get("/oic/res", &[("if", "oic.if.b")]),
+        &[],
+    );
+    assert!(
+        hrefs(&body(&r)).is_empty(),
+        "nothing for a requester the filter refuses"
+    );
     // The link list is discovery: not filtered.
     let r = d.handle(&Origin::Stream(8), &get("/oic/res", &[]), &[]);
     assert_eq!(body(&r).as_array().unwrap().len(), 6);
@@ -450,7 +684,11 @@ fn batch_filter_decides_per_item_and_origin_also_for_notifications() {
         }
     }
     d.set_batch_filter(None);
-    let r = d.handle(&Origin::Stream(8), &get("/oic/res", &[("if", "oic.if.b")]), &[]);
+    let r = d.handle(
+        &Origin::Stream(8),
+        &get("/oic/res", &[("if", "oic.if.b")]),
+        &[],
+    );
     assert!(hrefs(&body(&r)).len() >= 3);
 }
 
@@ -459,7 +697,14 @@ fn device_name_is_written_through_oic_con_and_reported_by_oic_d() {
     let mut d = device();
     let v = body(&d.handle(&O, &get("/oic/con", &[]), &[]));
     assert_eq!(get_key(&v, "n").and_then(Value::as_text), Some("test"));
-    let r = d.handle(&O, &post("/oic/con", Value::Map(vec![("n".into(), Value::Text("Kitchen".into()))])), &[]);
+    let r = d.handle(
+        &O,
+        &post(
+            "/oic/con",
+            Value::Map(vec![("n".into(), Value::Text("Kitchen".into()))]),
+        ),
+        &[],
+    );
     assert_eq!(r.code, ResponseType::Changed);
     assert_eq!(d.take_name_change().as_deref(), Some("Kitchen"));
     assert_eq!(d.take_name_change(), None, "reported once");
@@ -467,11 +712,26 @@ fn device_name_is_written_through_oic_con_and_reported_by_oic_d() {
     assert_eq!(get_key(&v, "n").and_then(Value::as_text), Some("Kitchen"));
     assert_eq!(d.info().name, "Kitchen");
     // Bad names change nothing.
-    for bad in [Value::Text(String::new()), Value::Text("x".repeat(65)), Value::Integer(3.into())] {
-        let r = d.handle(&O, &post("/oic/con", Value::Map(vec![("n".into(), bad)])), &[]);
+    for bad in [
+        Value::Text(String::new()),
+        Value::Text("x".repeat(65)),
+        Value::Integer(3.into()),
+    ] {
+        let r = d.handle(
+            &O,
+            &post("/oic/con", Value::Map(vec![("n".into(), bad)])),
+            &[],
+        );
         assert_eq!(r.code, ResponseType::BadRequest);
     }
-    let r = d.handle(&O, &post("/oic/con", Value::Map(vec![("colour".into(), Value::Bool(true))])), &[]);
+    let r = d.handle(
+        &O,
+        &post(
+            "/oic/con",
+            Value::Map(vec![("colour".into(), Value::Bool(true))]),
+        ),
+        &[],
+    );
     assert_eq!(r.code, ResponseType::BadRequest);
     assert_eq!(d.take_name_change(), None);
     assert_eq!(d.name(), "Kitchen");

@@ -58,8 +58,14 @@ fn load(agent: &Agent, clients: usize, duration: Duration) -> (f64, Duration, Du
             })
         })
         .collect();
-    let mut all: Vec<Duration> = handles.into_iter().flat_map(|h| h.join().expect("client thread")).collect();
-    let elapsed = start.elapsed().min(duration + Duration::from_millis(500)).max(duration);
+    let mut all: Vec<Duration> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("client thread"))
+        .collect();
+    let elapsed = start
+        .elapsed()
+        .min(duration + Duration::from_millis(500))
+        .max(duration);
     all.sort();
     let rps = all.len() as f64 / elapsed.as_secs_f64();
     (rps, percentile(&all, 0.50), percentile(&all, 0.99))
@@ -83,13 +89,25 @@ fn sensor_to_notification(samples: usize) -> (Duration, Duration) {
             data_model_version: "ocf.res.1.3.0".into(),
             software_version: "0".into(),
         },
-        PlatformInfo { pi: "00000000-0000-4000-8000-000000000003".into(), manufacturer: "bench".into(), extra: Props::new() },
+        PlatformInfo {
+            pi: "00000000-0000-4000-8000-000000000003".into(),
+            manufacturer: "bench".into(),
+            extra: Props::new(),
+        },
     );
     let mut sensor = None;
     for r in live.resources {
         let types: Vec<&str> = r.resource_types.iter().map(String::as_str).collect();
         let href = r.href.clone();
-        device.add(Resource::new(&r.href, &types, &r.interfaces, r.policy, r.backend)).expect("add");
+        device
+            .add(Resource::new(
+                &r.href,
+                &types,
+                &r.interfaces,
+                r.policy,
+                r.backend,
+            ))
+            .expect("add");
         if href == "/temperature" {
             if let LiveDriver::Sensor(task) = r.driver {
                 sensor = Some((task, r.sim.expect("sim control")));
@@ -168,7 +186,11 @@ fn rss_only(bins: &[String]) {
     println!("|---|---|---|");
     for bin in bins {
         let path = std::path::Path::new(bin);
-        let m = bench_cloud::signed_in_idle_memory(path, &starts.registered_state, Duration::from_millis(1500));
+        let m = bench_cloud::signed_in_idle_memory(
+            path,
+            &starts.registered_state,
+            Duration::from_millis(1500),
+        );
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         println!(
             "| {bin} | {} (anon {}, of it brk heap {}; file-backed {}) | {:.3} MB |",
@@ -189,13 +211,24 @@ fn main() {
     let seconds: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(5);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let machine = format!("{} cores, {cpu}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let machine = format!(
+        "{} cores, {cpu}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     let row = |figure: &str, value: String, goal: &str, reference: &str| {
         println!("| {figure} | {value} | {goal} | {reference} | {machine} |");
     };
-    println!("| figure | value | goal (issue 3) | iotivity-lite (OCF-PROTOCOL.md §7.7) | machine |");
+    println!(
+        "| figure | value | goal (issue 3) | iotivity-lite (OCF-PROTOCOL.md §7.7) | machine |"
+    );
     println!("|---|---|---|---|---|");
 
     // Local endpoints, no cloud.
@@ -207,7 +240,10 @@ fn main() {
         for clients in [1usize, 16] {
             let (rps, p50, p99) = load(&agent, clients, Duration::from_secs(seconds));
             row(
-                &format!("GET /oic/d over coap+tcp, {clients} connection{}", if clients == 1 { "" } else { "s" }),
+                &format!(
+                    "GET /oic/d over coap+tcp, {clients} connection{}",
+                    if clients == 1 { "" } else { "s" }
+                ),
                 format!("{rps:.0} req/s, p50 {}, p99 {}", micros(p50), micros(p99)),
                 NONE,
                 NONE,
@@ -227,9 +263,19 @@ fn main() {
             NONE,
             NONE,
         );
-        row("agent RSS, idle on the sim board, no cloud (bench-release profile, glibc)", mib(idle_rss), NONE, NONE);
+        row(
+            "agent RSS, idle on the sim board, no cloud (bench-release profile, glibc)",
+            mib(idle_rss),
+            NONE,
+            NONE,
+        );
         let loaded_rss = agent.rss_kib().unwrap_or(0);
-        row("agent RSS after the load runs, no cloud (bench-release profile, glibc)", mib(loaded_rss), NONE, NONE);
+        row(
+            "agent RSS after the load runs, no cloud (bench-release profile, glibc)",
+            mib(loaded_rss),
+            NONE,
+            NONE,
+        );
     }
 
     // The cloud link, TLS on loopback.
@@ -271,7 +317,14 @@ fn main() {
         a.wait_line(bench_cloud::PUBLISHED, a.spawned, Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(500));
         for clients in [1usize, 16] {
-            let f = bench_cloud::forwarded_get(&cloud, a.pid(), &a.di, "/temperature", clients, Duration::from_secs(seconds));
+            let f = bench_cloud::forwarded_get(
+                &cloud,
+                a.pid(),
+                &a.di,
+                "/temperature",
+                clients,
+                Duration::from_secs(seconds),
+            );
             row(
                 &format!(
                     "GET /api/v1/devices/{{di}}/temperature forwarded by the dev cloud (HTTP keep-alive, {clients} client{}; TLS to the agent)",
@@ -282,8 +335,15 @@ fn main() {
                 NONE,
             );
             row(
-                &format!("agent CPU per forwarded GET ({clients} client{})", if clients == 1 { "" } else { "s" }),
-                format!("{} (dev cloud: {})", micros(f.agent_cpu), micros(f.cloud_cpu)),
+                &format!(
+                    "agent CPU per forwarded GET ({clients} client{})",
+                    if clients == 1 { "" } else { "s" }
+                ),
+                format!(
+                    "{} (dev cloud: {})",
+                    micros(f.agent_cpu),
+                    micros(f.cloud_cpu)
+                ),
                 NONE,
                 "≈15 µs per pipelined forwarded GET (plain TCP)",
             );
@@ -292,21 +352,46 @@ fn main() {
     }
 
     // RSS signed in and idle, and the size of the shipped builds.
-    let target = ocf_e2e::bin_dir().parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let target = ocf_e2e::bin_dir()
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
     let builds = [
-        ("release profile, x86_64 glibc", target.join("release").join("ocf-agent")),
-        ("release profile, x86_64 musl static", target.join(MUSL_TARGET).join("release").join("ocf-agent")),
-        ("bench-release profile, x86_64 glibc", ocf_e2e::binary("ocf-agent")),
+        (
+            "release profile, x86_64 glibc",
+            target.join("release").join("ocf-agent"),
+        ),
+        (
+            "release profile, x86_64 musl static",
+            target.join(MUSL_TARGET).join("release").join("ocf-agent"),
+        ),
+        (
+            "bench-release profile, x86_64 glibc",
+            ocf_e2e::binary("ocf-agent"),
+        ),
     ];
     for (name, bin) in &builds {
         if !bin.exists() {
-            eprintln!("ocf-bench: {} is not built (cargo xtask bench builds it); no RSS figure for it", bin.display());
+            eprintln!(
+                "ocf-bench: {} is not built (cargo xtask bench builds it); no RSS figure for it",
+                bin.display()
+            );
             continue;
         }
-        let m = bench_cloud::signed_in_idle_memory(bin, &starts.registered_state, Duration::from_millis(1500));
+        let m = bench_cloud::signed_in_idle_memory(
+            bin,
+            &starts.registered_state,
+            Duration::from_millis(1500),
+        );
         row(
             &format!("agent RSS signed in and idle (TLS), {name}"),
-            format!("{} (anon {}, of it brk heap {}; file-backed {})", mib(m.rss), mib(m.anon), mib(m.heap), mib(m.file)),
+            format!(
+                "{} (anon {}, of it brk heap {}; file-backed {})",
+                mib(m.rss),
+                mib(m.anon),
+                mib(m.heap),
+                mib(m.file)
+            ),
             "≤ 2.6 MiB",
             "≈2.2 MiB signed in",
         );

@@ -22,7 +22,10 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{ClientConnection, Connection, DigitallySignedStruct, DistinguishedName as TlsDn, ServerConfig, ServerConnection, SignatureScheme};
+use rustls::{
+    ClientConnection, Connection, DigitallySignedStruct, DistinguishedName as TlsDn, ServerConfig,
+    ServerConnection, SignatureScheme,
+};
 
 /// Accepts any client certificate (or none), checking only the handshake signature.
 #[derive(Debug)]
@@ -43,15 +46,30 @@ impl ClientCertVerifier for AnyClientCertificate {
         &[]
     }
 
-    fn verify_client_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(m, c, d, &self.algorithms)
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(m, c, d, &self.algorithms)
     }
 
@@ -72,12 +90,19 @@ fn self_signed(cn: &str) -> Result<(String, String), String> {
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let Some(target) = arg(&args, "--target").and_then(|t| t.trim_start_matches("coaps+tcp://").parse::<SocketAddr>().ok()) else {
+    let Some(target) = arg(&args, "--target").and_then(|t| {
+        t.trim_start_matches("coaps+tcp://")
+            .parse::<SocketAddr>()
+            .ok()
+    }) else {
         eprintln!("usage: ocf-mitm --target IP:PORT [--listen IP:PORT]");
         std::process::exit(2);
     };
@@ -113,10 +138,14 @@ fn relay(id: u32, inbound: TcpStream, target: SocketAddr) -> Result<(), String> 
     let (ccert, ckey) = self_signed(&format!("uuid:{}", random_uuid()?))?;
     let ccfg = client_config_with(&ccert, &ckey)?;
     let mut out_sock = TcpStream::connect(target).map_err(|e| format!("connect {target}: {e}"))?;
-    out_sock.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    let mut out = ClientConnection::new(ccfg, ServerName::IpAddress(target.ip().into())).map_err(|e| e.to_string())?;
+    out_sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut out = ClientConnection::new(ccfg, ServerName::IpAddress(target.ip().into()))
+        .map_err(|e| e.to_string())?;
     while out.is_handshaking() {
-        out.complete_io(&mut out_sock).map_err(|e| format!("TLS to the device: {e}"))?;
+        out.complete_io(&mut out_sock)
+            .map_err(|e| format!("TLS to the device: {e}"))?;
     }
     let device_cn = out
         .peer_certificates()
@@ -132,11 +161,19 @@ fn relay(id: u32, inbound: TcpStream, target: SocketAddr) -> Result<(), String> 
     let scfg = ServerConfig::builder_with_provider(p.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(Arc::new(AnyClientCertificate { algorithms: p.signature_verification_algorithms }))
+        .with_client_cert_verifier(Arc::new(AnyClientCertificate {
+            algorithms: p.signature_verification_algorithms,
+        }))
         .with_single_cert(chain, key)
         .map_err(|e| e.to_string())?;
     let inn = ServerConnection::new(Arc::new(scfg)).map_err(|e| e.to_string())?;
-    eprintln!("ocf-mitm: connection {id}: relaying {} <-> {target} (posing as {device_cn})", inbound.peer_addr().map(|a| a.to_string()).unwrap_or_default());
+    eprintln!(
+        "ocf-mitm: connection {id}: relaying {} <-> {target} (posing as {device_cn})",
+        inbound
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
 
     let mut in_sock = inbound;
     in_sock.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -172,13 +209,19 @@ fn relay(id: u32, inbound: TcpStream, target: SocketAddr) -> Result<(), String> 
 
 /// Reads TLS records from `sock` into `from`, and moves the plaintext into `to`. Returns
 /// (closed, bytes moved).
-fn pump(from: &mut Connection, sock: &mut TcpStream, to: &mut Connection, busy: &mut bool) -> Result<(bool, usize), String> {
+fn pump(
+    from: &mut Connection,
+    sock: &mut TcpStream,
+    to: &mut Connection,
+    busy: &mut bool,
+) -> Result<(bool, usize), String> {
     let mut closed = false;
     match from.read_tls(sock) {
         Ok(0) => closed = true,
         Ok(_) => {
             *busy = true;
-            from.process_new_packets().map_err(|e| format!("TLS: {e}"))?;
+            from.process_new_packets()
+                .map_err(|e| format!("TLS: {e}"))?;
         }
         Err(e) if e.kind() == ErrorKind::WouldBlock => {}
         Err(e) => return Err(e.to_string()),
@@ -192,7 +235,9 @@ fn pump(from: &mut Connection, sock: &mut TcpStream, to: &mut Connection, busy: 
                 break;
             }
             Ok(n) => {
-                to.writer().write_all(&buf[..n]).map_err(|e| e.to_string())?;
+                to.writer()
+                    .write_all(&buf[..n])
+                    .map_err(|e| e.to_string())?;
                 moved += n;
                 *busy = true;
             }
