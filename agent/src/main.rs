@@ -1,8 +1,10 @@
 //! `ocf-agent`: serves a board's sensors and actuators as OCF resources.
 
 mod board;
+mod cli;
 mod cloud;
 mod cloudconf;
+mod log;
 mod security;
 mod server;
 mod state;
@@ -12,73 +14,17 @@ mod tls_server;
 mod udp;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
 
-use clap::Parser;
 use ocf::resource::{Device, DeviceInfo, PlatformInfo, Value};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::cli::{Cli, Command};
 use crate::security::Security;
 use crate::server::Agent;
 use crate::state::Identity;
-
-/// OCF device agent: exposes the board's sensors and actuators as OCF resources.
-#[derive(Parser, Debug)]
-#[command(name = "ocf-agent", version, about)]
-struct Cli {
-    /// Board description: a built-in name (sim, rpi4, rpi5, qemu-raspi3b) or a TOML file.
-    #[arg(long, default_value = "sim")]
-    board: String,
-    /// Directory for identity, credentials and configuration.
-    #[arg(long, default_value = "/var/lib/ocf-agent")]
-    state_dir: PathBuf,
-    /// CoAP over UDP unicast address; may be given more than once.
-    #[arg(long = "udp", value_name = "ADDR:PORT")]
-    udp: Vec<SocketAddr>,
-    /// The secure local endpoint: CoAP over TLS over TCP (coaps+tcp).
-    #[arg(long = "tls", value_name = "ADDR:PORT", default_value = "0.0.0.0:5684")]
-    tls: SocketAddr,
-    /// CoAP over TCP without TLS: only opened with --insecure-dev [default: 0.0.0.0:5683].
-    #[arg(long = "tcp", value_name = "ADDR:PORT")]
-    tcp: Option<SocketAddr>,
-    /// Development mode, like iotivity-lite built without security: also opens the plain
-    /// coap+tcp listener, serves everything on it and on UDP without access control, and runs
-    /// the cloud link without onboarding (with the interim files identity.crt, cloud-ca.pem).
-    /// Never in production.
-    #[arg(long)]
-    insecure_dev: bool,
-    /// Setup PIN (factory data): the first line of this file, 8 digits. Default: STATE/pin,
-    /// made with a random PIN (printed once) if missing.
-    #[arg(long, value_name = "PATH")]
-    pin_file: Option<PathBuf>,
-    /// Manufacturer certificate chain (PEM) for the secure endpoint [default: STATE/mfg.crt].
-    #[arg(long, value_name = "PATH", requires = "mfg_key")]
-    mfg_cert: Option<PathBuf>,
-    /// The manufacturer certificate's private key (PEM) [default: STATE/mfg.key].
-    #[arg(long, value_name = "PATH", requires = "mfg_cert")]
-    mfg_key: Option<PathBuf>,
-    /// Port of the OCF multicast groups (224.0.1.187, ff02::158), or "off".
-    #[arg(long, default_value = "5683")]
-    multicast: String,
-    /// Cloud link timers for tests, `KEY=VALUE,...` (see cloud::parse_timing).
-    #[arg(long, hide = true, value_name = "KEY=VALUE,...")]
-    cloud_timing: Option<String>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(clap::Subcommand, Debug)]
-enum Command {
-    /// Print a PKCS#10 CSR (PEM, CN uuid:<di>) for the identity key, creating it if needed.
-    Csr {
-        /// Directory for identity, credentials and configuration.
-        #[arg(long, default_value = "/var/lib/ocf-agent")]
-        state_dir: PathBuf,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -91,8 +37,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    log::init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start the runtime: {e}");
@@ -112,7 +61,8 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let board = board::load(&cli.board)?;
-    let (identity, created) = Identity::load_or_create(&cli.state_dir).map_err(|e| e.to_string())?;
+    let (identity, created) =
+        Identity::load_or_create(&cli.state_dir).map_err(|e| e.to_string())?;
     if created {
         info!(di = %identity.di, "created a new device identity");
     }
@@ -146,15 +96,23 @@ async fn run(cli: Cli) -> Result<(), String> {
         identity_key,
         manufacturer,
     })?;
-    info!(dos = security.state.borrow().dos().name(), "security state loaded");
+    info!(
+        dos = security.state.borrow().dos().name(),
+        "security state loaded"
+    );
     let multicast_port: Option<u16> = match cli.multicast.as_str() {
         "off" => None,
-        p => Some(p.parse().map_err(|_| format!("--multicast: {p:?} is neither a port nor \"off\""))?),
+        p => Some(
+            p.parse()
+                .map_err(|_| format!("--multicast: {p:?} is neither a port nor \"off\""))?,
+        ),
     };
 
     let facts = board::facts(&board);
     let mut extra = facts.platform_extra;
-    extra.entry("mnfv".into()).or_insert_with(|| Value::Text(env!("CARGO_PKG_VERSION").into()));
+    extra
+        .entry("mnfv".into())
+        .or_insert_with(|| Value::Text(env!("CARGO_PKG_VERSION").into()));
     if let Some(os) = os_release() {
         extra.insert("mnos".into(), Value::Text(os));
     }
@@ -168,7 +126,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             data_model_version: "ocf.res.1.3.0,ocf.sh.1.3.0".into(),
             software_version: env!("CARGO_PKG_VERSION").into(),
         },
-        PlatformInfo { pi: identity.pi.clone(), manufacturer: facts.manufacturer, extra },
+        PlatformInfo {
+            pi: identity.pi.clone(),
+            manufacturer: facts.manufacturer,
+            extra,
+        },
     );
     let agent = Rc::new(Agent::new(device));
     agent.set_state_dir(cli.state_dir.clone());
@@ -181,7 +143,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     let mut endpoints = Vec::new();
 
     let udp_addrs = if cli.udp.is_empty() {
-        vec![SocketAddr::from(([0, 0, 0, 0], 5683)), SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 5683))]
+        vec![
+            SocketAddr::from(([0, 0, 0, 0], 5683)),
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 5683)),
+        ]
     } else {
         cli.udp.clone()
     };
@@ -203,15 +168,27 @@ async fn run(cli: Cli) -> Result<(), String> {
         } else {
             unicast_v4.get_or_insert(socket.clone());
         }
-        tokio::task::spawn_local(udp::serve_unicast(socket, agent.clone(), security.clone(), stop_rx.clone()));
+        tokio::task::spawn_local(udp::serve_unicast(
+            socket,
+            agent.clone(),
+            security.clone(),
+            stop_rx.clone(),
+        ));
     }
     if cli.insecure_dev {
         let addr = cli.tcp.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 5683)));
-        let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot bind TCP {addr}: {e}"))?;
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot bind TCP {addr}: {e}"))?;
         let tcp_local = tcp.local_addr().map_err(|e| e.to_string())?;
         endpoints.extend(endpoint_uris("coap+tcp", tcp_local));
         tcp::log_listening(&tcp);
-        tokio::task::spawn_local(tcp::serve(tcp, agent.clone(), security.clone(), stop_rx.clone()));
+        tokio::task::spawn_local(tcp::serve(
+            tcp,
+            agent.clone(),
+            security.clone(),
+            stop_rx.clone(),
+        ));
     }
     let tls = tokio::net::TcpListener::bind(cli.tls)
         .await
@@ -219,7 +196,12 @@ async fn run(cli: Cli) -> Result<(), String> {
     let tls_local = tls.local_addr().map_err(|e| e.to_string())?;
     endpoints.extend(endpoint_uris("coaps+tcp", tls_local));
     tls_server::log_listening(&tls);
-    tokio::task::spawn_local(tls_server::serve(tls, agent.clone(), security.clone(), stop_rx.clone()));
+    tokio::task::spawn_local(tls_server::serve(
+        tls,
+        agent.clone(),
+        security.clone(),
+        stop_rx.clone(),
+    ));
 
     if let Some(port) = multicast_port {
         match udp::bind_multicast_v4(port) {
@@ -250,7 +232,13 @@ async fn run(cli: Cli) -> Result<(), String> {
     for task in sensors {
         tokio::task::spawn_local(task.run(agent.clone(), stop_rx.clone()));
     }
-    cloud::start(&cli.state_dir, &agent, &security, cli.cloud_timing.as_deref(), stop_rx.clone())?;
+    cloud::start(
+        &cli.state_dir,
+        &agent,
+        &security,
+        cli.cloud_timing.as_deref(),
+        stop_rx.clone(),
+    )?;
     tokio::task::spawn_local(security.clone().run_events(agent.clone(), stop_rx.clone()));
 
     // The line protocol tests and scripts wait for: every endpoint, then "ready".
@@ -272,32 +260,14 @@ async fn run(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
-/// Logs to stderr (the journal under systemd). `OCF_LOG` takes a level (`debug`) or
-/// per-target levels (`ocf_agent=debug,warn`). `Targets` rather than `EnvFilter`: the latter
-/// brings a regex engine, about 330 KB of code and 0.2 MiB of RSS on the board.
-fn init_logging() {
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let default = || Targets::new().with_default(tracing::Level::INFO);
-    let filter = match std::env::var("OCF_LOG") {
-        Ok(spec) => spec.parse::<Targets>().unwrap_or_else(|e| {
-            eprintln!("ocf-agent: OCF_LOG={spec:?} is not a log filter ({e}); using info");
-            default()
-        }),
-        Err(_) => default(),
-    };
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    tracing_subscriber::registry().with(filter).with(fmt).init();
-}
-
 /// Installs the SIGTERM/SIGINT handlers. Done before the agent says it is ready, so a signal
 /// sent right after "ready" already finds them and ends in a clean shutdown.
 fn shutdown_signals() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    let handlers = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
     async move {
         let (Ok(mut term), Ok(mut int)) = handlers else {
             // Without signal handling, run until killed.
@@ -348,8 +318,12 @@ fn os_release() -> Option<String> {
 
 /// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET.
 fn notify_systemd(message: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
     let bytes = path.as_encoded_bytes();
     let result = if let Some(name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;

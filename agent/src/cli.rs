@@ -1,0 +1,449 @@
+//! The command line, parsed by hand: clap's derive cost about 100 KB of code, and on the board
+//! RSS follows binary size (README.md, "Performance"). The behaviour follows what clap did:
+//! `--flag VALUE` and `--flag=VALUE`, `-h`/`--help`, `-V`/`--version`, a `help [COMMAND]`
+//! subcommand, errors that name the offending argument followed by a hint, exit status 2 for a
+//! usage error.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+const NAME: &str = "ocf-agent";
+const DEFAULT_STATE_DIR: &str = "/var/lib/ocf-agent";
+
+const USAGE: &str = "Usage: ocf-agent [OPTIONS] [COMMAND]";
+const CSR_USAGE: &str = "Usage: ocf-agent csr [OPTIONS]";
+
+const HELP: &str = concat!(
+    env!("CARGO_PKG_DESCRIPTION"),
+    "\n\nUsage: ocf-agent [OPTIONS] [COMMAND]
+
+Commands:
+  csr   Print a PKCS#10 CSR (PEM, CN uuid:<di>) for the identity key, creating it if needed
+  help  Print this message or the help of the given subcommand(s)
+
+Options:
+      --board <BOARD>          Board description: a built-in name (sim, rpi4, rpi5, qemu-raspi3b) or a TOML file [default: sim]
+      --state-dir <STATE_DIR>  Directory for identity, credentials and configuration [default: /var/lib/ocf-agent]
+      --udp <ADDR:PORT>        CoAP over UDP unicast address; may be given more than once
+      --tls <ADDR:PORT>        The secure local endpoint: CoAP over TLS over TCP (coaps+tcp) [default: 0.0.0.0:5684]
+      --tcp <ADDR:PORT>        CoAP over TCP without TLS: only opened with --insecure-dev [default: 0.0.0.0:5683]
+      --insecure-dev           Development mode, like iotivity-lite built without security: also opens the plain coap+tcp listener, serves everything on it and on UDP without access control, and runs the cloud link without onboarding (with the interim files identity.crt, cloud-ca.pem). Never in production
+      --pin-file <PATH>        Setup PIN (factory data): the first line of this file, 8 digits. Default: STATE/pin, made with a random PIN (printed once) if missing
+      --mfg-cert <PATH>        Manufacturer certificate chain (PEM) for the secure endpoint [default: STATE/mfg.crt]
+      --mfg-key <PATH>         The manufacturer certificate's private key (PEM) [default: STATE/mfg.key]
+      --multicast <MULTICAST>  Port of the OCF multicast groups (224.0.1.187, ff02::158), or \"off\" [default: 5683]
+  -h, --help                   Print help
+  -V, --version                Print version
+"
+);
+
+const CSR_HELP: &str = "\
+Print a PKCS#10 CSR (PEM, CN uuid:<di>) for the identity key, creating it if needed
+
+Usage: ocf-agent csr [OPTIONS]
+
+Options:
+      --state-dir <STATE_DIR>  Directory for identity, credentials and configuration [default: /var/lib/ocf-agent]
+  -h, --help                   Print help
+";
+
+/// The agent's options (see `HELP` for their meaning).
+#[derive(Debug)]
+pub struct Cli {
+    pub board: String,
+    pub state_dir: PathBuf,
+    pub udp: Vec<SocketAddr>,
+    pub tls: SocketAddr,
+    pub tcp: Option<SocketAddr>,
+    pub insecure_dev: bool,
+    pub pin_file: Option<PathBuf>,
+    pub mfg_cert: Option<PathBuf>,
+    pub mfg_key: Option<PathBuf>,
+    pub multicast: String,
+    /// Cloud link timers for tests, `KEY=VALUE,...` (see cloud::parse_timing); not in the help.
+    pub cloud_timing: Option<String>,
+    pub command: Option<Command>,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    /// Print a CSR for the identity key (`csr --state-dir DIR`).
+    Csr { state_dir: PathBuf },
+}
+
+impl Cli {
+    /// Parses the process's arguments; prints help, the version or a usage error and exits
+    /// (status 0, 0 and 2) where clap did.
+    pub fn parse() -> Cli {
+        match Self::parse_from(std::env::args_os().skip(1).collect()) {
+            Ok(cli) => cli,
+            Err(Exit::Print(text)) => {
+                print!("{text}");
+                std::process::exit(0)
+            }
+            Err(Exit::Usage { message, usage }) => {
+                eprint!("error: {message}\n\n");
+                if let Some(usage) = usage {
+                    eprint!("{usage}\n\n");
+                }
+                eprintln!("For more information, try '--help'.");
+                std::process::exit(2)
+            }
+        }
+    }
+
+    fn parse_from(args: Vec<OsString>) -> Result<Cli, Exit> {
+        let mut cli = Cli {
+            board: "sim".into(),
+            state_dir: DEFAULT_STATE_DIR.into(),
+            udp: Vec::new(),
+            tls: SocketAddr::from(([0, 0, 0, 0], 5684)),
+            tcp: None,
+            insecure_dev: false,
+            pin_file: None,
+            mfg_cert: None,
+            mfg_key: None,
+            multicast: "5683".into(),
+            cloud_timing: None,
+            command: None,
+        };
+        let mut args = Args::new(args);
+        while let Some(arg) = args.next_arg(USAGE)? {
+            match arg {
+                Arg::Flag(flag) => match flag.as_str() {
+                    "--board" => cli.board = args.value(&flag, "BOARD")?,
+                    "--state-dir" => cli.state_dir = args.value(&flag, "STATE_DIR")?.into(),
+                    "--udp" => cli.udp.push(args.parsed(&flag, "ADDR:PORT")?),
+                    "--tls" => cli.tls = args.parsed(&flag, "ADDR:PORT")?,
+                    "--tcp" => cli.tcp = Some(args.parsed(&flag, "ADDR:PORT")?),
+                    "--insecure-dev" => {
+                        args.no_value(&flag)?;
+                        cli.insecure_dev = true;
+                    }
+                    "--pin-file" => cli.pin_file = Some(args.value(&flag, "PATH")?.into()),
+                    "--mfg-cert" => cli.mfg_cert = Some(args.value(&flag, "PATH")?.into()),
+                    "--mfg-key" => cli.mfg_key = Some(args.value(&flag, "PATH")?.into()),
+                    "--multicast" => cli.multicast = args.value(&flag, "MULTICAST")?,
+                    "--cloud-timing" => {
+                        cli.cloud_timing = Some(args.value(&flag, "KEY=VALUE,...")?)
+                    }
+                    "-h" | "--help" => return Err(Exit::Print(HELP.into())),
+                    "-V" | "--version" => {
+                        return Err(Exit::Print(format!(
+                            "{NAME} {}\n",
+                            env!("CARGO_PKG_VERSION")
+                        )));
+                    }
+                    _ => return Err(Exit::unexpected(&flag, USAGE)),
+                },
+                Arg::Word(word) => {
+                    match word.as_str() {
+                        "csr" => cli.command = Some(parse_csr(&mut args)?),
+                        "help" => return Err(Exit::Print(help_for(&mut args)?)),
+                        _ => {
+                            return Err(Exit::Usage {
+                                message: format!("unrecognized subcommand '{word}'"),
+                                usage: Some(USAGE.into()),
+                            });
+                        }
+                    }
+                    // Nothing may follow a subcommand's own arguments.
+                    break;
+                }
+            }
+        }
+        match (&cli.mfg_cert, &cli.mfg_key) {
+            (Some(_), None) => Err(Exit::missing("--mfg-key <PATH>")),
+            (None, Some(_)) => Err(Exit::missing("--mfg-cert <PATH>")),
+            _ => Ok(cli),
+        }
+    }
+}
+
+/// `csr [--state-dir DIR]`.
+fn parse_csr(args: &mut Args) -> Result<Command, Exit> {
+    let mut state_dir = PathBuf::from(DEFAULT_STATE_DIR);
+    while let Some(arg) = args.next_arg(CSR_USAGE)? {
+        match arg {
+            Arg::Flag(flag) => match flag.as_str() {
+                "--state-dir" => state_dir = args.value(&flag, "STATE_DIR")?.into(),
+                "-h" | "--help" => return Err(Exit::Print(CSR_HELP.into())),
+                _ => return Err(Exit::unexpected(&flag, CSR_USAGE)),
+            },
+            Arg::Word(word) => return Err(Exit::unexpected(&word, CSR_USAGE)),
+        }
+    }
+    Ok(Command::Csr { state_dir })
+}
+
+/// `help [COMMAND]`.
+fn help_for(args: &mut Args) -> Result<String, Exit> {
+    let usage = "Usage: ocf-agent help [COMMAND]...";
+    let text = match args.next_arg(usage)? {
+        None => HELP,
+        Some(Arg::Word(w)) if w == "csr" => CSR_HELP,
+        Some(Arg::Word(w)) if w == "help" => HELP,
+        Some(Arg::Word(w)) => {
+            return Err(Exit::Usage {
+                message: format!("unrecognized subcommand '{w}'"),
+                usage: Some(usage.into()),
+            });
+        }
+        Some(Arg::Flag(f)) => return Err(Exit::unexpected(&f, usage)),
+    };
+    Ok(text.into())
+}
+
+/// How parsing ends when the agent is not to run.
+enum Exit {
+    /// Help or version text, to stdout with status 0.
+    Print(String),
+    /// A usage error, to stderr with status 2.
+    Usage {
+        message: String,
+        usage: Option<String>,
+    },
+}
+
+impl Exit {
+    fn unexpected(arg: &str, usage: &str) -> Exit {
+        Exit::Usage {
+            message: format!("unexpected argument '{arg}' found"),
+            usage: Some(usage.into()),
+        }
+    }
+
+    fn missing(arg: &str) -> Exit {
+        Exit::Usage {
+            message: format!("the following required arguments were not provided:\n  {arg}"),
+            usage: Some("Usage: ocf-agent --mfg-cert <PATH> --mfg-key <PATH>".into()),
+        }
+    }
+}
+
+/// One command-line item: a flag (`--name`, `-x`; a `--name=value` keeps its value aside) or a
+/// plain word.
+enum Arg {
+    Flag(String),
+    Word(String),
+}
+
+/// The argument stream, with the inline value of the last `--flag=value` if any.
+struct Args {
+    rest: std::iter::Peekable<std::vec::IntoIter<OsString>>,
+    inline: Option<String>,
+    /// After `--`, everything is a plain word.
+    words_only: bool,
+}
+
+impl Args {
+    fn new(args: Vec<OsString>) -> Self {
+        Args {
+            rest: args.into_iter().peekable(),
+            inline: None,
+            words_only: false,
+        }
+    }
+
+    fn next_arg(&mut self, usage: &str) -> Result<Option<Arg>, Exit> {
+        // A `--flag=value` whose flag took no value has been reported by `no_value`.
+        self.inline = None;
+        loop {
+            let Some(raw) = self.rest.next() else {
+                return Ok(None);
+            };
+            let arg = utf8(raw)?;
+            if self.words_only {
+                return Ok(Some(Arg::Word(arg)));
+            }
+            if arg == "--" {
+                self.words_only = true;
+                continue;
+            }
+            if let Some(body) = arg.strip_prefix("--") {
+                return Ok(Some(match body.split_once('=') {
+                    Some((name, value)) => {
+                        self.inline = Some(value.to_string());
+                        Arg::Flag(format!("--{name}"))
+                    }
+                    None => Arg::Flag(arg),
+                }));
+            }
+            if arg.len() > 1 && arg.starts_with('-') {
+                return match arg.as_str() {
+                    "-h" | "-V" => Ok(Some(Arg::Flag(arg))),
+                    _ => Err(Exit::unexpected(&arg, usage)),
+                };
+            }
+            return Ok(Some(Arg::Word(arg)));
+        }
+    }
+
+    /// The value of `flag`: inline (`--flag=value`) or the next argument, which must not look
+    /// like a flag.
+    fn value(&mut self, flag: &str, name: &str) -> Result<String, Exit> {
+        if let Some(value) = self.inline.take() {
+            return Ok(value);
+        }
+        let looks_like_flag = |a: &OsString| a.len() > 1 && a.as_encoded_bytes().starts_with(b"-");
+        match self.rest.next_if(|a| !looks_like_flag(a)) {
+            Some(raw) => utf8(raw),
+            None => Err(Exit::Usage {
+                message: format!("a value is required for '{flag} <{name}>' but none was supplied"),
+                usage: None,
+            }),
+        }
+    }
+
+    /// The value of `flag`, parsed (socket addresses).
+    fn parsed<T: std::str::FromStr>(&mut self, flag: &str, name: &str) -> Result<T, Exit>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let value = self.value(flag, name)?;
+        value.parse().map_err(|e| Exit::Usage {
+            message: format!("invalid value '{value}' for '{flag} <{name}>': {e}"),
+            usage: None,
+        })
+    }
+
+    /// For a switch: refuses `--switch=value`.
+    fn no_value(&mut self, flag: &str) -> Result<(), Exit> {
+        match self.inline.take() {
+            None => Ok(()),
+            Some(value) => Err(Exit::Usage {
+                message: format!(
+                    "unexpected value '{value}' for '{flag}' found; no more were expected"
+                ),
+                usage: Some(format!("Usage: ocf-agent {flag}")),
+            }),
+        }
+    }
+}
+
+fn utf8(arg: OsString) -> Result<String, Exit> {
+    arg.into_string().map_err(|a| Exit::Usage {
+        message: format!(
+            "invalid UTF-8 was detected in one or more arguments: {}",
+            a.to_string_lossy()
+        ),
+        usage: None,
+    })
+}
+
+/// Runs `Cli::parse`'s logic on a list of strings, for the tests.
+#[cfg(test)]
+fn parse(args: &[&str]) -> Result<Cli, Exit> {
+    Cli::parse_from(args.iter().map(OsString::from).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage_error(args: &[&str]) -> String {
+        match parse(args) {
+            Err(Exit::Usage { message, .. }) => message,
+            Err(Exit::Print(_)) => panic!("{args:?}: printed help"),
+            Ok(cli) => panic!("{args:?}: accepted as {cli:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = parse(&[]).ok().unwrap();
+        assert_eq!(cli.board, "sim");
+        assert_eq!(cli.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(cli.tls, "0.0.0.0:5684".parse().unwrap());
+        assert_eq!(cli.multicast, "5683");
+        assert!(
+            cli.udp.is_empty() && cli.tcp.is_none() && !cli.insecure_dev && cli.command.is_none()
+        );
+    }
+
+    #[test]
+    fn every_flag() {
+        let cli = parse(&[
+            "--board=rpi4",
+            "--state-dir",
+            "/tmp/s",
+            "--udp",
+            "127.0.0.1:1",
+            "--udp=[::1]:2",
+            "--tls",
+            "127.0.0.1:3",
+            "--tcp",
+            "127.0.0.1:4",
+            "--insecure-dev",
+            "--pin-file",
+            "/p",
+            "--mfg-cert",
+            "/c",
+            "--mfg-key",
+            "/k",
+            "--multicast",
+            "off",
+            "--cloud-timing",
+            "a=1",
+        ])
+        .ok()
+        .unwrap();
+        assert_eq!(cli.board, "rpi4");
+        assert_eq!(cli.state_dir, PathBuf::from("/tmp/s"));
+        assert_eq!(cli.udp.len(), 2);
+        assert_eq!(cli.tcp, Some("127.0.0.1:4".parse().unwrap()));
+        assert!(cli.insecure_dev);
+        assert_eq!(cli.mfg_key, Some(PathBuf::from("/k")));
+        assert_eq!(cli.multicast, "off");
+        assert_eq!(cli.cloud_timing.as_deref(), Some("a=1"));
+    }
+
+    #[test]
+    fn csr() {
+        let cli = parse(&["csr", "--state-dir", "/x"]).ok().unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Csr { state_dir }) if state_dir == std::path::Path::new("/x"))
+        );
+        assert!(matches!(parse(&["csr", "--help"]), Err(Exit::Print(t)) if t == CSR_HELP));
+        assert_eq!(
+            usage_error(&["csr", "--board", "sim"]),
+            "unexpected argument '--board' found"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_argument() {
+        assert_eq!(
+            usage_error(&["--bogus"]),
+            "unexpected argument '--bogus' found"
+        );
+        assert_eq!(
+            usage_error(&["--tls", "foo"]),
+            "invalid value 'foo' for '--tls <ADDR:PORT>': invalid socket address syntax"
+        );
+        assert_eq!(
+            usage_error(&["--board"]),
+            "a value is required for '--board <BOARD>' but none was supplied"
+        );
+        assert_eq!(
+            usage_error(&["--board", "--insecure-dev"]),
+            "a value is required for '--board <BOARD>' but none was supplied"
+        );
+        assert!(usage_error(&["--mfg-cert", "x"]).contains("--mfg-key <PATH>"));
+        assert_eq!(
+            usage_error(&["--insecure-dev=1"]),
+            "unexpected value '1' for '--insecure-dev' found; no more were expected"
+        );
+        assert_eq!(usage_error(&["foo"]), "unrecognized subcommand 'foo'");
+    }
+
+    #[test]
+    fn help_and_version() {
+        for args in [&["--help"][..], &["-h"], &["help"]] {
+            assert!(matches!(parse(args), Err(Exit::Print(t)) if t == HELP));
+        }
+        assert!(matches!(parse(&["help", "csr"]), Err(Exit::Print(t)) if t == CSR_HELP));
+        assert!(matches!(parse(&["-V"]), Err(Exit::Print(t)) if t.starts_with("ocf-agent ")));
+    }
+}
