@@ -14,3 +14,4 @@ pub use payload::{Clec, CloudConf, CloudServer, ConfError, Cps, RdLink, Secret};
 pub use session::{
     Action, CloudSession, DeviceInfo, PersistedState, Registration, RestoreError, Timing,
 };
+pub mod uri;
