@@ -80,8 +80,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     let (pin, created) = security::load_or_create_pin(cli.pin_file.as_deref(), &cli.state_dir)?;
     if created {
-        // Shown once, on the console only (never through the log).
-        println!("ocf-agent: setup PIN {}", pin.expose());
+        show_pin_on_console(&pin);
     }
     let mfg_paths = cli.mfg_cert.as_deref().zip(cli.mfg_key.as_deref());
     let manufacturer = tls_server::load_manufacturer(mfg_paths, &cli.state_dir)?;
@@ -258,6 +257,27 @@ async fn run(cli: Cli) -> Result<(), String> {
     // Let connection tasks send their Release.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     Ok(())
+}
+
+/// Shows a newly created setup PIN once, on the console, never through the log. Under systemd
+/// stdout is the journal (`JOURNAL_STREAM` is set, systemd.exec(5)), which is a log: the PIN
+/// then goes to the system console `/dev/console` instead, where a person at the board (serial
+/// line or screen) reads it, and the journal only says where to look.
+fn show_pin_on_console(pin: &ocf::security::otm::Pin) {
+    let line = format!("ocf-agent: setup PIN {}\n", pin.expose());
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        use std::io::Write;
+        let shown = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/console")
+            .and_then(|mut console| console.write_all(line.as_bytes()));
+        match shown {
+            Ok(()) => info!("a new setup PIN was created; it is shown on the system console and kept in the state directory"),
+            Err(_) => warn!("a new setup PIN was created but no console could show it; read it from the state directory (pin, mode 0600)"),
+        }
+    } else {
+        print!("{line}");
+    }
 }
 
 /// Installs the SIGTERM/SIGINT handlers. Done before the agent says it is ready, so a signal

@@ -416,3 +416,51 @@ fn factory_pin_file_and_development_mode() {
     let log = dev.terminate();
     assert!(log.contains("insecure development mode"), "{log}");
 }
+
+/// Under systemd stdout is the journal (a log): a new PIN must not go there nor to stderr.
+#[test]
+fn under_systemd_a_new_pin_stays_out_of_stdout_and_the_log() {
+    let dir = TempDir::new("pin-journal");
+    let state = dir.path().join("state");
+    let out = std::process::Command::new(binary("ocf-agent"))
+        .args(["--state-dir", state.to_str().unwrap()])
+        .args([
+            "--udp",
+            "127.0.0.1:0",
+            "--tls",
+            "127.0.0.1:0",
+            "--multicast",
+            "off",
+        ])
+        .env("JOURNAL_STREAM", "8:12345")
+        .env("OCF_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = out.id() as i32;
+    let pin_file = state.join("pin");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !pin_file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let out = out.wait_with_output().unwrap();
+    let pin = std::fs::read_to_string(&pin_file).unwrap();
+    let pin = pin.trim();
+    assert_eq!(pin.len(), 8);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("ocf-agent: ready"), "{stdout}");
+    assert!(
+        !stdout.contains(pin),
+        "PIN on stdout (the journal): {stdout}"
+    );
+    assert!(!stderr.contains(pin), "PIN in the log: {stderr}");
+    assert!(stderr.contains("setup PIN was created"), "{stderr}");
+}
