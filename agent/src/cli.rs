@@ -13,14 +13,18 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/ocf-agent";
 
 const USAGE: &str = "Usage: ocf-agent [OPTIONS] [COMMAND]";
 const CSR_USAGE: &str = "Usage: ocf-agent csr [OPTIONS]";
+const RESET_USAGE: &str = "Usage: ocf-agent factory-reset [OPTIONS]";
+const DEFAULT_REBOOT_COMMAND: &str = "systemctl reboot";
+const DEFAULT_REBOOT_TIMEOUT_SECS: u64 = 120;
 
 const HELP: &str = concat!(
     env!("CARGO_PKG_DESCRIPTION"),
     "\n\nUsage: ocf-agent [OPTIONS] [COMMAND]
 
 Commands:
-  csr   Print a PKCS#10 CSR (PEM, CN uuid:<di>) for the identity key, creating it if needed
-  help  Print this message or the help of the given subcommand(s)
+  csr            Print a PKCS#10 CSR (PEM, CN uuid:<di>) for the identity key, creating it if needed
+  factory-reset  Factory-reset the device (the console's way; the owner and the cloud use /oic/mnt)
+  help           Print this message or the help of the given subcommand(s)
 
 Options:
       --board <BOARD>          Board description: a built-in name (sim, rpi4, rpi5, qemu-raspi3b) or a TOML file [default: sim]
@@ -33,6 +37,8 @@ Options:
       --mfg-cert <PATH>        Manufacturer certificate chain (PEM) for the secure endpoint [default: STATE/mfg.crt]
       --mfg-key <PATH>         The manufacturer certificate's private key (PEM) [default: STATE/mfg.key]
       --multicast <MULTICAST>  Port of the OCF multicast groups (224.0.1.187, ff02::158), or \"off\" [default: 5683]
+      --reboot-command <CMD>   What /oic/mnt rb runs (through /bin/sh -c, with OCF_AGENT_PID set) after signing out of the cloud [default: systemctl reboot]
+      --reboot-timeout <SECS>  How long to wait to be stopped after the reboot command succeeded; then the reboot counts as failed and the agent signs in again [default: 120]
   -h, --help                   Print help
   -V, --version                Print version
 "
@@ -42,6 +48,19 @@ const CSR_HELP: &str = "\
 Print a PKCS#10 CSR (PEM, CN uuid:<di>) for the identity key, creating it if needed
 
 Usage: ocf-agent csr [OPTIONS]
+
+Options:
+      --state-dir <STATE_DIR>  Directory for identity, credentials and configuration [default: /var/lib/ocf-agent]
+  -h, --help                   Print help
+";
+
+const RESET_HELP: &str = "\
+Factory-reset the device: deregister from the cloud, wipe the cloud configuration, credentials, \
+access control and ownership, make a new identity key and di, and come back unowned (RFOTM). With \
+the agent running, the agent does it (through STATE/control.sock) and the cloud is told; with the \
+agent stopped, the state directory is reset here and the cloud is not told.
+
+Usage: ocf-agent factory-reset [OPTIONS]
 
 Options:
       --state-dir <STATE_DIR>  Directory for identity, credentials and configuration [default: /var/lib/ocf-agent]
@@ -61,6 +80,8 @@ pub struct Cli {
     pub mfg_cert: Option<PathBuf>,
     pub mfg_key: Option<PathBuf>,
     pub multicast: String,
+    pub reboot_command: String,
+    pub reboot_timeout: std::time::Duration,
     /// Cloud link timers for tests, `KEY=VALUE,...` (see cloud::parse_timing); not in the help.
     pub cloud_timing: Option<String>,
     pub command: Option<Command>,
@@ -70,6 +91,8 @@ pub struct Cli {
 pub enum Command {
     /// Print a CSR for the identity key (`csr --state-dir DIR`).
     Csr { state_dir: PathBuf },
+    /// Factory-reset the device (`factory-reset --state-dir DIR`).
+    FactoryReset { state_dir: PathBuf },
 }
 
 impl Cli {
@@ -105,6 +128,8 @@ impl Cli {
             mfg_cert: None,
             mfg_key: None,
             multicast: "5683".into(),
+            reboot_command: DEFAULT_REBOOT_COMMAND.into(),
+            reboot_timeout: std::time::Duration::from_secs(DEFAULT_REBOOT_TIMEOUT_SECS),
             cloud_timing: None,
             command: None,
         };
@@ -125,6 +150,22 @@ impl Cli {
                     "--mfg-cert" => cli.mfg_cert = Some(args.value(&flag, "PATH")?.into()),
                     "--mfg-key" => cli.mfg_key = Some(args.value(&flag, "PATH")?.into()),
                     "--multicast" => cli.multicast = args.value(&flag, "MULTICAST")?,
+                    "--reboot-command" => {
+                        let cmd = args.value(&flag, "CMD")?;
+                        if cmd.trim().is_empty() {
+                            return Err(Exit::Usage {
+                                message: format!(
+                                    "invalid value '' for '{flag} <CMD>': empty command"
+                                ),
+                                usage: None,
+                            });
+                        }
+                        cli.reboot_command = cmd;
+                    }
+                    "--reboot-timeout" => {
+                        let secs: u64 = args.parsed(&flag, "SECS")?;
+                        cli.reboot_timeout = std::time::Duration::from_secs(secs);
+                    }
                     "--cloud-timing" => {
                         cli.cloud_timing = Some(args.value(&flag, "KEY=VALUE,...")?)
                     }
@@ -140,6 +181,7 @@ impl Cli {
                 Arg::Word(word) => {
                     match word.as_str() {
                         "csr" => cli.command = Some(parse_csr(&mut args)?),
+                        "factory-reset" => cli.command = Some(parse_reset(&mut args)?),
                         "help" => return Err(Exit::Print(help_for(&mut args)?)),
                         _ => {
                             return Err(Exit::Usage {
@@ -177,12 +219,29 @@ fn parse_csr(args: &mut Args) -> Result<Command, Exit> {
     Ok(Command::Csr { state_dir })
 }
 
+/// `factory-reset [--state-dir DIR]`.
+fn parse_reset(args: &mut Args) -> Result<Command, Exit> {
+    let mut state_dir = PathBuf::from(DEFAULT_STATE_DIR);
+    while let Some(arg) = args.next_arg(RESET_USAGE)? {
+        match arg {
+            Arg::Flag(flag) => match flag.as_str() {
+                "--state-dir" => state_dir = args.value(&flag, "STATE_DIR")?.into(),
+                "-h" | "--help" => return Err(Exit::Print(RESET_HELP.into())),
+                _ => return Err(Exit::unexpected(&flag, RESET_USAGE)),
+            },
+            Arg::Word(word) => return Err(Exit::unexpected(&word, RESET_USAGE)),
+        }
+    }
+    Ok(Command::FactoryReset { state_dir })
+}
+
 /// `help [COMMAND]`.
 fn help_for(args: &mut Args) -> Result<String, Exit> {
     let usage = "Usage: ocf-agent help [COMMAND]...";
     let text = match args.next_arg(usage)? {
         None => HELP,
         Some(Arg::Word(w)) if w == "csr" => CSR_HELP,
+        Some(Arg::Word(w)) if w == "factory-reset" => RESET_HELP,
         Some(Arg::Word(w)) if w == "help" => HELP,
         Some(Arg::Word(w)) => {
             return Err(Exit::Usage {
@@ -357,6 +416,8 @@ mod tests {
         assert_eq!(cli.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(cli.tls, "0.0.0.0:5684".parse().unwrap());
         assert_eq!(cli.multicast, "5683");
+        assert_eq!(cli.reboot_command, "systemctl reboot");
+        assert_eq!(cli.reboot_timeout, std::time::Duration::from_secs(120));
         assert!(
             cli.udp.is_empty() && cli.tcp.is_none() && !cli.insecure_dev && cli.command.is_none()
         );
@@ -386,9 +447,14 @@ mod tests {
             "off",
             "--cloud-timing",
             "a=1",
+            "--reboot-command",
+            "kill -TERM $OCF_AGENT_PID",
+            "--reboot-timeout=5",
         ])
         .ok()
         .unwrap();
+        assert_eq!(cli.reboot_command, "kill -TERM $OCF_AGENT_PID");
+        assert_eq!(cli.reboot_timeout, std::time::Duration::from_secs(5));
         assert_eq!(cli.board, "rpi4");
         assert_eq!(cli.state_dir, PathBuf::from("/tmp/s"));
         assert_eq!(cli.udp.len(), 2);
@@ -410,6 +476,23 @@ mod tests {
             usage_error(&["csr", "--board", "sim"]),
             "unexpected argument '--board' found"
         );
+    }
+
+    #[test]
+    fn factory_reset() {
+        let cli = parse(&["factory-reset", "--state-dir=/x"]).ok().unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::FactoryReset { state_dir }) if state_dir == std::path::Path::new("/x"))
+        );
+        assert!(
+            matches!(parse(&["help", "factory-reset"]), Err(Exit::Print(t)) if t == RESET_HELP)
+        );
+        assert_eq!(
+            usage_error(&["factory-reset", "now"]),
+            "unexpected argument 'now' found"
+        );
+        assert!(usage_error(&["--reboot-command", " "]).contains("empty command"));
+        assert!(usage_error(&["--reboot-timeout", "soon"]).contains("--reboot-timeout <SECS>"));
     }
 
     #[test]

@@ -27,7 +27,7 @@
 //! Never logged: `at`, tokens, keys ([`Action`]'s and the payload types' `Debug` redact them;
 //! request bodies are not logged at all).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -84,19 +84,25 @@ type ConnectFuture = Pin<Box<dyn Future<Output = Result<Connected, String>>>>;
 pub struct Cloud {
     session: RefCell<CloudSession>,
     wake: Notify,
-    device: DeviceInfo,
+    device: RefCell<DeviceInfo>,
     timing: Timing,
-    dir: PathBuf,
+    /// A sign-out (before a reboot) finished: [`Action::SignedOut`] was seen.
+    signed_out: Cell<bool>,
+    signed_out_notify: Notify,
 }
 
+/// CoAPCloudConf's href, for notifications.
+pub const CONF_HREF: &str = HREF;
+
 impl Cloud {
-    fn new(session: CloudSession, device: DeviceInfo, timing: Timing, dir: PathBuf) -> Cloud {
+    fn new(session: CloudSession, device: DeviceInfo, timing: Timing) -> Cloud {
         Cloud {
             session: RefCell::new(session),
             wake: Notify::new(),
-            device,
+            device: RefCell::new(device),
             timing,
-            dir,
+            signed_out: Cell::new(false),
+            signed_out_notify: Notify::new(),
         }
     }
 
@@ -125,16 +131,49 @@ impl Cloud {
         self.timing.deregister_timeout
     }
 
-    /// Forgets the cloud state without asking the cloud (a deregistration that did not complete
-    /// in time): an unconfigured session, persisted.
-    pub fn wipe(&self) {
-        let fresh = CloudSession::new(self.device.clone(), self.timing, seed());
-        persist(&self.dir, &fresh.persisted_state());
+    /// After a factory reset: a fresh, unconfigured session for the device's new `di` and name,
+    /// offline until the device is onboarded again. The cloud file was wiped with the rest; an
+    /// unconfigured session is the absence of that file, so nothing is written.
+    pub fn renew(&self, di: &str, name: &str) {
+        let device = DeviceInfo {
+            di: di.to_string(),
+            name: name.to_string(),
+        };
+        *self.device.borrow_mut() = device.clone();
+        let fresh = CloudSession::new(device, self.timing, seed());
         self.with_session(|s| {
+            // Closes any connection of the old identity first.
             s.set_provisioned(false, Instant::now());
             *s = fresh;
         });
         self.wake.notify_one();
+    }
+
+    /// Signs out before a reboot (`login: false`, OCF-PROTOCOL.md §5.2) and waits, at most
+    /// `limit`, until the session reports it is done (answered, failed or timed out; at once if
+    /// not signed in). `true` if it finished in time.
+    pub async fn sign_out(&self, limit: Duration) -> bool {
+        self.signed_out.set(false);
+        info!("signing out of the cloud");
+        self.with_session(|s| s.sign_out(Instant::now()));
+        self.wake.notify_one();
+        let wait = async {
+            while !self.signed_out.get() {
+                self.signed_out_notify.notified().await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
+    /// Connects again after a sign-out whose reboot did not happen.
+    pub fn resume(&self) {
+        self.with_session(|s| s.resume(Instant::now()));
+        self.wake.notify_one();
+    }
+
+    /// How long a request to the cloud may take (the bound of a sign-out).
+    pub fn request_timeout(&self) -> Duration {
+        self.timing.request_timeout
     }
 
     /// CoAPCloudConf's properties (never `at`).
@@ -215,7 +254,7 @@ pub fn start(
     };
     let mut session = load_session(state_dir, device.clone(), timing);
     session.set_provisioned(security.cloud_allowed(), Instant::now());
-    let cloud = Rc::new(Cloud::new(session, device, timing, state_dir.to_path_buf()));
+    let cloud = Rc::new(Cloud::new(session, device, timing));
     security.set_cloud(cloud.clone());
     agent
         .device
@@ -246,43 +285,41 @@ fn seed() -> u64 {
     a ^ b.rotate_left(17)
 }
 
+/// Restores `cloud.cbor`. A file that cannot be used is moved aside (named in the error log)
+/// and the device starts without cloud configuration: safe, and repaired by onboarding again.
 fn load_session(dir: &Path, device: DeviceInfo, timing: Timing) -> CloudSession {
     let path = dir.join(STATE_FILE);
-    let state = match std::fs::read(&path) {
-        Ok(bytes) => match PersistedState::from_cbor(&bytes) {
-            Ok(state) => Some(state),
-            Err(e) => {
-                warn!(
-                    "{}: unreadable ({e}); starting without cloud configuration",
-                    path.display()
-                );
-                None
-            }
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+    let unusable = |why: String| {
+        crate::state::report_and_quarantine(
+            &path,
+            &why,
+            "the device starts without cloud configuration (cps uninitialized); onboard it again",
+        );
+        CloudSession::new(device.clone(), timing, seed())
+    };
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return CloudSession::new(device, timing, seed())
+        }
         Err(e) => {
             warn!(
-                "{}: {e}; starting without cloud configuration",
+                "{}: cannot read ({e}); starting without cloud configuration",
                 path.display()
             );
-            None
+            return CloudSession::new(device, timing, seed());
         }
     };
-    let Some(state) = state else {
-        return CloudSession::new(device, timing, seed());
+    let state = match PersistedState::from_cbor(&bytes) {
+        Ok(state) => state,
+        Err(e) => return unusable(format!("unusable cloud state ({e})")),
     };
     match CloudSession::restore(state, device.clone(), timing, seed()) {
         Ok(s) => {
             info!(cps = %s.cps(), "restored the cloud state");
             s
         }
-        Err(e) => {
-            warn!(
-                "{}: {e}; starting without cloud configuration",
-                path.display()
-            );
-            CloudSession::new(device, timing, seed())
-        }
+        Err(e) => unusable(format!("unusable cloud state ({e})")),
     }
 }
 
@@ -578,7 +615,11 @@ async fn run(
                 }
                 Action::Unpublished { hrefs } => info!(?hrefs, "unpublished from the cloud"),
                 Action::Deregistered => info!("deregistered from the cloud"),
-                Action::SignedOut => info!("signed out of the cloud"),
+                Action::SignedOut => {
+                    info!("signed out of the cloud");
+                    cloud.signed_out.set(true);
+                    cloud.signed_out_notify.notify_waiters();
+                }
             }
         }
         if let Some(reason) = lost.take() {
@@ -1044,7 +1085,10 @@ mod tests {
         let (key, _) = tls::ensure_identity_key(dir).unwrap();
         Security::new(crate::security::Options {
             state_dir: dir.to_path_buf(),
-            di: crate::tls::tests::DI.into(),
+            state: crate::security::load_state(dir, crate::tls::tests::DI)
+                .unwrap()
+                .0,
+            default_name: "test".into(),
             pin: ocf::security::Pin::new("12345678").unwrap(),
             dev_mode,
             identity_key: key,

@@ -1,10 +1,13 @@
 //! `ocf-agent`: serves a board's sensors and actuators as OCF resources.
 
 mod board;
+mod boot;
 mod cli;
 mod cloud;
 mod cloudconf;
+mod control;
 mod log;
+mod maintenance;
 mod security;
 mod server;
 mod state;
@@ -24,12 +27,19 @@ use tracing::{error, info, warn};
 use crate::cli::{Cli, Command};
 use crate::security::Security;
 use crate::server::Agent;
-use crate::state::Identity;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Csr { state_dir }) = &cli.command {
-        return match cloud::print_csr(state_dir) {
+    let command = match &cli.command {
+        Some(Command::Csr { state_dir }) => Some(cloud::print_csr(state_dir)),
+        Some(Command::FactoryReset { state_dir }) => {
+            log::init();
+            Some(control::factory_reset_command(state_dir))
+        }
+        None => None,
+    };
+    if let Some(result) = command {
+        return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ocf-agent: {e}");
@@ -61,10 +71,35 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let board = board::load(&cli.board)?;
-    let (identity, created) =
-        Identity::load_or_create(&cli.state_dir).map_err(|e| e.to_string())?;
-    if created {
+    state::ensure_dir(&cli.state_dir).map_err(|e| {
+        format!(
+            "{}: cannot create the state directory: {e}",
+            cli.state_dir.display()
+        )
+    })?;
+    // Held until the process ends: one agent per state directory.
+    let _lock = match state::StateLock::try_acquire(&cli.state_dir) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            return Err(format!(
+                "{}: another ocf-agent uses this state directory",
+                cli.state_dir.display()
+            ))
+        }
+        Err(e) => {
+            return Err(format!(
+                "{}: {e}",
+                cli.state_dir.join(state::LOCK_FILE).display()
+            ))
+        }
+    };
+    let boot = boot::prepare(&cli.state_dir, cli.insecure_dev)?;
+    let identity = boot.identity.clone();
+    if boot.identity_created {
         info!(di = %identity.di, "created a new device identity");
+    }
+    if boot.reset_finished {
+        info!(di = %identity.di, "an interrupted factory reset was finished");
     }
     if cli.insecure_dev {
         warn!(
@@ -74,8 +109,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     } else if cli.tcp.is_some() {
         warn!("--tcp is ignored: the plain coap+tcp listener only exists with --insecure-dev");
     }
-    let (identity_key, created) = tls::ensure_identity_key(&cli.state_dir)?;
-    if created {
+    if boot.key_created {
         info!("created the identity key {}", tls::IDENTITY_KEY);
     }
     let (pin, created) = security::load_or_create_pin(cli.pin_file.as_deref(), &cli.state_dir)?;
@@ -87,13 +121,15 @@ async fn run(cli: Cli) -> Result<(), String> {
     if manufacturer.is_some() {
         info!("the secure endpoint presents the manufacturer certificate");
     }
+    let facts = board::facts(&board);
     let security = Security::new(security::Options {
         state_dir: cli.state_dir.clone(),
-        di: identity.di.clone(),
+        state: boot.security,
         pin,
         dev_mode: cli.insecure_dev,
-        identity_key,
+        identity_key: boot.key,
         manufacturer,
+        default_name: facts.device_name.clone(),
     })?;
     info!(
         dos = security.state.borrow().dos().name(),
@@ -107,7 +143,6 @@ async fn run(cli: Cli) -> Result<(), String> {
         ),
     };
 
-    let facts = board::facts(&board);
     let mut extra = facts.platform_extra;
     extra
         .entry("mnfv".into())
@@ -136,6 +171,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     for resource in security.resources() {
         agent.device.borrow_mut().add(resource)?;
     }
+    let maintenance = maintenance::Maintenance::new(cli.reboot_command.clone(), cli.reboot_timeout);
+    agent.device.borrow_mut().add(maintenance.resource())?;
     let sensors = board::populate(&board, &agent)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -231,7 +268,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     for task in sensors {
         tokio::task::spawn_local(task.run(agent.clone(), stop_rx.clone()));
     }
-    cloud::start(
+    let cloud = cloud::start(
         &cli.state_dir,
         &agent,
         &security,
@@ -239,6 +276,25 @@ async fn run(cli: Cli) -> Result<(), String> {
         stop_rx.clone(),
     )?;
     tokio::task::spawn_local(security.clone().run_events(agent.clone(), stop_rx.clone()));
+    tokio::task::spawn_local(maintenance.clone().run(
+        agent.clone(),
+        security.clone(),
+        Some(cloud),
+        stop_rx.clone(),
+    ));
+    let control = control::listen(&cli.state_dir).map_err(|e| {
+        format!(
+            "{}: cannot listen: {e}",
+            cli.state_dir.join(control::SOCKET).display()
+        )
+    })?;
+    tokio::task::spawn_local(control::serve(
+        control,
+        cli.state_dir.join(control::SOCKET),
+        agent.clone(),
+        maintenance.clone(),
+        stop_rx.clone(),
+    ));
 
     // The line protocol tests and scripts wait for: every endpoint, then "ready".
     println!("ocf-agent: di {}", identity.di);

@@ -24,7 +24,7 @@
 //!
 //! Never logged: the PIN, keys, `at`, tokens, request bodies.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -48,7 +48,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::cloud::{self, Cloud};
 use crate::server::Agent;
-use crate::state::atomic_write;
+use crate::state::{atomic_write, report_and_quarantine, Identity};
 use crate::tls::{self, CloudCredentials};
 use crate::tls_server::{self, ServerIdentity};
 
@@ -101,17 +101,32 @@ pub fn load_or_create_pin(
     }
     let path = state_dir.join(PIN_FILE);
     match read_first_line(&path) {
-        Ok(line) => Ok((parse(&path, &line)?, false)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let pin = Pin::generate(&mut random_fill);
-            atomic_write(&path, format!("{}\n", pin.expose()).as_bytes())
-                .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
-            Ok((pin, true))
-        }
+        Ok(line) => match Pin::new(line.trim()) {
+            Ok(pin) => Ok((pin, false)),
+            Err(_) => {
+                // The device's own PIN file is state, not factory data: a damaged one must not
+                // stop the device for good. A new PIN is made and shown on the console.
+                report_and_quarantine(
+                    &path,
+                    "the first line is not an 8-digit setup PIN",
+                    "a new setup PIN is made and shown on the console",
+                );
+                create_pin(&path)
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_pin(&path),
         Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
     }
 }
 
+fn create_pin(path: &Path) -> Result<(Pin, bool), String> {
+    let pin = Pin::generate(&mut random_fill);
+    atomic_write(path, format!("{}\n", pin.expose()).as_bytes())
+        .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+    Ok((pin, true))
+}
+
+#[cfg(test)]
 /// Loads `STATE/security.cbor`, or the factory state of device `di` if there is none (then
 /// `true`). A file that cannot be read or used, or that belongs to another device, is an error
 /// naming it.
@@ -170,21 +185,27 @@ enum Peer {
 /// The options the daemon starts the security with.
 pub struct Options {
     pub state_dir: PathBuf,
-    pub di: String,
+    /// The security state [`crate::boot::prepare`] loaded (its `di` is the device's).
+    pub state: SecurityState,
     pub pin: Pin,
     pub dev_mode: bool,
     pub identity_key: KeyPair,
     /// The manufacturer certificate and key for the secure endpoint, if any.
     pub manufacturer: Option<ServerIdentity>,
+    /// The board's device name, which a factory reset restores.
+    pub default_name: String,
 }
 
 /// The security of the running device (see the module docs).
 pub struct Security {
     pub state: SharedState,
     otm: RefCell<OtmHandler>,
+    pin: Pin,
     dev_mode: bool,
     dir: PathBuf,
-    di: String,
+    /// The device's `di`; a factory reset replaces it.
+    di: Rc<RefCell<String>>,
+    default_name: String,
     key: Rc<RefCell<KeyPair>>,
     manufacturer: bool,
     server_config: RefCell<Arc<ServerConfig>>,
@@ -192,70 +213,118 @@ pub struct Security {
     pending: RefCell<Vec<SecurityEvent>>,
     wake: Notify,
     cloud: RefCell<Option<Rc<Cloud>>>,
+    /// A factory reset is running ([`Security::factory_reset`]).
+    resetting: Cell<bool>,
+    reset_done: Notify,
+}
+
+/// How a factory reset went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetReport {
+    /// The device's new `di`.
+    pub di: String,
+    /// The cloud was told (or there was no registration to tell it about).
+    pub cloud_told: bool,
+    /// What could not be written (the reset is then finished on the next start).
+    pub error: Option<String>,
+}
+
+/// The files of a local reset, see [`wipe_and_renew`].
+pub struct Renewed {
+    pub identity: Option<Identity>,
+    pub key: Option<KeyPair>,
+    pub error: Option<String>,
+}
+
+/// The local part of a factory reset (OCF-PROTOCOL.md §9 step 2), shared by the running agent,
+/// the boot-time recovery and the offline console command. The caller has recorded the reset in
+/// `security.cbor` first (`dos.s` RESET, `p` set), so a crash anywhere in here is finished on the
+/// next start. In order: the cloud state and the interim cloud credentials are removed, a new
+/// identity key and a new `di` (iotivity-lite makes a new device UUID at RESET) are written, and
+/// last the security state: RFOTM, unowned, no credentials, no ACEs, which ends the reset.
+///
+/// On an error the state in memory is reset all the same (the device must not stay owned), but
+/// the file keeps the reset pending.
+pub fn wipe_and_renew(dir: &Path, state: &mut SecurityState) -> Renewed {
+    let mut errors = Vec::new();
+    for name in [cloud::STATE_FILE, tls::IDENTITY_CERT, tls::CLOUD_CA] {
+        let path = dir.join(name);
+        if let Err(e) = crate::state::remove(&path) {
+            errors.push(format!("{}: cannot remove: {e}", path.display()));
+        }
+    }
+    let key = tls::regenerate_identity_key(dir)
+        .map_err(|e| errors.push(e))
+        .ok();
+    let identity = Identity::renew_di(dir)
+        .map_err(|e| errors.push(e.to_string()))
+        .ok();
+    let di = identity
+        .as_ref()
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), |i| i.di.clone());
+    state.reset_with_deviceuuid(&di);
+    if errors.is_empty() {
+        if let Err(e) = save_state(dir, state) {
+            errors.push(format!(
+                "{}: cannot write: {e}",
+                dir.join(STATE_FILE).display()
+            ));
+        }
+    }
+    let _ = state.take_dirty();
+    Renewed {
+        identity,
+        key,
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
+    }
 }
 
 impl Security {
-    /// Loads the security state and finishes what a restart interrupted: a factory reset that
-    /// was under way is completed (cloud state wiped, new identity key, RFOTM), and an unowned
-    /// device forgets any cloud state (OCF-PROTOCOL.md §9 boot-time recovery; not in the
-    /// development mode, whose cloud link does not depend on onboarding).
+    /// The security of a device whose state [`crate::boot::prepare`] loaded (and repaired).
     pub fn new(opts: Options) -> Result<Rc<Security>, String> {
         let Options {
             state_dir,
-            di,
+            state,
             pin,
             dev_mode,
             identity_key,
             manufacturer,
+            default_name,
         } = opts;
-        let (mut state, created) = load_state(&state_dir, &di)?;
-        let mut key = identity_key;
-        if state.reset_pending() {
-            info!("finishing a factory reset that was interrupted");
-            wipe_cloud_files(&state_dir);
-            key = tls::regenerate_identity_key(&state_dir)?;
-            state.reset();
-        } else if !dev_mode && matches!(state.dos(), DosState::Rfotm | DosState::Reset) {
-            let path = state_dir.join(cloud::STATE_FILE);
-            if path.exists() {
-                info!("the device is not owned: forgetting the cloud state");
-                remove_file(&path);
-            }
-        }
-        // Events of loading or finishing a reset need no action before anything runs.
-        let _ = state.take_events();
-        if created | state.take_dirty() {
-            save_state(&state_dir, &state).map_err(|e| {
-                format!(
-                    "{}: cannot write: {e}",
-                    state_dir.join(STATE_FILE).display()
-                )
-            })?;
-        }
+        let di = state.di().to_string();
         let server = match manufacturer {
             Some(m) => m,
-            None => tls_server::self_signed(&key, &di)?,
+            None => tls_server::self_signed(&identity_key, &di)?,
         };
         let server_config = tls_server::server_config(&server)?;
         let state: SharedState = Rc::new(RefCell::new(state));
         let otm = OtmHandler::new(
             state.clone(),
-            DeviceOtm::new(pin, &di, Box::new(random_fill)),
+            DeviceOtm::new(pin.clone(), &di, Box::new(random_fill)),
         );
         Ok(Rc::new(Security {
             state,
             otm: RefCell::new(otm),
+            pin,
             dev_mode,
             dir: state_dir,
-            di,
-            key: Rc::new(RefCell::new(key)),
+            di: Rc::new(RefCell::new(di)),
+            default_name,
+            key: Rc::new(RefCell::new(identity_key)),
             manufacturer: server.manufacturer,
             server_config: RefCell::new(server_config),
             peers: RefCell::new(HashMap::new()),
             pending: RefCell::new(Vec::new()),
             wake: Notify::new(),
             cloud: RefCell::new(None),
+            resetting: Cell::new(false),
+            reset_done: Notify::new(),
         }))
+    }
+
+    /// The device's current `di`.
+    pub fn di(&self) -> String {
+        self.di.borrow().clone()
     }
 
     /// The development mode (`--insecure-dev`).
@@ -268,7 +337,7 @@ impl Security {
         let key = self.key.clone();
         let di = self.di.clone();
         let source = move || -> Result<String, ResourceError> {
-            tls::csr_pem(&key.borrow(), &di).map_err(ResourceError::Internal)
+            tls::csr_pem(&key.borrow(), &di.borrow()).map_err(ResourceError::Internal)
         };
         let source: Box<dyn CsrSource> = Box::new(source);
         resources(&self.state, source)
@@ -478,7 +547,7 @@ impl Security {
             let s = self.state.borrow();
             let creds = s.creds();
             let chain = creds
-                .identity_chain(&self.di)
+                .identity_chain(&self.di.borrow())
                 .map(|c| der(c.certificates_der()));
             let mut anchors: Vec<Vec<u8>> = creds
                 .trust_anchors_for(sid)
@@ -498,7 +567,7 @@ impl Security {
             None => {
                 return Err(format!(
                     "no identity certificate for uuid:{} in /oic/sec/cred",
-                    self.di
+                    self.di.borrow()
                 ))
             }
         };
@@ -619,7 +688,11 @@ impl Security {
                             "onboarding state changed"
                         );
                     }
-                    SecurityEvent::FactoryResetRequested => reset = true,
+                    // Only if still pending: a reset already carried out (from /oic/mnt or the
+                    // console, which record it the same way) must not run twice.
+                    SecurityEvent::FactoryResetRequested => {
+                        reset = self.state.borrow().reset_pending()
+                    }
                     SecurityEvent::CredentialsChanged => {
                         info!("credentials changed");
                         self.reverify_peers();
@@ -633,71 +706,125 @@ impl Security {
                 }
             }
             if reset {
-                self.factory_reset().await;
+                self.factory_reset(&agent).await;
             }
             self.update_cloud_gate();
         }
     }
 
-    /// The factory reset (OCF-PROTOCOL.md §9): deregister from the cloud if registered (bounded
-    /// by the deregistration timeout), wipe the cloud state, make a new identity key, reset the
-    /// security state (unowned, no credentials, no ACEs, RFOTM), persist.
-    async fn factory_reset(&self) {
+    /// The factory reset (OCF-PROTOCOL.md §9; from pstat `dos.s` = 0, `/oic/mnt` `fr` or the
+    /// console). In order:
+    /// 1. record it: `security.cbor` with `dos.s` RESET, `p` set (a crash from here on is
+    ///    finished on the next start, [`crate::boot`]);
+    /// 2. if registered and connected, deregister (DELETE `/oic/sec/account`), bounded by the
+    ///    deregistration timeout; the cloud state is wiped whether or not the cloud answered;
+    /// 3. [`wipe_and_renew`]: cloud files, new identity key, new `di`, RFOTM;
+    /// 4. the running device takes the new identity: resource tree, CSR, server certificate,
+    ///    ownership transfer, cloud session; CoAPCloudConf observers see `cps` uninitialized;
+    /// 5. every secure connection is closed once its queued notifications are out: whatever a
+    ///    peer was allowed before the reset, it is a stranger now.
+    ///
+    /// A second call while one runs waits for it and reports the same.
+    pub async fn factory_reset(&self, agent: &Agent) -> ResetReport {
+        if self.resetting.get() {
+            while self.resetting.get() {
+                self.reset_done.notified().await;
+            }
+            return ResetReport {
+                di: self.di(),
+                cloud_told: true,
+                error: None,
+            };
+        }
+        self.resetting.set(true);
         info!("factory reset");
+        {
+            let mut state = self.state.borrow_mut();
+            if !state.reset_pending() {
+                state.begin_factory_reset();
+            }
+        }
+        // Persisted now, before anything is wiped; the events it raised are acted on (and
+        // found finished) by run_events.
+        self.after_request();
+
+        let mut cloud_told = true;
         let cloud = self.cloud.borrow().clone();
-        if let Some(cloud) = cloud {
+        if let Some(cloud) = &cloud {
             cloud.deregister();
             let deadline = Instant::now() + cloud.deregister_timeout() + Duration::from_secs(2);
             while !cloud.is_unconfigured() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if !cloud.is_unconfigured() {
-                warn!("the cloud deregistration did not finish in time; wiping the cloud state anyway");
-                cloud.wipe();
+            cloud_told = cloud.is_unconfigured();
+            if !cloud_told {
+                warn!("the cloud was not told of the factory reset (unreachable or no answer); wiping the cloud state anyway");
             }
-            cloud.set_provisioned(self.dev_mode);
         }
-        wipe_cloud_files(&self.dir);
-        // A new key before the state says the reset is done: a crash in between finishes the
-        // reset on the next start (and makes another key).
-        match tls::regenerate_identity_key(&self.dir) {
-            Ok(key) => {
-                if !self.manufacturer {
-                    match tls_server::self_signed(&key, &self.di)
-                        .and_then(|id| tls_server::server_config(&id))
-                    {
-                        Ok(c) => *self.server_config.borrow_mut() = c,
-                        Err(e) => error!("cannot renew the server certificate: {e}"),
-                    }
+
+        let renewed = {
+            let mut state = self.state.borrow_mut();
+            wipe_and_renew(&self.dir, &mut state)
+        };
+        if let Some(e) = &renewed.error {
+            error!(
+                "the factory reset is not fully written ({e}); it is finished on the next start"
+            );
+        }
+        let new_di = self.state.borrow().di().to_string();
+        if let Some(key) = renewed.key {
+            if !self.manufacturer {
+                match tls_server::self_signed(&key, &new_di)
+                    .and_then(|id| tls_server::server_config(&id))
+                {
+                    Ok(c) => *self.server_config.borrow_mut() = c,
+                    Err(e) => error!("cannot renew the server certificate: {e}"),
                 }
-                *self.key.borrow_mut() = key;
             }
-            Err(e) => error!("cannot make a new identity key: {e}"),
+            *self.key.borrow_mut() = key;
         }
-        self.state.borrow_mut().reset();
+        *self.di.borrow_mut() = new_di.clone();
+        *self.otm.borrow_mut() = OtmHandler::new(
+            self.state.clone(),
+            DeviceOtm::new(self.pin.clone(), &new_di, Box::new(random_fill)),
+        );
+        agent
+            .device
+            .borrow_mut()
+            .set_identity(&new_di, &self.default_name);
+        if let Some(cloud) = &cloud {
+            cloud.renew(&new_di, &self.default_name);
+        }
+        agent.device.borrow_mut().mark_changed(cloud::CONF_HREF);
+        // The state events of the reset (RFOTM, credentials, ACL) for run_events.
         self.after_request();
-        info!("factory reset done: the device is unowned (RFOTM)");
+        agent.flush_notifications();
+        let secure: Vec<u64> = self
+            .peers
+            .borrow()
+            .iter()
+            .filter(|(_, p)| matches!(p, Peer::Tls { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in secure {
+            agent.disconnect(id);
+        }
+        // The new di on the console, like the one printed at start.
+        println!("ocf-agent: di {new_di}");
+        info!(di = %new_di, "factory reset done: the device is unowned (RFOTM) with a new identity");
+        self.resetting.set(false);
+        self.reset_done.notify_waiters();
+        ResetReport {
+            di: new_di,
+            cloud_told,
+            error: renewed.error,
+        }
     }
 }
 
 /// `GET /oic/res` in a form without representations (not `oic.if.b`).
 fn is_plain_discovery(req: &Request) -> bool {
     req.method == Method::Get && req.path == RES_HREF && req.query_value("if") != Some("oic.if.b")
-}
-
-fn remove_file(path: &Path) {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => error!("{}: cannot remove: {e}", path.display()),
-    }
-}
-
-/// Removes the cloud state and the interim cloud credential files.
-fn wipe_cloud_files(dir: &Path) {
-    for name in [cloud::STATE_FILE, tls::IDENTITY_CERT, tls::CLOUD_CA] {
-        remove_file(&dir.join(name));
-    }
 }
 
 #[cfg(test)]
@@ -783,9 +910,19 @@ mod tests {
                 );
             }
         }
+        // The device's own PIN file is state: a damaged one is moved aside and a new PIN made
+        // (and shown), instead of stopping the device for good.
         std::fs::write(dir.join(PIN_FILE), "1234567x\n").unwrap();
-        let e = load_or_create_pin(None, &dir).unwrap_err();
-        assert!(e.contains(&dir.join(PIN_FILE).display().to_string()), "{e}");
+        let (pin, created) = load_or_create_pin(None, &dir).unwrap();
+        assert!(created, "a new PIN, to be shown on the console");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(PIN_FILE)).unwrap(),
+            format!("{}\n", pin.expose())
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("pin.corrupt")).unwrap(),
+            "1234567x\n"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -822,63 +959,14 @@ mod tests {
         let (key, _) = tls::ensure_identity_key(dir).unwrap();
         Security::new(Options {
             state_dir: dir.to_path_buf(),
-            di: DI.into(),
+            state: crate::security::load_state(dir, DI).unwrap().0,
+            default_name: "test".into(),
             pin: Pin::new("12345678").unwrap(),
             dev_mode,
             identity_key: key,
             manufacturer: None,
         })
         .unwrap()
-    }
-
-    #[test]
-    fn an_interrupted_factory_reset_is_finished_at_start() {
-        let dir = temp_dir("reset-at-boot");
-        let old_key = tls::ensure_identity_key(&dir)
-            .unwrap()
-            .0
-            .public_key_raw()
-            .to_vec();
-        let (mut state, _) = load_state(&dir, DI).unwrap();
-        state.begin_factory_reset();
-        save_state(&dir, &state).unwrap();
-        for name in [cloud::STATE_FILE, tls::IDENTITY_CERT, tls::CLOUD_CA] {
-            std::fs::write(dir.join(name), b"x").unwrap();
-        }
-        let s = security(&dir, false);
-        assert_eq!(s.state.borrow().dos(), DosState::Rfotm);
-        assert!(!s.state.borrow().reset_pending());
-        let (persisted, _) = load_state(&dir, DI).unwrap();
-        assert!(
-            !persisted.reset_pending(),
-            "the finished reset is persisted"
-        );
-        for name in [cloud::STATE_FILE, tls::IDENTITY_CERT, tls::CLOUD_CA] {
-            assert!(!dir.join(name).exists(), "{name} wiped");
-        }
-        let new_key = tls::ensure_identity_key(&dir)
-            .unwrap()
-            .0
-            .public_key_raw()
-            .to_vec();
-        assert_ne!(old_key, new_key, "a new identity key");
-        assert_eq!(mode(&dir.join(tls::IDENTITY_KEY)), 0o600);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn an_unowned_device_forgets_its_cloud_state_unless_in_development_mode() {
-        let dir = temp_dir("boot-recovery");
-        std::fs::write(dir.join(cloud::STATE_FILE), b"x").unwrap();
-        security(&dir, true);
-        assert!(
-            dir.join(cloud::STATE_FILE).exists(),
-            "kept in the development mode"
-        );
-        security(&dir, false);
-        assert!(!dir.join(cloud::STATE_FILE).exists());
-        assert_eq!(mode(&dir.join(STATE_FILE)), 0o600);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -1145,8 +1233,17 @@ mod tests {
         });
         let st = s.state.borrow();
         assert!(!st.doxm().owned && st.owner().is_none() && !st.reset_pending());
+        let new_di = st.di().to_string();
         drop(st);
-        let (persisted, _) = load_state(&dir, DI).unwrap();
+        assert_ne!(
+            new_di, DI,
+            "a new di (iotivity-lite: a new device UUID at RESET)"
+        );
+        assert_eq!(s.di(), new_di);
+        assert_eq!(agent.device.borrow().info().di, new_di, "the tree has it");
+        let identity = crate::state::Identity::load_or_create(&dir).unwrap().0;
+        assert_eq!(identity.di, new_di, "identity.json has it");
+        let (persisted, _) = load_state(&dir, &new_di).unwrap();
         assert_eq!(persisted.dos(), DosState::Rfotm);
         assert!(!persisted.doxm().owned);
         assert_ne!(

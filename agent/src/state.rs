@@ -1,6 +1,14 @@
-//! Persistent state: one small versioned JSON file per concern in the state directory, written
+//! Persistent state: one small versioned file per concern in the state directory, written
 //! atomically (temp file, fsync, rename, fsync of the directory) with mode 0600, so a power
 //! loss leaves either the old or the new file, never half of one, and no other user can read it.
+//!
+//! - [`atomic_write`] and [`remove`] are the only ways the agent changes its state directory.
+//!   Each passes a named *persistence point* ([`persistence_point`]): logged at debug level, and
+//!   the place where the crash tests kill the process (`OCF_AGENT_KILL_AT`, see there).
+//! - A file that exists but cannot be used (corrupt, unknown version) is moved aside with
+//!   [`quarantine`] and the caller starts from a safe state instead of refusing to start: a
+//!   device that crash-loops on a bad file can never be repaired remotely.
+//! - [`StateLock`]: one agent (or one offline `ocf-agent factory-reset`) per state directory.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -13,6 +21,98 @@ use serde::{Deserialize, Serialize};
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+/// The environment variable that makes the agent kill itself at a persistence point (for the
+/// crash tests): `write <file>#<n>` (the temp file of the n-th write of `<file>` is on disk, the
+/// rename has not happened), `wrote <file>#<n>` (the n-th write is complete), or
+/// `remove <file>#<n>`. Unset in production; the points are logged at debug level either way.
+pub const KILL_AT_ENV: &str = "OCF_AGENT_KILL_AT";
+
+/// Passes the persistence point `what` (`"wrote security.cbor"`, ...): counts it, logs it, and
+/// if [`KILL_AT_ENV`] names this occurrence, dies at once with SIGKILL, as a power cut would
+/// (no destructor, no flush, nothing more written).
+pub fn persistence_point(what: &str) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static COUNTS: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
+    let n = {
+        let mut counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts
+            .get_or_insert_with(HashMap::new)
+            .entry(what.to_string())
+            .or_insert(0);
+        *n += 1;
+        *n
+    };
+    tracing::debug!(point = %format!("{what}#{n}"), "persistence point");
+    if let Some(target) = std::env::var_os(KILL_AT_ENV) {
+        if target.to_string_lossy() == format!("{what}#{n}") {
+            eprintln!("ocf-agent: killed at persistence point {what}#{n} ({KILL_AT_ENV})");
+            // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Removes `path` durably (the directory is synced); a missing file is not an error.
+pub fn remove(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+            persistence_point(&format!("remove {}", file_name(path)));
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// How many quarantined copies of one file are kept: a file that keeps going bad must not fill
+/// the disk.
+const QUARANTINE_KEEP: u32 = 5;
+
+/// Moves a state file that cannot be used out of the way (`<name>.corrupt`, then
+/// `<name>.corrupt.1` ... up to [`QUARANTINE_KEEP`] copies, the last one reused), so the agent can
+/// start without it and a person can still look at it. Returns where it went.
+pub fn quarantine(path: &Path) -> io::Result<PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = file_name(path);
+    let mut target = dir.join(format!("{name}.corrupt"));
+    for i in 1..QUARANTINE_KEEP {
+        if !target.exists() {
+            break;
+        }
+        target = dir.join(format!("{name}.corrupt.{i}"));
+    }
+    fs::rename(path, &target)?;
+    File::open(dir)?.sync_all()?;
+    persistence_point(&format!("quarantine {name}"));
+    Ok(target)
+}
+
+/// Reports a state file that cannot be used, moves it aside, and says what the agent does
+/// instead (`then`). The message names the file, why, and where it went.
+pub fn report_and_quarantine(path: &Path, why: &str, then: &str) {
+    match quarantine(path) {
+        Ok(to) => tracing::error!(
+            "{}: {why}; moved to {}; {then}",
+            path.display(),
+            to.display()
+        ),
+        Err(e) => tracing::error!(
+            "{}: {why}; cannot move it aside ({e}); {then}",
+            path.display()
+        ),
+    }
 }
 
 /// Replaces `path` with `bytes` atomically; the file ends up with mode 0600.
@@ -34,9 +134,47 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
     }
+    let name = name.to_string_lossy();
+    persistence_point(&format!("write {name}"));
     fs::rename(&tmp, path)?;
     // The rename is only durable once the directory entry is on disk.
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    persistence_point(&format!("wrote {name}"));
+    Ok(())
+}
+
+/// An exclusive lock on the state directory (`STATE/agent.lock`, flock(2)), held for the life of
+/// the process: two agents on one directory would overwrite each other's state, and the console
+/// `factory-reset` must know whether an agent is running.
+pub struct StateLock {
+    _file: File,
+}
+
+pub const LOCK_FILE: &str = "agent.lock";
+
+impl StateLock {
+    /// Takes the lock; `Ok(None)` if another process holds it.
+    pub fn try_acquire(dir: &Path) -> io::Result<Option<StateLock>> {
+        use std::os::fd::AsRawFd;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join(LOCK_FILE))?;
+        // SAFETY: flock(2) on a descriptor we own.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(Some(StateLock { _file: file }));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    }
 }
 
 /// The device's identity, created on first start and kept for its life (until a factory reset).
@@ -54,7 +192,7 @@ pub struct Identity {
     pub name: Option<String>,
 }
 
-const IDENTITY_FILE: &str = "identity.json";
+pub const IDENTITY_FILE: &str = "identity.json";
 const IDENTITY_VERSION: u32 = 1;
 
 /// A state file that exists but cannot be used.
@@ -73,12 +211,38 @@ impl std::fmt::Display for StateError {
 impl std::error::Error for StateError {}
 
 impl Identity {
-    /// Records a new device name (set through `/oic/con`) in the identity file.
-    pub fn save_name(dir: &Path, name: &str) -> Result<(), StateError> {
-        let (mut id, _) = Identity::load_or_create(dir)?;
-        id.name = Some(name.to_string());
+    /// Writes a new identity: `di` if given (recovered from the security state), else a new
+    /// one; new `piid` and `pi`.
+    pub fn create(dir: &Path, di: Option<&str>) -> Result<Identity, StateError> {
+        let id = Identity {
+            version: IDENTITY_VERSION,
+            di: di.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string),
+            piid: uuid::Uuid::new_v4().to_string(),
+            pi: uuid::Uuid::new_v4().to_string(),
+            name: None,
+        };
+        id.save(dir)?;
+        Ok(id)
+    }
+
+    /// The identity after a factory reset: a new `di` (iotivity-lite makes a new device UUID at
+    /// RESET, `oc_sec_doxm_default`), the name back to the board's; `piid` and `pi` are kept
+    /// (the platform is the same hardware; `piid` is immutable per the `/oic/d` schema).
+    pub fn renew_di(dir: &Path) -> Result<Identity, StateError> {
+        let mut id = match Identity::load_or_create(dir) {
+            Ok((id, _)) => id,
+            // An unusable file is replaced whole.
+            Err(_) => return Identity::create(dir, None),
+        };
+        id.di = uuid::Uuid::new_v4().to_string();
+        id.name = None;
+        id.save(dir)?;
+        Ok(id)
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), StateError> {
         let path = dir.join(IDENTITY_FILE);
-        let bytes = serde_json::to_vec_pretty(&id).map_err(|e| StateError {
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| StateError {
             path: path.clone(),
             reason: e.to_string(),
         })?;
@@ -86,6 +250,13 @@ impl Identity {
             path,
             reason: format!("cannot write: {e}"),
         })
+    }
+
+    /// Records a new device name (set through `/oic/con`) in the identity file.
+    pub fn save_name(dir: &Path, name: &str) -> Result<(), StateError> {
+        let (mut id, _) = Identity::load_or_create(dir)?;
+        id.name = Some(name.to_string());
+        id.save(dir)
     }
 
     /// Loads the identity from `dir`, creating it on first start.
@@ -114,16 +285,7 @@ impl Identity {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 ensure_dir(dir).map_err(|e| err(format!("cannot create state directory: {e}")))?;
-                let id = Identity {
-                    version: IDENTITY_VERSION,
-                    di: uuid::Uuid::new_v4().to_string(),
-                    piid: uuid::Uuid::new_v4().to_string(),
-                    pi: uuid::Uuid::new_v4().to_string(),
-                    name: None,
-                };
-                let bytes = serde_json::to_vec_pretty(&id).map_err(|e| err(e.to_string()))?;
-                atomic_write(&path, &bytes).map_err(|e| err(format!("cannot write: {e}")))?;
-                Ok((id, true))
+                Ok((Identity::create(dir, None)?, true))
             }
             Err(e) => Err(err(format!("cannot read: {e}"))),
         }

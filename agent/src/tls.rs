@@ -71,24 +71,26 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// Returns the key and whether it was created.
 pub fn ensure_identity_key(dir: &Path) -> Result<(KeyPair, bool), String> {
     let path = dir.join(IDENTITY_KEY);
-    match std::fs::read_to_string(&path) {
-        Ok(pem) => {
-            let key = KeyPair::from_pem(&pem)
-                .map_err(|e| format!("{}: not a usable private key: {e}", path.display()))?;
-            if !key.is_compatible(&PKCS_ECDSA_P256_SHA256) {
-                return Err(format!("{}: not an ECDSA P-256 key", path.display()));
-            }
-            Ok((key, false))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-                .map_err(|e| format!("cannot generate the identity key: {e}"))?;
-            atomic_write(&path, key.serialize_pem().as_bytes())
-                .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
-            Ok((key, true))
-        }
-        Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
+    if path.exists() {
+        return Ok((load_identity_key(&path)?, false));
     }
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| format!("cannot generate the identity key: {e}"))?;
+    atomic_write(&path, key.serialize_pem().as_bytes())
+        .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+    Ok((key, true))
+}
+
+/// Reads an ECDSA P-256 private key (PEM); the error names the file, never its content.
+pub fn load_identity_key(path: &Path) -> Result<KeyPair, String> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let key = KeyPair::from_pem(&pem)
+        .map_err(|e| format!("{}: not a usable private key: {e}", path.display()))?;
+    if !key.is_compatible(&PKCS_ECDSA_P256_SHA256) {
+        return Err(format!("{}: not an ECDSA P-256 key", path.display()));
+    }
+    Ok(key)
 }
 
 /// A PKCS#10 CSR (PEM) for `key` with subject CN `uuid:<di>` (OCF-PROTOCOL.md §8.2). The CA

@@ -6,6 +6,7 @@
 
 pub mod cloud;
 pub mod coap;
+pub mod maintenance;
 pub mod model;
 pub mod resource;
 pub mod security;

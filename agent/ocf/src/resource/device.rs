@@ -114,13 +114,13 @@ impl Backend for FixedProps {
 
 /// `/oic/d`: fixed properties plus the device name, which `/oic/con` can change.
 struct DeviceBackend {
-    props: Props,
+    props: Rc<RefCell<Props>>,
     name: Rc<RefCell<String>>,
 }
 
 impl Backend for DeviceBackend {
     fn retrieve(&mut self) -> Result<Props, ResourceError> {
-        let mut p = self.props.clone();
+        let mut p = self.props.borrow().clone();
         p.insert("n".into(), Value::Text(self.name.borrow().clone()));
         Ok(p)
     }
@@ -207,6 +207,8 @@ pub struct Device {
     batch_filter: Option<BatchFilter>,
     name: Rc<RefCell<String>>,
     name_changed: Rc<RefCell<bool>>,
+    /// `/oic/d`'s properties other than `n`.
+    device_props: Rc<RefCell<Props>>,
 }
 
 /// Largest Observe sequence value (24 bits, RFC 7641 §3.4).
@@ -225,10 +227,12 @@ impl Device {
             batch_filter: None,
             name: Rc::new(RefCell::new(String::new())),
             name_changed: Rc::new(RefCell::new(false)),
+            device_props: Rc::new(RefCell::new(Props::new())),
         };
         *device.name.borrow_mut() = device.info.name.clone();
         let mut d = device_props(&device.info);
         d.remove("n");
+        *device.device_props.borrow_mut() = d;
         let dtype = device.info.device_type.clone();
         device.resources.push(Resource {
             href: DEVICE_HREF.into(),
@@ -237,7 +241,7 @@ impl Device {
             policy: Policy::discoverable(),
             name: None,
             backend: Box::new(DeviceBackend {
-                props: d,
+                props: device.device_props.clone(),
                 name: device.name.clone(),
             }),
         });
@@ -283,6 +287,21 @@ impl Device {
             Some(name)
         } else {
             None
+        }
+    }
+
+    /// Gives the device a new `di` and name (a factory reset, OCF-PROTOCOL.md §9): `/oic/d`,
+    /// `/oic/con` and the anchors of `/oic/res` change, and their observers are notified.
+    pub fn set_identity(&mut self, di: &str, name: &str) {
+        self.info.di = di.to_string();
+        self.info.name = name.to_string();
+        *self.name.borrow_mut() = name.to_string();
+        *self.name_changed.borrow_mut() = false;
+        self.device_props
+            .borrow_mut()
+            .insert("di".into(), Value::Text(di.to_string()));
+        for href in [DEVICE_HREF, CONFIGURATION_HREF, RES_HREF] {
+            self.changed.insert(href.to_string());
         }
     }
 

@@ -736,3 +736,37 @@ fn device_name_is_written_through_oic_con_and_reported_by_oic_d() {
     assert_eq!(d.take_name_change(), None);
     assert_eq!(d.name(), "Kitchen");
 }
+
+#[test]
+fn a_new_identity_changes_oic_d_oic_con_and_the_anchors_and_notifies() {
+    let mut d = device();
+    let mut obs = get("/oic/d", &[]);
+    obs.observe = Some(0);
+    assert_eq!(d.handle(&O, &obs, &[7]).code, ResponseType::Content);
+    let _ = d.take_notifications();
+    const NEW: &str = "0b5d3c2a-1e4f-4a6b-9c8d-7e6f5a4b3c2d";
+    d.set_identity(NEW, "factory name");
+    let v = body(&d.handle(&O, &get("/oic/d", &[]), &[]));
+    assert_eq!(get_key(&v, "di").and_then(Value::as_text), Some(NEW));
+    assert_eq!(
+        get_key(&v, "n").and_then(Value::as_text),
+        Some("factory name")
+    );
+    let v = body(&d.handle(&O, &get("/oic/con", &[]), &[]));
+    assert_eq!(
+        get_key(&v, "n").and_then(Value::as_text),
+        Some("factory name")
+    );
+    let res = format!("{:?}", body(&d.handle(&O, &get("/oic/res", &[]), &[])));
+    assert!(
+        res.contains(&format!("ocf://{NEW}")) && !res.contains(DI),
+        "{res}"
+    );
+    assert_eq!(d.info().di, NEW);
+    assert_eq!(d.take_name_change(), None, "not a name written by /oic/con");
+    assert_eq!(
+        d.take_notifications().len(),
+        1,
+        "the /oic/d observer hears of it"
+    );
+}
