@@ -43,6 +43,8 @@ pub fn prepare(dir: &Path, dev_mode: bool) -> Result<Boot, String> {
     state::ensure_dir(dir)
         .map_err(|e| format!("{}: cannot create the state directory: {e}", dir.display()))?;
 
+    remove_stale_temp_files(dir);
+
     // 1. The security state.
     let security_path = dir.join(STATE_FILE);
     let mut loaded = match std::fs::read(&security_path) {
@@ -176,6 +178,25 @@ pub fn prepare(dir: &Path, dev_mode: bool) -> Result<Boot, String> {
     })
 }
 
+/// Removes the temp files of writes a crash interrupted before their rename (`.NAME.tmp`, see
+/// [`state::atomic_write`]): the file they were to replace is still whole, and they would
+/// only sit there.
+fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            info!("removing {name}, left by a write that a restart interrupted");
+            if let Err(e) = state::remove(&entry.path()) {
+                warn!("{}: cannot remove: {e}", entry.path().display());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +313,17 @@ mod tests {
         let b = prepare(&dir, false).unwrap();
         assert_eq!(b.security.di(), first.identity.di);
         assert!(dir.join("security.cbor.corrupt").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn temp_files_of_interrupted_writes_are_removed() {
+        let dir = temp_dir("tmp");
+        let first = prepare(&dir, false).unwrap();
+        std::fs::write(dir.join(".security.cbor.tmp"), b"half").unwrap();
+        let b = prepare(&dir, false).unwrap();
+        assert!(!dir.join(".security.cbor.tmp").exists());
+        assert_eq!(b.identity, first.identity);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

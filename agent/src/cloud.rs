@@ -126,6 +126,12 @@ impl Cloud {
         self.session.borrow().cps() == ocf::cloud::Cps::Uninitialized
     }
 
+    /// Whether the last deregistration reached the cloud (see
+    /// [`CloudSession::deregistration_told`]).
+    pub fn deregistration_told(&self) -> bool {
+        self.session.borrow().deregistration_told()
+    }
+
     /// How long a deregistration may take before the session gives up on the cloud's answer.
     pub fn deregister_timeout(&self) -> Duration {
         self.timing.deregister_timeout

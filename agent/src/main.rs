@@ -172,7 +172,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         agent.device.borrow_mut().add(resource)?;
     }
     let maintenance = maintenance::Maintenance::new(cli.reboot_command.clone(), cli.reboot_timeout);
-    agent.device.borrow_mut().add(maintenance.resource())?;
+    agent
+        .device
+        .borrow_mut()
+        .add(maintenance.resource(security.clone()))?;
     let sensors = board::populate(&board, &agent)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);

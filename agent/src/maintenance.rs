@@ -54,10 +54,19 @@ impl Maintenance {
         })
     }
 
-    /// The `/oic/mnt` resource.
-    pub fn resource(&self) -> Resource {
+    /// The `/oic/mnt` resource. A factory reset is recorded (`security.cbor`, RESET) before the
+    /// 2.04 is sent: once a client has its answer, a power cut cannot lose the reset.
+    pub fn resource(&self, security: Rc<Security>) -> Resource {
         let wake = self.wake.clone();
-        maintenance::resource(self.state.clone(), Box::new(move || wake.notify_one()))
+        maintenance::resource(
+            self.state.clone(),
+            Box::new(move |action| {
+                if action == Action::FactoryReset {
+                    security.record_factory_reset();
+                }
+                wake.notify_one();
+            }),
+        )
     }
 
     /// A factory reset asked for on the console: queued like a POST of `{"fr":true}` (so

@@ -712,6 +712,34 @@ impl Security {
         }
     }
 
+    /// Records a factory reset that [`Security::factory_reset`] will carry out (`/oic/mnt`
+    /// `fr`): `security.cbor` says RESET before the request is answered, so a crash from then on
+    /// is finished on the next start. The event it raises is not queued: the maintenance task,
+    /// not [`Security::run_events`], carries this reset out.
+    pub fn record_factory_reset(&self) {
+        let Ok(mut state) = self.state.try_borrow_mut() else {
+            return;
+        };
+        if state.reset_pending() {
+            return;
+        }
+        state.begin_factory_reset();
+        let events: Vec<SecurityEvent> = state
+            .take_events()
+            .into_iter()
+            .filter(|e| !matches!(e, SecurityEvent::FactoryResetRequested))
+            .collect();
+        let dirty = state.take_dirty();
+        drop(state);
+        if dirty {
+            self.persist();
+        }
+        if !events.is_empty() {
+            self.pending.borrow_mut().extend(events);
+            self.wake.notify_one();
+        }
+    }
+
     /// The factory reset (OCF-PROTOCOL.md §9; from pstat `dos.s` = 0, `/oic/mnt` `fr` or the
     /// console). In order:
     /// 1. record it: `security.cbor` with `dos.s` RESET, `p` set (a crash from here on is
@@ -756,7 +784,7 @@ impl Security {
             while !cloud.is_unconfigured() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            cloud_told = cloud.is_unconfigured();
+            cloud_told = cloud.is_unconfigured() && cloud.deregistration_told();
             if !cloud_told {
                 warn!("the cloud was not told of the factory reset (unreachable or no answer); wiping the cloud state anyway");
             }

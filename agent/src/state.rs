@@ -45,7 +45,7 @@ pub fn persistence_point(what: &str) {
         *n += 1;
         *n
     };
-    tracing::debug!(point = %format!("{what}#{n}"), "persistence point");
+    tracing::debug!("persistence point: {what}#{n}");
     if let Some(target) = std::env::var_os(KILL_AT_ENV) {
         if target.to_string_lossy() == format!("{what}#{n}") {
             eprintln!("ocf-agent: killed at persistence point {what}#{n} ({KILL_AT_ENV})");

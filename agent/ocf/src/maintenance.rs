@@ -200,9 +200,9 @@ fn truncate(s: &str) -> &str {
     }
 }
 
-/// The `/oic/mnt` resource over `state`; `on_request` is called after an action was queued (to
-/// wake whoever carries it out).
-pub fn resource(state: SharedMaintenance, on_request: Box<dyn Fn()>) -> Resource {
+/// The `/oic/mnt` resource over `state`; `on_request` is called with an action just queued,
+/// before the 2.04 goes out (to record it durably and wake whoever carries it out).
+pub fn resource(state: SharedMaintenance, on_request: Box<dyn Fn(Action)>) -> Resource {
     Resource::new(
         HREF,
         &[RT],
@@ -214,7 +214,7 @@ pub fn resource(state: SharedMaintenance, on_request: Box<dyn Fn()>) -> Resource
 
 struct MaintenanceBackend {
     state: SharedMaintenance,
-    on_request: Box<dyn Fn()>,
+    on_request: Box<dyn Fn(Action)>,
 }
 
 impl Backend for MaintenanceBackend {
@@ -232,8 +232,8 @@ impl Backend for MaintenanceBackend {
             .try_borrow_mut()
             .map_err(|_| ResourceError::Unavailable("maintenance state busy".into()))?
             .apply_update(props)?;
-        if queued.is_some() {
-            (self.on_request)();
+        if let Some(action) = queued {
+            (self.on_request)(action);
         }
         Ok(())
     }
@@ -359,7 +359,10 @@ mod tests {
         device
             .add(resource(
                 state.clone(),
-                Box::new(move || w.set(w.get() + 1)),
+                Box::new(move |a| {
+                    assert_eq!(a, Action::FactoryReset);
+                    w.set(w.get() + 1)
+                }),
             ))
             .unwrap();
         let origin = Origin::Stream(1);

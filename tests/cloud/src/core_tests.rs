@@ -645,3 +645,71 @@ fn cloud_discovery_lists_the_users_devices() {
     assert_eq!(code(&o), ResponseType::NotFound);
     assert!(!o.close);
 }
+
+/// OCF-PROTOCOL.md §5.2, §5.5, §7.5: the device persists what the RD holds and, after a sign-out
+/// (before a reboot) and a new connection, signs in without publishing again. The links must
+/// therefore outlive the sign-out, the session and a token refresh, as in plgd's RD (only an
+/// unpublish, a new registration or the device's deletion removes them).
+#[test]
+fn links_survive_sign_out_and_a_new_sign_in_without_publish() {
+    let c = core(3600);
+    let reg = sign_up(&c, DI, "alice", T0);
+    let o = sign_in(&c, DI, &reg, T0);
+    let Effect::SignedIn(s) = o.effect else {
+        panic!("{:?}", o.effect)
+    };
+    let o = c.handle(
+        Some(DI),
+        Some(&s),
+        &req(
+            Method::Post,
+            URI_RD,
+            Some(publish_body(DI, 0, &["/switch/1", "/oic/d"])),
+        ),
+        T0,
+    );
+    assert_eq!(code(&o), ResponseType::Changed);
+    let published = c.store.links(DI).unwrap();
+    assert_eq!(published.len(), 2);
+
+    // Sign-out, then the connection ends.
+    let o = c.handle(
+        Some(DI),
+        Some(&s),
+        &req(Method::Post, URI_SESSION, Some(json!({"login": false}))),
+        T0 + 1000,
+    );
+    assert_eq!(o.effect, Effect::SignedOut);
+    assert_eq!(c.store.links(DI).unwrap(), published);
+
+    // After the reboot: a refresh and a sign-in on a new connection (no session), no publish.
+    let o = c.handle(
+        Some(DI),
+        None,
+        &req(
+            Method::Post,
+            URI_TOKEN_REFRESH,
+            Some(json!({"di": DI, "uid": reg.uid, "refreshtoken": reg.refresh})),
+        ),
+        T0 + 60_000,
+    );
+    assert_eq!(code(&o), ResponseType::Changed);
+    let reg = Registered {
+        access: body(&o)["accesstoken"].as_str().unwrap().to_owned(),
+        ..reg
+    };
+    let o = sign_in(&c, DI, &reg, T0 + 60_000);
+    let Effect::SignedIn(s) = o.effect else {
+        panic!("{:?}", o.effect)
+    };
+    assert_eq!(c.store.links(DI).unwrap(), published);
+    // Clients still discover them through the cloud.
+    let o = c.handle(Some(DI), Some(&s), &Request::new(Method::Get, URI_RES), T0);
+    let hrefs: Vec<_> = body(&o)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["href"].clone())
+        .collect();
+    assert_eq!(hrefs, [json!("/oic/d"), json!("/switch/1")]);
+}

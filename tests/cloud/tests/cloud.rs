@@ -1200,3 +1200,93 @@ fn http_api_refuses_bad_input() {
     assert_eq!(code(&resp), ResponseType::Changed);
     assert_eq!(body(&resp)["uid"], "user");
 }
+
+/// OCF-PROTOCOL.md §5.2, §7.5: a device that signed out (before a reboot) and comes back on a
+/// new connection signs in without publishing (it persisted what the RD holds): the cloud still
+/// lists its links and forwards requests to it.
+#[test]
+fn signed_out_device_keeps_its_links_and_is_reachable_without_publishing_again() {
+    let dir = temp_dir("signout");
+    let cloud = Cloud::start(&dir, &[]);
+    let di = new_di();
+    let id = identity(&cloud, &di);
+    let mut dev = Device::tls(cloud.coap, client_config(&id, false));
+    dev.send_csm();
+    let tokens = sign_up(&mut dev, &di, &cloud.authcode("dave"));
+    assert_eq!(
+        code(&sign_in(&mut dev, &di, &tokens)),
+        ResponseType::Changed
+    );
+    let batch = answer_discovery(&mut dev, &di);
+    dev.respond(&batch, ResponseType::Content, Some(json!([])), Some(0));
+    let resp = dev.request(post(
+        "/oic/rd",
+        &[("rt", "oic.wk.rdpub")],
+        links_body(&di, &["/switch/1", "/oic/d"]),
+    ));
+    assert_eq!(code(&resp), ResponseType::Changed);
+
+    // Sign-out, then the device goes away.
+    let resp = dev.request(post(
+        "/oic/sec/session",
+        &[],
+        json!({"di": di, "uid": tokens.uid, "accesstoken": tokens.access, "login": false}),
+    ));
+    assert_eq!(code(&resp), ResponseType::Changed);
+    drop(dev);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (_, devices) = cloud.get("/api/v1/devices");
+        if devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["di"] == di.as_str() && d["online"] == false)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still online: {devices}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, links) = cloud.get(&format!("/api/v1/devices/{di}/links"));
+    assert_eq!(status, 200);
+    assert_eq!(links.as_array().unwrap().len(), 2, "{links}");
+
+    // A new connection: sign-in only (the access token is still valid), no publish.
+    let mut dev = Device::tls(cloud.coap, client_config(&id, false));
+    dev.send_csm();
+    assert_eq!(
+        code(&sign_in(&mut dev, &di, &tokens)),
+        ResponseType::Changed
+    );
+    let batch = answer_discovery(&mut dev, &di);
+    dev.respond(&batch, ResponseType::Content, Some(json!([])), Some(0));
+    let (status, links) = cloud.get(&format!("/api/v1/devices/{di}/links"));
+    assert_eq!(status, 200);
+    let hrefs: BTreeSet<&str> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["href"].as_str())
+        .collect();
+    assert_eq!(hrefs, BTreeSet::from(["/oic/d", "/switch/1"]));
+    assert_eq!(links[0]["ins"], crc32(b"/oic/d"));
+
+    // Requests are forwarded on the new connection.
+    let http_addr = cloud.http;
+    let path = format!("/api/v1/devices/{di}/switch/1");
+    let client = std::thread::spawn(move || http(http_addr, "GET", &path, None));
+    let req = dev.expect_request();
+    assert_eq!(path_of(&req), "/switch/1");
+    dev.respond(
+        &req,
+        ResponseType::Content,
+        Some(json!({"value": true})),
+        None,
+    );
+    let (status, _, text) = client.join().unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["value"], true);
+    assert_eq!(cloud.count("device", "POST", "/oic/rd", None), 1);
+    assert_eq!(cloud.count("device", "POST", "/oic/sec/account", None), 1);
+}

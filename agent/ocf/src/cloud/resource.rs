@@ -249,6 +249,7 @@ mod tests {
                 refreshtoken: "RT-SECRET".into(),
                 expiresin: -1,
             }),
+            published: Vec::new(),
         };
         CloudSession::restore(
             state,

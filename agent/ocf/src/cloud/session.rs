@@ -10,9 +10,10 @@
 //! - sign-in on every connection before any other request (§1 step 8, §5.2);
 //! - refresh before sign-in after a reconnect when the token may be stale (§7.2, §7.7), and
 //!   before expiry on the §7.4 schedule (`expiresin <= 0` = never);
-//! - publish to `/oic/rd` (ttl 0) after the first sign-in after boot or a configuration change and
-//!   when the link set changes, unpublish removed links by `ins`; a plain reconnect or a refresh
-//!   does not republish (§5.5, §5.6, §7.5, iotivity-lite#51/#53/#147);
+//! - publish to `/oic/rd` (ttl 0) what the RD does not hold yet (everything after a sign-up, then
+//!   new or changed links) and unpublish removed links by `ins`; what the RD holds is persisted
+//!   with the registration, so neither a reconnect, a refresh nor a reboot republishes unchanged
+//!   links (§5.5, §5.6, §7.5, iotivity-lite#51/#53/#147);
 //! - RFC 8323 Ping when idle, Pong timeout, reconnect after 6 misses (§7.3);
 //! - the 4.01 paths (§4, §5.2, §5.3, iotivity-lite#22/#74), `redirecturi` (§5.1), sign-out
 //!   (§5.2), deregistration with a 10 s timeout (§4, §5.4);
@@ -210,13 +211,27 @@ pub struct Registration {
     pub expiresin: i64,
 }
 
+/// One link the cloud RD holds (OCF-PROTOCOL.md §5.5, §7.5): the link exactly as published, to
+/// tell after a reboot whether it changed since, and the `ins` the RD assigned, to unpublish it
+/// once it is gone (§5.6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedRecord {
+    /// The link as it was published (after the `rel` default).
+    pub link: RdLink,
+    /// RD-assigned instance id; `None` if the RD gave none (then it cannot be unpublished
+    /// individually).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ins: Option<i64>,
+}
+
 /// Everything that must survive a restart (OCF-PROTOCOL.md §7.5), as one serde value: the driver
 /// writes it atomically with mode 0600 whenever [`Action::Persist`] says so (only emitted when
 /// the content changed).
 ///
 /// CBOR/JSON shape (version 1):
 /// `{"version":1, "cps":"registered", "clec":0, "conf":{"cis","sid","apn","at"?,
-/// "x.org.iotivity.servers"?}, "registration":{"uid","accesstoken","refreshtoken","expiresin"}}`
+/// "x.org.iotivity.servers"?}, "registration":{"uid","accesstoken","refreshtoken","expiresin"},
+/// "published"?:[{"link":{"href","rt","if","rel"?,"p"?,...},"ins"?}]}`
 ///
 /// - `cps` is the state to resume in, not the live one: `registered` (sign in after boot),
 ///   `readytoregister` (sign up), `failed` (wait for a new configuration; `clec` says why),
@@ -229,8 +244,16 @@ pub struct Registration {
 ///   wrong until NTP syncs, and `Instant` does not survive a reboot. `expiresin` only says whether
 ///   the token expires at all; a restored expiring token is refreshed before the first sign-in
 ///   (§7.2, §9 "refreshes (if the token expires) then signs in").
-/// - Not persisted (§7.5): the published links and their `ins`; after a boot everything is
-///   published again after the first sign-in.
+/// - `published` is what the cloud RD holds (§5.5), kept only with `registered` and written after
+///   every successful publish or unpublish. iotivity-lite persists neither the links nor their
+///   `ins` and republishes everything at the first sign-in after each boot (§7.5); here a reboot
+///   publishes only new or changed links and unpublishes removed ones by their persisted `ins`
+///   (§5.6). An older file without the key loads as "nothing published", so that device
+///   publishes everything after its first sign-in.
+/// - Trade-off: should the cloud have lost the links while the device was away (it should not:
+///   plgd's RD keeps them until they are unpublished or the device is deleted, and a deleted
+///   device fails sign-in), only links that change are published again; a new CoAPCloudConf
+///   configuration publishes everything.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistedState {
     /// Format version, [`PersistedState::VERSION`].
@@ -246,6 +269,10 @@ pub struct PersistedState {
     /// The registration, once signed up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration: Option<Registration>,
+    /// What the cloud RD holds, ordered by href; only with `registered` (see above). Optional,
+    /// so files written before it existed still load as version 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<PublishedRecord>,
 }
 
 impl PersistedState {
@@ -501,12 +528,6 @@ impl TokenLife {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PublishedEntry {
-    link: RdLink,
-    ins: Option<i64>,
-}
-
 /// How a response ends a request (§7.1: 5.03 and 5.04 count as connection errors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -555,12 +576,16 @@ pub struct CloudSession {
     token_life: TokenLife,
     /// The discoverable links the device wants published, by href.
     desired: BTreeMap<String, RdLink>,
-    /// What the cloud RD holds (as far as this boot knows), by href.
-    published: BTreeMap<String, PublishedEntry>,
+    /// What the cloud RD holds, by href; persisted with the registration (§7.5), so it outlives
+    /// a reboot.
+    published: BTreeMap<String, PublishedRecord>,
     /// The RD refused the last request: wait for a link change or the next sign-in.
     rd_blocked: bool,
     actions: VecDeque<Action>,
     last_persisted: Option<PersistedState>,
+    /// The last deregistration reached the cloud (it answered), or there was no registration to
+    /// tell it about; `false` if it was wiped without an answer (offline, timeout).
+    deregistration_told: bool,
 }
 
 impl fmt::Debug for CloudSession {
@@ -608,6 +633,7 @@ impl CloudSession {
             rd_blocked: false,
             actions: VecDeque::new(),
             last_persisted: None,
+            deregistration_told: false,
         }
     }
 
@@ -633,6 +659,7 @@ impl CloudSession {
             clec,
             conf,
             registration,
+            published,
             ..
         } = persisted;
         match (cps, conf, registration) {
@@ -655,6 +682,13 @@ impl CloudSession {
                 s.reg = Some(reg);
                 s.mode = Mode::Active;
                 s.cps = Cps::Registered;
+                // What the RD held at shutdown: only changes since are published after the
+                // sign-in (§7.5). Keyed by href like `set_links`; a duplicate in a damaged file
+                // just collapses.
+                s.published = published
+                    .into_iter()
+                    .map(|r| (r.link.href.clone(), r))
+                    .collect();
             }
             (_, Some(conf), None) => {
                 s.conf = Some(conf);
@@ -709,6 +743,7 @@ impl CloudSession {
             return;
         }
         let can_send = self.reg.is_some() && matches!(self.link, LinkState::Up(_));
+        self.deregistration_told = self.reg.is_none();
         if !can_send {
             self.finish_deregistration();
             return;
@@ -847,7 +882,10 @@ impl CloudSession {
             OpKind::SignIn => self.on_sign_in(outcome, response, now),
             OpKind::Refresh => self.on_refresh(outcome, response, now),
             OpKind::SignOut => self.finish_sign_out(),
-            OpKind::Deregister => self.finish_deregistration(),
+            OpKind::Deregister => {
+                self.deregistration_told = true;
+                self.finish_deregistration()
+            }
             OpKind::Publish(links) => self.on_publish(links, outcome, response),
             OpKind::Unpublish(hrefs) => self.on_unpublish(hrefs),
         }
@@ -971,6 +1009,14 @@ impl CloudSession {
         self.reg.as_ref().map(|r| r.uid.as_str())
     }
 
+    /// Whether the last deregistration reached the cloud (it answered `DELETE
+    /// /oic/sec/account`), or there was no registration to tell it about. `false` when it was
+    /// completed without the cloud (no connection, no answer within the timeout): the cloud may
+    /// still list the device (issue 6: the factory reset reports it in `/oic/mnt` `err`).
+    pub fn deregistration_told(&self) -> bool {
+        self.deregistration_told
+    }
+
     /// `true` while signed in on a live connection.
     pub fn is_signed_in(&self) -> bool {
         matches!(&self.link, LinkState::Up(c) if c.signed_in)
@@ -1003,6 +1049,13 @@ impl CloudSession {
                 }
             }
         };
+        // The RD's links matter only while registered: every other state publishes everything
+        // (or nothing) once it is registered again (§7.5).
+        let published = if cps == Cps::Registered {
+            self.published.values().cloned().collect()
+        } else {
+            Vec::new()
+        };
         PersistedState {
             version: PersistedState::VERSION,
             cps,
@@ -1013,6 +1066,7 @@ impl CloudSession {
             },
             conf: self.conf.clone(),
             registration: self.reg.clone(),
+            published,
         }
     }
 
@@ -1614,9 +1668,11 @@ impl CloudSession {
                 ins,
             });
             self.published
-                .insert(link.href.clone(), PublishedEntry { link, ins });
+                .insert(link.href.clone(), PublishedRecord { link, ins });
         }
         self.actions.push_back(Action::Published { links: done });
+        // The RD's content changed: persist it, so a reboot does not publish these again (§7.5).
+        self.persist();
     }
 
     /// Any answer ends an unpublish: 2.02, or 4.00 when the RD no longer knows the `ins` (§5.6).
@@ -1625,6 +1681,8 @@ impl CloudSession {
             self.published.remove(h);
         }
         self.actions.push_back(Action::Unpublished { hrefs });
+        // Persisted like a publish, so a reboot does not unpublish them again (§7.5).
+        self.persist();
     }
 
     /// Brings the cloud RD in line with the desired links: unpublish removed ones (by `ins`),
@@ -1644,13 +1702,18 @@ impl CloudSession {
             .cloned()
             .collect();
         let mut with_ins = Vec::new();
+        let mut dropped = false;
         for href in removed {
             if self.published.get(&href).is_some_and(|e| e.ins.is_some()) {
                 with_ins.push(href);
             } else {
                 // The RD gave no `ins`: it cannot be unpublished individually.
                 self.published.remove(&href);
+                dropped = true;
             }
+        }
+        if dropped {
+            self.persist();
         }
         if !with_ins.is_empty() {
             with_ins.truncate(MAX_INS_PER_UNPUBLISH);

@@ -127,6 +127,8 @@ fn sign_up_ok(expiresin: i64) -> Value {
 struct Bench {
     s: CloudSession,
     now: Instant,
+    /// The last [`Action::Persist`] drained: what the driver's state file holds.
+    saved: Option<PersistedState>,
 }
 
 impl Bench {
@@ -139,6 +141,7 @@ impl Bench {
         Bench {
             s,
             now: Instant::now(),
+            saved: None,
         }
     }
 
@@ -147,7 +150,11 @@ impl Bench {
     }
 
     fn drain(&mut self) -> Vec<Action> {
-        std::iter::from_fn(|| self.s.poll_action()).collect()
+        let actions: Vec<Action> = std::iter::from_fn(|| self.s.poll_action()).collect();
+        if let Some(state) = persisted(&actions) {
+            self.saved = Some(state);
+        }
+        actions
     }
 
     fn log(&mut self) -> Vec<String> {
@@ -271,6 +278,15 @@ fn persisted(actions: &[Action]) -> Option<PersistedState> {
     })
 }
 
+/// `l` as the session publishes it: `rel` defaults to `hosts`.
+fn hosted(l: &RdLink) -> RdLink {
+    let mut l = l.clone();
+    if l.rel.is_empty() {
+        l.rel.push(REL_HOSTS.to_owned());
+    }
+    l
+}
+
 fn registered_state(expiresin: i64) -> PersistedState {
     PersistedState {
         version: PersistedState::VERSION,
@@ -286,6 +302,7 @@ fn registered_state(expiresin: i64) -> PersistedState {
             refreshtoken: RT1.into(),
             expiresin,
         }),
+        published: Vec::new(),
     }
 }
 
@@ -654,9 +671,19 @@ fn restart_never_signs_up_again() {
     b.signed_in(3600);
     let state = b.s.persisted_state();
     assert_eq!(state.cps, Cps::Registered);
+    assert_eq!(b.saved.as_ref(), Some(&state), "what the file holds");
     let bytes = state.to_cbor().unwrap();
     let state = PersistedState::from_cbor(&bytes).unwrap();
-    assert_eq!(state, registered_state(3600));
+    assert_eq!(
+        state,
+        PersistedState {
+            published: vec![PublishedRecord {
+                link: hosted(&link("/light/1", "core.light")),
+                ins: Some(1),
+            }],
+            ..registered_state(3600)
+        }
+    );
 
     // "Reboot".
     let mut b = Bench::restore(state);
@@ -677,14 +704,16 @@ fn restart_never_signs_up_again() {
         Some(json!({"accesstoken": "AT2", "refreshtoken": "RT2", "expiresin": 3600})),
     ));
     assert_eq!(sign_in.path, "/oic/sec/session");
-    // First sign-in after boot: publish (the RD state is not persisted, §7.5).
+    // The RD's links were persisted and did not change: nothing to publish (§7.5).
     let a = b.respond(
         &sign_in,
         ResponseType::Changed,
         Some(json!({"expiresin": 3600})),
     );
-    assert_eq!(only_send(&a).path, "/oic/rd");
-    assert!(!a.iter().any(|a| matches!(a, Action::Registered { .. })));
+    assert_eq!(
+        a.iter().map(describe).collect::<Vec<_>>(),
+        ["SignedIn 3600"]
+    );
 
     // A permanent token signs in directly after the restart.
     let mut b = Bench::restore(registered_state(-1));
@@ -719,6 +748,7 @@ fn restore_other_states() {
         clec: Clec::RefreshFailed,
         conf: Some(conf()),
         registration: None,
+        published: Vec::new(),
     };
     let mut b = Bench::restore(state);
     assert_eq!((b.s.cps(), b.s.clec()), (Cps::Failed, Clec::RefreshFailed));
@@ -735,6 +765,7 @@ fn restore_other_states() {
         clec: Clec::Ok,
         conf: Some(conf()),
         registration: None,
+        published: Vec::new(),
     };
     let mut b = Bench::restore(state);
     assert_eq!(b.log(), ["Persist readytoregister"]);
@@ -756,6 +787,7 @@ fn restore_other_states() {
         clec: Clec::Ok,
         conf: None,
         registration: None,
+        published: Vec::new(),
     });
     assert_eq!(b.s.cps(), Cps::Uninitialized);
 }
@@ -795,7 +827,7 @@ fn republish_only_when_links_change_and_unpublish_removed_ones() {
         ResponseType::Changed,
         Some(json!({"links": [{"href": "/temp/1", "ins": 77}]})),
     );
-    assert_eq!(log, ["Published 1"]);
+    assert_eq!(log, ["Published 1", "Persist registered"]);
 
     // One removed: DELETE /oic/rd?di=..&ins=.. with its ins.
     b.s.set_links(vec![light.clone(), temp.clone()], b.now);
@@ -803,7 +835,7 @@ fn republish_only_when_links_change_and_unpublish_removed_ones() {
     assert_eq!((del.code, del.path.as_str()), (0x04, "/oic/rd"));
     assert_eq!(del.queries, [format!("di={DI}"), "ins=2".to_owned()]);
     let log = b.respond_log(&del, ResponseType::Deleted, None);
-    assert_eq!(log, ["Unpublished /switch/1"]);
+    assert_eq!(log, ["Unpublished /switch/1", "Persist registered"]);
 
     // A changed link (same href, new types): republished.
     let mut light2 = light.clone();
@@ -888,6 +920,391 @@ fn many_removed_links_are_unpublished_in_chunks() {
     let a = b.respond(&second, ResponseType::BadRequest, None);
     assert!(sends(&a).is_empty());
     assert!(b.s.published_links().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The RD's links across a reboot (§5.5, §5.6, §7.5, §9)
+// ---------------------------------------------------------------------------------------------
+
+/// Three ping intervals (§7.3): long enough for anything the session would still send after a
+/// sign-in, far from the token refresh.
+const QUIET: Duration = Duration::from_secs(61);
+
+impl Bench {
+    /// After a restore: provisioned, connected, refreshed first when the token expires (§7.2,
+    /// §9), signed in with `expiresin`. Asserts there is no sign-up; returns what followed the
+    /// sign-in answer.
+    fn reboot_sign_in(&mut self, expiresin: i64) -> Vec<Action> {
+        self.s.set_provisioned(true, self.now);
+        assert_eq!(self.log(), [format!("Connect {CIS} {SID}")]);
+        let mut req = only_send(&self.connected());
+        if expiresin > 0 {
+            assert_eq!(req.path, URI_TOKEN_REFRESH, "a restored expiring token");
+            req = only_send(&self.respond(
+                &req,
+                ResponseType::Changed,
+                Some(json!({"accesstoken": "AT2", "refreshtoken": "RT2", "expiresin": expiresin})),
+            ));
+        }
+        assert_eq!(
+            req.path, URI_SESSION,
+            "sign-in, never a sign-up, after a reboot"
+        );
+        self.respond(
+            &req,
+            ResponseType::Changed,
+            Some(json!({"expiresin": expiresin})),
+        )
+    }
+
+    /// The RD requests sent within `d` of virtual time (Pings answered).
+    fn rd_requests_within(&mut self, d: Duration) -> Vec<Req> {
+        let until = self.now + d;
+        sends(&self.run_until(until))
+            .into_iter()
+            .filter(|r| r.path == URI_RD)
+            .collect()
+    }
+}
+
+fn records(links: &[(&RdLink, Option<i64>)]) -> Vec<PublishedRecord> {
+    links
+        .iter()
+        .map(|(l, ins)| PublishedRecord {
+            link: hosted(l),
+            ins: *ins,
+        })
+        .collect()
+}
+
+/// §7.5: links the RD already holds (persisted with their `ins`) are not published again after a
+/// reboot, whether the token is refreshed first or not.
+#[test]
+fn reboot_with_unchanged_links_publishes_nothing() {
+    let light = link("/light/1", "core.light");
+    let switch = link("/switch/1", "oic.r.switch.binary");
+    for expiresin in [3600, -1] {
+        let mut b = Bench::new();
+        b.s.set_links(vec![light.clone(), switch.clone()], b.now);
+        b.signed_in(expiresin);
+        let file = b.saved.clone().unwrap();
+        assert_eq!(
+            file.published,
+            records(&[(&light, Some(1)), (&switch, Some(2))])
+        );
+        let file = PersistedState::from_cbor(&file.to_cbor().unwrap()).unwrap();
+
+        let mut b = Bench::restore(file);
+        assert!(
+            b.drain().is_empty(),
+            "nothing to persist after a clean restore"
+        );
+        assert_eq!(b.s.published_links().len(), 2);
+        // The daemon lists its links before connecting, in whatever order.
+        b.s.set_links(vec![switch.clone(), light.clone()], b.now);
+        let a = b.reboot_sign_in(expiresin);
+        assert_eq!(
+            a.iter().map(describe).collect::<Vec<_>>(),
+            [format!("SignedIn {expiresin}")],
+            "expiresin {expiresin}: no publish after the sign-in"
+        );
+        assert!(
+            b.rd_requests_within(QUIET).is_empty(),
+            "expiresin {expiresin}"
+        );
+        assert!(b.s.is_signed_in());
+    }
+}
+
+/// §5.5/§5.6/§7.5: after a reboot only the changed and the new link are published (one
+/// request), and a link removed since is unpublished by its persisted `ins`.
+#[test]
+fn reboot_publishes_only_what_changed_and_unpublishes_by_persisted_ins() {
+    let light = link("/light/1", "core.light");
+    let switch = link("/switch/1", "oic.r.switch.binary");
+    let temp = link("/temp/1", "oic.r.temperature");
+    let mut b = Bench::new();
+    b.s.set_links(vec![light.clone(), switch.clone(), temp.clone()], b.now);
+    b.signed_in(-1);
+    let file = b.saved.clone().unwrap();
+    assert_eq!(file.published.len(), 3);
+
+    // While down: /light/1 gained a type, /door/1 appeared, /temp/1 (ins 3) went away.
+    let mut light2 = light.clone();
+    light2.rt.push("oic.r.light.brightness".into());
+    let door = link("/door/1", "oic.r.door");
+    let mut b = Bench::restore(file);
+    b.s.set_links(vec![light2.clone(), switch.clone(), door.clone()], b.now);
+    let a = b.reboot_sign_in(-1);
+    let del = only_send(&a);
+    assert_eq!((del.code, del.path.as_str()), (0x04, URI_RD));
+    assert_eq!(del.queries, [format!("di={DI}"), "ins=3".to_owned()]);
+    let a = b.respond(&del, ResponseType::Deleted, None);
+    assert_eq!(
+        b.saved.as_ref().unwrap().published,
+        records(&[(&light, Some(1)), (&switch, Some(2))]),
+        "the unpublish is persisted"
+    );
+    let publish = only_send(&a);
+    assert_eq!((publish.code, publish.path.as_str()), (0x02, URI_RD));
+    let links = publish.body["links"].as_array().unwrap();
+    assert_eq!(
+        links.iter().map(|l| l["href"].clone()).collect::<Vec<_>>(),
+        [json!("/door/1"), json!("/light/1")],
+        "exactly the new and the changed link"
+    );
+    assert_eq!(
+        links[1]["rt"],
+        json!(["core.light", "oic.r.light.brightness"])
+    );
+    let log = b.respond_log(
+        &publish,
+        ResponseType::Changed,
+        Some(json!({"links": [{"href": "/door/1", "ins": 40}, {"href": "/light/1", "ins": 1}]})),
+    );
+    assert_eq!(log, ["Published 2", "Persist registered"]);
+    assert_eq!(
+        b.saved.as_ref().unwrap().published,
+        records(&[(&door, Some(40)), (&light2, Some(1)), (&switch, Some(2))])
+    );
+    assert!(b.rd_requests_within(QUIET).is_empty());
+}
+
+/// A successful publish or unpublish is persisted (with the links and their `ins`); a new
+/// configuration forgets them, so the next sign-in publishes everything; a deregistration
+/// forgets them too.
+#[test]
+fn rd_changes_are_persisted_and_a_new_configuration_forgets_them() {
+    let light = link("/light/1", "core.light");
+    let switch = link("/switch/1", "oic.r.switch.binary");
+    let mut b = Bench::new();
+    b.s.set_links(vec![light.clone(), switch.clone()], b.now);
+    let up = b.until_sign_up();
+    let sign_in = only_send(&b.respond(&up, ResponseType::Changed, Some(sign_up_ok(-1))));
+    let publish = only_send(&b.respond(
+        &sign_in,
+        ResponseType::Changed,
+        Some(json!({"expiresin": -1})),
+    ));
+    let a = b.respond(
+        &publish,
+        ResponseType::Changed,
+        Some(json!({"links": [{"href": "/light/1", "ins": 10}, {"href": "/switch/1", "ins": 20}]})),
+    );
+    assert_eq!(
+        a.iter().map(describe).collect::<Vec<_>>(),
+        ["Published 2", "Persist registered"]
+    );
+    let st = persisted(&a).unwrap();
+    assert_eq!(st.cps, Cps::Registered);
+    assert_eq!(
+        st.published,
+        records(&[(&light, Some(10)), (&switch, Some(20))])
+    );
+
+    // An unpublish is persisted the same way.
+    b.s.set_links(vec![light.clone()], b.now);
+    let del = only_send(&b.drain());
+    assert_eq!(del.queries, [format!("di={DI}"), "ins=20".to_owned()]);
+    let a = b.respond(&del, ResponseType::Deleted, None);
+    assert_eq!(
+        persisted(&a).unwrap().published,
+        records(&[(&light, Some(10))])
+    );
+
+    // A refused sign-in leaves cps failed (registration kept), where a new configuration is
+    // accepted (§4 rule 1): it drops the registration and with it the RD's links.
+    b.s.handle_disconnected(b.now);
+    b.fire();
+    let sign_in = only_send(&b.connected());
+    b.respond(&sign_in, ResponseType::Forbidden, None);
+    assert_eq!(b.s.cps(), Cps::Failed);
+    assert_eq!(
+        b.saved.as_ref().unwrap().published.len(),
+        1,
+        "still registered"
+    );
+    b.s.configure(
+        CloudConf {
+            at: "code-2".into(),
+            ..conf()
+        },
+        b.now,
+    )
+    .unwrap();
+    let a = b.drain();
+    let st = persisted(&a).unwrap();
+    assert_eq!((st.cps, st.registration), (Cps::ReadyToRegister, None));
+    assert!(st.published.is_empty());
+    assert!(b.s.published_links().is_empty());
+    // Sign-up, sign-in, then everything is published again.
+    let up = only_send(&b.connected());
+    assert_eq!(up.body["accesstoken"], "code-2");
+    let sign_in = only_send(&b.respond(&up, ResponseType::Changed, Some(sign_up_ok(-1))));
+    let publish = only_send(&b.respond(
+        &sign_in,
+        ResponseType::Changed,
+        Some(json!({"expiresin": -1})),
+    ));
+    assert_eq!(publish.path, URI_RD);
+    assert_eq!(publish.body["links"].as_array().unwrap().len(), 1);
+    assert_eq!(publish.body["links"][0]["href"], "/light/1");
+    b.respond(
+        &publish,
+        ResponseType::Changed,
+        Some(json!({"links": [{"href": "/light/1", "ins": 11}]})),
+    );
+    assert_eq!(b.saved.as_ref().unwrap().published.len(), 1);
+
+    // Deregistration wipes them with the rest.
+    b.s.deregister(b.now);
+    let del = only_send(&b.drain());
+    let a = b.respond(&del, ResponseType::Deleted, None);
+    let st = persisted(&a).unwrap();
+    assert_eq!(st.cps, Cps::Uninitialized);
+    assert!(st.published.is_empty());
+}
+
+/// §5.2/§9: sign-out before a reboot, then the restored file: refresh if the token expires,
+/// sign-in, no sign-up, no publish.
+#[test]
+fn sign_out_then_reboot_signs_in_without_sign_up_or_publish() {
+    let light = link("/light/1", "core.light");
+    let mut b = Bench::new();
+    b.s.set_links(vec![light.clone()], b.now);
+    b.signed_in(3600);
+    b.s.sign_out(b.now);
+    let out = only_send(&b.drain());
+    assert_eq!(out.body["login"], false);
+    assert_eq!(
+        b.respond_log(&out, ResponseType::Changed, Some(json!({}))),
+        ["Disconnect", "SignedOut"]
+    );
+    let file = b.saved.clone().unwrap();
+    assert_eq!(file.cps, Cps::Registered);
+    assert_eq!(file.published, records(&[(&light, Some(1))]));
+
+    let mut b = Bench::restore(file);
+    b.s.set_links(vec![light.clone()], b.now);
+    let a = b.reboot_sign_in(3600);
+    assert_eq!(
+        a.iter().map(describe).collect::<Vec<_>>(),
+        ["SignedIn 3600"]
+    );
+    assert!(b.rd_requests_within(QUIET).is_empty());
+    assert_eq!(
+        b.s.published_links(),
+        [PublishedLink {
+            href: "/light/1".into(),
+            ins: Some(1)
+        }]
+    );
+}
+
+/// The RD's links are restored only with a registration; other states drop them (and say so
+/// with a Persist).
+#[test]
+fn published_links_are_restored_only_when_registered() {
+    let light = link("/light/1", "core.light");
+    let published = records(&[(&light, Some(1))]);
+    for (cps, registration) in [
+        (Cps::Failed, None),
+        (Cps::ReadyToRegister, None),
+        (Cps::Uninitialized, None),
+        (Cps::Deregistering, registered_state(-1).registration),
+    ] {
+        let state = PersistedState {
+            cps,
+            registration,
+            published: published.clone(),
+            ..registered_state(-1)
+        };
+        let mut b = Bench::restore(state);
+        assert!(b.s.published_links().is_empty(), "{cps}");
+        let st = persisted(&b.drain()).expect("the dropped links are persisted");
+        assert!(st.published.is_empty(), "{cps}");
+        assert!(b.s.persisted_state().published.is_empty(), "{cps}");
+    }
+    let mut b = Bench::restore(PersistedState {
+        published: published.clone(),
+        ..registered_state(-1)
+    });
+    assert!(b.drain().is_empty());
+    assert_eq!(b.s.persisted_state().published, published);
+}
+
+/// CBOR round trip of a state with links (one without `ins`, one with several `rel`); the keys
+/// are short and readable.
+#[test]
+fn persisted_state_with_published_links_round_trips_in_cbor() {
+    let mut multi = link("/light/1", "core.light");
+    multi.rel = vec!["hosts".into(), "item".into()];
+    let state = PersistedState {
+        published: vec![
+            PublishedRecord {
+                link: multi,
+                ins: Some(3_000_000_000),
+            },
+            PublishedRecord {
+                link: hosted(&link("/switch/1", "oic.r.switch.binary")),
+                ins: None,
+            },
+        ],
+        ..registered_state(3600)
+    };
+    let bytes = state.to_cbor().unwrap();
+    assert_eq!(PersistedState::from_cbor(&bytes).unwrap(), state);
+    let v: Value = from_cbor(&bytes).unwrap();
+    assert_eq!(
+        v["published"],
+        json!([
+            {"link": {"href": "/light/1", "rt": ["core.light"], "if": ["oic.if.baseline"],
+                      "rel": ["hosts", "item"], "p": {"bm": 3}},
+             "ins": 3_000_000_000u32},
+            {"link": {"href": "/switch/1", "rt": ["oic.r.switch.binary"],
+                      "if": ["oic.if.baseline"], "rel": "hosts", "p": {"bm": 3}}}
+        ])
+    );
+    // Nothing published: no key at all.
+    let bytes = registered_state(3600).to_cbor().unwrap();
+    let v: Value = from_cbor(&bytes).unwrap();
+    assert!(v.get("published").is_none());
+}
+
+/// A version-1 file written before `published` existed still loads, and that device publishes
+/// everything after its first sign-in (it cannot know what the RD holds).
+#[test]
+fn version_1_file_without_published_links_still_loads() {
+    /// The state as it was before `published` (same serde attributes).
+    #[derive(Serialize)]
+    struct OldPersistedState {
+        version: u32,
+        cps: Cps,
+        clec: Clec,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        conf: Option<CloudConf>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        registration: Option<Registration>,
+    }
+    let new = registered_state(-1);
+    let old = OldPersistedState {
+        version: 1,
+        cps: new.cps,
+        clec: new.clec,
+        conf: new.conf.clone(),
+        registration: new.registration.clone(),
+    };
+    let state = PersistedState::from_cbor(&to_cbor(&old).unwrap()).unwrap();
+    assert_eq!(state, new);
+    assert!(state.published.is_empty());
+
+    let mut b = Bench::restore(state);
+    assert!(b.drain().is_empty());
+    b.s.set_links(vec![link("/light/1", "core.light")], b.now);
+    let a = b.reboot_sign_in(-1);
+    let publish = only_send(&a);
+    assert_eq!(publish.path, URI_RD);
+    assert_eq!(publish.body["links"][0]["href"], "/light/1");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1356,6 +1773,7 @@ fn deregistration_sends_delete_then_wipes() {
     );
     assert_eq!(b.s.persisted_state().conf, None);
     assert_eq!(b.s.poll_timeout(), None);
+    assert!(b.s.deregistration_told(), "the cloud answered");
 }
 
 #[test]
@@ -1374,12 +1792,17 @@ fn deregistration_completes_on_timeout_error_or_disconnect() {
     let t = b.now;
     assert_eq!(b.fire_log(), finish);
     assert_eq!(b.now - t, secs(10));
-    // Error response.
+    assert!(
+        !b.s.deregistration_told(),
+        "no answer: the cloud may still list it"
+    );
+    // Error response: the cloud heard it.
     let mut b = Bench::new();
     b.signed_in(-1);
     b.s.deregister(b.now);
     let del = only_send(&b.drain());
     assert_eq!(b.respond_log(&del, ResponseType::NotFound, None), finish);
+    assert!(b.s.deregistration_told());
     // Connection lost.
     let mut b = Bench::new();
     b.signed_in(-1);
@@ -1387,12 +1810,14 @@ fn deregistration_completes_on_timeout_error_or_disconnect() {
     b.drain();
     b.s.handle_disconnected(b.now);
     assert_eq!(b.log(), &finish[1..]);
+    assert!(!b.s.deregistration_told());
     // Not connected: at once.
     let mut b = Bench::new();
     b.signed_in(-1);
     b.s.handle_disconnected(b.now);
     b.s.deregister(b.now);
     assert_eq!(b.log(), &finish[1..]);
+    assert!(!b.s.deregistration_told());
     // Connecting: the attempt is abandoned.
     let mut b = Bench::new();
     b.s.configure(conf(), b.now).unwrap();
@@ -1400,6 +1825,10 @@ fn deregistration_completes_on_timeout_error_or_disconnect() {
     b.drain();
     b.s.deregister(b.now);
     assert_eq!(b.log(), finish);
+    assert!(
+        b.s.deregistration_told(),
+        "never registered: nothing to tell"
+    );
 }
 
 /// During a sign-in (no session yet) the cloud cannot fill in the token: it goes in the query

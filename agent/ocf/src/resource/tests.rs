@@ -740,7 +740,7 @@ fn device_name_is_written_through_oic_con_and_reported_by_oic_d() {
 #[test]
 fn a_new_identity_changes_oic_d_oic_con_and_the_anchors_and_notifies() {
     let mut d = device();
-    let mut obs = get("/oic/d", &[]);
+    let mut obs = get("/oic/res", &[("if", "oic.if.b")]);
     obs.observe = Some(0);
     assert_eq!(d.handle(&O, &obs, &[7]).code, ResponseType::Content);
     let _ = d.take_notifications();

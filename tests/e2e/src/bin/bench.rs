@@ -5,7 +5,7 @@
 //! Local figures: GET /oic/d over coap+tcp with 1 and 16 concurrent connections (requests/s,
 //! p50/p99 latency), notification latencies, the agent's idle RSS, the stripped binary size.
 //! Cloud figures (issue 3 "Measured", [`bench_cloud`]), agent and `ocf-dev-cloud` on loopback
-//! with TLS: process start → published (restart of a registered agent, and first boot with the
+//! with TLS: process start → signed in (restart of a registered agent), → published (first boot with the
 //! sign-up), connection cut → signed in again, GET forwarded through the cloud's HTTP API with 1
 //! and 16 keep-alive clients, RSS signed in and idle for the glibc and the static musl release
 //! builds (`cargo xtask bench` builds both), and both builds' stripped size.
@@ -284,7 +284,7 @@ fn main() {
     let starts = bench_cloud::start_to_published(&cloud, &dir, 5, 20);
     let s = &starts.restart;
     row(
-        &format!("process start → published, registered agent restarted (refresh + sign-in + publish, TLS), {} runs", s.0.len()),
+        &format!("process start → signed in, registered agent restarted (refresh + sign-in; links unchanged, so no publish; TLS), {} runs", s.0.len()),
         format!("median {}, p90 {}, max {}", millis(s.median()), millis(s.p90()), millis(s.max())),
         "≤ 100 ms",
         "connects ≈1.6 s after start (random 1–2 s delay), refreshes, signs in ≈1.7 s later (as §7.6 R2–R3): ≈3.3 s (derived)",
@@ -314,7 +314,7 @@ fn main() {
         let agent_bin = ocf_e2e::binary("ocf-agent");
         let mut a = bench_cloud::TimedAgent::spawn(&agent_bin, &starts.registered_state, &[]);
         a.wait_ready();
-        a.wait_line(bench_cloud::PUBLISHED, a.spawned, Duration::from_secs(20));
+        a.wait_line(bench_cloud::SIGNED_IN, a.spawned, Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(500));
         for clients in [1usize, 16] {
             let f = bench_cloud::forwarded_get(
