@@ -2,8 +2,8 @@
 //! [`ocf::security`].
 //!
 //! - **State**: [`SecurityState`] (pstat, doxm, cred, acl2, the owner) in `STATE/security.cbor`,
-//!   written atomically with mode 0600 whenever it changes; loaded at start (a file that cannot
-//!   be used stops the agent with a message naming it). The identity key stays in
+//!   written atomically with mode 0600 whenever it changes; loaded and repaired at start by
+//!   [`crate::boot`] (a file that cannot be used is moved aside and the device starts unowned). The identity key stays in
 //!   `STATE/identity.key` ([`crate::tls`]); `/oic/sec/csr` makes a CSR for it.
 //! - **Setup PIN** ([`load_or_create_pin`]): `--pin-file` (factory data, its first line) or
 //!   `STATE/pin`; a device with neither makes a random one, stores it (0600) and prints it once
@@ -18,8 +18,9 @@
 //!   Batch representations of `/oic/res` carry only what the requester may read
 //!   ([`Security::may_batch`]).
 //! - **Events** ([`Security::run_events`]): the cloud link runs only in RFNOP; a factory reset
-//!   (pstat `dos.s` = 0) deregisters from the cloud, wipes its state, resets the security state
-//!   and makes a new identity key; once a device is owned, connections opened before are closed
+//!   (pstat `dos.s` = 0, or [`Security::factory_reset`] from `/oic/mnt` and the console)
+//!   deregisters from the cloud, wipes its state, resets the security state and makes a new
+//!   identity key and `di`; once a device is owned, connections opened before are closed
 //!   (except the new owner's); new credentials re-verify the open connections' certificates.
 //!
 //! Never logged: the PIN, keys, `at`, tokens, request bodies.
