@@ -88,6 +88,10 @@ pub struct Cloud {
     timing: Timing,
     /// A sign-out (before a reboot) finished: [`Action::SignedOut`] was seen.
     signed_out: Cell<bool>,
+    /// The session was replaced ([`Cloud::renew`]): whatever connection the link task still
+    /// holds belongs to the old identity and must be closed, even if the old session's
+    /// `Disconnect` had not been executed yet.
+    drop_link: Cell<bool>,
     signed_out_notify: Notify,
 }
 
@@ -103,6 +107,7 @@ impl Cloud {
             timing,
             signed_out: Cell::new(false),
             signed_out_notify: Notify::new(),
+            drop_link: Cell::new(false),
         }
     }
 
@@ -147,11 +152,10 @@ impl Cloud {
         };
         *self.device.borrow_mut() = device.clone();
         let fresh = CloudSession::new(device, self.timing, seed());
-        self.with_session(|s| {
-            // Closes any connection of the old identity first.
-            s.set_provisioned(false, Instant::now());
-            *s = fresh;
-        });
+        // The old session's queued actions go with it (a late Persist must not write the file
+        // the reset has just wiped); its connection is closed by the link task.
+        self.with_session(|s| *s = fresh);
+        self.drop_link.set(true);
         self.wake.notify_one();
     }
 
@@ -569,6 +573,13 @@ async fn run(
     let mut connecting: Option<ConnectFuture> = None;
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
+        if cloud.drop_link.take() {
+            connecting = None;
+            if let Some(old) = link.take() {
+                debug!("closing the cloud connection of the identity a factory reset replaced");
+                old.close(&agent, &security, Some("factory reset")).await;
+            }
+        }
         // 1. Do what the session asks.
         let mut lost = None;
         while let Some(action) = cloud.next_action() {
