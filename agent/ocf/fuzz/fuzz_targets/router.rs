@@ -161,6 +161,10 @@ fn device() -> Device {
         Box::new(CloudConf(session, now())),
     ))
     .expect("add CoAPCloudConf");
+    // /oic/mnt with a state that is never carried out: every request only exercises the rules.
+    let mnt = std::rc::Rc::new(std::cell::RefCell::new(ocf::maintenance::Maintenance::new()));
+    d.add(ocf::maintenance::resource(mnt, Box::new(|_| {})))
+        .expect("add /oic/mnt");
     d.set_endpoints(vec![
         "coap://127.0.0.1:5683".into(),
         "coap+tcp://127.0.0.1:5684".into(),
@@ -174,7 +178,7 @@ fn shape(packet: &mut Packet, shape: u8) {
     const PATHS: [&[&str]; 7] = [
         &["oic", "res"],
         &["oic", "d"],
-        &["oic", "p"],
+        &["oic", "mnt"],
         &["switch"],
         &["temperature"],
         &["CoAPCloudConfResURI"],
