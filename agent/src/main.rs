@@ -285,19 +285,23 @@ async fn run(cli: Cli) -> Result<(), String> {
         Some(cloud),
         stop_rx.clone(),
     ));
-    let control = control::listen(&cli.state_dir).map_err(|e| {
-        format!(
-            "{}: cannot listen: {e}",
+    // Not fatal: the device works without it (e.g. a state directory path too long for a Unix
+    // socket); only the console's factory-reset cannot reach this agent then.
+    match control::listen(&cli.state_dir) {
+        Ok(control) => {
+            tokio::task::spawn_local(control::serve(
+                control,
+                cli.state_dir.join(control::SOCKET),
+                agent.clone(),
+                maintenance.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        Err(e) => warn!(
+            "{}: cannot listen ({e}); `ocf-agent factory-reset` cannot reach this agent",
             cli.state_dir.join(control::SOCKET).display()
-        )
-    })?;
-    tokio::task::spawn_local(control::serve(
-        control,
-        cli.state_dir.join(control::SOCKET),
-        agent.clone(),
-        maintenance.clone(),
-        stop_rx.clone(),
-    ));
+        ),
+    }
 
     // The line protocol tests and scripts wait for: every endpoint, then "ready".
     println!("ocf-agent: di {}", identity.di);
