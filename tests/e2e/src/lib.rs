@@ -86,9 +86,21 @@ pub struct Spawned {
 impl Spawn {
     /// Starts `name` from [`Spawn::bin_dir`] with `args`.
     pub fn start(&self, name: &str, args: &[String]) -> Result<Spawned, String> {
+        self.start_with_env(name, args, &[])
+    }
+
+    /// [`Spawn::start`] with extra environment variables for the child (e.g. the agent's
+    /// `OCF_AGENT_KILL_AT` for the crash tests).
+    pub fn start_with_env(
+        &self,
+        name: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Spawned, String> {
         let mut cmd = Command::new(try_binary(&self.bin_dir, name)?);
         cmd.args(args)
             .env("OCF_LOG", &self.log_level)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         match &self.log_file {

@@ -60,12 +60,22 @@ impl SecureAgent {
     /// Starts `ocf-agent` with `args`; an error if it is not ready within 20 s or has no
     /// coaps+tcp endpoint.
     pub fn spawn(state_dir: &Path, args: &[String]) -> Result<SecureAgent, String> {
-        let how = Spawn::default();
+        SecureAgent::spawn_with(state_dir, args, &Spawn::default(), &[])
+    }
+
+    /// [`SecureAgent::spawn`] as `how` says (e.g. stderr to a file), with extra environment
+    /// variables for the agent.
+    pub fn spawn_with(
+        state_dir: &Path,
+        args: &[String],
+        how: &Spawn,
+        env: &[(&str, &str)],
+    ) -> Result<SecureAgent, String> {
         let Spawned {
             mut child,
             stdout,
             stderr,
-        } = how.start("ocf-agent", args)?;
+        } = how.start_with_env("ocf-agent", args, env)?;
         let mut lines = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -810,7 +810,7 @@ pub fn onboard(identity: &Identity, args: &OnboardArgs) -> Result<Outcome, StepE
     {
         // Its owner uuid is public: without the pinned key this could be any device.
         return Err(p.fail(format!(
-            "the device says this Mediator ({}) owns it, but {} has no pinned key for {di}, so the device cannot be              authenticated: restore that file, or factory-reset the device and onboard it again",
+            "the device says this Mediator ({}) owns it, but {} has no pinned key for {di}, so the device cannot be authenticated: restore that file, or factory-reset the device and onboard it again",
             identity.uuid,
             identity.devices_path().display()
         )));
