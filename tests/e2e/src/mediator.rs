@@ -34,27 +34,20 @@ impl SecureAgent {
     /// Starts the sim board on loopback (ports chosen by the OS, no multicast) with the PIN
     /// from `pin_file` (or a generated one when `None`).
     pub fn start(state_dir: &Path, pin_file: Option<&Path>, extra: &[&str]) -> SecureAgent {
-        let mut args: Vec<String> = [
-            "--board",
-            "sim",
-            "--state-dir",
-            &state_dir.display().to_string(),
-            "--udp",
-            "127.0.0.1:0",
-            "--tls",
-            "127.0.0.1:0",
-            "--multicast",
-            "off",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if let Some(p) = pin_file {
-            args.push("--pin-file".into());
-            args.push(p.display().to_string());
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        SecureAgent::spawn(state_dir, &args).unwrap_or_else(|e| panic!("{e}"))
+        SecureAgent::spawn(state_dir, &secure_agent_args(state_dir, pin_file, extra))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Waits for an `ocf-agent: di <uuid>` line other than `old` on stdout: the new `di` a
+    /// factory reset at run time prints.
+    pub fn wait_new_di(&mut self, old: &str) -> String {
+        crate::cloud::wait_for(Duration::from_secs(20), "a new di on stdout", || {
+            self.stdout()
+                .iter()
+                .filter_map(|l| l.strip_prefix("ocf-agent: di "))
+                .find(|d| *d != old)
+                .map(str::to_string)
+        })
     }
 
     /// Starts `ocf-agent` with `args`; an error if it is not ready within 20 s or has no
@@ -149,6 +142,32 @@ impl Drop for SecureAgent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The arguments [`SecureAgent::start`] uses: the sim board on loopback (ports chosen by the OS,
+/// no multicast), the PIN from `pin_file` (or the one the agent makes when `None`), then `extra`.
+pub fn secure_agent_args(state_dir: &Path, pin_file: Option<&Path>, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--board",
+        "sim",
+        "--state-dir",
+        &state_dir.display().to_string(),
+        "--udp",
+        "127.0.0.1:0",
+        "--tls",
+        "127.0.0.1:0",
+        "--multicast",
+        "off",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(p) = pin_file {
+        args.push("--pin-file".into());
+        args.push(p.display().to_string());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 /// Writes an 8-digit PIN file (mode 0600) and returns its path.

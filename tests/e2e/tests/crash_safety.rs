@@ -90,23 +90,7 @@ enum Group {
 
 /// The agent's arguments: the sim board on loopback, no multicast, the PIN from `pin`.
 fn agent_args(state: &Path, pin: &Path) -> Vec<String> {
-    [
-        "--board",
-        "sim",
-        "--state-dir",
-        &state.display().to_string(),
-        "--udp",
-        "127.0.0.1:0",
-        "--tls",
-        "127.0.0.1:0",
-        "--multicast",
-        "off",
-        "--pin-file",
-        &pin.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    secure_agent_args(state, Some(pin), &[])
 }
 
 /// Debug log to `log` (appended), so it can be read after the process is gone.
@@ -205,18 +189,6 @@ fn assert_works_through_cloud(cloud: &DevCloud, di: &str) {
         read.is_some(),
         "GET /api/v1/devices/{di}/temperature: {last}"
     );
-}
-
-/// Waits for a new `ocf-agent: di <uuid>` line (a reset done at run time).
-fn new_di(agent: &mut SecureAgent, old: &str) -> String {
-    wait_for(Duration::from_secs(20), "a new di on stdout", || {
-        agent
-            .stdout()
-            .iter()
-            .filter_map(|l| l.strip_prefix("ocf-agent: di "))
-            .find(|d| *d != old)
-            .map(str::to_string)
-    })
 }
 
 /// Waits up to `limit` for `child` to end.
@@ -395,7 +367,7 @@ fn run_baseline() -> Baseline {
 
     let r = reset_through_cloud(&cloud, &di).unwrap_or_else(|e| panic!("baseline: {e}"));
     assert_eq!(r.status, 200, "baseline: reset: {}", r.text());
-    let renewed = new_di(&mut agent, &di);
+    let renewed = agent.wait_new_di(&di);
     let (owned, _, deviceuuid) = doxm(&med, &agent.ep);
     assert!(!owned && deviceuuid == renewed, "baseline: after the reset");
     let all = settle(&log, Duration::from_secs(30));
@@ -607,7 +579,7 @@ fn case(group: Group, point: &str, base: &Baseline, dir: &Path) -> String {
                 let r = med.post(&agent.ep, "/oic/mnt", r#"{"fr":true}"#);
                 assert_eq!(r.coap_code(), "2.04", "reset as the owner:\n{}", r.output());
                 let old = agent.di.clone();
-                agent.di = new_di(&mut agent, &old);
+                agent.di = agent.wait_new_di(&old);
                 let (owned, _, deviceuuid) = doxm(&med, &agent.ep);
                 assert!(!owned && deviceuuid == agent.di, "after the owner's reset");
                 onboard(&med, &agent.ep, &cloud);

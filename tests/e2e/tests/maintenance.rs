@@ -118,18 +118,6 @@ fn discovered_di(agent: &SecureAgent) -> String {
     anchor.trim_start_matches("ocf://").to_string()
 }
 
-/// Waits for `ocf-agent: di <new>` on the agent's stdout after start.
-fn new_di_line(agent: &mut SecureAgent, old: &str) -> String {
-    wait_for(Duration::from_secs(20), "a new di on stdout", || {
-        agent
-            .stdout()
-            .iter()
-            .filter_map(|l| l.strip_prefix("ocf-agent: di "))
-            .find(|d| *d != old)
-            .map(str::to_string)
-    })
-}
-
 fn agent_bin() -> PathBuf {
     binary("ocf-agent")
 }
@@ -251,7 +239,7 @@ fn factory_reset_through_the_cloud_deregisters_wipes_and_a_second_onboarding_wor
     );
 
     // A new di (stdout, discovery, identity.json), a new key, unowned, no cloud state.
-    let new_di = new_di_line(&mut agent, &old_di);
+    let new_di = agent.wait_new_di(&old_di);
     assert_ne!(new_di, old_di);
     assert_eq!(discovered_di(&agent), new_di);
     let identity: serde_json::Value =
@@ -334,7 +322,7 @@ fn factory_reset_from_the_console_with_the_cloud_not_answering_wipes_within_the_
         "{}",
         run.output()
     );
-    let new_di = new_di_line(&mut agent, &old_di);
+    let new_di = agent.wait_new_di(&old_di);
     assert!(run.stdout.contains(&new_di), "{}", run.output());
     assert!(!b.state.join("cloud.cbor").exists());
     assert_eq!(discovered_di(&agent), new_di);
@@ -583,22 +571,7 @@ fn corrupt_state_files_are_reported_moved_aside_and_the_agent_starts_safe() {
     // The PIN the device made for itself is state too (no --pin-file here).
     drop(agent);
     std::fs::write(state_file(&b, "pin"), b"12ab\n").unwrap();
-    let args: Vec<String> = [
-        "--board",
-        "sim",
-        "--state-dir",
-        &b.state.display().to_string(),
-        "--udp",
-        "127.0.0.1:0",
-        "--tls",
-        "127.0.0.1:0",
-        "--multicast",
-        "off",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut agent = SecureAgent::spawn(&b.state, &args).unwrap();
+    let mut agent = SecureAgent::start(&b.state, None, &[]);
     assert_moved_aside(&mut agent, &state_file(&b, "pin"));
     assert!(
         agent
