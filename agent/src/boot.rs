@@ -351,11 +351,23 @@ mod tests {
         let mut s = first.security;
         s.begin_factory_reset();
         save_state(&dir, &s).unwrap();
-        for name in [cloud::STATE_FILE, tls::IDENTITY_CERT, tls::CLOUD_CA] {
+        for name in [
+            cloud::STATE_FILE,
+            tls::IDENTITY_CERT,
+            tls::CLOUD_CA,
+            "identity.key.corrupt",
+            "cloud.cbor.corrupt.2",
+        ] {
             std::fs::write(dir.join(name), b"x").unwrap();
         }
         let b = prepare(&dir, false).unwrap();
         assert!(b.reset_finished);
+        for name in ["identity.key.corrupt", "cloud.cbor.corrupt.2"] {
+            assert!(
+                !dir.join(name).exists(),
+                "{name}: an old key or tokens survive"
+            );
+        }
         assert_ne!(b.identity.di, first.identity.di, "a new di");
         assert_eq!(b.identity.piid, first.identity.piid, "piid kept");
         assert_eq!(b.security.di(), b.identity.di);

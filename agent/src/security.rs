@@ -240,7 +240,8 @@ pub struct Renewed {
 /// The local part of a factory reset (OCF-PROTOCOL.md §9 step 2), shared by the running agent,
 /// the boot-time recovery and the offline console command. The caller has recorded the reset in
 /// `security.cbor` first (`dos.s` RESET, `p` set), so a crash anywhere in here is finished on the
-/// next start. In order: the cloud state and the interim cloud credentials are removed, a new
+/// next start. In order: quarantined copies of state files, the cloud state and the interim
+/// cloud credentials are removed, a new
 /// identity key and a new `di` (iotivity-lite makes a new device UUID at RESET) are written, and
 /// last the security state: RFOTM, unowned, no credentials, no ACEs, which ends the reset.
 ///
@@ -248,6 +249,13 @@ pub struct Renewed {
 /// the file keeps the reset pending.
 pub fn wipe_and_renew(dir: &Path, state: &mut SecurityState) -> Renewed {
     let mut errors = Vec::new();
+    // Copies moved aside at some start may hold an old key, tokens or the owner's credentials.
+    if let Err(e) = crate::state::remove_quarantined(dir) {
+        errors.push(format!(
+            "{}: cannot remove quarantined files: {e}",
+            dir.display()
+        ));
+    }
     for name in [cloud::STATE_FILE, tls::IDENTITY_CERT, tls::CLOUD_CA] {
         let path = dir.join(name);
         if let Err(e) = crate::state::remove(&path) {

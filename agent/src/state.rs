@@ -99,6 +99,32 @@ pub fn quarantine(path: &Path) -> io::Result<PathBuf> {
     Ok(target)
 }
 
+/// Whether `name` is a quarantined copy made by [`quarantine`].
+fn is_quarantined(name: &str) -> bool {
+    match name.rsplit_once(".corrupt") {
+        Some((base, rest)) => {
+            !base.is_empty()
+                && (rest.is_empty()
+                    || rest
+                        .strip_prefix('.')
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+        }
+        None => false,
+    }
+}
+
+/// Removes every quarantined copy in `dir`: they may hold what a factory reset must wipe (an
+/// old identity key, tokens, the owner's credentials).
+pub fn remove_quarantined(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if is_quarantined(&entry.file_name().to_string_lossy()) {
+            remove(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Reports a state file that cannot be used, moves it aside, and says what the agent does
 /// instead (`then`). The message names the file, why, and where it went.
 pub fn report_and_quarantine(path: &Path, why: &str, then: &str) {
@@ -339,6 +365,46 @@ mod tests {
             .unwrap_err()
             .reason
             .contains("version 9"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn quarantined_copies_are_recognised_and_removed() {
+        for yes in [
+            "cloud.cbor.corrupt",
+            "identity.key.corrupt.1",
+            "pin.corrupt.4",
+        ] {
+            assert!(is_quarantined(yes), "{yes}");
+        }
+        for no in [
+            "cloud.cbor",
+            ".corrupt",
+            "x.corrupt.",
+            "x.corrupt.a",
+            "x.corruptx",
+        ] {
+            assert!(!is_quarantined(no), "{no}");
+        }
+        let dir = tempdir("quarantine");
+        ensure_dir(&dir).unwrap();
+        atomic_write(&dir.join("identity.key"), b"k").unwrap();
+        assert_eq!(
+            quarantine(&dir.join("identity.key")).unwrap(),
+            dir.join("identity.key.corrupt")
+        );
+        atomic_write(&dir.join("identity.key"), b"k2").unwrap();
+        assert_eq!(
+            quarantine(&dir.join("identity.key")).unwrap(),
+            dir.join("identity.key.corrupt.1")
+        );
+        atomic_write(&dir.join("keep.json"), b"{}").unwrap();
+        remove_quarantined(&dir).unwrap();
+        let left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["keep.json"]);
         fs::remove_dir_all(&dir).unwrap();
     }
 
