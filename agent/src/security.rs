@@ -1234,6 +1234,9 @@ mod tests {
         let old_key = s.key.borrow().public_key_raw().to_vec();
         let old_server = s.server_config();
         std::fs::write(dir.join(tls::IDENTITY_CERT), b"x").unwrap();
+        // A name the owner gave the device (/oic/con), kept in identity.json.
+        crate::state::Identity::save_name(&dir, "Kitchen").unwrap();
+        agent.device.borrow_mut().set_identity(DI, "Kitchen");
         let reset = cbor_post(
             "/oic/sec/pstat",
             &ciborium::Value::Map(vec![(
@@ -1280,6 +1283,12 @@ mod tests {
         assert_eq!(agent.device.borrow().info().di, new_di, "the tree has it");
         let identity = crate::state::Identity::load_or_create(&dir).unwrap().0;
         assert_eq!(identity.di, new_di, "identity.json has it");
+        assert_eq!(identity.name, None, "the owner's name is wiped");
+        assert_eq!(
+            agent.device.borrow().name(),
+            "test",
+            "the board's name is back"
+        );
         let (persisted, _) = load_state(&dir, &new_di).unwrap();
         assert_eq!(persisted.dos(), DosState::Rfotm);
         assert!(!persisted.doxm().owned);
