@@ -93,6 +93,8 @@ pub struct Cloud {
     /// `Disconnect` had not been executed yet.
     drop_link: Cell<bool>,
     signed_out_notify: Notify,
+    /// A deregistration completed ([`Action::Deregistered`]).
+    deregistered: Notify,
 }
 
 /// CoAPCloudConf's href, for notifications.
@@ -107,6 +109,7 @@ impl Cloud {
             timing,
             signed_out: Cell::new(false),
             signed_out_notify: Notify::new(),
+            deregistered: Notify::new(),
             drop_link: Cell::new(false),
         }
     }
@@ -118,12 +121,24 @@ impl Cloud {
         self.wake.notify_one();
     }
 
-    /// Deregisters (factory reset, §9): see [`CloudSession::deregister`]; completion wipes the
-    /// cloud state ([`Cloud::is_unconfigured`]).
-    pub fn deregister(&self) {
+    /// Deregisters (factory reset, §9, [`CloudSession::deregister`]) and waits until it is
+    /// complete: the cloud answered, the deregistration timeout passed, or there was no
+    /// connection. Either way the session ends unconfigured and its state is wiped. Returns
+    /// whether the cloud was told ([`CloudSession::deregistration_told`]).
+    pub async fn deregister(&self) -> bool {
         info!("deregistering from the cloud");
         self.with_session(|s| s.deregister(Instant::now()));
         self.wake.notify_one();
+        // The session bounds the wait itself; the slack only covers the link task's turn.
+        let limit = self.timing.deregister_timeout + Duration::from_secs(2);
+        let completed = tokio::time::timeout(limit, async {
+            while !self.is_unconfigured() {
+                self.deregistered.notified().await;
+            }
+        })
+        .await
+        .is_ok();
+        completed && self.deregistration_told()
     }
 
     /// No cloud configuration (`cps` uninitialized): a deregistration has completed.
@@ -133,13 +148,8 @@ impl Cloud {
 
     /// Whether the last deregistration reached the cloud (see
     /// [`CloudSession::deregistration_told`]).
-    pub fn deregistration_told(&self) -> bool {
+    fn deregistration_told(&self) -> bool {
         self.session.borrow().deregistration_told()
-    }
-
-    /// How long a deregistration may take before the session gives up on the cloud's answer.
-    pub fn deregister_timeout(&self) -> Duration {
-        self.timing.deregister_timeout
     }
 
     /// After a factory reset: a fresh, unconfigured session for the device's new `di` and name,
@@ -631,7 +641,10 @@ async fn run(
                     info!(?hrefs, "published to the cloud");
                 }
                 Action::Unpublished { hrefs } => info!(?hrefs, "unpublished from the cloud"),
-                Action::Deregistered => info!("deregistered from the cloud"),
+                Action::Deregistered => {
+                    info!("deregistered from the cloud");
+                    cloud.deregistered.notify_waiters();
+                }
                 Action::SignedOut => {
                     info!("signed out of the cloud");
                     cloud.signed_out.set(true);

@@ -31,7 +31,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use coap_lite::{Packet, ResponseType};
 use ocf::resource::{Interface, Method, Origin, Request, ResourceError, Response, RES_HREF};
@@ -788,12 +788,7 @@ impl Security {
         let mut cloud_told = true;
         let cloud = self.cloud.borrow().clone();
         if let Some(cloud) = &cloud {
-            cloud.deregister();
-            let deadline = Instant::now() + cloud.deregister_timeout() + Duration::from_secs(2);
-            while !cloud.is_unconfigured() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            cloud_told = cloud.is_unconfigured() && cloud.deregistration_told();
+            cloud_told = cloud.deregister().await;
             if !cloud_told {
                 warn!("the cloud was not told of the factory reset (unreachable or no answer); wiping the cloud state anyway");
             }
@@ -869,6 +864,7 @@ mod tests {
     use super::*;
     use rustls::pki_types::pem::PemObject;
     use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
 
     const DI: &str = "c0ffee00-0000-4000-8000-000000000001";
 
