@@ -29,22 +29,7 @@ struct SecureAgent {
 
 impl SecureAgent {
     fn start(state_dir: &Path, extra: &[&str]) -> SecureAgent {
-        let mut args: Vec<String> = [
-            "--board",
-            "sim",
-            "--state-dir",
-            &state_dir.display().to_string(),
-            "--udp",
-            "127.0.0.1:0",
-            "--tls",
-            "127.0.0.1:0",
-            "--multicast",
-            "off",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args = ocf_e2e::mediator::secure_agent_args(state_dir, None, extra);
         let how = Spawn::default();
         let Spawned {
             mut child,

@@ -462,21 +462,7 @@ impl Demo {
     /// Starts the agent in its secure mode; a fresh one creates its setup PIN and prints it.
     fn start_agent(&mut self) -> Step<()> {
         let how = self.spawn(Some(self.agent_log()));
-        let args: Vec<String> = [
-            "--board",
-            "sim",
-            "--state-dir",
-            &self.state_dir().display().to_string(),
-            "--udp",
-            "127.0.0.1:0",
-            "--tls",
-            "127.0.0.1:0",
-            "--multicast",
-            "off",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args = ocf_e2e::mediator::secure_agent_args(&self.state_dir(), None, &[]);
         let agent = step("start the agent", Agent::spawn(&args, &how))?;
         self.agent_started = Instant::now();
         let pid = agent.child.id();
