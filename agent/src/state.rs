@@ -125,9 +125,37 @@ pub fn remove_quarantined(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// `text` with every value a decoder quoted replaced by `…`: runs in backticks (serde's
+/// ``unknown variant `…` ``) and in escaped double quotes (serde's `invalid value: string "…"` as
+/// ciborium's error shows it, `\"…\"`). In a damaged `cloud.cbor` that value can be a token:
+/// it must not reach the log. The rest of the message stays, to say what was wrong.
+pub fn redact_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((i, quote)) = ["`", "\\\""]
+        .iter()
+        .filter_map(|q| rest.find(q).map(|i| (i, *q)))
+        .min()
+    {
+        out.push_str(&rest[..i + quote.len()]);
+        let after = &rest[i + quote.len()..];
+        out.push('…');
+        match after.find(quote) {
+            Some(end) => {
+                out.push_str(quote);
+                rest = &after[end + quote.len()..];
+            }
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Reports a state file that cannot be used, moves it aside, and says what the agent does
 /// instead (`then`). The message names the file, why, and where it went.
 pub fn report_and_quarantine(path: &Path, why: &str, then: &str) {
+    let why = redact_quoted(why);
     match quarantine(path) {
         Ok(to) => tracing::error!(
             "{}: {why}; moved to {}; {then}",
@@ -406,6 +434,38 @@ mod tests {
             .collect();
         assert_eq!(left, ["keep.json"]);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn quoted_values_in_decoding_errors_are_redacted() {
+        // What serde says about a token where a state name belongs.
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Persisted {
+            cps: ocf::cloud::Cps,
+        }
+        let mut bytes = Vec::new();
+        ciborium::into_writer(
+            &ciborium::Value::Map(vec![(
+                "cps".into(),
+                ciborium::Value::Text("SECRET-TOKEN".into()),
+            )]),
+            &mut bytes,
+        )
+        .unwrap();
+        let e = ciborium::from_reader::<Persisted, _>(bytes.as_slice())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SECRET-TOKEN"), "the premise: {e}");
+        let r = redact_quoted(&e);
+        assert!(
+            !r.contains("SECRET") && r.contains("unknown variant `…`, expected"),
+            "{r}"
+        );
+        assert_eq!(
+            redact_quoted(r#"a \"b\" c `d` "e" `f"#),
+            r#"a \"…\" c `…` "e" `…"#
+        );
     }
 
     #[test]
