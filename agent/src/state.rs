@@ -94,6 +94,8 @@ pub fn quarantine(path: &Path) -> io::Result<PathBuf> {
         target = dir.join(format!("{name}.corrupt.{i}"));
     }
     fs::rename(path, &target)?;
+    // It may hold a key or tokens, whatever mode the damaged file had.
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o600))?;
     File::open(dir)?.sync_all()?;
     persistence_point(&format!("quarantine {name}"));
     Ok(target)
@@ -421,10 +423,28 @@ mod tests {
             quarantine(&dir.join("identity.key")).unwrap(),
             dir.join("identity.key.corrupt")
         );
-        atomic_write(&dir.join("identity.key"), b"k2").unwrap();
+        assert_eq!(
+            fs::metadata(dir.join("identity.key.corrupt"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        fs::write(dir.join("identity.key"), b"k2").unwrap();
+        fs::set_permissions(dir.join("identity.key"), fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(
             quarantine(&dir.join("identity.key")).unwrap(),
             dir.join("identity.key.corrupt.1")
+        );
+        assert_eq!(
+            fs::metadata(dir.join("identity.key.corrupt.1"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600,
+            "a world-readable damaged file is not left readable"
         );
         atomic_write(&dir.join("keep.json"), b"{}").unwrap();
         remove_quarantined(&dir).unwrap();
