@@ -60,7 +60,8 @@ fn main() -> ExitCode {
     };
     let local = tokio::task::LocalSet::new();
     match local.block_on(&runtime, run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stop::Signal) => ExitCode::SUCCESS,
+        Ok(Stop::Reboot(status)) => ExitCode::from(status),
         Err(e) => {
             error!("{e}");
             eprintln!("ocf-agent: {e}");
@@ -69,7 +70,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+/// Why the agent stopped.
+enum Stop {
+    /// SIGTERM or SIGINT: exit 0.
+    Signal,
+    /// `/oic/mnt` `rb` with `--reboot-exit-status`: exit with that status.
+    Reboot(u8),
+}
+
+async fn run(cli: Cli) -> Result<Stop, String> {
     let board = board::load(&cli.board)?;
     state::ensure_dir(&cli.state_dir).map_err(|e| {
         format!(
@@ -171,7 +180,13 @@ async fn run(cli: Cli) -> Result<(), String> {
     for resource in security.resources() {
         agent.device.borrow_mut().add(resource)?;
     }
-    let maintenance = maintenance::Maintenance::new(cli.reboot_command.clone(), cli.reboot_timeout);
+    let maintenance = maintenance::Maintenance::new(match cli.reboot_exit_status {
+        Some(status) => maintenance::RebootMethod::ExitStatus(status),
+        None => maintenance::RebootMethod::Command {
+            command: cli.reboot_command.clone(),
+            timeout: cli.reboot_timeout,
+        },
+    });
     agent
         .device
         .borrow_mut()
@@ -313,13 +328,19 @@ async fn run(cli: Cli) -> Result<(), String> {
     notify_systemd("READY=1");
     info!(di = %identity.di, "serving {} endpoints", endpoints.len());
 
-    signals.await;
-    info!("shutting down");
+    let stop = tokio::select! {
+        _ = signals => Stop::Signal,
+        status = maintenance.exit_requested() => Stop::Reboot(status),
+    };
+    match stop {
+        Stop::Signal => info!("shutting down"),
+        Stop::Reboot(status) => info!(status, "shutting down for the reboot"),
+    }
     notify_systemd("STOPPING=1");
     let _ = stop_tx.send(true);
     // Let connection tasks send their Release.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    Ok(())
+    Ok(stop)
 }
 
 /// Shows a newly created setup PIN once, on the console, never through the log. Under systemd
