@@ -11,6 +11,7 @@ mod maintenance;
 mod security;
 mod server;
 mod state;
+mod systemd;
 mod tcp;
 mod tls;
 mod tls_server;
@@ -194,6 +195,17 @@ async fn run(cli: Cli) -> Result<Stop, String> {
     let sensors = board::populate(&board, &agent)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let notifier = Rc::new(systemd::Notifier::from_env());
+    if notifier.is_enabled() {
+        if let Some(every) = systemd::watchdog_from_env() {
+            info!("pinging the service manager's watchdog every {every:?}");
+            tokio::task::spawn_local(systemd::ping_watchdog(
+                notifier.clone(),
+                every,
+                stop_rx.clone(),
+            ));
+        }
+    }
     let mut endpoints = Vec::new();
 
     let udp_addrs = if cli.udp.is_empty() {
@@ -325,7 +337,9 @@ async fn run(cli: Cli) -> Result<Stop, String> {
     }
     let signals = shutdown_signals();
     println!("ocf-agent: ready");
-    notify_systemd("READY=1");
+    // Every endpoint is bound and listening (sd_notify(3): READY=1 "after startup is
+    // finished"); the cloud link is not waited for, a LAN without it is a working device.
+    notifier.notify("READY=1");
     info!(di = %identity.di, "serving {} endpoints", endpoints.len());
 
     let stop = tokio::select! {
@@ -336,7 +350,7 @@ async fn run(cli: Cli) -> Result<Stop, String> {
         Stop::Signal => info!("shutting down"),
         Stop::Reboot(status) => info!(status, "shutting down for the reboot"),
     }
-    notify_systemd("STOPPING=1");
+    notifier.notify("STOPPING=1");
     let _ = stop_tx.send(true);
     // Let connection tasks send their Release.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -418,25 +432,4 @@ fn os_release() -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix("PRETTY_NAME="))
         .map(|v| v.trim_matches('"').to_string())
-}
-
-/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET.
-fn notify_systemd(message: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let bytes = path.as_encoded_bytes();
-    let result = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|addr| sock.send_to_addr(message.as_bytes(), &addr))
-    } else {
-        sock.send_to(message.as_bytes(), std::path::Path::new(&path))
-    };
-    if let Err(e) = result {
-        warn!("cannot notify systemd: {e}");
-    }
 }

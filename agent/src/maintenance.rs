@@ -225,6 +225,10 @@ async fn run_reboot_command(command: &str) -> Result<(), String> {
         .arg("-c")
         .arg(command)
         .env("OCF_AGENT_PID", std::process::id().to_string())
+        // The notification socket and the watchdog are this process's, not the command's.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start /bin/sh: {e}"))?;

@@ -449,7 +449,16 @@ fn reboot_through_the_cloud_signs_out_and_back_in_without_sign_up_or_republish()
 fn reboot_by_exit_status_signs_out_exits_with_it_and_signs_back_in_after_the_restart() {
     let mut b = Bench::new("reboot-exit", &[]);
     let reboot = ["--reboot-exit-status", "85"];
-    let mut agent = b.agent(&reboot);
+    // Standing in for systemd's notification socket: STOPPING=1 comes before the exit.
+    let notify_path = b.dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    let mut agent = SecureAgent::spawn_with(
+        &b.state,
+        &secure_agent_args(&b.state, Some(&b.pin), &reboot),
+        &Spawn::default(),
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     b.onboard(&agent);
     let di = agent.di.clone();
     wait_for(Duration::from_secs(20), "the links published", || {
@@ -486,6 +495,14 @@ fn reboot_by_exit_status_signs_out_exits_with_it_and_signs_back_in_after_the_res
     );
     assert!(log.contains("signed out of the cloud"), "{log}");
     assert!(!log.contains("running the reboot command"), "{log}");
+    notify.set_nonblocking(true).unwrap();
+    let notes: Vec<String> = std::iter::from_fn(|| {
+        let mut buf = [0u8; 64];
+        let n = notify.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .collect();
+    assert_eq!(notes, ["READY=1", "STOPPING=1"], "notifications");
     // Exactly one sign-out (a `login: false` session request) before the exit.
     assert_eq!(
         count(&b.cloud, "POST", "/oic/sec/session"),
