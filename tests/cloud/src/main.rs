@@ -37,6 +37,11 @@ struct Cli {
     /// Seconds of silence before a keepalive Ping, and to wait for its Pong.
     #[arg(long, value_name = "SECONDS", default_value_t = 20, hide = true)]
     keepalive_secs: u64,
+    /// For tests only: present a server certificate whose validity starts SECONDS after the
+    /// cloud starts (in memory; the stored one is kept), as a device whose clock is behind sees
+    /// its cloud.
+    #[arg(long, value_name = "SECONDS")]
+    cert_not_before_offset: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
         sid: cli.sid,
         apn: cli.apn,
         keepalive: Duration::from_secs(cli.keepalive_secs.max(1)),
+        cert_not_before_offset: cli.cert_not_before_offset.map(Duration::from_secs),
     };
     let result = runtime.block_on(async {
         let stop = shutdown_signal()?;
