@@ -181,7 +181,7 @@ fn shape(packet: &mut Packet, shape: u8) {
         &["oic", "mnt"],
         &["switch"],
         &["temperature"],
-        &["CoAPCloudConfResURI"],
+        &["CoapCloudConfResURI"],
         &["switch", "x"],
     ];
     const QUERIES: [&[&str]; 7] = [

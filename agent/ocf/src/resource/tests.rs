@@ -770,3 +770,33 @@ fn a_new_identity_changes_oic_d_oic_con_and_the_anchors_and_notifies() {
         "the /oic/d observer hears of it"
     );
 }
+
+#[test]
+fn links_read_by_the_cloud_carry_no_lan_endpoints() {
+    let mut d = device();
+    d.set_endpoints(vec!["coap://192.168.1.20:5683".into()]);
+    let cloud = Origin::Stream(9);
+    d.set_remote(cloud.clone());
+    let eps_of = |d: &mut Device, origin: &Origin| {
+        let r = d.handle(origin, &get("/oic/res", &[]), b"t");
+        let links = decode_payload(ContentFormat::OcfCbor, &r.payload).unwrap();
+        let Value::Array(links) = links else {
+            panic!("{links:?}")
+        };
+        links
+            .iter()
+            .map(|l| get_key(l, "eps").cloned().unwrap())
+            .collect::<Vec<_>>()
+    };
+    for eps in eps_of(&mut d, &cloud) {
+        assert_eq!(eps, Value::Array(vec![]));
+    }
+    for eps in eps_of(&mut d, &O) {
+        assert!(format!("{eps:?}").contains("192.168.1.20"), "{eps:?}");
+    }
+    // The connection number is reused by a LAN client once the cloud's connection closed.
+    d.drop_origin(&cloud);
+    for eps in eps_of(&mut d, &cloud) {
+        assert!(format!("{eps:?}").contains("192.168.1.20"), "{eps:?}");
+    }
+}
