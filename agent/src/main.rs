@@ -16,10 +16,11 @@ mod tls;
 mod tls_server;
 mod udp;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::rc::Rc;
 
+use ocf::resource::endpoint::{self, Endpoint, InterfaceAddress};
 use ocf::resource::{Device, DeviceInfo, PlatformInfo, Value};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -179,7 +180,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let sensors = board::populate(&board, &agent)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut endpoints = Vec::new();
+    let mut bound: Vec<(&'static str, SocketAddr)> = Vec::new();
 
     let udp_addrs = if cli.udp.is_empty() {
         vec![
@@ -201,7 +202,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Err(e) => return Err(format!("cannot bind UDP {addr}: {e}")),
         };
         let local = socket.local_addr().map_err(|e| e.to_string())?;
-        endpoints.extend(endpoint_uris("coap", local));
+        bound.push(("coap", local));
         if local.is_ipv6() {
             unicast_v6.get_or_insert(socket.clone());
         } else {
@@ -220,7 +221,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot bind TCP {addr}: {e}"))?;
         let tcp_local = tcp.local_addr().map_err(|e| e.to_string())?;
-        endpoints.extend(endpoint_uris("coap+tcp", tcp_local));
+        bound.push(("coap+tcp", tcp_local));
         tcp::log_listening(&tcp);
         tokio::task::spawn_local(tcp::serve(
             tcp,
@@ -233,7 +234,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot bind TCP {} for coaps+tcp: {e}", cli.tls))?;
     let tls_local = tls.local_addr().map_err(|e| e.to_string())?;
-    endpoints.extend(endpoint_uris("coaps+tcp", tls_local));
+    bound.push(("coaps+tcp", tls_local));
     tls_server::log_listening(&tls);
     tokio::task::spawn_local(tls_server::serve(
         tls,
@@ -266,6 +267,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             ));
         }
     }
+    let endpoints = advertised_endpoints(&bound);
     agent.device.borrow_mut().set_endpoints(endpoints.clone());
     security.install_batch_filter(&agent);
     for task in sensors {
@@ -305,7 +307,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 
     // The line protocol tests and scripts wait for: every endpoint, then "ready".
     println!("ocf-agent: di {}", identity.di);
-    for ep in &endpoints {
+    for ep in endpoints.iter().map(Endpoint::uri) {
         println!("ocf-agent: endpoint {ep}");
     }
     let signals = shutdown_signals();
@@ -364,32 +366,18 @@ fn shutdown_signals() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// The URIs a bound socket is reachable at. An unspecified address stands for every interface
-/// address of its family (link-local IPv6 left out: it needs a zone to be usable).
-fn endpoint_uris(scheme: &str, local: SocketAddr) -> Vec<String> {
-    let port = local.port();
-    let fmt = |ip: IpAddr| match ip {
-        IpAddr::V4(a) => format!("{scheme}://{a}:{port}"),
-        IpAddr::V6(a) => format!("{scheme}://[{a}]:{port}"),
-    };
-    if !local.ip().is_unspecified() {
-        return vec![fmt(local.ip())];
-    }
-    let mut out: Vec<String> = udp::interfaces()
+/// What discovery lists for the listening sockets `bound`, with the interfaces' addresses now
+/// (the rules are in [`ocf::resource::endpoint`]).
+fn advertised_endpoints(bound: &[(&'static str, SocketAddr)]) -> Vec<Endpoint> {
+    let interfaces: Vec<InterfaceAddress> = udp::interface_addresses()
         .into_iter()
-        .filter_map(|(_, _, a)| a)
-        .filter(|a| a.is_ipv4() == local.is_ipv4())
-        .filter(|a| match a {
-            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
-            IpAddr::V4(_) => true,
+        .map(|(index, addr, loopback)| InterfaceAddress {
+            index,
+            addr,
+            loopback,
         })
-        .map(fmt)
         .collect();
-    out.dedup();
-    if out.is_empty() {
-        out.push(fmt(local.ip()));
-    }
-    out
+    endpoint::advertised(bound, &interfaces)
 }
 
 fn os_release() -> Option<String> {

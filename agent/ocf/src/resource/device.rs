@@ -14,6 +14,7 @@ use ciborium::Value;
 use coap_lite::{Packet, ResponseType};
 
 use super::backend::{Backend, Props, ResourceError};
+use super::endpoint::Endpoint;
 use super::interface::{Interface, Policy};
 use super::request::{Method, Request, Response, OCF_VERSION_1_0};
 use crate::model::{decode_payload, encode_payload, ContentFormat};
@@ -198,7 +199,7 @@ pub type BatchFilter = Box<dyn Fn(&Origin, &str, Interface) -> bool>;
 pub struct Device {
     info: DeviceInfo,
     resources: Vec<Resource>,
-    endpoints: Vec<String>,
+    endpoints: Vec<Endpoint>,
     observers: Vec<Observer>,
     /// RFC 7641 §4.4: notifications carry increasing 24-bit sequence numbers. One counter for
     /// the whole device keeps every observer's sequence increasing.
@@ -352,8 +353,8 @@ impl Device {
         self.batch_filter = filter;
     }
 
-    /// The endpoints (`coap://…`, `coap+tcp://…`) listed as `eps` in discovery.
-    pub fn set_endpoints(&mut self, endpoints: Vec<String>) {
+    /// The endpoints listed as `eps` in discovery (see [`super::endpoint`]).
+    pub fn set_endpoints(&mut self, endpoints: Vec<Endpoint>) {
         self.endpoints = endpoints;
     }
 
@@ -689,7 +690,8 @@ impl Device {
         } else {
             self.endpoints
                 .iter()
-                .map(|ep| Value::Map(vec![("ep".into(), Value::Text(ep.clone()))]))
+                .filter(|ep| ep.usable_from(origin))
+                .map(|ep| Value::Map(vec![("ep".into(), Value::Text(ep.uri()))]))
                 .collect()
         });
         let mut links = Vec::new();

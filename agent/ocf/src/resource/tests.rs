@@ -1,3 +1,4 @@
+use super::endpoint::Endpoint;
 use super::*;
 use crate::model::{decode_payload, encode_payload, ContentFormat};
 use ciborium::Value;
@@ -81,8 +82,14 @@ fn device() -> Device {
     ))
     .unwrap();
     d.set_endpoints(vec![
-        "coap://127.0.0.1:5683".into(),
-        "coap+tcp://127.0.0.1:5684".into(),
+        Endpoint {
+            scheme: "coap",
+            addr: "127.0.0.1:5683".parse().unwrap(),
+        },
+        Endpoint {
+            scheme: "coap+tcp",
+            addr: "127.0.0.1:5684".parse().unwrap(),
+        },
     ]);
     d
 }
@@ -774,7 +781,10 @@ fn a_new_identity_changes_oic_d_oic_con_and_the_anchors_and_notifies() {
 #[test]
 fn links_read_by_the_cloud_carry_no_lan_endpoints() {
     let mut d = device();
-    d.set_endpoints(vec!["coap://192.168.1.20:5683".into()]);
+    d.set_endpoints(vec![Endpoint {
+        scheme: "coap",
+        addr: "192.168.1.20:5683".parse().unwrap(),
+    }]);
     let cloud = Origin::Stream(9);
     d.set_remote(cloud.clone());
     let eps_of = |d: &mut Device, origin: &Origin| {
