@@ -717,6 +717,7 @@ async fn run(
                 connecting = None;
                 let (id, outbox) = agent.open_stream();
                 security.cloud_opened(id, identity);
+                agent.device.borrow_mut().set_remote(Origin::Stream(id));
                 let mut l = Link {
                     io,
                     conn: TcpConnection::new(MAX_MESSAGE_SIZE),

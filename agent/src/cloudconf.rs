@@ -9,7 +9,7 @@ use ocf::resource::{Backend, Props, Resource, ResourceError};
 
 use crate::cloud::Cloud;
 
-/// Serves `/CoAPCloudConfResURI` from the cloud controller.
+/// Serves `/CoapCloudConfResURI` from the cloud controller.
 pub struct CloudConfBackend {
     cloud: Rc<Cloud>,
 }

@@ -17,10 +17,11 @@ mod tls;
 mod tls_server;
 mod udp;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::rc::Rc;
 
+use ocf::resource::endpoint::{self, Endpoint, InterfaceAddress};
 use ocf::resource::{Device, DeviceInfo, PlatformInfo, Value};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -206,9 +207,8 @@ async fn run(cli: Cli) -> Result<Stop, String> {
             ));
         }
     }
-    let mut endpoints = Vec::new();
-    // (scheme, bound address) of each endpoint: what `endpoints` is made from, again at each
-    // re-scan of the interfaces.
+    // (scheme, bound address) of each endpoint: what discovery's `eps` is made from, again at
+    // each re-scan of the interfaces.
     let mut bound: Vec<(&'static str, SocketAddr)> = Vec::new();
 
     let udp_addrs = if cli.udp.is_empty() {
@@ -231,7 +231,6 @@ async fn run(cli: Cli) -> Result<Stop, String> {
             Err(e) => return Err(format!("cannot bind UDP {addr}: {e}")),
         };
         let local = socket.local_addr().map_err(|e| e.to_string())?;
-        endpoints.extend(endpoint_uris("coap", local));
         bound.push(("coap", local));
         if local.is_ipv6() {
             unicast_v6.get_or_insert(socket.clone());
@@ -251,7 +250,6 @@ async fn run(cli: Cli) -> Result<Stop, String> {
             .await
             .map_err(|e| format!("cannot bind TCP {addr}: {e}"))?;
         let tcp_local = tcp.local_addr().map_err(|e| e.to_string())?;
-        endpoints.extend(endpoint_uris("coap+tcp", tcp_local));
         bound.push(("coap+tcp", tcp_local));
         tcp::log_listening(&tcp);
         tokio::task::spawn_local(tcp::serve(
@@ -265,7 +263,6 @@ async fn run(cli: Cli) -> Result<Stop, String> {
         .await
         .map_err(|e| format!("cannot bind TCP {} for coaps+tcp: {e}", cli.tls))?;
     let tls_local = tls.local_addr().map_err(|e| e.to_string())?;
-    endpoints.extend(endpoint_uris("coaps+tcp", tls_local));
     bound.push(("coaps+tcp", tls_local));
     tls_server::log_listening(&tls);
     tokio::task::spawn_local(tls_server::serve(
@@ -292,6 +289,7 @@ async fn run(cli: Cli) -> Result<Stop, String> {
             }),
         )
     });
+    let endpoints = advertised_endpoints(&bound);
     agent.device.borrow_mut().set_endpoints(endpoints.clone());
     security.install_batch_filter(&agent);
     tokio::task::spawn_local(follow_interfaces(
@@ -338,7 +336,7 @@ async fn run(cli: Cli) -> Result<Stop, String> {
 
     // The line protocol tests and scripts wait for: every endpoint, then "ready".
     println!("ocf-agent: di {}", identity.di);
-    for ep in &endpoints {
+    for ep in endpoints.iter().map(Endpoint::uri) {
         println!("ocf-agent: endpoint {ep}");
     }
     let signals = shutdown_signals();
@@ -415,7 +413,7 @@ const RESCAN_INTERFACES: std::time::Duration = std::time::Duration::from_secs(5)
 async fn follow_interfaces(
     mut groups: Option<udp::Groups>,
     bound: Vec<(&'static str, SocketAddr)>,
-    mut endpoints: Vec<String>,
+    mut endpoints: Vec<Endpoint>,
     agent: Rc<Agent>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -427,44 +425,28 @@ async fn follow_interfaces(
         if let Some(groups) = groups.as_mut() {
             groups.rescan();
         }
-        let now: Vec<String> = bound
-            .iter()
-            .flat_map(|(scheme, addr)| endpoint_uris(scheme, *addr))
-            .collect();
+        let now = advertised_endpoints(&bound);
         if now != endpoints {
-            info!(endpoints = ?now, "the interfaces changed");
+            let uris: Vec<String> = now.iter().map(Endpoint::uri).collect();
+            info!(endpoints = ?uris, "the interfaces changed");
             agent.device.borrow_mut().set_endpoints(now.clone());
             endpoints = now;
         }
     }
 }
 
-/// The URIs a bound socket is reachable at. An unspecified address stands for every interface
-/// address of its family (link-local IPv6 left out: it needs a zone to be usable).
-fn endpoint_uris(scheme: &str, local: SocketAddr) -> Vec<String> {
-    let port = local.port();
-    let fmt = |ip: IpAddr| match ip {
-        IpAddr::V4(a) => format!("{scheme}://{a}:{port}"),
-        IpAddr::V6(a) => format!("{scheme}://[{a}]:{port}"),
-    };
-    if !local.ip().is_unspecified() {
-        return vec![fmt(local.ip())];
-    }
-    let mut out: Vec<String> = udp::interfaces()
+/// What discovery lists for the listening sockets `bound`, with the interfaces' addresses now
+/// (the rules are in [`ocf::resource::endpoint`]).
+fn advertised_endpoints(bound: &[(&'static str, SocketAddr)]) -> Vec<Endpoint> {
+    let interfaces: Vec<InterfaceAddress> = udp::interface_addresses()
         .into_iter()
-        .filter_map(|(_, _, a)| a)
-        .filter(|a| a.is_ipv4() == local.is_ipv4())
-        .filter(|a| match a {
-            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
-            IpAddr::V4(_) => true,
+        .map(|(index, addr, loopback)| InterfaceAddress {
+            index,
+            addr,
+            loopback,
         })
-        .map(fmt)
         .collect();
-    out.dedup();
-    if out.is_empty() {
-        out.push(fmt(local.ip()));
-    }
-    out
+    endpoint::advertised(bound, &interfaces)
 }
 
 fn os_release() -> Option<String> {

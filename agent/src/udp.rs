@@ -220,6 +220,31 @@ impl Groups {
 
 /// (name, index, address) of every interface that is up and multicast-capable.
 pub fn interfaces() -> Vec<(String, u32, Option<IpAddr>)> {
+    interface_list()
+        .into_iter()
+        .filter(|i| i.flags & (libc::IFF_MULTICAST as u32) != 0)
+        .map(|i| (i.name, i.index, i.addr))
+        .collect()
+}
+
+/// (index, address, is loopback) of every address of an interface that is up.
+pub fn interface_addresses() -> Vec<(u32, IpAddr, bool)> {
+    interface_list()
+        .into_iter()
+        .filter_map(|i| Some((i.index, i.addr?, i.flags & (libc::IFF_LOOPBACK as u32) != 0)))
+        .collect()
+}
+
+struct InterfaceEntry {
+    name: String,
+    index: u32,
+    flags: u32,
+    addr: Option<IpAddr>,
+}
+
+/// getifaddrs(3): one entry per interface address (and one per interface without one), of the
+/// interfaces that are up.
+fn interface_list() -> Vec<InterfaceEntry> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs; we only read
@@ -233,7 +258,7 @@ pub fn interfaces() -> Vec<(String, u32, Option<IpAddr>)> {
             let ifa = &*cur;
             cur = ifa.ifa_next;
             let flags = ifa.ifa_flags;
-            if flags & (libc::IFF_UP as u32) == 0 || flags & (libc::IFF_MULTICAST as u32) == 0 {
+            if flags & (libc::IFF_UP as u32) == 0 {
                 continue;
             }
             let name = std::ffi::CStr::from_ptr(ifa.ifa_name)
@@ -257,7 +282,12 @@ pub fn interfaces() -> Vec<(String, u32, Option<IpAddr>)> {
                     _ => None,
                 }
             };
-            out.push((name, index, addr));
+            out.push(InterfaceEntry {
+                name,
+                index,
+                flags,
+                addr,
+            });
         }
         libc::freeifaddrs(head);
     }

@@ -27,7 +27,7 @@ use ocf_e2e::cloud::*;
 use ocf_e2e::*;
 use serde_json::{json, Value as Json};
 
-const CONF: &str = "/CoAPCloudConfResURI";
+const CONF: &str = "/CoapCloudConfResURI";
 /// Quick retries for the failure-path tests.
 const FAST_RETRIES: &str =
     "backoff-base=100ms,backoff-cap=400ms,attempts=3,connect-timeout=3s,request-timeout=3s,deregister-timeout=3s";
@@ -227,6 +227,25 @@ fn registers_publishes_and_serves_clients_through_the_cloud() {
     let r = s.cloud.get(&format!("/api/v1/devices/{di}/temperature"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.json()["temperature"].is_number(), "{}", r.text());
+
+    // Discovery read through the cloud names no LAN endpoint; read locally, it does.
+    let r = s.cloud.get(&format!("/api/v1/devices/{di}/oic/res"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let links = r.json();
+    let links = links.as_array().expect("/oic/res is an array of links");
+    assert!(links.iter().any(|l| l["href"] == "/switch"), "{links:?}");
+    for link in links {
+        assert_eq!(
+            link["eps"],
+            json!([]),
+            "a LAN endpoint reached the cloud: {link}"
+        );
+    }
+    let local = body(&TcpClient::connect(s.agent.tcp()).request(&get("/oic/res")));
+    assert!(
+        format!("{local:?}").contains("coap"),
+        "the LAN client sees the endpoints: {local:?}"
+    );
 
     // An observation through the cloud (server-sent events), then the switch switched.
     let mut events = s.cloud.events(&di);

@@ -29,7 +29,7 @@ use ocf_e2e::*;
 use serde_json::json;
 
 const PIN: &str = "16180339";
-const CONF: &str = "/CoAPCloudConfResURI";
+const CONF: &str = "/CoapCloudConfResURI";
 
 /// A cloud, a Mediator and the agent's directories.
 struct Bench {

@@ -15,6 +15,33 @@ fn coap_client() -> String {
     std::env::var("OCF_COAP_CLIENT").unwrap_or_else(|_| "coap-client-openssl".into())
 }
 
+/// Every `ep` of every link.
+fn endpoints(links: &Value) -> Vec<String> {
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| key(l, "eps")?.as_array())
+        .flatten()
+        .filter_map(|e| Some(key(e, "ep")?.as_text()?.to_string()))
+        .collect()
+}
+
+fn python() -> std::path::PathBuf {
+    let p = std::env::var("OCF_INTEROP_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/interop-venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo xtask test`, which creates the aiocoap venv",
+        p.display()
+    );
+    p
+}
+
 #[test]
 fn multicast_discovery_in_a_network_namespace() {
     let dir = TempDir::new("multicast");
@@ -81,6 +108,18 @@ wait $pid
             .filter_map(|l| key(l, "href")?.as_text())
             .collect();
         assert!(hrefs.contains(&"/temperature"), "{file}: {hrefs:?}");
+        // The loopback interface carries the MULTICAST flag here; its addresses are still not
+        // for other hosts. (The TCP listener bound to 127.0.0.1 alone is listed.)
+        for ep in endpoints(&links) {
+            assert!(
+                !(ep.starts_with("coap://127.") || ep.starts_with("coap://[::1]")),
+                "{file}: loopback endpoint {ep} advertised"
+            );
+            assert!(
+                !ep.contains("://[::]") && !ep.contains("://0.0.0.0"),
+                "{file}: {ep}"
+            );
+        }
     }
     // The Mediator finds the device from this host (IPv4 and IPv6 groups) and from the other
     // namespace (IPv6 link-local only), with its endpoints.
@@ -207,4 +246,86 @@ wait $pid
     );
     // Joining once per change: no errors logged for joins repeated at each re-scan.
     assert!(!err.contains("cannot join"), "{err}");
+}
+
+/// A LAN whose only IPv6 addresses are link-local, as most home LANs are: the agent lists its
+/// `fe80::` address (never `[::]`), and an IPv6 client that takes the first IPv6 endpoint of the
+/// discovery answer (aiocoap, from a second namespace) reads and observes through it.
+#[test]
+fn a_link_local_only_lan_gets_a_usable_ipv6_endpoint() {
+    let dir = TempDir::new("link-local");
+    let d = dir.path().display().to_string();
+    let script = format!(
+        r#"
+set -eu
+ip link set lo up
+sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+unshare --net sleep 120 &
+peer=$!
+trap 'kill $peer 2>/dev/null || true' EXIT
+sleep 0.2
+ip link add ocf0 type veth peer name ocf1
+ip link set ocf1 netns $peer
+sysctl -qw net.ipv6.conf.ocf0.accept_dad=0
+ip link set ocf0 up
+nsenter -t $peer -n sh -c 'sysctl -qw net.ipv6.conf.ocf1.accept_dad=0; ip link set lo up; ip link set ocf1 up'
+# Usable once not tentative (no duplicate address detection here, so at once).
+for i in $(seq 100); do
+  ip -6 addr show dev ocf0 | grep fe80 | grep -vq tentative \
+    && nsenter -t $peer -n ip -6 addr show dev ocf1 | grep fe80 | grep -vq tentative && break
+  sleep 0.05
+done
+ip -6 -o addr show dev ocf0 scope link | awk '{{print $4}}' | cut -d/ -f1 >'{d}/agent-address'
+'{agent}' --board sim --state-dir '{d}/state' --insecure-dev >'{d}/out' 2>'{d}/err' &
+pid=$!
+trap 'kill $pid $peer 2>/dev/null || true' EXIT
+for i in $(seq 200); do grep -q 'ocf-agent: ready' '{d}/out' && break; sleep 0.05; done
+grep -q 'ocf-agent: ready' '{d}/out'
+nsenter -t $peer -n '{python}' '{script}' ocf1 >'{d}/client.json'
+kill -TERM $pid
+wait $pid
+"#,
+        agent = binary("ocf-agent").display(),
+        python = python().display(),
+        script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/interop/aiocoap_first_endpoint.py"
+        ),
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", &script])
+        .output()
+        .expect("run unshare (util-linux)");
+    let err = std::fs::read_to_string(dir.path().join("err")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "namespace script failed: {}\n{}\nagent log:\n{err}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let address = std::fs::read_to_string(dir.path().join("agent-address")).unwrap();
+    let address = address.trim();
+    assert!(address.starts_with("fe80:"), "{address}");
+    let client = std::fs::read_to_string(dir.path().join("client.json")).unwrap();
+    let client: serde_json::Value = serde_json::from_str(&client).expect(&client);
+    let want = format!("coap://[{address}]:5683");
+    assert_eq!(client["first_ipv6"], want.as_str(), "{client}");
+    let eps: Vec<&str> = client["eps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
+    assert!(
+        eps.iter()
+            .all(|e| !e.contains("[::]") && !e.contains("[::1]") && !e.contains("127.0.0.1")),
+        "unusable endpoints listed: {eps:?}"
+    );
+    assert_eq!(client["get_code"], "2.05 Content", "{client}");
+    assert!(client["temperature"].is_number(), "{client}");
+    let seq = client["observe_sequence"].as_array().unwrap();
+    assert!(
+        seq.len() >= 2,
+        "no notification through the link-local endpoint: {client}"
+    );
 }

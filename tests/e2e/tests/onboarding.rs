@@ -35,7 +35,7 @@ use serde_json::json;
 
 const PIN: &str = "27182818";
 const WRONG_PIN: &str = "31415926";
-const CONF: &str = "/CoAPCloudConfResURI";
+const CONF: &str = "/CoapCloudConfResURI";
 
 /// A cloud, a recording proxy in front of its HTTP API, an agent with [`PIN`], a Mediator.
 struct Bench {
@@ -669,7 +669,7 @@ fn a_cloud_without_the_wildcard_ace_cannot_use_the_resources() {
     let run = b.onboard(&["--cloud-ace", "/oic/mnt,{conf}"]);
     assert!(
         run.stdout
-            .contains("permission 31 (CRUDN) on /oic/mnt, /CoAPCloudConfResURI"),
+            .contains("permission 31 (CRUDN) on /oic/mnt, /CoapCloudConfResURI"),
         "{}",
         run.stdout
     );

@@ -242,7 +242,7 @@ fn secure_mode_before_onboarding() {
         get("/oic/sec/cred"),
         get("/oic/sec/acl2"),
         get("/oic/sec/csr"),
-        get("/CoAPCloudConfResURI"),
+        get("/CoapCloudConfResURI"),
         post_cbor(
             "/oic/sec/pstat",
             &map(&[("dos", map(&[("s", Value::Integer(3.into()))]))]),

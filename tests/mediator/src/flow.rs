@@ -1274,10 +1274,10 @@ mod tests {
     #[test]
     fn provisioning_payloads_are_those_of_the_protocol() {
         let sid = "11111111-2222-3333-4444-555555555555";
-        let ace = ace_body(sid, &cloud_ace_resources(None, "/CoAPCloudConfResURI"));
+        let ace = ace_body(sid, &cloud_ace_resources(None, "/CoapCloudConfResURI"));
         assert_eq!(
             json(&ace),
-            serde_json::json!({"aclist2":[{"subject":{"uuid":sid},"permission":31,"resources":[{"wc":"*"},{"href":"/oic/mnt"},{"href":"/CoAPCloudConfResURI"}]}]})
+            serde_json::json!({"aclist2":[{"subject":{"uuid":sid},"permission":31,"resources":[{"wc":"*"},{"href":"/oic/mnt"},{"href":"/CoapCloudConfResURI"}]}]})
         );
         let limited = cloud_ace_resources(Some("/oic/mnt, {conf},"), "/CoapCloudConfResURI");
         assert_eq!(limited, ["/oic/mnt", "/CoapCloudConfResURI"]);

@@ -32,6 +32,7 @@ use ocf::cloud::resource as cloudconf;
 use ocf::cloud::session::{self, CloudSession, Timing};
 use ocf::coap::block;
 use ocf::coap::tcp::{self, FrameDecoder};
+use ocf::resource::endpoint::Endpoint;
 use ocf::resource::{
     encode_uint, Backend, Device, DeviceInfo, Interface, Origin, PlatformInfo, Policy, Props,
     Request, Resource, ResourceError, OCF_ACCEPT_VERSION, OCF_CONTENT_VERSION,
@@ -166,8 +167,14 @@ fn device() -> Device {
     d.add(ocf::maintenance::resource(mnt, Box::new(|_| {})))
         .expect("add /oic/mnt");
     d.set_endpoints(vec![
-        "coap://127.0.0.1:5683".into(),
-        "coap+tcp://127.0.0.1:5684".into(),
+        Endpoint {
+            scheme: "coap",
+            addr: "127.0.0.1:5683".parse().unwrap(),
+        },
+        Endpoint {
+            scheme: "coap+tcp",
+            addr: "127.0.0.1:5684".parse().unwrap(),
+        },
     ]);
     d
 }
@@ -181,7 +188,7 @@ fn shape(packet: &mut Packet, shape: u8) {
         &["oic", "mnt"],
         &["switch"],
         &["temperature"],
-        &["CoAPCloudConfResURI"],
+        &["CoapCloudConfResURI"],
         &["switch", "x"],
     ];
     const QUERIES: [&[&str]; 7] = [

@@ -114,11 +114,10 @@ impl fmt::Display for PayloadError {
 
 impl std::error::Error for PayloadError {}
 
-/// Encodes a value as CBOR (a map with text keys for every struct in this module).
+/// Encodes a value as CBOR (a map with text keys for every struct in this module; floats as
+/// doubles, see [`crate::model::cbor`]).
 pub fn to_cbor<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, PayloadError> {
-    let mut out = Vec::new();
-    ciborium::into_writer(value, &mut out).map_err(|e| PayloadError::Encode(e.to_string()))?;
-    Ok(out)
+    crate::model::cbor::to_vec(value).map_err(PayloadError::Encode)
 }
 
 /// Decodes a CBOR value. Unknown map keys are ignored; missing required keys are reported by

@@ -30,8 +30,10 @@ use super::payload::{CloudConf, CloudServer, ConfError, Secret};
 use super::session::CloudSession;
 use crate::resource::{Interface, Policy, Props, ResourceError};
 
-/// The href (the schema's capitalisation, §4; Mediators find it by [`RT`]).
-pub const HREF: &str = "/CoAPCloudConfResURI";
+/// The href as the implementations spell it (iotivity-lite, plgd's device library and the
+/// tools built on them hard-code it; the schema writes `/CoAPCloudConfResURI`, OCF-PROTOCOL.md
+/// §4). Mediators that look it up by [`RT`] find it either way.
+pub const HREF: &str = "/CoapCloudConfResURI";
 /// The resource type.
 pub const RT: &str = "oic.r.coapcloudconf";
 /// Interfaces, default first: `oic.if.rw`, `oic.if.baseline` (§4).

@@ -77,15 +77,11 @@ pub fn decode_payload(format: ContentFormat, bytes: &[u8]) -> Result<Value, Payl
     }
 }
 
-/// Encodes a body in the given format.
+/// Encodes a body in the given format (CBOR floats as doubles, see [`super::cbor`]).
 pub fn encode_payload(format: ContentFormat, value: &Value) -> Result<Vec<u8>, PayloadError> {
     match format {
-        ContentFormat::OcfCbor | ContentFormat::Cbor => {
-            let mut out = Vec::new();
-            ciborium::ser::into_writer(value, &mut out)
-                .map_err(|e| PayloadError(format!("cannot encode CBOR: {e}")))?;
-            Ok(out)
-        }
+        ContentFormat::OcfCbor | ContentFormat::Cbor => super::cbor::value_to_vec(value)
+            .map_err(|e| PayloadError(format!("cannot encode CBOR: {e}"))),
         ContentFormat::Json => {
             let json = cbor_to_json(value)?;
             serde_json::to_vec(&json).map_err(|e| PayloadError(format!("cannot encode JSON: {e}")))

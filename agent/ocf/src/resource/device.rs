@@ -14,6 +14,7 @@ use ciborium::Value;
 use coap_lite::{Packet, ResponseType};
 
 use super::backend::{Backend, Props, ResourceError};
+use super::endpoint::Endpoint;
 use super::interface::{Interface, Policy};
 use super::request::{Method, Request, Response, OCF_VERSION_1_0};
 use crate::model::{decode_payload, encode_payload, ContentFormat};
@@ -198,13 +199,16 @@ pub type BatchFilter = Box<dyn Fn(&Origin, &str, Interface) -> bool>;
 pub struct Device {
     info: DeviceInfo,
     resources: Vec<Resource>,
-    endpoints: Vec<String>,
+    endpoints: Vec<Endpoint>,
     observers: Vec<Observer>,
     /// RFC 7641 §4.4: notifications carry increasing 24-bit sequence numbers. One counter for
     /// the whole device keeps every observer's sequence increasing.
     next_sequence: u32,
     changed: BTreeSet<String>,
     batch_filter: Option<BatchFilter>,
+    /// Connections to the cloud: what they read is seen by remote clients, who reach the device
+    /// through the cloud and have no business with its LAN addresses.
+    remote: BTreeSet<Origin>,
     name: Rc<RefCell<String>>,
     name_changed: Rc<RefCell<bool>>,
     /// `/oic/d`'s properties other than `n`.
@@ -225,6 +229,7 @@ impl Device {
             next_sequence: 2,
             changed: BTreeSet::new(),
             batch_filter: None,
+            remote: BTreeSet::new(),
             name: Rc::new(RefCell::new(String::new())),
             name_changed: Rc::new(RefCell::new(false)),
             device_props: Rc::new(RefCell::new(Props::new())),
@@ -348,8 +353,8 @@ impl Device {
         self.batch_filter = filter;
     }
 
-    /// The endpoints (`coap://…`, `coap+tcp://…`) listed as `eps` in discovery.
-    pub fn set_endpoints(&mut self, endpoints: Vec<String>) {
+    /// The endpoints listed as `eps` in discovery (see [`super::endpoint`]).
+    pub fn set_endpoints(&mut self, endpoints: Vec<Endpoint>) {
         self.endpoints = endpoints;
     }
 
@@ -372,10 +377,17 @@ impl Device {
         self.observers.len()
     }
 
+    /// Marks `origin` as the cloud's connection: links it reads carry no `eps` (the device's LAN
+    /// endpoints), as the reference device's links read through the cloud carry none.
+    pub fn set_remote(&mut self, origin: Origin) {
+        self.remote.insert(origin);
+    }
+
     /// Ends every observation of a closed connection (RFC 8323 §7: observations over a
     /// connection end with it).
     pub fn drop_origin(&mut self, origin: &Origin) {
         self.observers.retain(|o| &o.origin != origin);
+        self.remote.remove(origin);
     }
 
     /// Ends one observation (a UDP notification answered with RST, RFC 7641 §3.6).
@@ -624,11 +636,11 @@ impl Device {
         rt: Option<&str>,
     ) -> Result<Value, Response> {
         match interface {
-            Interface::LinkList => Ok(Value::Array(self.links(rt))),
+            Interface::LinkList => Ok(Value::Array(self.links(origin, rt))),
             Interface::Baseline => Ok(Value::Array(vec![Value::Map(vec![
                 ("rt".into(), text_array(&["oic.wk.res".to_string()])),
                 ("if".into(), text_array(&res_interfaces())),
-                ("links".into(), Value::Array(self.links(rt))),
+                ("links".into(), Value::Array(self.links(origin, rt))),
             ])])),
             Interface::Batch => {
                 let mut items = Vec::new();
@@ -669,15 +681,19 @@ impl Device {
         }
     }
 
-    /// The links of every discoverable resource, `/oic/res` itself first.
-    fn links(&self, rt: Option<&str>) -> Vec<Value> {
+    /// The links of every discoverable resource, `/oic/res` itself first, as `origin` may
+    /// see them.
+    fn links(&self, origin: &Origin, rt: Option<&str>) -> Vec<Value> {
         let anchor = Value::Text(format!("ocf://{}", self.info.di));
-        let eps = Value::Array(
+        let eps = Value::Array(if self.remote.contains(origin) {
+            Vec::new()
+        } else {
             self.endpoints
                 .iter()
-                .map(|ep| Value::Map(vec![("ep".into(), Value::Text(ep.clone()))]))
-                .collect(),
-        );
+                .filter(|ep| ep.usable_from(origin))
+                .map(|ep| Value::Map(vec![("ep".into(), Value::Text(ep.uri()))]))
+                .collect()
+        });
         let mut links = Vec::new();
         let self_types = ["oic.wk.res".to_string()];
         if rt.is_none_or(|rt| rt == "oic.wk.res") {

@@ -4,6 +4,7 @@
 
 mod backend;
 mod device;
+pub mod endpoint;
 mod interface;
 mod request;
 

@@ -1,3 +1,4 @@
+use super::endpoint::Endpoint;
 use super::*;
 use crate::model::{decode_payload, encode_payload, ContentFormat};
 use ciborium::Value;
@@ -81,8 +82,14 @@ fn device() -> Device {
     ))
     .unwrap();
     d.set_endpoints(vec![
-        "coap://127.0.0.1:5683".into(),
-        "coap+tcp://127.0.0.1:5684".into(),
+        Endpoint {
+            scheme: "coap",
+            addr: "127.0.0.1:5683".parse().unwrap(),
+        },
+        Endpoint {
+            scheme: "coap+tcp",
+            addr: "127.0.0.1:5684".parse().unwrap(),
+        },
     ]);
     d
 }
@@ -769,4 +776,37 @@ fn a_new_identity_changes_oic_d_oic_con_and_the_anchors_and_notifies() {
         1,
         "the /oic/d observer hears of it"
     );
+}
+
+#[test]
+fn links_read_by_the_cloud_carry_no_lan_endpoints() {
+    let mut d = device();
+    d.set_endpoints(vec![Endpoint {
+        scheme: "coap",
+        addr: "192.168.1.20:5683".parse().unwrap(),
+    }]);
+    let cloud = Origin::Stream(9);
+    d.set_remote(cloud.clone());
+    let eps_of = |d: &mut Device, origin: &Origin| {
+        let r = d.handle(origin, &get("/oic/res", &[]), b"t");
+        let links = decode_payload(ContentFormat::OcfCbor, &r.payload).unwrap();
+        let Value::Array(links) = links else {
+            panic!("{links:?}")
+        };
+        links
+            .iter()
+            .map(|l| get_key(l, "eps").cloned().unwrap())
+            .collect::<Vec<_>>()
+    };
+    for eps in eps_of(&mut d, &cloud) {
+        assert_eq!(eps, Value::Array(vec![]));
+    }
+    for eps in eps_of(&mut d, &O) {
+        assert!(format!("{eps:?}").contains("192.168.1.20"), "{eps:?}");
+    }
+    // The connection number is reused by a LAN client once the cloud's connection closed.
+    d.drop_origin(&cloud);
+    for eps in eps_of(&mut d, &cloud) {
+        assert!(format!("{eps:?}").contains("192.168.1.20"), "{eps:?}");
+    }
 }

@@ -88,7 +88,7 @@ pub const MAX_HREF_LEN: usize = 256;
 pub const MAX_ACEID: u32 = 0xFFFF;
 
 /// Whether `href` is a security or configuration resource: `/oic/sec/*`, CoAPCloudConf
-/// (`/CoAPCloudConfResURI` in any capitalisation) or `/oic/mnt`. Wildcard ACEs never cover
+/// (`/CoapCloudConfResURI` in any capitalisation) or `/oic/mnt`. Wildcard ACEs never cover
 /// these.
 pub fn is_svr_href(href: &str) -> bool {
     href.starts_with("/oic/sec/")
@@ -836,7 +836,7 @@ mod tests {
 
     use Operation::*;
     const ALL_OPS: [Operation; 5] = [Create, Retrieve, Update, Delete, Observe];
-    const CCONF: &str = "/CoAPCloudConfResURI";
+    const CCONF: &str = "/CoapCloudConfResURI";
 
     #[test]
     fn svr_classification() {

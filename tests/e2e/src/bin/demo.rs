@@ -42,7 +42,7 @@ const INTERVAL: Duration = Duration::from_secs(2);
 /// Consecutive failed readings before the demo gives up.
 const MAX_FAILED_READINGS: u32 = 5;
 /// The CoAPCloudConf resource of the agent.
-const CLOUD_CONF: &str = "/CoAPCloudConfResURI";
+const CLOUD_CONF: &str = "/CoapCloudConfResURI";
 /// The Mediator's `--timeout` for the onboarding (mostly: the wait for `registered`), in s.
 const ONBOARD_TIMEOUT: u64 = 30;
 
