@@ -179,8 +179,9 @@ pub fn write_crates_inc(root: &Path) -> Result<(), String> {
 /// problem; the result fails if any did.
 pub fn test(root: &Path, python: &Path) -> Result<(), String> {
     type Stage = fn(&Path, &Path) -> Result<(), String>;
-    let stages: [(&str, Stage); 5] = [
+    let stages: [(&str, Stage); 6] = [
         ("crate list", |r, _| check_crates_inc(r)),
+        ("recipe version and license", |r, _| check_recipe(r)),
         ("oelint-adv", check_oelint),
         ("kas schema", check_kas),
         ("offline cross build", |r, _| {
@@ -208,6 +209,69 @@ pub fn test(root: &Path, python: &Path) -> Result<(), String> {
     }
 }
 
+/// The recipe against the workspace: its file name carries the workspace's version, and its
+/// LIC_FILES_CHKSUM still matches the license line of Cargo.toml it names.
+fn check_recipe(root: &Path) -> Result<(), String> {
+    let cargo_toml = read(&root.join("Cargo.toml"))?;
+    let version = cargo_toml
+        .split("[workspace.package]")
+        .nth(1)
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .ok_or("Cargo.toml: no [workspace.package] version")?;
+    let recipe = root
+        .join(RECIPE_DIR)
+        .join(format!("ocf-agent_{version}.bb"));
+    let text = read(&recipe).map_err(|e| {
+        format!("{e}\nthe recipe's file name carries the version (workspace version {version})")
+    })?;
+    let chksum = text
+        .lines()
+        .find_map(|l| l.strip_prefix("LIC_FILES_CHKSUM = \"file://Cargo.toml;"))
+        .ok_or("the recipe's LIC_FILES_CHKSUM does not name Cargo.toml")?;
+    let param = |name: &str| {
+        chksum
+            .trim_end_matches('"')
+            .split(';')
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+            .ok_or(format!("LIC_FILES_CHKSUM has no {name}"))
+    };
+    let (begin, end) = (param("beginline")?, param("endline")?);
+    let (begin, end): (usize, usize) = (
+        begin.parse().map_err(|_| "bad beginline")?,
+        end.parse().map_err(|_| "bad endline")?,
+    );
+    let lines: String = cargo_toml
+        .split_inclusive('\n')
+        .skip(begin.saturating_sub(1))
+        .take(end + 1 - begin)
+        .collect();
+    let out = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(lines.as_bytes())?;
+            child.wait_with_output()
+        })
+        .map_err(|e| format!("cannot run md5sum: {e}"))?;
+    let md5 = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    if md5 != param("md5")? || !lines.contains("license") {
+        return Err(format!(
+            "LIC_FILES_CHKSUM of {} names Cargo.toml lines {begin}-{end} with md5 {}, but they are now {lines:?} (md5 {md5}): point it at the license line again",
+            recipe.display(),
+            param("md5")?
+        ));
+    }
+    Ok(())
+}
+
 fn check_crates_inc(root: &Path) -> Result<(), String> {
     let wanted = generated_inc(root)?;
     let have = read(&root.join(CRATES_INC)).unwrap_or_default();
@@ -229,11 +293,14 @@ fn layer_files(root: &Path) -> Result<Vec<PathBuf>, String> {
             let path = entry.path();
             if path.is_dir() {
                 walk(&path, out)?;
-            } else if matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("bb" | "bbappend" | "bbclass" | "conf")
-            ) {
-                out.push(path);
+            } else {
+                let in_conf = path.parent().and_then(Path::file_name) == Some("conf".as_ref());
+                match path.extension().and_then(|e| e.to_str()) {
+                    Some("bb" | "bbappend" | "bbclass") => out.push(path),
+                    // BitBake configuration lives in conf/; other *.conf are installed files.
+                    Some("conf") if in_conf => out.push(path),
+                    _ => {}
+                }
             }
         }
         Ok(())
@@ -778,6 +845,12 @@ checksum = "ae137229bcbd6cdf0f7b80a31df61766145077ddf49416a728b02cb3921ff3fc"
     fn the_committed_list_matches_the_workspace_lock_file() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         check_crates_inc(root).unwrap();
+    }
+
+    #[test]
+    fn the_recipe_matches_the_workspace() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        check_recipe(root).unwrap();
     }
 
     #[test]

@@ -32,10 +32,13 @@ SRC_URI += "file://ocf-agent.service \
             file://i2c-dev.conf \
             "
 
-python () {
+# Without either, say so before anything is fetched.
+python ocf_agent_check_source() {
     if not d.getVar('OCF_PI_SRC_URI') and not d.getVar('EXTERNALSRC'):
-        raise bb.parse.SkipRecipe("no source: set OCF_PI_SRC_URI and SRCREV (a release) or EXTERNALSRC (a working tree), see yocto/README.md")
+        bb.fatal("no source for ocf-agent: set OCF_PI_SRC_URI and SRCREV (a release) or EXTERNALSRC (a working tree), see yocto/README.md")
 }
+ocf_agent_check_source[doc] = "Fails with a clear message when the recipe has no source"
+do_fetch[prefuncs] += "ocf_agent_check_source"
 
 # Only the agent: its manifest, not the workspace's, so the dev cloud, the Mediator and the test
 # tools are not built. Cargo.lock is the workspace's (one level up).
