@@ -437,13 +437,15 @@ pub fn ensure_toolchain() -> Result<(), String> {
             "rustup is needed for Rust {YOCTO_RUST} (the Yocto release's); install it from rustup.rs"
         ));
     }
-    let installed = Command::new("rustup")
-        .args(["run", YOCTO_RUST, "rustc", "--print", "sysroot"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    let sysroot = match installed {
+    let sysroot = || {
+        Command::new("rustup")
+            .args(["run", YOCTO_RUST, "rustc", "--print", "sysroot"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    };
+    let sysroot = match sysroot() {
         Some(s) => s,
         None => {
             eprintln!("xtask: installing Rust {YOCTO_RUST} (the Yocto release's)");
@@ -454,7 +456,9 @@ pub fn ensure_toolchain() -> Result<(), String> {
                 "--profile",
                 "minimal",
             ]))?;
-            return ensure_toolchain();
+            sysroot().ok_or(format!(
+                "Rust {YOCTO_RUST} is still not usable after its installation"
+            ))?
         }
     };
     if !sysroot.join("lib/rustlib").join(TARGET).is_dir() {
