@@ -4,6 +4,8 @@
 //! packages for the interop peers, a Python virtual environment with aiocoap) and runs it; CI
 //! calls exactly this.
 
+mod yocto;
+
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
@@ -14,10 +16,22 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("util-linux", "unshare"),
     ("python3-venv", ""),
+    // The Yocto layer's checks (yocto.rs): the agent cross-built for aarch64, and the service
+    // checked with systemd-analyze.
+    ("gcc-aarch64-linux-gnu", "aarch64-linux-gnu-gcc"),
+    ("libc6-dev-arm64-cross", ""),
+    ("systemd", "systemd-analyze"),
 ];
 
-/// Python packages for the aiocoap interop client, pinned.
-const PYTHON_PACKAGES: &[&str] = &["aiocoap==0.4.17", "cbor2==6.3.0"];
+/// Python packages, pinned: the aiocoap interop client, and the Yocto layer's linter and kas
+/// (whose JSON schema the kas files are validated against).
+const PYTHON_PACKAGES: &[&str] = &[
+    "aiocoap==0.4.17",
+    "cbor2==6.3.0",
+    "oelint-adv==9.11.2",
+    "kas==5.5",
+    "jsonschema==4.26.0",
+];
 
 fn main() {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -26,6 +40,10 @@ fn main() {
         Some("demo") => demo(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("yocto-crates") => yocto::write_crates_inc(&workspace_root()),
+        Some("yocto-test") => ensure_debian_packages()
+            .and_then(|()| ensure_python_venv(&workspace_root()))
+            .and_then(|python| yocto::test(&workspace_root(), &python)),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -33,7 +51,9 @@ fn main() {
                  test             install what the suite needs, then run every test\n  \
                  demo             run the agent on the simulated board\n  \
                  bench            run the benchmarks and print the README table rows\n  \
-                 fuzz SECONDS     run each cargo-fuzz target for SECONDS (needs nightly)"
+                 fuzz SECONDS     run each cargo-fuzz target for SECONDS (needs nightly)\n  \
+                 yocto-crates     write the Yocto recipe's crate list from Cargo.lock\n  \
+                 yocto-test       only the Yocto layer's checks (part of test)"
             );
             exit(2);
         }
@@ -169,12 +189,13 @@ fn test(extra: &[String]) -> Result<(), String> {
         .env("OCF_INTEROP_PYTHON", &python)
         .env("OCF_COAP_CLIENT", "coap-client-openssl")
         .args(["test", "--workspace", "--locked"])
-        .args(extra))
+        .args(extra))?;
+    yocto::test(&root, &python)
 }
 
-/// The Rust the Yocto layer's release ships (wrynose, 6.0 LTS): the workspace's `rust-version`.
-/// Checking with that toolchain keeps the declaration honest as dependencies move.
-const YOCTO_RUST: &str = "1.94";
+/// The Rust the Yocto layer's release ships (wrynose, 6.0 LTS: 1.94.1), for the workspace's
+/// `rust-version`. Checking with that toolchain keeps the declaration honest as dependencies move.
+use yocto::YOCTO_RUST;
 
 fn check_rust_version(root: &Path) -> Result<(), String> {
     if !have_command("rustup") {
