@@ -690,7 +690,12 @@ impl Device {
         } else {
             self.endpoints
                 .iter()
-                .filter(|ep| ep.usable_from(origin))
+                .filter(|ep| {
+                    ep.usable_by(match origin {
+                        Origin::Udp(peer) => Some(peer),
+                        Origin::Stream(_) => None,
+                    })
+                })
                 .map(|ep| Value::Map(vec![("ep".into(), Value::Text(ep.uri()))]))
                 .collect()
         });

@@ -14,8 +14,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::device::Origin;
-
 /// An address of the device on one interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceAddress {
@@ -49,13 +47,14 @@ impl Endpoint {
         }
     }
 
-    /// Whether a client at `origin` can use this endpoint.
-    pub fn usable_from(&self, origin: &Origin) -> bool {
+    /// Whether a client whose address is `client` (when the transport tells it) can use this
+    /// endpoint.
+    pub fn usable_by(&self, client: Option<&SocketAddr>) -> bool {
         let Some(link) = self.link() else {
             return true;
         };
-        match origin {
-            Origin::Udp(SocketAddr::V6(peer))
+        match client {
+            Some(SocketAddr::V6(peer))
                 if is_link_local(&IpAddr::V6(*peer.ip())) && peer.scope_id() != 0 =>
             {
                 peer.scope_id() == link
@@ -201,14 +200,13 @@ mod tests {
             ],
             &ifs,
         );
-        let on_link_3 = Origin::Udp("[fe80::99%3]:40000".parse().unwrap());
+        let on_link_3: SocketAddr = "[fe80::99%3]:40000".parse().unwrap();
         let seen: Vec<String> = eps
             .iter()
-            .filter(|e| e.usable_from(&on_link_3))
+            .filter(|e| e.usable_by(Some(&on_link_3)))
             .map(Endpoint::uri)
             .collect();
         assert_eq!(seen, ["coap://[fe80::3]:5683", "coap://192.168.7.3:5683"]);
-        let unknown = Origin::Stream(1);
-        assert_eq!(eps.iter().filter(|e| e.usable_from(&unknown)).count(), 3);
+        assert_eq!(eps.iter().filter(|e| e.usable_by(None)).count(), 3);
     }
 }
