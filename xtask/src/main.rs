@@ -8,6 +8,10 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
+mod image;
+mod qemu;
+mod unit;
+
 /// Debian packages the test suite needs, with the command each one provides.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("libcoap3-bin", "coap-client-openssl"),
@@ -26,6 +30,8 @@ fn main() {
         Some("demo") => demo(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("image") => image::command(&args[1..]),
+        Some("qemu") => qemu::command(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -33,7 +39,9 @@ fn main() {
                  test             install what the suite needs, then run every test\n  \
                  demo             run the agent on the simulated board\n  \
                  bench            run the benchmarks and print the README table rows\n  \
-                 fuzz SECONDS     run each cargo-fuzz target for SECONDS (needs nightly)"
+                 fuzz SECONDS     run each cargo-fuzz target for SECONDS (needs nightly)\n  \
+                 image            assemble the QEMU raspi3b test image (target/qemu/image)\n  \
+                 qemu             boot the test image in QEMU with the dev cloud on the host"
             );
             exit(2);
         }
@@ -157,6 +165,8 @@ fn test(extra: &[String]) -> Result<(), String> {
     let python = ensure_python_venv(&root)?;
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     check_rust_version(&root)?;
+    // The QEMU system test boots this image (tests/e2e/tests/system_qemu.rs).
+    let image = image::build(&root, false)?;
     // The end-to-end tests start the real binaries: build them first, once.
     run(Command::new(&cargo).current_dir(&root).args([
         "build",
@@ -168,6 +178,7 @@ fn test(extra: &[String]) -> Result<(), String> {
         .current_dir(&root)
         .env("OCF_INTEROP_PYTHON", &python)
         .env("OCF_COAP_CLIENT", "coap-client-openssl")
+        .env("OCF_QEMU_IMAGE", &image)
         .args(["test", "--workspace", "--locked"])
         .args(extra))
 }
