@@ -39,6 +39,8 @@ Options:
       --multicast <MULTICAST>  Port of the OCF multicast groups (224.0.1.187, ff02::158), or \"off\" [default: 5683]
       --reboot-command <CMD>   What /oic/mnt rb runs (through /bin/sh -c, with OCF_AGENT_PID set) after signing out of the cloud [default: systemctl reboot]
       --reboot-timeout <SECS>  How long to wait to be stopped after the reboot command succeeded; then the reboot counts as failed and the agent signs in again [default: 120]
+      --reboot-exit-status <STATUS>
+                               Instead of a reboot command, /oic/mnt rb signs out of the cloud, syncs, tells systemd STOPPING=1 and exits with STATUS (1-255), for a service manager that reboots on it (an unprivileged service cannot reboot itself). Not with --reboot-command
   -h, --help                   Print help
   -V, --version                Print version
 "
@@ -82,6 +84,9 @@ pub struct Cli {
     pub multicast: String,
     pub reboot_command: String,
     pub reboot_timeout: std::time::Duration,
+    /// `--reboot-exit-status`: on `rb`, exit with this status instead of running
+    /// `reboot_command` (never 0: that would read as a clean stop).
+    pub reboot_exit_status: Option<u8>,
     /// Cloud link timers for tests, `KEY=VALUE,...` (see cloud::parse_timing); not in the help.
     pub cloud_timing: Option<String>,
     pub command: Option<Command>,
@@ -130,9 +135,11 @@ impl Cli {
             multicast: "5683".into(),
             reboot_command: DEFAULT_REBOOT_COMMAND.into(),
             reboot_timeout: std::time::Duration::from_secs(DEFAULT_REBOOT_TIMEOUT_SECS),
+            reboot_exit_status: None,
             cloud_timing: None,
             command: None,
         };
+        let mut reboot_command_given = false;
         let mut args = Args::new(args);
         while let Some(arg) = args.next_arg(USAGE)? {
             match arg {
@@ -161,6 +168,20 @@ impl Cli {
                             });
                         }
                         cli.reboot_command = cmd;
+                        reboot_command_given = true;
+                    }
+                    "--reboot-exit-status" => {
+                        let status: u8 = args.parsed(&flag, "STATUS")?;
+                        if status == 0 {
+                            return Err(Exit::Usage {
+                                message: format!(
+                                    "invalid value '0' for '{flag} <STATUS>': 0 means a clean \
+                                     stop, not a reboot; use 1-255"
+                                ),
+                                usage: None,
+                            });
+                        }
+                        cli.reboot_exit_status = Some(status);
                     }
                     "--reboot-timeout" => {
                         let secs: u64 = args.parsed(&flag, "SECS")?;
@@ -194,6 +215,15 @@ impl Cli {
                     break;
                 }
             }
+        }
+        if reboot_command_given && cli.reboot_exit_status.is_some() {
+            return Err(Exit::Usage {
+                message: "the argument '--reboot-exit-status <STATUS>' cannot be used with \
+                          '--reboot-command <CMD>': the reboot is either the command's or the \
+                          service manager's"
+                    .into(),
+                usage: Some("Usage: ocf-agent --reboot-exit-status <STATUS>".into()),
+            });
         }
         match (&cli.mfg_cert, &cli.mfg_key) {
             (Some(_), None) => Err(Exit::missing("--mfg-key <PATH>")),
@@ -418,6 +448,7 @@ mod tests {
         assert_eq!(cli.multicast, "5683");
         assert_eq!(cli.reboot_command, "systemctl reboot");
         assert_eq!(cli.reboot_timeout, std::time::Duration::from_secs(120));
+        assert_eq!(cli.reboot_exit_status, None);
         assert!(
             cli.udp.is_empty() && cli.tcp.is_none() && !cli.insecure_dev && cli.command.is_none()
         );
@@ -493,6 +524,39 @@ mod tests {
         );
         assert!(usage_error(&["--reboot-command", " "]).contains("empty command"));
         assert!(usage_error(&["--reboot-timeout", "soon"]).contains("--reboot-timeout <SECS>"));
+    }
+
+    #[test]
+    fn reboot_exit_status() {
+        for (arg, status) in [("1", 1), ("85", 85), ("255", 255)] {
+            let cli = parse(&["--reboot-exit-status", arg]).ok().unwrap();
+            assert_eq!(cli.reboot_exit_status, Some(status));
+            // The default command stays, unused.
+            assert_eq!(cli.reboot_command, DEFAULT_REBOOT_COMMAND);
+        }
+        let cli = parse(&["--reboot-exit-status=85", "--reboot-timeout", "5"])
+            .ok()
+            .unwrap();
+        assert_eq!(cli.reboot_exit_status, Some(85));
+        assert!(usage_error(&["--reboot-exit-status", "0"]).contains("1-255"));
+        for bad in ["256", "-1", "x", ""] {
+            let e = usage_error(&["--reboot-exit-status", bad]);
+            assert!(e.contains("'--reboot-exit-status <STATUS>'"), "{bad}: {e}");
+        }
+        assert!(usage_error(&["--reboot-exit-status"]).contains("a value is required"));
+        // Either the command's reboot or the service manager's, in either order.
+        for args in [
+            &["--reboot-exit-status", "85", "--reboot-command", "reboot"][..],
+            &["--reboot-command=reboot", "--reboot-exit-status=85"],
+        ] {
+            assert_eq!(
+                usage_error(args),
+                "the argument '--reboot-exit-status <STATUS>' cannot be used with \
+                 '--reboot-command <CMD>': the reboot is either the command's or the service \
+                 manager's"
+            );
+        }
+        assert!(HELP.contains("--reboot-exit-status <STATUS>"));
     }
 
     #[test]

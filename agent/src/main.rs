@@ -11,6 +11,7 @@ mod maintenance;
 mod security;
 mod server;
 mod state;
+mod systemd;
 mod tcp;
 mod tls;
 mod tls_server;
@@ -60,7 +61,8 @@ fn main() -> ExitCode {
     };
     let local = tokio::task::LocalSet::new();
     match local.block_on(&runtime, run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stop::Signal) => ExitCode::SUCCESS,
+        Ok(Stop::Reboot(status)) => ExitCode::from(status),
         Err(e) => {
             error!("{e}");
             eprintln!("ocf-agent: {e}");
@@ -69,7 +71,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+/// Why the agent stopped.
+enum Stop {
+    /// SIGTERM or SIGINT: exit 0.
+    Signal,
+    /// `/oic/mnt` `rb` with `--reboot-exit-status`: exit with that status.
+    Reboot(u8),
+}
+
+async fn run(cli: Cli) -> Result<Stop, String> {
     let board = board::load(&cli.board)?;
     state::ensure_dir(&cli.state_dir).map_err(|e| {
         format!(
@@ -171,7 +181,13 @@ async fn run(cli: Cli) -> Result<(), String> {
     for resource in security.resources() {
         agent.device.borrow_mut().add(resource)?;
     }
-    let maintenance = maintenance::Maintenance::new(cli.reboot_command.clone(), cli.reboot_timeout);
+    let maintenance = maintenance::Maintenance::new(match cli.reboot_exit_status {
+        Some(status) => maintenance::RebootMethod::ExitStatus(status),
+        None => maintenance::RebootMethod::Command {
+            command: cli.reboot_command.clone(),
+            timeout: cli.reboot_timeout,
+        },
+    });
     agent
         .device
         .borrow_mut()
@@ -179,6 +195,17 @@ async fn run(cli: Cli) -> Result<(), String> {
     let sensors = board::populate(&board, &agent)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let notifier = Rc::new(systemd::Notifier::from_env());
+    if notifier.is_enabled() {
+        if let Some(every) = systemd::watchdog_from_env() {
+            info!("pinging the service manager's watchdog every {every:?}");
+            tokio::task::spawn_local(systemd::ping_watchdog(
+                notifier.clone(),
+                every,
+                stop_rx.clone(),
+            ));
+        }
+    }
     let mut endpoints = Vec::new();
 
     let udp_addrs = if cli.udp.is_empty() {
@@ -310,16 +337,24 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     let signals = shutdown_signals();
     println!("ocf-agent: ready");
-    notify_systemd("READY=1");
+    // Every endpoint is bound and listening (sd_notify(3): READY=1 "after startup is
+    // finished"); the cloud link is not waited for, a LAN without it is a working device.
+    notifier.notify("READY=1");
     info!(di = %identity.di, "serving {} endpoints", endpoints.len());
 
-    signals.await;
-    info!("shutting down");
-    notify_systemd("STOPPING=1");
+    let stop = tokio::select! {
+        _ = signals => Stop::Signal,
+        status = maintenance.exit_requested() => Stop::Reboot(status),
+    };
+    match stop {
+        Stop::Signal => info!("shutting down"),
+        Stop::Reboot(status) => info!(status, "shutting down for the reboot"),
+    }
+    notifier.notify("STOPPING=1");
     let _ = stop_tx.send(true);
     // Let connection tasks send their Release.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    Ok(())
+    Ok(stop)
 }
 
 /// Shows a newly created setup PIN once, on the console, never through the log. Under systemd
@@ -397,25 +432,4 @@ fn os_release() -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix("PRETTY_NAME="))
         .map(|v| v.trim_matches('"').to_string())
-}
-
-/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET.
-fn notify_systemd(message: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let bytes = path.as_encoded_bytes();
-    let result = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|addr| sock.send_to_addr(message.as_bytes(), &addr))
-    } else {
-        sock.send_to(message.as_bytes(), std::path::Path::new(&path))
-    };
-    if let Err(e) = result {
-        warn!("cannot notify systemd: {e}");
-    }
 }

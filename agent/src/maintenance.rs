@@ -9,6 +9,11 @@
 //!   `systemctl reboot`, through `/bin/sh -c` with `OCF_AGENT_PID` set) and wait to be stopped.
 //!   A command that fails, or a reboot that does not come within `--reboot-timeout`, is reported
 //!   in `err` and the device signs in again: it must never stay signed out by mistake.
+//!   With `--reboot-exit-status` the agent runs no command: the service runs unprivileged and
+//!   cannot reboot, so it asks the process's end to stop with that status, and the service
+//!   manager (the unit's `ExecStopPost=`, run privileged) reboots when it sees it. If the reboot
+//!   does not come, systemd starts the agent again (`Restart=on-failure`), which signs in as
+//!   after a boot.
 //!   After the reboot the agent restores its cloud state, refreshes the token if it expires,
 //!   signs in without signing up, and republishes only links that changed (§7.5).
 
@@ -29,12 +34,23 @@ use crate::server::Agent;
 /// How long the reboot command itself may run (`systemctl reboot` only queues the job).
 const REBOOT_COMMAND_LIMIT: Duration = Duration::from_secs(30);
 
+/// How `rb` reboots once the device has signed out and synced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RebootMethod {
+    /// Run this through `/bin/sh -c` and wait (`--reboot-timeout`) to be stopped.
+    Command { command: String, timeout: Duration },
+    /// End the process with this status (`--reboot-exit-status`); the service manager reboots.
+    ExitStatus(u8),
+}
+
 /// What the daemon needs to carry out maintenance actions.
 pub struct Maintenance {
     state: SharedMaintenance,
     wake: Rc<Notify>,
-    reboot_command: String,
-    reboot_timeout: Duration,
+    reboot: RebootMethod,
+    /// Set when a reboot by exit status is due; `exit_notify` wakes [`Maintenance::exit_requested`].
+    exit_status: Cell<Option<u8>>,
+    exit_notify: Notify,
     /// Completed factory resets, and the last one's report (for the console).
     resets: Cell<u64>,
     last_reset: RefCell<Option<ResetReport>>,
@@ -42,12 +58,13 @@ pub struct Maintenance {
 }
 
 impl Maintenance {
-    pub fn new(reboot_command: String, reboot_timeout: Duration) -> Rc<Maintenance> {
+    pub fn new(reboot: RebootMethod) -> Rc<Maintenance> {
         Rc::new(Maintenance {
             state: Rc::new(RefCell::new(maintenance::Maintenance::new())),
             wake: Rc::new(Notify::new()),
-            reboot_command,
-            reboot_timeout,
+            reboot,
+            exit_status: Cell::new(None),
+            exit_notify: Notify::new(),
             resets: Cell::new(0),
             last_reset: RefCell::new(None),
             reset_finished: Notify::new(),
@@ -90,6 +107,17 @@ impl Maintenance {
             .borrow()
             .clone()
             .ok_or_else(|| "the factory reset left no report".to_string())
+    }
+
+    /// Resolves with the exit status once a reboot by exit status has signed out and synced:
+    /// the process is then to stop (cleanly: STOPPING=1, Releases) and exit with it.
+    pub async fn exit_requested(&self) -> u8 {
+        loop {
+            if let Some(status) = self.exit_status.get() {
+                return status;
+            }
+            self.exit_notify.notified().await;
+        }
     }
 
     /// Carries out the actions asked for, one at a time, until shutdown.
@@ -152,17 +180,30 @@ impl Maintenance {
         // else the system has buffered before the board goes down.
         // SAFETY: sync(2) has no preconditions.
         unsafe { libc::sync() };
-        info!(command = %self.reboot_command, "running the reboot command");
-        let failure = match run_reboot_command(&self.reboot_command).await {
+        let (command, timeout) = match &self.reboot {
+            RebootMethod::ExitStatus(status) => {
+                info!(
+                    status,
+                    "stopping with the reboot exit status; the service manager reboots"
+                );
+                self.exit_status.set(Some(*status));
+                self.exit_notify.notify_one();
+                // The process ends from here: being stopped is how this reboot ends.
+                return std::future::pending().await;
+            }
+            RebootMethod::Command { command, timeout } => (command, *timeout),
+        };
+        info!(%command, "running the reboot command");
+        let failure = match run_reboot_command(command).await {
             Ok(()) => {
                 info!(
                     "the reboot command succeeded; waiting up to {} s to be stopped",
-                    self.reboot_timeout.as_secs()
+                    timeout.as_secs()
                 );
-                tokio::time::sleep(self.reboot_timeout).await;
+                tokio::time::sleep(timeout).await;
                 error!(
                     "the reboot did not happen within {} s; signing in again",
-                    self.reboot_timeout.as_secs()
+                    timeout.as_secs()
                 );
                 MaintenanceError::RebootDidNotHappen
             }
@@ -184,6 +225,10 @@ async fn run_reboot_command(command: &str) -> Result<(), String> {
         .arg("-c")
         .arg(command)
         .env("OCF_AGENT_PID", std::process::id().to_string())
+        // The notification socket and the watchdog are this process's, not the command's.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start /bin/sh: {e}"))?;
@@ -216,6 +261,32 @@ mod tests {
             .build()
             .unwrap()
             .block_on(f)
+    }
+
+    #[test]
+    fn a_reboot_by_exit_status_asks_for_the_exit_and_never_returns() {
+        let m = Maintenance::new(RebootMethod::ExitStatus(85));
+        let status = block_on(async {
+            tokio::select! {
+                outcome = m.reboot(None) => panic!("the reboot returned {outcome:?}"),
+                status = m.exit_requested() => status,
+            }
+        });
+        assert_eq!(status, 85);
+        // Asked once, it stays asked (main may only start waiting later).
+        assert_eq!(block_on(m.exit_requested()), 85);
+        // A command reboot never asks for an exit.
+        let m = Maintenance::new(RebootMethod::Command {
+            command: "exit 1".into(),
+            timeout: Duration::from_secs(1),
+        });
+        let outcome = block_on(async {
+            tokio::select! {
+                outcome = m.reboot(None) => outcome,
+                status = m.exit_requested() => panic!("exit {status} asked for"),
+            }
+        });
+        assert_eq!(outcome, Some(MaintenanceError::RebootCommandFailed));
     }
 
     #[test]

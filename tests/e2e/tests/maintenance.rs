@@ -11,6 +11,8 @@
 //!   stopped the command resets the state directory itself;
 //! - a reboot through the cloud API (reboot command = stop the agent, which the test restarts):
 //!   sign-out, then after the restart refresh + sign-in, no second sign-up, no republish;
+//! - a reboot by exit status (`--reboot-exit-status 85`, as the service runs it): one sign-out,
+//!   exit 85, and after the restart a sign-in without a second sign-up or publish;
 //! - a reboot command that fails: `err` 1 and the device signs in again;
 //! - corrupt state files: a clear message naming the file, moved aside, a safe start.
 
@@ -433,6 +435,109 @@ fn reboot_through_the_cloud_signs_out_and_back_in_without_sign_up_or_republish()
         count("POST", "/oic/sec/session"),
         sessions + 2,
         "signed in again"
+    );
+    let log = agent.log().join("\n");
+    assert!(log.contains("signed in to the cloud"), "{log}");
+    assert!(!log.contains("published to the cloud"), "{log}");
+    assert_eq!(
+        mnt(&b.cloud, &di),
+        json!({"fr": false, "rb": false, "err": 0})
+    );
+}
+
+#[test]
+fn reboot_by_exit_status_signs_out_exits_with_it_and_signs_back_in_after_the_restart() {
+    let mut b = Bench::new("reboot-exit", &[]);
+    let reboot = ["--reboot-exit-status", "85"];
+    // Standing in for systemd's notification socket: STOPPING=1 comes before the exit.
+    let notify_path = b.dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    let mut agent = SecureAgent::spawn_with(
+        &b.state,
+        &secure_agent_args(&b.state, Some(&b.pin), &reboot),
+        &Spawn::default(),
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    b.onboard(&agent);
+    let di = agent.di.clone();
+    wait_for(Duration::from_secs(20), "the links published", || {
+        (!b.cloud.requests(&di, "POST", "/oic/rd").is_empty()).then_some(())
+    });
+    let count =
+        |cloud: &DevCloud, method: &str, path: &str| cloud.requests(&di, method, path).len();
+    let (sign_ups, sessions, publishes) = (
+        count(&b.cloud, "POST", "/oic/sec/account"),
+        count(&b.cloud, "POST", "/oic/sec/session"),
+        count(&b.cloud, "POST", "/oic/rd"),
+    );
+
+    let r = b.cloud.post(
+        &format!("/api/v1/devices/{di}/oic/mnt"),
+        &json!({"rb": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // No command and no signal: the agent ends itself, with the status the unit reboots on.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = agent.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the agent did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = agent.log().join("\n");
+    assert_eq!(
+        status.code(),
+        Some(85),
+        "{status:?} (signal {:?})\n{log}",
+        status.signal()
+    );
+    assert!(log.contains("signed out of the cloud"), "{log}");
+    assert!(!log.contains("running the reboot command"), "{log}");
+    notify.set_nonblocking(true).unwrap();
+    let notes: Vec<String> = std::iter::from_fn(|| {
+        let mut buf = [0u8; 64];
+        let n = notify.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .collect();
+    assert_eq!(notes, ["READY=1", "STOPPING=1"], "notifications");
+    // Exactly one sign-out (a `login: false` session request) before the exit.
+    assert_eq!(
+        count(&b.cloud, "POST", "/oic/sec/session"),
+        sessions + 1,
+        "one sign-out"
+    );
+    let cloud_log = b.cloud.stderr_log().join("\n");
+    let sign_outs = cloud_log
+        .lines()
+        .filter(|l| l.contains("device signed out") && l.contains(&di))
+        .count();
+    assert_eq!(sign_outs, 1, "the dev cloud's log:\n{cloud_log}");
+    wait_for(Duration::from_secs(10), "the device offline", || {
+        b.cloud.device(&di).filter(|d| d["online"] == false)
+    });
+
+    // What systemd does when the reboot did not happen (Restart=on-failure), or what the next
+    // boot does: the same state directory, the same options.
+    let mut agent = b.agent(&reboot);
+    assert_eq!(agent.di, di);
+    b.wait_online(&di);
+    wait_for(Duration::from_secs(10), "the sign-in", || {
+        (count(&b.cloud, "POST", "/oic/sec/session") == sessions + 2).then_some(())
+    });
+    // Give a republish every chance to show up.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count(&b.cloud, "POST", "/oic/sec/account"),
+        sign_ups,
+        "no second sign-up"
+    );
+    assert_eq!(
+        count(&b.cloud, "POST", "/oic/rd"),
+        publishes,
+        "no republish"
     );
     let log = agent.log().join("\n");
     assert!(log.contains("signed in to the cloud"), "{log}");
