@@ -40,7 +40,7 @@ use coap_lite::{MessageClass, Packet, ResponseType};
 use ocf::cloud::payload::from_cbor;
 use ocf::cloud::resource::{self, HREF};
 use ocf::cloud::uri::CloudUri;
-use ocf::cloud::{Action, CloudSession, DeviceInfo, PersistedState, RdLink, Timing};
+use ocf::cloud::{Action, CloudSession, ConnectError, DeviceInfo, PersistedState, RdLink, Timing};
 use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
 use ocf::resource::{Method, Origin, Props, Request, ResourceError, RES_HREF};
 use ocf::security::PeerIdentity;
@@ -76,7 +76,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 /// A connected stream and, over TLS, the cloud's verified identity.
 type Connected = (Box<dyn Io>, Option<PeerIdentity>);
 
-type ConnectFuture = Pin<Box<dyn Future<Output = Result<Connected, String>>>>;
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<Connected, ConnectFailure>>>>;
+
+/// Why [`connect`] failed: what to log, and what the session is told.
+struct ConnectFailure {
+    message: String,
+    kind: ConnectError,
+}
+
+impl From<String> for ConnectFailure {
+    fn from(message: String) -> Self {
+        ConnectFailure {
+            message,
+            kind: ConnectError::Network,
+        }
+    }
+}
 
 /// The cloud controller shared by the link task and the CoAPCloudConf backend. Its session is
 /// borrowed only for the span of one call, never across an `await` or a call into the resource
@@ -441,7 +456,7 @@ fn prepare_connect(
 async fn connect(
     uri: String,
     prepared: Result<(CloudUri, Option<Arc<ClientConfig>>), String>,
-) -> Result<Connected, String> {
+) -> Result<Connected, ConnectFailure> {
     // A device without credentials cannot get anywhere.
     let (target, tls) = prepared?;
     let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
@@ -469,7 +484,14 @@ async fn connect(
     let stream = tokio_rustls::TlsConnector::from(config)
         .connect(name, stream)
         .await
-        .map_err(|e| format!("TLS with {uri}: {e}"))?;
+        .map_err(|e| match tls::not_valid_yet(&e) {
+            // Our clock, most likely (no RTC, no time sync yet): transient, see ConnectError.
+            Some(when) => ConnectFailure {
+                message: format!("TLS with {uri}: {}", when.clock_message("the cloud's")),
+                kind: ConnectError::ClockBehind,
+            },
+            None => format!("TLS with {uri}: {e}").into(),
+        })?;
     let (_, conn) = stream.get_ref();
     debug!(
         version = ?conn.protocol_version(),
@@ -537,7 +559,7 @@ impl Link {
 enum Event {
     Timer,
     Wake,
-    Connected(Result<Connected, String>),
+    Connected(Result<Connected, ConnectFailure>),
     Read(io::Result<usize>),
     Outbound(Option<Packet>),
     Shutdown,
@@ -550,7 +572,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-async fn connect_opt(pending: &mut Option<ConnectFuture>) -> Result<Connected, String> {
+async fn connect_opt(pending: &mut Option<ConnectFuture>) -> Result<Connected, ConnectFailure> {
     match pending {
         Some(f) => f.await,
         None => std::future::pending().await,
@@ -582,6 +604,8 @@ async fn run(
     let mut link: Option<Link> = None;
     let mut connecting: Option<ConnectFuture> = None;
     let mut buf = vec![0u8; READ_CHUNK];
+    // The last clock failure's description, for the session's one ClockBehind report.
+    let mut clock_behind: Option<String> = None;
     loop {
         if cloud.drop_link.take() {
             connecting = None;
@@ -644,6 +668,14 @@ async fn run(
                 Action::Deregistered => {
                     info!("deregistered from the cloud");
                     cloud.deregistered.notify_waiters();
+                }
+                Action::ClockBehind => {
+                    let message = clock_behind.take().unwrap_or_else(|| {
+                        "the cloud's certificate is not valid yet; the system clock is probably \
+                         behind: no time sync yet? retrying"
+                            .to_owned()
+                    });
+                    warn!("cannot connect to the cloud: {message}");
                 }
                 Action::SignedOut => {
                     info!("signed out of the cloud");
@@ -708,8 +740,15 @@ async fn run(
             }
             Event::Connected(Err(e)) => {
                 connecting = None;
-                warn!("cannot connect to the cloud: {e}");
-                cloud.with_session(|s| s.handle_disconnected(now));
+                match e.kind {
+                    // Logged once per run, when the session says so (Action::ClockBehind).
+                    ConnectError::ClockBehind => {
+                        debug!("cannot connect to the cloud: {}", e.message);
+                        clock_behind = Some(e.message);
+                    }
+                    ConnectError::Network => warn!("cannot connect to the cloud: {}", e.message),
+                }
+                cloud.with_session(|s| s.handle_connect_failed(e.kind, now));
             }
             Event::Read(Ok(n)) if n > 0 => {
                 let Some(l) = link.as_mut() else { continue };

@@ -207,6 +207,9 @@ async fn run(cli: Cli) -> Result<Stop, String> {
         }
     }
     let mut endpoints = Vec::new();
+    // (scheme, bound address) of each endpoint: what `endpoints` is made from, again at each
+    // re-scan of the interfaces.
+    let mut bound: Vec<(&'static str, SocketAddr)> = Vec::new();
 
     let udp_addrs = if cli.udp.is_empty() {
         vec![
@@ -229,6 +232,7 @@ async fn run(cli: Cli) -> Result<Stop, String> {
         };
         let local = socket.local_addr().map_err(|e| e.to_string())?;
         endpoints.extend(endpoint_uris("coap", local));
+        bound.push(("coap", local));
         if local.is_ipv6() {
             unicast_v6.get_or_insert(socket.clone());
         } else {
@@ -248,6 +252,7 @@ async fn run(cli: Cli) -> Result<Stop, String> {
             .map_err(|e| format!("cannot bind TCP {addr}: {e}"))?;
         let tcp_local = tcp.local_addr().map_err(|e| e.to_string())?;
         endpoints.extend(endpoint_uris("coap+tcp", tcp_local));
+        bound.push(("coap+tcp", tcp_local));
         tcp::log_listening(&tcp);
         tokio::task::spawn_local(tcp::serve(
             tcp,
@@ -261,6 +266,7 @@ async fn run(cli: Cli) -> Result<Stop, String> {
         .map_err(|e| format!("cannot bind TCP {} for coaps+tcp: {e}", cli.tls))?;
     let tls_local = tls.local_addr().map_err(|e| e.to_string())?;
     endpoints.extend(endpoint_uris("coaps+tcp", tls_local));
+    bound.push(("coaps+tcp", tls_local));
     tls_server::log_listening(&tls);
     tokio::task::spawn_local(tls_server::serve(
         tls,
@@ -269,32 +275,32 @@ async fn run(cli: Cli) -> Result<Stop, String> {
         stop_rx.clone(),
     ));
 
-    if let Some(port) = multicast_port {
-        match udp::bind_multicast_v4(port) {
-            Ok(s) => {
+    let groups = multicast_port.map(|port| {
+        let (agent, security, stop_rx) = (agent.clone(), security.clone(), stop_rx.clone());
+        let (reply_v4, reply_v6) = (unicast_v4.clone(), unicast_v6.clone());
+        udp::Groups::start(
+            port,
+            Box::new(move |socket, v6| {
+                let reply = if v6 { &reply_v6 } else { &reply_v4 };
                 tokio::task::spawn_local(udp::serve_multicast(
-                    s,
-                    unicast_v4.clone(),
+                    socket,
+                    reply.clone(),
                     agent.clone(),
                     security.clone(),
                     stop_rx.clone(),
-                ));
-            }
-            Err(e) => warn!("cannot join {}:{port}: {e}", udp::OCF_GROUP_V4),
-        }
-        for (name, s) in udp::bind_multicast_v6(port) {
-            info!(interface = %name, "joined [{}]:{port}", udp::OCF_GROUP_V6);
-            tokio::task::spawn_local(udp::serve_multicast(
-                s,
-                unicast_v6.clone(),
-                agent.clone(),
-                security.clone(),
-                stop_rx.clone(),
-            ));
-        }
-    }
+                ))
+            }),
+        )
+    });
     agent.device.borrow_mut().set_endpoints(endpoints.clone());
     security.install_batch_filter(&agent);
+    tokio::task::spawn_local(follow_interfaces(
+        groups,
+        bound,
+        endpoints.clone(),
+        agent.clone(),
+        stop_rx.clone(),
+    ));
     for task in sensors {
         tokio::task::spawn_local(task.run(agent.clone(), stop_rx.clone()));
     }
@@ -395,6 +401,40 @@ fn shutdown_signals() -> impl std::future::Future<Output = ()> {
         tokio::select! {
             _ = term.recv() => {},
             _ = int.recv() => {},
+        }
+    }
+}
+
+/// How often the interfaces are looked at again: an address that DHCP hands out after the
+/// start is joined to the groups and listed in `/oic/res` within this.
+const RESCAN_INTERFACES: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Follows the interfaces as they come and go (the unit does not wait for
+/// network-online.target): the multicast memberships, and the endpoints `/oic/res` lists for
+/// sockets bound to a wildcard address.
+async fn follow_interfaces(
+    mut groups: Option<udp::Groups>,
+    bound: Vec<(&'static str, SocketAddr)>,
+    mut endpoints: Vec<String>,
+    agent: Rc<Agent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RESCAN_INTERFACES) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Some(groups) = groups.as_mut() {
+            groups.rescan();
+        }
+        let now: Vec<String> = bound
+            .iter()
+            .flat_map(|(scheme, addr)| endpoint_uris(scheme, *addr))
+            .collect();
+        if now != endpoints {
+            info!(endpoints = ?now, "the interfaces changed");
+            agent.device.borrow_mut().set_endpoints(now.clone());
+            endpoints = now;
         }
     }
 }

@@ -314,6 +314,82 @@ impl ServerCertVerifier for CloudVerifier {
     }
 }
 
+/// A TLS handshake failed because the peer's certificate is not valid yet by our clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotValidYet {
+    /// The certificate's notBefore, seconds since the Unix epoch, when rustls reports it.
+    pub not_before: Option<u64>,
+    /// The time it was checked against (the system clock), likewise.
+    pub now: Option<u64>,
+}
+
+impl NotValidYet {
+    /// The one log line for it: the clock, not the cloud, is the likely culprit.
+    pub fn clock_message(&self, whose: &str) -> String {
+        let now = self.now.or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs())
+        });
+        let until = match self.not_before {
+            Some(t) => format!("is not valid until {}", utc(t)),
+            None => "is not valid yet".to_owned(),
+        };
+        let clock = match now {
+            Some(t) => format!("the system clock ({})", utc(t)),
+            None => "the system clock".to_owned(),
+        };
+        format!(
+            "{whose} certificate {until}; {clock} is probably behind: no time sync yet? retrying"
+        )
+    }
+}
+
+/// Whether a TLS connect failed on a certificate that is not valid yet (RFC 5280 §4.1.2.5:
+/// the time is before notBefore). tokio-rustls reports rustls's error inside the `io::Error`.
+pub fn not_valid_yet(error: &std::io::Error) -> Option<NotValidYet> {
+    let inner = error.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match inner {
+        rustls::Error::InvalidCertificate(CertificateError::NotValidYet) => Some(NotValidYet {
+            not_before: None,
+            now: None,
+        }),
+        rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext {
+            time,
+            not_before,
+        }) => Some(NotValidYet {
+            not_before: Some(not_before.as_secs()),
+            now: Some(time.as_secs()),
+        }),
+        _ => None,
+    }
+}
+
+/// `secs` since the Unix epoch as an RFC 3339 UTC time (`1970-01-01T00:00:00Z`), without a
+/// date crate: the civil-from-days algorithm of H. Hinnant, "chrono-Compatible Low-Level Date
+/// Algorithms".
+pub fn utc(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Days since 0000-03-01; u64 covers every epoch second.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// `uuid:<uuid>` with the prefix matched case-insensitively (as plgd does, §8.2) and the UUID
 /// compared ignoring case.
 pub fn cn_is_uuid(cn: &str, uuid: &str) -> bool {
@@ -656,6 +732,92 @@ pub(crate) mod tests {
             .unwrap_err();
         assert!(e.to_lowercase().contains("certificate"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The client side's error of a handshake with a cloud presenting `server`.
+    async fn client_error(dir: &Path, server: &Pki) -> std::io::Error {
+        let client = client_config(dir, SID).unwrap();
+        let server_config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(server.server_chain.clone(), server.server_key.clone_key())
+            .unwrap();
+        let (a, b) = tokio::io::duplex(16 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+        let connector = tokio_rustls::TlsConnector::from(client);
+        let (_, c) = tokio::join!(
+            acceptor.accept(b),
+            connector.connect(server_name("127.0.0.1").unwrap(), a)
+        );
+        match c {
+            Ok(_) => panic!("the handshake must fail"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_cloud_certificate_not_valid_yet_is_told_apart() {
+        // notBefore 2200-01-01: not valid yet whatever this machine's clock says.
+        let issuer = ca();
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("uuid:{SID}"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = rcgen::date_time_ymd(2200, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2201, 1, 1);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let server = Pki {
+            ca_pem: issuer.pem(),
+            server_chain: vec![cert.der().clone()],
+            server_key: PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            ca: issuer,
+        };
+        let dir = provisioned_dir("not-yet", &server);
+        let e = rt().block_on(client_error(&dir, &server));
+        let found = not_valid_yet(&e).unwrap_or_else(|| panic!("not classified: {e}"));
+        assert_eq!(found.not_before, Some(7_258_118_400), "{e}");
+        let now = found.now.expect("rustls gives the time it checked against");
+        let message = found.clock_message("the cloud's");
+        assert!(
+            message.starts_with(
+                "the cloud's certificate is not valid until 2200-01-01T00:00:00Z; the system clock ("
+            ) && message.contains(&utc(now))
+                && message.ends_with("is probably behind: no time sync yet? retrying"),
+            "{message}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // Any other certificate failure is not a clock problem.
+        let server = pki(&format!("uuid:{SID}"));
+        let dir = provisioned_dir("not-yet-other", &server);
+        std::fs::write(dir.join(CLOUD_CA), ca().pem()).unwrap();
+        let e = rt().block_on(client_error(&dir, &server));
+        assert_eq!(not_valid_yet(&e), None, "{e}");
+        assert_eq!(
+            not_valid_yet(&std::io::Error::other("connection refused")),
+            None
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let bare = NotValidYet {
+            not_before: None,
+            now: None,
+        };
+        assert!(bare
+            .clock_message("the cloud's")
+            .contains("is not valid yet; the system clock ("));
+    }
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_735_689_599), "2024-12-31T23:59:59Z");
+        assert_eq!(utc(7_258_118_400), "2200-01-01T00:00:00Z");
+        // No panic at the end of the range.
+        assert!(utc(u64::MAX).ends_with('Z'));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! only; everything else needs the secure endpoint, and is refused with 4.01 on unicast (in the
 //! development mode, `--insecure-dev`, unicast serves every resource).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::rc::Rc;
 use std::time::Instant;
@@ -15,7 +15,7 @@ use ocf::resource::{Origin, Request};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::security::{Security, Via};
 use crate::server::Agent;
@@ -55,53 +55,167 @@ pub fn bind_unicast(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// A socket bound to the IPv4 OCF group on `port`, joined on every IPv4 interface, so it sees
-/// group traffic only.
-pub fn bind_multicast_v4(port: u16) -> std::io::Result<UdpSocket> {
+/// A socket bound to the IPv4 OCF group on `port`, so it sees group traffic only; its
+/// memberships are [`Groups`]'s business.
+fn bind_multicast_v4(port: u16) -> std::io::Result<UdpSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&SocketAddr::new(IpAddr::V4(OCF_GROUP_V4), port).into())?;
-    let mut joined = 0;
-    for (_, _, addr) in interfaces() {
-        if let Some(IpAddr::V4(a)) = addr {
-            if socket.join_multicast_v4(&OCF_GROUP_V4, &a).is_ok() {
-                joined += 1;
-            }
-        }
-    }
-    if joined == 0 {
-        socket.join_multicast_v4(&OCF_GROUP_V4, &Ipv4Addr::UNSPECIFIED)?;
-    }
     UdpSocket::from_std(socket.into())
 }
 
-/// One socket per multicast-capable interface bound to `[ff02::158%if]:port`: a link-local
-/// group needs its interface named at bind time.
-pub fn bind_multicast_v6(port: u16) -> Vec<(String, UdpSocket)> {
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (name, index, _) in interfaces() {
-        if index == 0 || !seen.insert(index) {
-            continue;
+/// A socket bound to `[ff02::158%index]:port` and joined there: a link-local group needs its
+/// interface named at bind time, so each interface has its own.
+fn bind_multicast_v6(port: u16, index: u32) -> std::io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_only_v6(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::V6(SocketAddrV6::new(OCF_GROUP_V6, port, 0, index)).into())?;
+    socket.join_multicast_v6(&OCF_GROUP_V6, index)?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// The interfaces the group memberships follow, by index: those that are up and
+/// multicast-capable, and among them those with an IPv4 address.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Seen {
+    v4: BTreeMap<u32, String>,
+    all: BTreeMap<u32, String>,
+}
+
+impl Seen {
+    pub fn from_interfaces(list: &[(String, u32, Option<IpAddr>)]) -> Seen {
+        let mut seen = Seen::default();
+        for (name, index, addr) in list {
+            if *index == 0 {
+                continue;
+            }
+            seen.all.entry(*index).or_insert_with(|| name.clone());
+            if matches!(addr, Some(IpAddr::V4(_))) {
+                seen.v4.entry(*index).or_insert_with(|| name.clone());
+            }
         }
-        let sock = (|| -> std::io::Result<UdpSocket> {
-            let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
-            socket.set_only_v6(true)?;
-            socket.set_reuse_address(true)?;
-            socket.set_reuse_port(true)?;
-            socket.set_nonblocking(true)?;
-            socket.bind(&SocketAddr::V6(SocketAddrV6::new(OCF_GROUP_V6, port, 0, index)).into())?;
-            socket.join_multicast_v6(&OCF_GROUP_V6, index)?;
-            UdpSocket::from_std(socket.into())
-        })();
-        match sock {
-            Ok(s) => out.push((name, s)),
-            Err(e) => debug!(interface = %name, "no IPv6 multicast: {e}"),
+        seen
+    }
+}
+
+/// What a re-scan has to do: join the IPv4 group on interfaces that gained an IPv4 address
+/// (or came up), leave it on those that lost it; open an IPv6 group socket on interfaces that
+/// came up, close it on those that went.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub join_v4: Vec<(u32, String)>,
+    pub leave_v4: Vec<u32>,
+    pub open_v6: Vec<(u32, String)>,
+    pub close_v6: Vec<u32>,
+}
+
+impl Changes {
+    pub fn between(before: &Seen, now: &Seen) -> Changes {
+        let added = |b: &BTreeMap<u32, String>, n: &BTreeMap<u32, String>| -> Vec<(u32, String)> {
+            n.iter()
+                .filter(|(i, _)| !b.contains_key(i))
+                .map(|(i, name)| (*i, name.clone()))
+                .collect()
+        };
+        let removed = |b: &BTreeMap<u32, String>, n: &BTreeMap<u32, String>| -> Vec<u32> {
+            b.keys().filter(|i| !n.contains_key(i)).copied().collect()
+        };
+        Changes {
+            join_v4: added(&before.v4, &now.v4),
+            leave_v4: removed(&before.v4, &now.v4),
+            open_v6: added(&before.all, &now.all),
+            close_v6: removed(&before.all, &now.all),
         }
     }
-    out
+}
+
+/// Starts serving a group socket; `true` for IPv6.
+pub type ServeGroup = Box<dyn Fn(Rc<UdpSocket>, bool) -> tokio::task::JoinHandle<()>>;
+
+/// The OCF group memberships on `port`, kept in step with the interfaces: on a board the unit
+/// does not wait for network-online.target, so DHCP (or a Wi-Fi link) often comes after the
+/// agent started. [`Groups::rescan`] is cheap (one getifaddrs(3)) and only acts on changes.
+pub struct Groups {
+    port: u16,
+    seen: Seen,
+    v4: Option<Rc<UdpSocket>>,
+    v6: BTreeMap<u32, tokio::task::JoinHandle<()>>,
+    serve: ServeGroup,
+}
+
+impl Groups {
+    /// Binds the IPv4 group socket, starts serving it, and joins the groups on the interfaces
+    /// there are now.
+    pub fn start(port: u16, serve: ServeGroup) -> Groups {
+        let v4 = match bind_multicast_v4(port) {
+            Ok(s) => {
+                let s = Rc::new(s);
+                serve(s.clone(), false);
+                Some(s)
+            }
+            Err(e) => {
+                warn!("cannot listen on {OCF_GROUP_V4}:{port}: {e}");
+                None
+            }
+        };
+        let mut groups = Groups {
+            port,
+            seen: Seen::default(),
+            v4,
+            v6: BTreeMap::new(),
+            serve,
+        };
+        groups.rescan();
+        groups
+    }
+
+    /// Applies what changed since the last scan.
+    pub fn rescan(&mut self) {
+        let now = Seen::from_interfaces(&interfaces());
+        if now == self.seen {
+            return;
+        }
+        let changes = Changes::between(&self.seen, &now);
+        let port = self.port;
+        if let Some(v4) = &self.v4 {
+            let sock = socket2::SockRef::from(v4.as_ref());
+            for (index, name) in &changes.join_v4 {
+                let at = socket2::InterfaceIndexOrAddress::Index(*index);
+                match sock.join_multicast_v4_n(&OCF_GROUP_V4, &at) {
+                    Ok(()) => info!(interface = %name, "joined {OCF_GROUP_V4}:{port}"),
+                    // Already a member there (it went down and up again): nothing to do.
+                    Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {}
+                    Err(e) => debug!(interface = %name, "cannot join {OCF_GROUP_V4}: {e}"),
+                }
+            }
+            for index in &changes.leave_v4 {
+                // The kernel has already dropped it if the interface is gone.
+                let at = socket2::InterfaceIndexOrAddress::Index(*index);
+                let _ = sock.leave_multicast_v4_n(&OCF_GROUP_V4, &at);
+            }
+        }
+        for index in &changes.close_v6 {
+            if let Some(task) = self.v6.remove(index) {
+                task.abort();
+            }
+        }
+        for (index, name) in &changes.open_v6 {
+            match bind_multicast_v6(port, *index) {
+                Ok(s) => {
+                    info!(interface = %name, "joined [{OCF_GROUP_V6}]:{port}");
+                    let task = (self.serve)(Rc::new(s), true);
+                    self.v6.insert(*index, task);
+                }
+                Err(e) => debug!(interface = %name, "no IPv6 multicast: {e}"),
+            }
+        }
+        self.seen = now;
+    }
 }
 
 /// (name, index, address) of every interface that is up and multicast-capable.
@@ -210,7 +324,7 @@ pub async fn serve_unicast(
 /// Serves a multicast socket: discovery requests only, answered from `reply` (a unicast socket
 /// of the same family, RFC 7252 §8.1: responses to multicast come from a unicast address).
 pub async fn serve_multicast(
-    socket: UdpSocket,
+    socket: Rc<UdpSocket>,
     reply: Option<Rc<UdpSocket>>,
     agent: Rc<Agent>,
     security: Rc<Security>,
@@ -241,5 +355,63 @@ pub async fn serve_multicast(
             }
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(list: &[(&str, u32, Option<&str>)]) -> Seen {
+        let list: Vec<(String, u32, Option<IpAddr>)> = list
+            .iter()
+            .map(|(n, i, a)| (n.to_string(), *i, a.map(|a| a.parse().unwrap())))
+            .collect();
+        Seen::from_interfaces(&list)
+    }
+
+    #[test]
+    fn a_rescan_acts_only_on_what_changed() {
+        let start = seen(&[("lo", 1, Some("127.0.0.1")), ("lo", 1, Some("::1"))]);
+        let first = Changes::between(&Seen::default(), &start);
+        assert_eq!(first.join_v4, [(1, "lo".to_string())]);
+        assert_eq!(first.open_v6, [(1, "lo".to_string())]);
+        // Nothing changed: nothing to do (no join repeated, no error logged).
+        assert_eq!(Changes::between(&start, &start), Changes::default());
+
+        // eth0 comes up with only its IPv6 link-local address, then DHCP gives it IPv4, then a
+        // second IPv4 address: one IPv6 socket, one IPv4 join, nothing for the second address.
+        let up = seen(&[
+            ("lo", 1, Some("127.0.0.1")),
+            ("eth0", 2, Some("fe80::1")),
+            ("eth0", 2, None),
+        ]);
+        let c = Changes::between(&start, &up);
+        assert_eq!(c.open_v6, [(2, "eth0".to_string())]);
+        assert!(c.join_v4.is_empty() && c.leave_v4.is_empty() && c.close_v6.is_empty());
+        let dhcp = seen(&[
+            ("lo", 1, Some("127.0.0.1")),
+            ("eth0", 2, Some("fe80::1")),
+            ("eth0", 2, Some("192.168.1.20")),
+        ]);
+        let c = Changes::between(&up, &dhcp);
+        assert_eq!(c.join_v4, [(2, "eth0".to_string())]);
+        assert!(c.open_v6.is_empty());
+        let two = seen(&[
+            ("lo", 1, Some("127.0.0.1")),
+            ("eth0", 2, Some("192.168.1.20")),
+            ("eth0", 2, Some("192.168.1.21")),
+        ]);
+        assert_eq!(Changes::between(&dhcp, &two), Changes::default());
+
+        // eth0 goes down: leave and close; it comes back: join and open again.
+        let down = seen(&[("lo", 1, Some("127.0.0.1"))]);
+        let c = Changes::between(&two, &down);
+        assert_eq!((c.leave_v4, c.close_v6), (vec![2], vec![2]));
+        let c = Changes::between(&down, &two);
+        assert_eq!(c.join_v4, [(2, "eth0".to_string())]);
+        assert_eq!(c.open_v6, [(2, "eth0".to_string())]);
+        // Index 0 (no index) is never acted on.
+        assert_eq!(seen(&[("x", 0, Some("10.0.0.1"))]), Seen::default());
     }
 }

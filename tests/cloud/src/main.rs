@@ -42,6 +42,11 @@ struct Cli {
     /// guest's `guestfwd` address (default: the --coap listener's own address).
     #[arg(long, value_name = "URI")]
     device_cis: Option<String>,
+    /// For tests only: present a server certificate whose validity starts SECONDS after the
+    /// cloud starts (in memory; the stored one is kept), as a device whose clock is behind sees
+    /// its cloud.
+    #[arg(long, value_name = "SECONDS")]
+    cert_not_before_offset: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -75,6 +80,7 @@ fn main() -> ExitCode {
         apn: cli.apn,
         keepalive: Duration::from_secs(cli.keepalive_secs.max(1)),
         device_cis: cli.device_cis,
+        cert_not_before_offset: cli.cert_not_before_offset.map(Duration::from_secs),
     };
     let result = runtime.block_on(async {
         let stop = shutdown_signal()?;

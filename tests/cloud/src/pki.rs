@@ -124,40 +124,12 @@ impl Pki {
         let (server_key_pem, server_der) = match existing {
             Some(v) => v,
             None => {
-                let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-                    .map_err(|e| format!("cannot generate the server key: {e}"))?;
-                let mut params = CertificateParams::default();
-                let mut dn = DistinguishedName::new();
-                dn.push(DnType::CommonName, format!("uuid:{sid}"));
-                params.distinguished_name = dn;
-                params.subject_alt_names = vec![
-                    SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-                    SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
-                    SanType::DnsName(
-                        "localhost"
-                            .try_into()
-                            .map_err(|e| format!("SAN localhost: {e}"))?,
-                    ),
-                ];
-                params.extended_key_usages = vec![
-                    ExtendedKeyUsagePurpose::ServerAuth,
-                    ExtendedKeyUsagePurpose::ClientAuth,
-                ];
-                params.key_usages = vec![
-                    KeyUsagePurpose::DigitalSignature,
-                    KeyUsagePurpose::KeyAgreement,
-                ];
                 let now = OffsetDateTime::now_utc();
-                params.not_before = now - Duration::from_secs(3600);
-                params.not_after = now + Duration::from_secs(10 * 365 * 24 * 3600);
-                params.serial_number = Some(random_serial()?);
-                params.use_authority_key_identifier_extension = true;
-                let cert = params
-                    .signed_by(&key, &issuer)
-                    .map_err(|e| format!("cannot create the server certificate: {e}"))?;
-                write_private(&srv_key_path, key.serialize_pem().as_bytes())?;
+                let (key_pem, cert) =
+                    server_certificate(&sid, &issuer, now - Duration::from_secs(3600))?;
+                write_private(&srv_key_path, key_pem.as_bytes())?;
                 write_private(&srv_crt_path, cert.pem().as_bytes())?;
-                (key.serialize_pem(), cert.der().clone())
+                (key_pem, cert.der().clone())
             }
         };
         Ok(Pki {
@@ -168,6 +140,17 @@ impl Pki {
             server_chain: vec![server_der, ca_der],
             server_key_pem,
         })
+    }
+
+    /// For tests of devices whose clock is behind: replaces (in memory only; the files keep
+    /// the normal one) the server certificate with a new one whose validity starts `offset`
+    /// from now.
+    pub fn with_server_not_before(mut self, offset: Duration) -> Result<Pki, String> {
+        let not_before = OffsetDateTime::now_utc() + offset;
+        let (key_pem, cert) = server_certificate(&self.sid, &self.issuer, not_before)?;
+        self.server_chain[0] = cert.der().clone();
+        self.server_key_pem = key_pem;
+        Ok(self)
     }
 
     /// The server's private key.
@@ -224,6 +207,46 @@ impl Pki {
             .map_err(|e| format!("cannot sign: {e}"))?;
         Ok(cert.pem())
     }
+}
+
+/// A new server key (PEM) and certificate: CN `uuid:<sid>`, SANs for loopback, EKUs
+/// serverAuth and clientAuth, valid for ten years from `not_before`.
+fn server_certificate(
+    sid: &str,
+    issuer: &Issuer<'static, KeyPair>,
+    not_before: OffsetDateTime,
+) -> Result<(String, rcgen::Certificate), String> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| format!("cannot generate the server key: {e}"))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("uuid:{sid}"));
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![
+        SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        SanType::DnsName(
+            "localhost"
+                .try_into()
+                .map_err(|e| format!("SAN localhost: {e}"))?,
+        ),
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyAgreement,
+    ];
+    params.not_before = not_before;
+    params.not_after = not_before + Duration::from_secs(10 * 365 * 24 * 3600);
+    params.serial_number = Some(random_serial()?);
+    params.use_authority_key_identifier_extension = true;
+    let cert = params
+        .signed_by(&key, issuer)
+        .map_err(|e| format!("cannot create the server certificate: {e}"))?;
+    Ok((key.serialize_pem(), cert))
 }
 
 /// The public key of a CSR, for rcgen.
@@ -414,6 +437,31 @@ mod tests {
         assert_eq!(a.server_chain, b.server_chain);
         assert!(Pki::load_or_create(&dir, Some("11111111-2222-3333-4444-000000000000")).is_err());
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_server_certificate_valid_from_later_is_in_memory_only() {
+        let dir = temp_dir("later");
+        let pki = Pki::load_or_create(&dir, None).unwrap();
+        let stored = pki.server_chain[0].clone();
+        let pki = pki
+            .with_server_not_before(Duration::from_secs(3600))
+            .unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&pki.server_chain[0]).unwrap();
+        let starts = cert.validity().not_before.timestamp();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        assert!(
+            (now + 3500..=now + 3700).contains(&starts),
+            "{starts} vs {now}"
+        );
+        assert!(
+            common_name(&pki.server_chain[0]).is_some_and(|cn| cn == format!("uuid:{}", pki.sid))
+        );
+        assert!(pki.server_key().is_ok());
+        // The files keep the normal certificate.
+        let again = Pki::load_or_create(&dir, None).unwrap();
+        assert_eq!(again.server_chain[0], stored);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct Config {
     /// The coaps+tcp URI devices are given (`cis` in `/.well-known/ocf-cloud`), when they reach
     /// the listener through a forward under another address; `None`: the listener's own.
     pub device_cis: Option<String>,
+    /// Tests only: present a server certificate that becomes valid this long after the start
+    /// (what a device whose clock is behind sees).
+    pub cert_not_before_offset: Option<Duration>,
 }
 
 /// The TLS configuration of the device listener: the cloud's server certificate, a client
@@ -69,7 +72,14 @@ pub fn tls_config(pki: &Pki) -> Result<Arc<ServerConfig>, String> {
 
 /// Runs the cloud until `stop` completes. Prints the ready lines on stdout once listening.
 pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), String> {
-    let pki = Pki::load_or_create(&cfg.data_dir, cfg.sid.as_deref())?;
+    let mut pki = Pki::load_or_create(&cfg.data_dir, cfg.sid.as_deref())?;
+    if let Some(offset) = cfg.cert_not_before_offset {
+        pki = pki.with_server_not_before(offset)?;
+        info!(
+            "tests: the server certificate becomes valid in {} s",
+            offset.as_secs()
+        );
+    }
     let store = Store::open(&cfg.data_dir.join("cloud.db")).map_err(|e| e.to_string())?;
     store.mark_all_offline().map_err(|e| e.to_string())?;
     let tls = TlsAcceptor::from(tls_config(&pki)?);

@@ -2,7 +2,8 @@
 //! "Shown by end-to-end tests"): provisioning of the identity certificate and CoAPCloudConf,
 //! sign-up, sign-in, publish, requests and observations through the cloud's HTTP API, token
 //! refresh, reconnects, the failure paths (`cps`/`clec`), deregistration, the cloud identity
-//! check; and peers nobody here wrote against the cloud: libcoap's `coap-client` with TLS and a
+//! check, a cloud certificate that is not valid yet (a clock behind) retried without failing;
+//! and peers nobody here wrote against the cloud: libcoap's `coap-client` with TLS and a
 //! client certificate signs up and signs in (one request per connection, so its publish is
 //! refused 4.01 as on plgd), and aiocoap signs up, signs in and publishes on one connection.
 //!
@@ -552,6 +553,79 @@ fn a_refused_sign_up_is_failed_with_clec_1() {
     assert_eq!(r.code, ResponseType::Changed, "{}", r.diagnostic());
     let c = wait_cps(&agent, "registered", Duration::from_secs(20));
     assert_eq!(clec(&c), 0);
+}
+
+/// A board without a real-time clock before time sync sees every certificate as not valid yet.
+/// Here the cloud's server certificate becomes valid 10 s after the cloud starts: the agent
+/// keeps retrying with its back-off (shortened here, so that 3 ordinary failures would make it
+/// `failed` within about a second), says once that its clock is probably behind, never reports
+/// `failed` or a `clec`, keeps its configuration, and registers once the certificate is valid.
+#[test]
+fn a_cloud_certificate_not_valid_yet_is_retried_until_it_is_and_never_fails() {
+    let dir = TempDir::new("cloud-clock");
+    let cloud = DevCloud::start(
+        &dir.path().join("cloud"),
+        &["--cert-not-before-offset", "10"],
+    );
+    let state = dir.path().join("agent");
+    provision_identity(&cloud, &state);
+    let mut agent = Agent::start(&state, &["--cloud-timing", FAST_RETRIES]);
+    let code = cloud.auth_code("erin");
+    let r = write_conf(
+        &agent,
+        &[
+            ("cis", &cloud.cis()),
+            ("sid", &cloud.sid),
+            ("apn", "plgd"),
+            ("at", &code),
+        ],
+    );
+    assert_eq!(r.code, ResponseType::Changed, "{}", r.diagnostic());
+    // Every state CoAPCloudConf shows on the way, polled.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    loop {
+        let c = cloud_conf(&agent);
+        let state = (text(&c, "cps"), clec(&c));
+        if seen.last() != Some(&state) {
+            seen.push(state.clone());
+        }
+        if state.0 == "registered" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not registered: {seen:?}\n{}",
+            agent.log().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = agent.log().join("\n");
+    assert!(
+        seen.iter().all(|(cps, clec)| cps != "failed" && *clec == 0),
+        "{seen:?}\n{log}"
+    );
+    let clock_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains("DEBUG") && l.contains("probably behind"))
+        .collect();
+    assert_eq!(clock_lines.len(), 1, "reported once:\n{log}");
+    assert!(
+        clock_lines[0].contains("WARN") && clock_lines[0].contains("is not valid until"),
+        "{}",
+        clock_lines[0]
+    );
+    // Every attempt is in the debug log, the same clock problem each time.
+    let failures = log
+        .lines()
+        .filter(|l| l.contains("DEBUG") && l.contains("probably behind"))
+        .count();
+    assert!(failures >= 3, "{failures} failed attempts:\n{log}");
+    assert_eq!(
+        cloud.requests(&agent.di, "POST", "/oic/sec/account").len(),
+        1,
+        "one sign-up, once the certificate is valid"
+    );
 }
 
 #[test]

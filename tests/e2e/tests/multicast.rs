@@ -3,7 +3,8 @@
 //! IPv4 224.0.1.187 on the namespace's loopback (multicast switched on for it), and IPv6
 //! ff02::158 from a second namespace joined by a veth pair (link-local addresses only). The
 //! client is libcoap's `coap-client`; each group must answer exactly once, or libcoap's
-//! block-wise reassembly of the answer fails.
+//! block-wise reassembly of the answer fails. An interface that comes up after the start is
+//! joined and listed too.
 
 use std::process::Command;
 
@@ -103,4 +104,107 @@ wait $pid
         miss.is_empty(),
         "unexpected answer to a non-matching multicast query: {miss:02x?}"
     );
+}
+
+/// An interface that comes up after the agent started (DHCP finishing after the service, which
+/// does not wait for network-online.target): within the re-scan interval the agent joins both
+/// OCF groups on it (the kernel's membership tables, /proc/net/igmp and igmp6) and lists its
+/// address among the endpoints of `/oic/res`.
+#[test]
+fn an_interface_that_comes_up_later_is_joined_and_listed() {
+    let dir = TempDir::new("late-iface");
+    let agent = binary("ocf-agent");
+    let d = dir.path().display().to_string();
+    let script = format!(
+        r#"
+set -eu
+ip link set lo up
+sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+'{agent}' --board sim --state-dir '{d}/state' --tcp 127.0.0.1:0 --insecure-dev >'{d}/out' 2>'{d}/err' &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+for i in $(seq 200); do grep -q 'ocf-agent: ready' '{d}/out' && break; sleep 0.05; done
+grep -q 'ocf-agent: ready' '{d}/out'
+cat /proc/net/igmp >'{d}/igmp-before'
+# The "LAN" appears: a veth pair, up, with an address on our end.
+ip link add ocf0 type veth peer name ocf1
+ip addr add 10.77.0.1/24 dev ocf0
+ip link set ocf1 up
+ip link set ocf0 up
+# Membership of 224.0.1.187 (BB0100E0 in /proc/net/igmp) on ocf0, within 30 s.
+joined() {{ awk '/^[0-9]/ {{ dev = $2 }} dev == "ocf0" && $1 == "BB0100E0" {{ found = 1 }} END {{ exit !found }}' /proc/net/igmp; }}
+for i in $(seq 300); do joined && break; sleep 0.1; done
+# The endpoints are updated in the same re-scan, after the joins; one more second for IPv6.
+sleep 1
+cat /proc/net/igmp >'{d}/igmp'
+cat /proc/net/igmp6 >'{d}/igmp6'
+ip -o link show ocf0 | cut -d: -f1 >'{d}/ifindex'
+'{client}' -B 5 -m get -o '{d}/res.cbor' 'coap://127.0.0.1/oic/res'
+kill -TERM $pid
+wait $pid
+"#,
+        agent = agent.display(),
+        d = d,
+        client = coap_client(),
+    );
+    let out = Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", &script])
+        .output()
+        .expect("run unshare (util-linux)");
+    let err = std::fs::read_to_string(dir.path().join("err")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "namespace script failed: {}\n{}\nagent log:\n{err}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+    // Not there at the start: the interface did not exist.
+    assert!(
+        !read("igmp-before").contains("ocf0"),
+        "{}",
+        read("igmp-before")
+    );
+    // /proc/net/igmp: a device line ("3  ocf0 : ...") followed by its groups.
+    let mut device = String::new();
+    let mut v4 = false;
+    for line in read("igmp").lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if line.starts_with(|c: char| c.is_ascii_digit()) {
+            device = fields.get(1).unwrap_or(&"").to_string();
+        } else if device == "ocf0" && fields.first() == Some(&"BB0100E0") {
+            v4 = true;
+        }
+    }
+    assert!(
+        v4,
+        "224.0.1.187 not joined on ocf0:\n{}\nlog:\n{err}",
+        read("igmp")
+    );
+    // /proc/net/igmp6: "idx device group ..." with the group in hex.
+    let index = read("ifindex").trim().to_string();
+    let v6 = read("igmp6").lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 2 && f[0] == index && f[1] == "ocf0" && f[2] == "ff020000000000000000000000000158"
+    });
+    assert!(
+        v6,
+        "ff02::158 not joined on ocf0:\n{}\nlog:\n{err}",
+        read("igmp6")
+    );
+    assert!(
+        err.contains("joined 224.0.1.187:5683") && err.contains("ocf0"),
+        "{err}"
+    );
+    // /oic/res lists the new address.
+    let bytes = std::fs::read(dir.path().join("res.cbor")).unwrap_or_default();
+    let links: Value = ciborium::de::from_reader(bytes.as_slice())
+        .unwrap_or_else(|e| panic!("no /oic/res answer ({e})\nagent log:\n{err}"));
+    let text = format!("{links:?}");
+    assert!(
+        text.contains("coap://10.77.0.1:5683"),
+        "{text}\nlog:\n{err}"
+    );
+    // Joining once per change: no errors logged for joins repeated at each re-scan.
+    assert!(!err.contains("cannot join"), "{err}");
 }

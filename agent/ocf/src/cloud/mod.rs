@@ -12,6 +12,7 @@ pub mod session;
 
 pub use payload::{Clec, CloudConf, CloudServer, ConfError, Cps, RdLink, Secret};
 pub use session::{
-    Action, CloudSession, DeviceInfo, PersistedState, Registration, RestoreError, Timing,
+    Action, CloudSession, ConnectError, DeviceInfo, PersistedState, Registration, RestoreError,
+    Timing,
 };
 pub mod uri;

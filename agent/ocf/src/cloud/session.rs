@@ -362,6 +362,23 @@ pub enum Action {
     Deregistered,
     /// Sign-out finished (or there was nothing to sign out from): safe to reboot.
     SignedOut,
+    /// The first of a run of connection attempts that failed because the cloud's certificate is
+    /// not valid yet by the device's clock ([`ConnectError::ClockBehind`]): tell the user the
+    /// clock is probably behind. Later failures of the same run are not reported again.
+    ClockBehind,
+}
+
+/// Why a connection attempt failed, as far as the session cares (the driver classifies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectError {
+    /// Unreachable, refused, reset, timed out, a TLS failure: the cloud may be down or wrong.
+    /// Retried with back-off; repeated, it makes `cps` `failed` (§7.1).
+    Network,
+    /// The cloud's certificate is not valid yet (RFC 5280 §4.1.2.5: now < notBefore). Boards
+    /// without a real-time clock (Pi 3/4, QEMU) start at the build date or 1970 until time
+    /// sync, so this is our clock, not the cloud: retried with the same back-off, but it never
+    /// changes `cps`/`clec` and never makes the device give up.
+    ClockBehind,
 }
 
 impl fmt::Debug for Action {
@@ -400,6 +417,7 @@ impl fmt::Debug for Action {
             }
             Self::Deregistered => f.write_str("Deregistered"),
             Self::SignedOut => f.write_str("SignedOut"),
+            Self::ClockBehind => f.write_str("ClockBehind"),
         }
     }
 }
@@ -586,6 +604,8 @@ pub struct CloudSession {
     /// The last deregistration reached the cloud (it answered), or there was no registration to
     /// tell it about; `false` if it was wiped without an answer (offline, timeout).
     deregistration_told: bool,
+    /// [`Action::ClockBehind`] was emitted since the last established connection.
+    clock_behind_told: bool,
 }
 
 impl fmt::Debug for CloudSession {
@@ -634,6 +654,7 @@ impl CloudSession {
             actions: VecDeque::new(),
             last_persisted: None,
             deregistration_told: false,
+            clock_behind_told: false,
         }
     }
 
@@ -823,6 +844,7 @@ impl CloudSession {
     pub fn handle_connected(&mut self, now: Instant) {
         match self.link {
             LinkState::Connecting { .. } => {
+                self.clock_behind_told = false;
                 self.link = LinkState::Up(Conn {
                     signed_in: false,
                     tokens_fresh: false,
@@ -852,6 +874,30 @@ impl CloudSession {
         };
         self.purge_connection_actions();
         self.connection_lost(now, kind);
+    }
+
+    /// The connection attempt asked for by [`Action::Connect`] failed, for `error`'s reason.
+    /// [`ConnectError::Network`] is the same as [`Self::handle_disconnected`].
+    pub fn handle_connect_failed(&mut self, error: ConnectError, now: Instant) {
+        if error == ConnectError::Network || !matches!(self.link, LinkState::Connecting { .. }) {
+            self.handle_disconnected(now);
+            return;
+        }
+        self.link = LinkState::Down;
+        self.purge_connection_actions();
+        match self.mode {
+            Mode::Active => {
+                if !self.clock_behind_told {
+                    self.clock_behind_told = true;
+                    self.actions.push_back(Action::ClockBehind);
+                }
+                // The usual back-off (it grows with `failures`), but not a failure on this
+                // server: no `failed`, no switch to an alternative server.
+                self.back_off(now);
+            }
+            // A sign-out or deregistration cannot reach the cloud either way.
+            _ => self.connection_lost(now, None),
+        }
     }
 
     /// A response arrived on the cloud connection. Returns `true` if it answered one of the
@@ -1264,6 +1310,18 @@ impl CloudSession {
                 self.set_status(Cps::Failed, clec);
             }
         }
+        self.back_off_delay(now);
+    }
+
+    /// Closes and waits a full-jitter back-off before the next attempt, counting a failure for
+    /// the back-off's growth only.
+    fn back_off(&mut self, now: Instant) {
+        self.close();
+        self.failures = self.failures.saturating_add(1);
+        self.back_off_delay(now);
+    }
+
+    fn back_off_delay(&mut self, now: Instant) {
         let delay = backoff_delay(
             self.failures,
             self.timing.backoff_base,

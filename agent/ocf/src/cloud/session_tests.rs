@@ -104,6 +104,7 @@ fn describe(a: &Action) -> String {
         Action::Unpublished { hrefs } => format!("Unpublished {}", hrefs.join(",")),
         Action::Deregistered => "Deregistered".into(),
         Action::SignedOut => "SignedOut".into(),
+        Action::ClockBehind => "ClockBehind".into(),
     }
 }
 
@@ -2025,6 +2026,87 @@ fn unreachable_cloud_while_registered_reports_failed_2_and_recovers() {
     // Back-off reset by the successful sign-in: the next retry is within 1 s again.
     b.s.handle_disconnected(b.now);
     assert!(b.s.poll_timeout().unwrap() - b.now <= secs(1));
+}
+
+/// A board without a real-time clock before time sync: every attempt fails because the cloud's
+/// certificate is not valid yet. The session keeps retrying with the usual back-off, reports the
+/// clock once per run of such failures, never touches cps/clec (no `failed`, no configuration
+/// dropped), and signs up as soon as the clock is right.
+#[test]
+fn a_clock_behind_is_retried_with_back_off_reported_once_and_never_fails() {
+    let mut b = Bench::new();
+    b.s.configure(conf(), b.now).unwrap();
+    b.s.set_provisioned(true, b.now);
+    let log = b.log();
+    assert_eq!(log.last(), Some(&format!("Connect {CIS} {SID}")), "{log:?}");
+    let status = (b.s.cps(), b.s.clec());
+    assert_eq!(status, (Cps::Registering, Clec::Ok));
+    for n in 1..=20u32 {
+        b.s.handle_connect_failed(ConnectError::ClockBehind, b.now);
+        let log = b.log();
+        if n == 1 {
+            assert_eq!(log, ["ClockBehind"]);
+        } else {
+            assert!(log.is_empty(), "failure {n}: {log:?}");
+        }
+        assert_eq!((b.s.cps(), b.s.clec()), status, "failure {n}");
+        let delay = b.s.poll_timeout().unwrap() - b.now;
+        assert!(
+            delay <= backoff_ceiling(n, secs(1), secs(60)),
+            "failure {n}: {delay:?}"
+        );
+        assert_eq!(b.fire_log(), [format!("Connect {CIS} {SID}")]);
+    }
+    // Clock failures are not failures of the cloud: the next network failures start counting
+    // from zero towards `failed` (the 6th).
+    for n in 1..=6u32 {
+        b.s.handle_connect_failed(ConnectError::Network, b.now);
+        let log = b.log();
+        if n == 6 {
+            assert_eq!(log, ["Status failed 2"]);
+        } else {
+            assert!(log.is_empty(), "network failure {n}: {log:?}");
+        }
+        b.fire();
+    }
+    // Time sync: the certificate is valid now, the sign-up goes out and succeeds.
+    let up = only_send(&b.connected());
+    assert_eq!(up.path, "/oic/sec/account");
+    let a = b.respond(&up, ResponseType::Changed, Some(sign_up_ok(-1)));
+    assert!(a.iter().any(|a| describe(a) == "Status registered 0"));
+    assert!(b.s.conf().is_some(), "the configuration is kept");
+}
+
+#[test]
+fn a_clock_behind_after_a_connection_is_reported_again_and_a_sign_out_still_finishes() {
+    let mut b = Bench::new();
+    b.signed_in(-1);
+    b.s.handle_disconnected(b.now);
+    b.drain();
+    // A reboot into 1970 (or a clock that jumped back): a new run, reported again.
+    for n in 1..=10u32 {
+        b.fire();
+        b.s.handle_connect_failed(ConnectError::ClockBehind, b.now);
+        let log = b.log();
+        assert_eq!(log.is_empty(), n > 1, "failure {n}: {log:?}");
+        assert_eq!((b.s.cps(), b.s.clec()), (Cps::Registered, Clec::Ok));
+    }
+    // A ClockBehind report is only for an attempt that was asked for.
+    b.s.handle_connect_failed(ConnectError::ClockBehind, b.now);
+    assert!(b.log().is_empty());
+    // A reboot asked for meanwhile: the sign-out cannot reach the cloud; it still finishes.
+    assert_eq!(b.fire_log(), [format!("Connect {CIS} {SID}")]);
+    b.s.sign_out(b.now);
+    let mut log = b.log();
+    b.s.handle_connect_failed(ConnectError::ClockBehind, b.now);
+    log.extend(b.log());
+    assert_eq!(
+        log.iter().filter(|l| *l == "SignedOut").count(),
+        1,
+        "{log:?}"
+    );
+    assert!(!log.contains(&"ClockBehind".to_string()), "{log:?}");
+    assert_eq!(b.s.poll_timeout(), None, "no retry while signed out");
 }
 
 /// A fleet that loses its cloud at the same instant does not come back at the same instant.
