@@ -58,7 +58,9 @@ fn main() -> ExitCode {
                         break;
                     }
                 }
-                let _ = up_w.shutdown(Shutdown::Write);
+                // The guest side is gone (or QEMU is): end the host side too, so this relay
+                // never outlives QEMU waiting on a peer that keeps the connection open.
+                let _ = up_w.shutdown(Shutdown::Both);
             });
             let mut up_r = up;
             let mut stdout = std::io::stdout().lock();
