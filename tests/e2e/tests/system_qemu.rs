@@ -446,7 +446,20 @@ fn pulled_plug(sys: &mut Sys, point: &str) {
     let onboarding = std::thread::spawn({
         let dir = med.dir.clone();
         let pin = pin.clone();
-        move || Mediator::new(&dir).onboard(&pin, &ep, &url, &[])
+        // A short --timeout: once QEMU is gone it would wait that long for `registered`.
+        move || {
+            Mediator::new(&dir).run(&[
+                "onboard",
+                "--pin",
+                &pin,
+                "--device",
+                &ep,
+                "--cloud",
+                &url,
+                "--timeout",
+                "8",
+            ])
+        }
     });
     let wanted = point.to_string();
     let hit = guest.wait_console(Duration::from_secs(60), point, |c| {
@@ -478,6 +491,8 @@ fn pulled_plug(sys: &mut Sys, point: &str) {
         Some(di.as_str()),
         "the di after a pulled plug"
     );
+    let rebooted = guest.started.elapsed();
+    let t_onboard = Instant::now();
     let again = med.onboard(&pin, &guest.ep(), &sys.url(), &[]);
     let outcome = if again.ok() && again.stdout.contains("cps registered") {
         if again.stdout.contains("already owned by this Mediator") {
@@ -514,9 +529,23 @@ fn pulled_plug(sys: &mut Sys, point: &str) {
         &guest.console(),
         &format!("after the plug was pulled at {point}"),
     );
+    let onboarded = t_onboard.elapsed();
     eprintln!(
-        "system: pulled plug at {point} ({:.1} s after QEMU start): {outcome}; card: {listing} ({:.1} s)",
+        "system: pulled plug at {point} ({:.1} s after QEMU start): {outcome}; card: {listing}; \
+         booted again to ready {:.1} s, onboarding {:.1} s (case {:.1} s)",
         killed_after.as_secs_f64(),
+        rebooted.as_secs_f64(),
+        onboarded.as_secs_f64(),
         t.elapsed().as_secs_f64()
     );
+    if onboarded > Duration::from_secs(15) {
+        // Why it took long: the agent's cloud link on the console.
+        let text = plain(&guest.console());
+        let cloud: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("ocf_agent::cloud") || l.contains("ocf-init: clock"))
+            .filter(|l| !l.contains("DEBUG"))
+            .collect();
+        eprintln!("system:   the agent's cloud link:\n{}", cloud.join("\n"));
+    }
 }
