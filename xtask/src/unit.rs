@@ -429,6 +429,30 @@ mod tests {
     }
 
     #[test]
+    fn hardening_lines_are_ignored_not_refused() {
+        let mut text = LAYER_UNIT.to_string();
+        text.push_str(
+            "NoNewPrivileges=yes\nCapabilityBoundingSet=\nProtectSystem=strict\n\
+             ReadWritePaths=-/sys/devices/platform\nDeviceAllow=char-i2c rw\n\
+             SystemCallFilter=~@privileged @resources\n[Install]\nWantedBy=multi-user.target\n",
+        );
+        let s = parse(&text).unwrap();
+        assert_eq!(
+            s,
+            Service {
+                ignored: s.ignored.clone(),
+                ..parse(LAYER_UNIT).unwrap()
+            }
+        );
+        for d in [
+            "CapabilityBoundingSet=",
+            "SystemCallFilter=~@privileged @resources",
+        ] {
+            assert!(s.ignored.iter().any(|i| i == d), "{:?}", s.ignored);
+        }
+    }
+
+    #[test]
     fn what_the_launcher_cannot_do_is_refused() {
         for bad in [
             "[Service]\nExecStart=/bin/x $FOO\n",

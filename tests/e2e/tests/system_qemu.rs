@@ -463,7 +463,7 @@ fn pulled_plug(sys: &mut Sys, point: &str) {
     });
     let wanted = point.to_string();
     let hit = guest.wait_console(Duration::from_secs(60), point, |c| {
-        points(c).iter().any(|p| *p == wanted).then_some(())
+        points(c).contains(&wanted).then_some(())
     });
     guest.kill();
     let killed_after = guest.started.elapsed();
