@@ -383,7 +383,12 @@ fn life(sys: &mut Sys) {
         .unwrap();
     // A reset may make the agent show a new PIN; else the label's stays.
     let pin2 = guest.pin().unwrap_or(pin.clone());
-    onboard_ok(sys, &pin2, &guest.ep());
+    let run = onboard_ok(sys, &pin2, &guest.ep());
+    assert!(
+        !run.stdout.contains("already owned") && run.output().contains(&new_di),
+        "the reset device is onboarded afresh under its new di:\n{}",
+        run.output()
+    );
     wait_for(Duration::from_secs(20), "the new di online", || {
         sys.online(&new_di).then_some(())
     });
