@@ -10,6 +10,10 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
+mod image;
+mod qemu;
+mod unit;
+
 /// Debian packages the test suite needs, with the command each one provides.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("libcoap3-bin", "coap-client-openssl"),
@@ -44,6 +48,8 @@ fn main() {
         Some("yocto-test") => ensure_debian_packages()
             .and_then(|()| ensure_python_venv(&workspace_root()))
             .and_then(|python| yocto::test(&workspace_root(), &python)),
+        Some("image") => image::command(&args[1..]),
+        Some("qemu") => qemu::command(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -53,7 +59,9 @@ fn main() {
                  bench            run the benchmarks and print the README table rows\n  \
                  fuzz SECONDS     run each cargo-fuzz target for SECONDS (needs nightly)\n  \
                  yocto-crates     write the Yocto recipe's crate list from Cargo.lock\n  \
-                 yocto-test       only the Yocto layer's checks (part of test)"
+                 yocto-test       only the Yocto layer's checks (part of test)\n  \
+                 image            assemble the QEMU raspi3b test image (target/qemu/image)\n  \
+                 qemu             boot the test image in QEMU with the dev cloud on the host"
             );
             exit(2);
         }
@@ -171,26 +179,55 @@ fn ensure_python_venv(root: &Path) -> Result<PathBuf, String> {
     Ok(python)
 }
 
+/// Runs one stage of `test`, printing how long it took (the suite must stay well inside CI's
+/// 90 minutes on 2 cores: the times show where they go).
+fn stage<T>(name: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    let start = std::time::Instant::now();
+    eprintln!("xtask: stage {name}");
+    let result = f();
+    let took = start.elapsed().as_secs_f64();
+    match &result {
+        Ok(_) => eprintln!("xtask: stage {name}: done in {took:.1} s"),
+        Err(_) => eprintln!("xtask: stage {name}: FAILED after {took:.1} s"),
+    }
+    result
+}
+
 fn test(extra: &[String]) -> Result<(), String> {
     let root = workspace_root();
-    ensure_debian_packages()?;
-    let python = ensure_python_venv(&root)?;
+    let started = std::time::Instant::now();
+    stage("Debian packages", ensure_debian_packages)?;
+    let python = stage("Python environment", || ensure_python_venv(&root))?;
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    check_rust_version(&root)?;
+    stage("build with the Yocto release's Rust", || {
+        check_rust_version(&root)
+    })?;
+    // The QEMU system test boots this image (tests/e2e/tests/system_qemu.rs).
+    let image = stage("QEMU test image", || image::build(&root, false))?;
     // The end-to-end tests start the real binaries: build them first, once.
-    run(Command::new(&cargo).current_dir(&root).args([
-        "build",
-        "--workspace",
-        "--bins",
-        "--locked",
-    ]))?;
-    run(Command::new(&cargo)
-        .current_dir(&root)
-        .env("OCF_INTEROP_PYTHON", &python)
-        .env("OCF_COAP_CLIENT", "coap-client-openssl")
-        .args(["test", "--workspace", "--locked"])
-        .args(extra))?;
-    yocto::test(&root, &python)
+    stage("build the binaries", || {
+        run(Command::new(&cargo).current_dir(&root).args([
+            "build",
+            "--workspace",
+            "--bins",
+            "--locked",
+        ]))
+    })?;
+    stage("cargo test", || {
+        run(Command::new(&cargo)
+            .current_dir(&root)
+            .env("OCF_INTEROP_PYTHON", &python)
+            .env("OCF_COAP_CLIENT", "coap-client-openssl")
+            .env("OCF_QEMU_IMAGE", &image)
+            .args(["test", "--workspace", "--locked"])
+            .args(extra))
+    })?;
+    stage("Yocto layer checks", || yocto::test(&root, &python))?;
+    eprintln!(
+        "xtask: test: every stage passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// The Rust the Yocto layer's release ships (wrynose, 6.0 LTS: 1.94.1), for the workspace's

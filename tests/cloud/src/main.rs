@@ -37,6 +37,11 @@ struct Cli {
     /// Seconds of silence before a keepalive Ping, and to wait for its Pong.
     #[arg(long, value_name = "SECONDS", default_value_t = 20, hide = true)]
     keepalive_secs: u64,
+    /// The coaps+tcp URI given to devices as `cis` (in /.well-known/ocf-cloud, which the
+    /// Mediator writes into CoAPCloudConf) when they reach --coap through a forward, e.g. a QEMU
+    /// guest's `guestfwd` address (default: the --coap listener's own address).
+    #[arg(long, value_name = "URI")]
+    device_cis: Option<String>,
     /// For tests only: present a server certificate whose validity starts SECONDS after the
     /// cloud starts (in memory; the stored one is kept), as a device whose clock is behind sees
     /// its cloud.
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         sid: cli.sid,
         apn: cli.apn,
         keepalive: Duration::from_secs(cli.keepalive_secs.max(1)),
+        device_cis: cli.device_cis,
         cert_not_before_offset: cli.cert_not_before_offset.map(Duration::from_secs),
     };
     let result = runtime.block_on(async {

@@ -41,6 +41,9 @@ pub struct Config {
     pub apn: String,
     /// Keepalive: silence before a Ping, and time to wait for its Pong.
     pub keepalive: Duration,
+    /// The coaps+tcp URI devices are given (`cis` in `/.well-known/ocf-cloud`), when they reach
+    /// the listener through a forward under another address; `None`: the listener's own.
+    pub device_cis: Option<String>,
     /// Tests only: present a server certificate that becomes valid this long after the start
     /// (what a device whose clock is behind sees).
     pub cert_not_before_offset: Option<Duration>,
@@ -99,7 +102,10 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
     let coap_addr = local(&coap)?;
     let plain_addr = plain.as_ref().map(local).transpose()?;
     let http_addr = local(&http)?;
-    let cis = format!("coaps+tcp://{coap_addr}");
+    let cis = cfg
+        .device_cis
+        .clone()
+        .unwrap_or_else(|| format!("coaps+tcp://{coap_addr}"));
     let cis_plain = plain_addr.map(|a| format!("coap+tcp://{a}"));
 
     let core = Core::new(
@@ -148,7 +154,9 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
 
     {
         let mut out = std::io::stdout().lock();
-        let mut lines = format!("ocf-dev-cloud: sid {sid}\nocf-dev-cloud: coap {cis}\n");
+        // The listener itself: a forwarded `cis` (--device-cis) is in /.well-known/ocf-cloud.
+        let mut lines =
+            format!("ocf-dev-cloud: sid {sid}\nocf-dev-cloud: coap coaps+tcp://{coap_addr}\n");
         if let Some(p) = &cis_plain {
             lines.push_str(&format!("ocf-dev-cloud: coap-plain {p}\n"));
         }
