@@ -18,6 +18,10 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+mod procedure;
+
+pub use procedure::{FactoryReset, Reboot, RebootMethod, RebootStep, ResetStep, ResetTiming};
+
 use crate::resource::{Backend, Interface, Policy, Props, Resource, ResourceError, Value};
 
 /// The resource's href.
@@ -78,6 +82,18 @@ pub struct Maintenance {
     requested: Option<Action>,
     under_way: Option<Action>,
     err: i64,
+    /// Runs of an action that have ended; the run under way or asked for is `runs + 1`.
+    runs: u64,
+    /// How the last run ended.
+    last: Option<(Action, Option<MaintenanceError>)>,
+}
+
+/// A claim on the outcome of one run of an action ([`Maintenance::join`]): the run that was
+/// under way or queued when it was asked for, or the one it queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    action: Action,
+    run: u64,
 }
 
 /// One [`Maintenance`] shared by the resource and the daemon.
@@ -105,6 +121,33 @@ impl Maintenance {
         }
     }
 
+    /// Asks for `action` like [`Maintenance::request`] and returns a claim on the outcome of the
+    /// run that will carry it out. A request while the same action is asked for or under way
+    /// joins that run: its requester learns that run's real outcome (a factory reset asked for
+    /// during a factory reset is the same reset, so it gets the same answer, never a made-up
+    /// success). The other action under way is 5.03, as for a POST.
+    pub fn join(&mut self, action: Action) -> Result<Ticket, ResourceError> {
+        self.request(action)?;
+        Ok(Ticket {
+            action,
+            run: self.runs + 1,
+        })
+    }
+
+    /// The outcome of the run `ticket` claims, once it ended: `Some(None)` for a clean end,
+    /// `Some(Some(e))` for an end with `err` = `e`; `None` while it has not ended.
+    pub fn outcome(&self, ticket: Ticket) -> Option<Option<MaintenanceError>> {
+        if self.runs < ticket.run {
+            return None;
+        }
+        match self.last {
+            Some((action, e)) if action == ticket.action && self.runs == ticket.run => Some(e),
+            // A later run ended since: the claimed one ended earlier, and its outcome is gone.
+            // The daemon reads outcomes as soon as runs end, so this is only a safe default.
+            _ => Some(None),
+        }
+    }
+
     /// The action to carry out now, if one was asked for; it is under way from now on.
     pub fn take_request(&mut self) -> Option<Action> {
         let action = self.requested.take()?;
@@ -115,7 +158,10 @@ impl Maintenance {
     /// The action under way ended, with `error` if it went wrong (then `err` shows it; a clean
     /// end clears `err`).
     pub fn finished(&mut self, error: Option<MaintenanceError>) {
-        self.under_way = None;
+        if let Some(action) = self.under_way.take() {
+            self.runs += 1;
+            self.last = Some((action, error));
+        }
         self.err = error.map_or(0, |e| e as i64);
     }
 
@@ -302,6 +348,37 @@ mod tests {
         assert_eq!(m.take_request(), Some(Action::FactoryReset));
         m.finished(None);
         assert_eq!(m.err(), 0, "a clean end clears err");
+    }
+
+    #[test]
+    fn a_reset_asked_for_during_a_reset_joins_it_and_gets_its_real_outcome() {
+        let mut m = Maintenance::new();
+        let first = m.join(Action::FactoryReset).unwrap();
+        assert_eq!(m.take_request(), Some(Action::FactoryReset));
+        // Asked again while it runs (the console, /oic/mnt, pstat): the same run, not a new one
+        // and not a made-up success.
+        let second = m.join(Action::FactoryReset).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(m.take_request(), None, "no second reset queued");
+        assert_eq!(m.outcome(second), None, "still running");
+        // A reboot meanwhile is 5.03.
+        assert!(matches!(
+            m.join(Action::Reboot),
+            Err(ResourceError::Unavailable(_))
+        ));
+        m.finished(Some(MaintenanceError::DeregistrationIncomplete));
+        assert_eq!(
+            m.outcome(first),
+            Some(Some(MaintenanceError::DeregistrationIncomplete))
+        );
+        assert_eq!(m.outcome(second), m.outcome(first));
+        // A request after it ended is a new run.
+        let third = m.join(Action::FactoryReset).unwrap();
+        assert_ne!(third, first);
+        assert_eq!(m.outcome(third), None);
+        assert_eq!(m.take_request(), Some(Action::FactoryReset));
+        m.finished(None);
+        assert_eq!(m.outcome(third), Some(None));
     }
 
     #[test]
