@@ -86,6 +86,8 @@ pub struct Maintenance {
     runs: u64,
     /// How the last run ended.
     last: Option<(Action, Option<MaintenanceError>)>,
+    /// An action a POST just queued, for [`crate::server::Server`] to act on.
+    fresh: Option<Action>,
 }
 
 /// A claim on the outcome of one run of an action ([`Maintenance::join`]): the run that was
@@ -232,9 +234,21 @@ impl Maintenance {
             ));
         }
         match wanted {
-            Some(action) => Ok(self.request(action)?.then_some(action)),
+            Some(action) => {
+                let queued = self.request(action)?.then_some(action);
+                if queued.is_some() {
+                    self.fresh = queued;
+                }
+                Ok(queued)
+            }
             None => Ok(None),
         }
+    }
+
+    /// The action a POST queued since the last call (to record it durably before the 2.04
+    /// goes out, and to wake whoever carries it out).
+    pub fn take_fresh(&mut self) -> Option<Action> {
+        self.fresh.take()
     }
 }
 
@@ -246,21 +260,20 @@ fn truncate(s: &str) -> &str {
     }
 }
 
-/// The `/oic/mnt` resource over `state`; `on_request` is called with an action just queued,
-/// before the 2.04 goes out (to record it durably and wake whoever carries it out).
-pub fn resource(state: SharedMaintenance, on_request: Box<dyn Fn(Action)>) -> Resource {
+/// The `/oic/mnt` resource over `state`. An action a POST queues is left in the state
+/// ([`Maintenance::take_fresh`]); nothing is called back.
+pub fn resource(state: SharedMaintenance) -> Resource {
     Resource::new(
         HREF,
         &[RT],
         &INTERFACES,
         Policy::discoverable_observable(),
-        Box::new(MaintenanceBackend { state, on_request }),
+        Box::new(MaintenanceBackend { state }),
     )
 }
 
 struct MaintenanceBackend {
     state: SharedMaintenance,
-    on_request: Box<dyn Fn(Action)>,
 }
 
 impl Backend for MaintenanceBackend {
@@ -273,14 +286,10 @@ impl Backend for MaintenanceBackend {
     }
 
     fn update(&mut self, props: &Props) -> Result<(), ResourceError> {
-        let queued = self
-            .state
+        self.state
             .try_borrow_mut()
             .map_err(|_| ResourceError::Unavailable("maintenance state busy".into()))?
             .apply_update(props)?;
-        if let Some(action) = queued {
-            (self.on_request)(action);
-        }
         Ok(())
     }
 }
@@ -290,7 +299,6 @@ mod tests {
     use super::*;
     use crate::resource::{Device, DeviceInfo, Method, Origin, PlatformInfo, Request, Response};
     use coap_lite::ResponseType;
-    use std::cell::Cell;
 
     fn props(pairs: &[(&str, Value)]) -> Props {
         pairs
@@ -419,8 +427,6 @@ mod tests {
     #[test]
     fn served_by_the_router_with_rt_interfaces_and_4_00() {
         let state: SharedMaintenance = Rc::new(RefCell::new(Maintenance::new()));
-        let woken = Rc::new(Cell::new(0));
-        let w = woken.clone();
         let mut device = Device::new(
             DeviceInfo {
                 di: "c0ffee00-0000-4000-8000-000000000001".into(),
@@ -433,15 +439,7 @@ mod tests {
             },
             PlatformInfo::default(),
         );
-        device
-            .add(resource(
-                state.clone(),
-                Box::new(move |a| {
-                    assert_eq!(a, Action::FactoryReset);
-                    w.set(w.get() + 1)
-                }),
-            ))
-            .unwrap();
+        device.add(resource(state.clone())).unwrap();
         let origin = Origin::Stream(1);
         let mut get = Request::new(Method::Get, HREF);
         get.query.push(("if".into(), "oic.if.baseline".into()));
@@ -463,10 +461,11 @@ mod tests {
         let r: Response = device.handle(&origin, &post(r#"{"fr":"yes"}"#), &[2]);
         assert_eq!(r.code, ResponseType::BadRequest);
         assert!(r.diagnostic().contains("boolean"), "{}", r.diagnostic());
-        assert_eq!(woken.get(), 0);
+        assert_eq!(state.borrow_mut().take_fresh(), None);
         let r = device.handle(&origin, &post(r#"{"fr":true}"#), &[3]);
         assert_eq!(r.code, ResponseType::Changed, "{}", r.diagnostic());
-        assert_eq!(woken.get(), 1);
+        assert_eq!(state.borrow_mut().take_fresh(), Some(Action::FactoryReset));
+        assert_eq!(state.borrow_mut().take_fresh(), None, "once");
         assert_eq!(
             state.borrow_mut().take_request(),
             Some(Action::FactoryReset)
