@@ -32,7 +32,7 @@ pub fn populate(board: &Board, agent: &Rc<Agent>) -> Result<Vec<DriverTask>, Str
     let live = LiveDevice::build(board, &HardwareEnv::default(), Instant::now())
         .map_err(|e| e.to_string())?;
     let mut tasks = Vec::new();
-    let mut device = agent.device.borrow_mut();
+    let mut device = agent.device();
     for r in live.resources {
         let types: Vec<&str> = r.resource_types.iter().map(String::as_str).collect();
         let mut resource = Resource::new(&r.href, &types, &r.interfaces, r.policy, r.backend);
@@ -72,7 +72,7 @@ fn apply(agent: &Agent, href: &str, report: SampleReport) {
         }
     }
     if report.notify {
-        agent.device.borrow_mut().mark_changed(href);
+        agent.device().mark_changed(href);
         agent.flush_notifications();
     }
 }

@@ -7,27 +7,27 @@
 //! [`Agent::open_stream`] so that observations the cloud makes (plgd's batch observation of
 //! `/oic/res?if=oic.if.b` included) are notified on it like on any local connection.
 //!
-//! - **Configuration**: CoAPCloudConf ([`crate::cloudconf`]) writes into the session through
-//!   [`Cloud::configure`] and wakes the task.
+//! - **Configuration**: CoAPCloudConf is served by [`ocf::server::Server`] over the session it
+//!   shares with this task; a write wakes the task ([`ocf::server::Event::CloudConfChanged`]).
 //! - **Persistence**: every [`Action::Persist`] is written atomically (0600) to `cloud.cbor` in
 //!   the state directory; it is restored at start, so a registered device signs in again after a
 //!   restart without a second sign-up (§7.5).
-//! - **Onboarding gate**: the link runs only in RFNOP ([`Cloud::set_provisioned`], driven by
-//!   [`crate::security`]); always in the development mode (`--insecure-dev`).
+//! - **Onboarding gate**: the link runs only in RFNOP; always in the development mode
+//!   (`--insecure-dev`). The server sets the session's gate and wakes the task.
 //! - **Transport**: `coaps+tcp://host[:5684]` (TLS 1.3 / 1.2 with the identity certificate of
 //!   `/oic/sec/cred` and the identity key, the cloud verified against the trust anchors
 //!   provisioned for its `sid` and CN `uuid:<sid>`, [`crate::tls`]) or, in the development
 //!   mode only, `coap+tcp://host[:5683]` (plain); TCP_NODELAY (§7.7); our CSM first (§2.4),
 //!   Pongs answered by [`TcpConnection`].
 //! - **Authorisation**: requests the cloud forwards are checked against the ACEs for the
-//!   cloud's `sid` ([`crate::security::Security::serve`]); without one they get 4.01.
+//!   cloud's `sid` ([`ocf::server::Server::handle`]); without one they get 4.01.
 //! - **Timing**: [`Timing::default`] is the documented behaviour. The hidden flag
 //!   `--cloud-timing KEY=VALUE,...` shortens it for tests (see [`parse_timing`]).
 //!
 //! Never logged: `at`, tokens, keys ([`Action`]'s and the payload types' `Debug` redact them;
 //! request bodies are not logged at all).
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -36,28 +36,26 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coap_lite::{MessageClass, Packet, ResponseType};
-use ocf::cloud::payload::from_cbor;
-use ocf::cloud::resource::{self, HREF};
+use coap_lite::{MessageClass, Packet};
+use ocf::cloud::resource::{SharedSession, HREF};
 use ocf::cloud::uri::CloudUri;
-use ocf::cloud::{Action, CloudSession, ConnectError, DeviceInfo, PersistedState, RdLink, Timing};
+use ocf::cloud::{Action, CloudSession, ConnectError, DeviceInfo, PersistedState, Timing};
 use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
-use ocf::resource::{Method, Origin, Props, Request, ResourceError, RES_HREF};
 use ocf::security::PeerIdentity;
+use ocf::server::{ConnKind, Peer};
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
-use crate::cloudconf::CloudConfBackend;
-use crate::security::{Security, Via};
+use crate::security::Credentials;
 use crate::server::Agent;
 use crate::state::{atomic_write, Identity};
 use crate::tls;
 
 /// The persisted cloud state ([`PersistedState`], CBOR) in the state directory.
-pub const STATE_FILE: &str = "cloud.cbor";
+pub const STATE_FILE: &str = crate::state::CLOUD_FILE;
 
 /// Largest message accepted from the cloud (announced in our CSM). plgd's RD responses echo
 /// the published links; 64 KiB leaves room for a board with many resources.
@@ -93,17 +91,15 @@ impl From<String> for ConnectFailure {
     }
 }
 
-/// The cloud controller shared by the link task and the CoAPCloudConf backend. Its session is
-/// borrowed only for the span of one call, never across an `await` or a call into the resource
-/// tree, so the two cannot collide on the single-threaded runtime.
+/// The cloud link's handle for the maintenance procedures: what they ask of the session, and
+/// what the link task tells them back. The session itself is the server's
+/// ([`ocf::server::Server::cloud`]), borrowed only for the span of one call.
 pub struct Cloud {
-    session: RefCell<CloudSession>,
-    wake: Notify,
-    device: RefCell<DeviceInfo>,
+    session: SharedSession,
     timing: Timing,
     /// A sign-out (before a reboot) finished: [`Action::SignedOut`] was seen.
     signed_out: Cell<bool>,
-    /// The session was replaced ([`Cloud::renew`]): whatever connection the link task still
+    /// The session was replaced (a factory reset): whatever connection the link task still
     /// holds belongs to the old identity and must be closed, even if the old session's
     /// `Disconnect` had not been executed yet.
     drop_link: Cell<bool>,
@@ -112,15 +108,10 @@ pub struct Cloud {
     deregistered: Notify,
 }
 
-/// CoAPCloudConf's href, for notifications.
-pub const CONF_HREF: &str = HREF;
-
 impl Cloud {
-    fn new(session: CloudSession, device: DeviceInfo, timing: Timing) -> Cloud {
+    fn new(session: SharedSession, timing: Timing) -> Cloud {
         Cloud {
-            session: RefCell::new(session),
-            wake: Notify::new(),
-            device: RefCell::new(device),
+            session,
             timing,
             signed_out: Cell::new(false),
             signed_out_notify: Notify::new(),
@@ -129,31 +120,29 @@ impl Cloud {
         }
     }
 
-    /// The onboarding gate (OCF-PROTOCOL.md §1 step 6): the link runs only while `provisioned`
-    /// (RFNOP); leaving it closes the connection without changing `cps`.
-    pub fn set_provisioned(&self, provisioned: bool) {
-        self.with_session(|s| s.set_provisioned(provisioned, Instant::now()));
-        self.wake.notify_one();
-    }
-
-    /// Deregisters (factory reset, §9, [`CloudSession::deregister`]) and waits until it is
-    /// complete: the cloud answered, the deregistration timeout passed, or there was no
-    /// connection. Either way the session ends unconfigured and its state is wiped. Returns
-    /// whether the cloud was told ([`CloudSession::deregistration_told`]).
-    pub async fn deregister(&self) -> bool {
+    /// Starts the deregistration of a factory reset ([`CloudSession::deregister`]): the cloud
+    /// answers, the session's deregistration timeout passes, or there is no connection; either
+    /// way the session ends unconfigured and its state is wiped.
+    pub fn start_deregister(&self, agent: &Agent) {
         info!("deregistering from the cloud");
         self.with_session(|s| s.deregister(Instant::now()));
-        self.wake.notify_one();
-        // The session bounds the wait itself; the slack only covers the link task's turn.
-        let limit = self.timing.deregister_timeout + Duration::from_secs(2);
-        let completed = tokio::time::timeout(limit, async {
-            while !self.is_unconfigured() {
-                self.deregistered.notified().await;
+        agent.cloud_wake.notify_one();
+    }
+
+    /// Resolves once a deregistration completed, with whether the cloud was told.
+    pub async fn deregistered(&self) -> bool {
+        loop {
+            let notified = self.deregistered.notified();
+            if self.is_unconfigured() {
+                return self.session.borrow().deregistration_told();
             }
-        })
-        .await
-        .is_ok();
-        completed && self.deregistration_told()
+            notified.await;
+        }
+    }
+
+    /// The bound of a deregistration: the session's own timeout and the link task's turn.
+    pub fn deregister_bound(&self) -> Duration {
+        self.timing.deregister_timeout + Duration::from_secs(2)
     }
 
     /// No cloud configuration (`cps` uninitialized): a deregistration has completed.
@@ -161,93 +150,41 @@ impl Cloud {
         self.session.borrow().cps() == ocf::cloud::Cps::Uninitialized
     }
 
-    /// Whether the last deregistration reached the cloud (see
-    /// [`CloudSession::deregistration_told`]).
-    fn deregistration_told(&self) -> bool {
-        self.session.borrow().deregistration_told()
-    }
-
-    /// After a factory reset: a fresh, unconfigured session for the device's new `di` and name,
-    /// offline until the device is onboarded again. The cloud file was wiped with the rest; an
-    /// unconfigured session is the absence of that file, so nothing is written.
-    pub fn renew(&self, di: &str, name: &str) {
-        let device = DeviceInfo {
-            di: di.to_string(),
-            name: name.to_string(),
-        };
-        *self.device.borrow_mut() = device.clone();
-        let fresh = CloudSession::new(device, self.timing, seed());
-        // The old session's queued actions go with it (a late Persist must not write the file
-        // the reset has just wiped); its connection is closed by the link task.
-        self.with_session(|s| *s = fresh);
+    /// After a factory reset gave the server a fresh session: the old connection is closed.
+    pub fn renewed(&self, agent: &Agent) {
         self.drop_link.set(true);
-        self.wake.notify_one();
+        agent.cloud_wake.notify_one();
     }
 
-    /// Signs out before a reboot (`login: false`, OCF-PROTOCOL.md §5.2) and waits, at most
-    /// `limit`, until the session reports it is done (answered, failed or timed out; at once if
-    /// not signed in). `true` if it finished in time.
-    pub async fn sign_out(&self, limit: Duration) -> bool {
+    /// Starts the sign-out before a reboot (`login: false`, OCF-PROTOCOL.md §5.2).
+    pub fn start_sign_out(&self, agent: &Agent) {
         self.signed_out.set(false);
         info!("signing out of the cloud");
         self.with_session(|s| s.sign_out(Instant::now()));
-        self.wake.notify_one();
-        let wait = async {
-            while !self.signed_out.get() {
-                self.signed_out_notify.notified().await;
+        agent.cloud_wake.notify_one();
+    }
+
+    /// Resolves once the session reports the sign-out done (answered, failed or timed out; at
+    /// once if not signed in).
+    pub async fn signed_out(&self) {
+        loop {
+            let notified = self.signed_out_notify.notified();
+            if self.signed_out.get() {
+                return;
             }
-        };
-        tokio::time::timeout(limit, wait).await.is_ok()
+            notified.await;
+        }
     }
 
     /// Connects again after a sign-out whose reboot did not happen.
-    pub fn resume(&self) {
+    pub fn resume(&self, agent: &Agent) {
         self.with_session(|s| s.resume(Instant::now()));
-        self.wake.notify_one();
+        agent.cloud_wake.notify_one();
     }
 
     /// How long a request to the cloud may take (the bound of a sign-out).
     pub fn request_timeout(&self) -> Duration {
         self.timing.request_timeout
-    }
-
-    /// CoAPCloudConf's properties (never `at`).
-    pub fn representation(&self) -> Result<Props, ResourceError> {
-        let session = self
-            .session
-            .try_borrow()
-            .map_err(|_| ResourceError::Unavailable("cloud state busy".into()))?;
-        Ok(resource::representation(&session))
-    }
-
-    /// A CoAPCloudConf update (OCF-PROTOCOL.md §4); `Err` is answered 4.00 with its text.
-    pub fn configure(&self, props: &Props) -> Result<(), ResourceError> {
-        let result = {
-            let mut session = self
-                .session
-                .try_borrow_mut()
-                .map_err(|_| ResourceError::Unavailable("cloud state busy".into()))?;
-            let r = resource::apply_update(&mut session, props, Instant::now());
-            match &r {
-                Ok(()) => match session.conf() {
-                    Some(c) => {
-                        info!(cis = %c.cis, sid = %c.sid, apn = %c.apn, cps = %session.cps(), "CoAPCloudConf written")
-                    }
-                    None => info!(cps = %session.cps(), "CoAPCloudConf: deregistration requested"),
-                },
-                Err(e) => info!("CoAPCloudConf update refused: {e}"),
-            }
-            r
-        };
-        self.wake.notify_one();
-        result.map_err(Into::into)
-    }
-
-    /// The device's set of discoverable resources changed: republish. (For resources added or
-    /// removed at run time; the link task also re-reads the links whenever it is woken.)
-    #[allow(dead_code)]
-    pub fn links_changed(&self) {
-        self.wake.notify_one();
     }
 
     fn next_action(&self) -> Option<Action> {
@@ -261,49 +198,43 @@ impl Cloud {
     /// Hands the device's current discoverable links to the session (which filters out the
     /// unpublished kinds and does nothing if the set is unchanged).
     fn sync_links(&self, agent: &Agent) {
-        let links = publishable_links(agent);
-        self.with_session(|s| s.set_links(links, Instant::now()));
+        let links = agent.server.borrow_mut().publishable_links();
+        match links {
+            Ok(links) => self.with_session(|s| s.set_links(links, Instant::now())),
+            Err(e) => warn!("{e}"),
+        }
     }
 }
 
-/// Sets up the cloud link: restores `cloud.cbor`, adds CoAPCloudConf to the resource tree and
-/// starts the link task, which connects only while the security allows it (RFNOP, or the
+/// The cloud timing: `--cloud-timing` (tests) or the documented default.
+pub fn timing(spec: Option<&str>) -> Result<Timing, String> {
+    match spec {
+        Some(spec) => parse_timing(spec),
+        None => Ok(Timing::default()),
+    }
+}
+
+/// Starts the link task over the server's session (restored from `cloud.cbor` with
+/// [`load_session`]), which connects only while the server's gate allows it (RFNOP, or the
 /// development mode). Call it once the resources are populated.
 pub fn start(
     state_dir: &Path,
     agent: &Rc<Agent>,
-    security: &Rc<Security>,
-    timing: Option<&str>,
+    credentials: &Rc<Credentials>,
+    timing: Timing,
     shutdown: watch::Receiver<bool>,
-) -> Result<Rc<Cloud>, String> {
-    let timing = match timing {
-        Some(spec) => parse_timing(spec)?,
-        None => Timing::default(),
-    };
-    let device = {
-        let d = agent.device.borrow();
-        DeviceInfo {
-            di: d.info().di.clone(),
-            name: d.info().name.clone(),
-        }
-    };
-    let mut session = load_session(state_dir, device.clone(), timing);
-    session.set_provisioned(security.cloud_allowed(), Instant::now());
-    let cloud = Rc::new(Cloud::new(session, device, timing));
-    security.set_cloud(cloud.clone());
-    agent
-        .device
-        .borrow_mut()
-        .add(CloudConfBackend::resource(cloud.clone()))?;
+) -> Rc<Cloud> {
+    let session = agent.server.borrow().cloud().clone();
+    let cloud = Rc::new(Cloud::new(session, timing));
     cloud.sync_links(agent);
     tokio::task::spawn_local(run(
         cloud.clone(),
         agent.clone(),
-        security.clone(),
+        credentials.clone(),
         state_dir.to_path_buf(),
         shutdown,
     ));
-    Ok(cloud)
+    cloud
 }
 
 /// `ocf-agent csr`: prints a PKCS#10 CSR (PEM) with CN `uuid:<di>` for the identity key,
@@ -322,7 +253,7 @@ fn seed() -> u64 {
 
 /// Restores `cloud.cbor`. A file that cannot be used is moved aside (named in the error log)
 /// and the device starts without cloud configuration: safe, and repaired by onboarding again.
-fn load_session(dir: &Path, device: DeviceInfo, timing: Timing) -> CloudSession {
+pub fn load_session(dir: &Path, device: DeviceInfo, timing: Timing) -> CloudSession {
     let path = dir.join(STATE_FILE);
     let unusable = |why: String| {
         crate::state::report_and_quarantine(
@@ -356,34 +287,6 @@ fn load_session(dir: &Path, device: DeviceInfo, timing: Timing) -> CloudSession 
         }
         Err(e) => unusable(format!("unusable cloud state ({e})")),
     }
-}
-
-/// The device's discoverable links as the RD wants them: no `anchor`, no `eps` (the local
-/// endpoints mean nothing to the cloud; iotivity-lite sends neither, §5.5).
-fn publishable_links(agent: &Agent) -> Vec<RdLink> {
-    let mut req = Request::new(Method::Get, RES_HREF);
-    req.query.push(("if".into(), "oic.if.ll".into()));
-    // Origin 0 is never a connection's id; a plain GET registers nothing anyway.
-    let response = agent
-        .device
-        .borrow_mut()
-        .handle(&Origin::Stream(0), &req, &[]);
-    if response.code != ResponseType::Content {
-        warn!("cannot list the device's links: {}", response.diagnostic());
-        return Vec::new();
-    }
-    let mut links: Vec<RdLink> = match from_cbor(&response.payload) {
-        Ok(l) => l,
-        Err(e) => {
-            warn!("cannot read the device's links: {e}");
-            return Vec::new();
-        }
-    };
-    for l in &mut links {
-        l.anchor = None;
-        l.eps = None;
-    }
-    links
 }
 
 /// `--cloud-timing`: comma-separated `KEY=VALUE` overriding [`Timing::default`], for tests.
@@ -433,15 +336,17 @@ pub fn parse_timing(spec: &str) -> Result<Timing, String> {
 /// for `coaps+tcp`, the TLS configuration with the device's credentials. A plain `coap+tcp`
 /// cloud is only allowed in the development mode (its requests could not be authenticated).
 fn prepare_connect(
-    security: &Security,
+    agent: &Agent,
+    credentials: &Credentials,
     uri: &str,
     sid: &str,
 ) -> Result<(CloudUri, Option<Arc<ClientConfig>>), String> {
     let target = CloudUri::parse(uri)?;
     if target.secure {
-        let config = security.cloud_client_config(sid)?;
+        let security = agent.server.borrow().security().clone();
+        let config = credentials.cloud_client_config(&security.borrow(), sid)?;
         Ok((target, Some(config)))
-    } else if security.dev_mode() {
+    } else if credentials.dev_mode() {
         Ok((target, None))
     } else {
         Err(format!(
@@ -542,7 +447,7 @@ impl Link {
 
     /// Closes the connection: a Release first if it is still healthy, then forget its
     /// observations.
-    async fn close(mut self, agent: &Agent, security: &Security, release: Option<&str>) {
+    async fn close(mut self, agent: &Agent, release: Option<&str>) {
         if let Some(reason) = release {
             let bytes = self.conn.release(reason);
             let _ = tokio::time::timeout(RELEASE_TIMEOUT, async {
@@ -551,7 +456,6 @@ impl Link {
             })
             .await;
         }
-        security.closed(self.id);
         agent.close_stream(self.id);
     }
 }
@@ -597,7 +501,7 @@ async fn recv_opt(outbox: Option<&mut mpsc::Receiver<Packet>>) -> Option<Packet>
 async fn run(
     cloud: Rc<Cloud>,
     agent: Rc<Agent>,
-    security: Rc<Security>,
+    credentials: Rc<Credentials>,
     dir: PathBuf,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -611,7 +515,7 @@ async fn run(
             connecting = None;
             if let Some(old) = link.take() {
                 debug!("closing the cloud connection of the identity a factory reset replaced");
-                old.close(&agent, &security, Some("factory reset")).await;
+                old.close(&agent, Some("factory reset")).await;
             }
         }
         // 1. Do what the session asks.
@@ -620,17 +524,17 @@ async fn run(
             match action {
                 Action::Connect { uri, sid } => {
                     if let Some(old) = link.take() {
-                        old.close(&agent, &security, Some("reconnecting")).await;
+                        old.close(&agent, Some("reconnecting")).await;
                     }
                     info!(%uri, %sid, "connecting to the cloud");
-                    let prepared = prepare_connect(&security, &uri, &sid);
+                    let prepared = prepare_connect(&agent, &credentials, &uri, &sid);
                     connecting = Some(Box::pin(connect(uri, prepared)));
                 }
                 Action::Disconnect => {
                     connecting = None;
                     if let Some(old) = link.take() {
                         debug!("closing the cloud connection");
-                        old.close(&agent, &security, Some("closing")).await;
+                        old.close(&agent, Some("closing")).await;
                     }
                     lost = None;
                 }
@@ -653,7 +557,7 @@ async fn run(
                 Action::Persist(state) => persist(&dir, &state),
                 Action::StatusChanged { cps, clec } => {
                     info!(%cps, clec = clec.as_u8(), "cloud status");
-                    agent.device.borrow_mut().mark_changed(HREF);
+                    agent.device().mark_changed(HREF);
                     agent.flush_notifications();
                 }
                 Action::Registered { uid } => info!(%uid, "signed up with the cloud"),
@@ -687,7 +591,7 @@ async fn run(
         if let Some(reason) = lost.take() {
             if let Some(old) = link.take() {
                 warn!("cloud connection lost: {reason}");
-                old.close(&agent, &security, None).await;
+                old.close(&agent, None).await;
                 cloud.with_session(|s| s.handle_disconnected(Instant::now()));
                 continue;
             }
@@ -701,7 +605,7 @@ async fn run(
         };
         let event = tokio::select! {
             _ = sleep_until_opt(deadline) => Event::Timer,
-            _ = cloud.wake.notified() => Event::Wake,
+            _ = agent.cloud_wake.notified() => Event::Wake,
             r = connect_opt(&mut connecting) => Event::Connected(r),
             r = read_opt(io, &mut buf) => Event::Read(r),
             p = recv_opt(outbox) => Event::Outbound(p),
@@ -716,8 +620,10 @@ async fn run(
             Event::Connected(Ok((io, identity))) => {
                 connecting = None;
                 let (id, outbox) = agent.open_stream();
-                security.cloud_opened(id, identity);
-                agent.device.borrow_mut().set_remote(Origin::Stream(id));
+                agent
+                    .server
+                    .borrow_mut()
+                    .open(id, ConnKind::Cloud { identity });
                 let mut l = Link {
                     io,
                     conn: TcpConnection::new(MAX_MESSAGE_SIZE),
@@ -734,7 +640,7 @@ async fn run(
                     }
                     Err(e) => {
                         warn!("cloud connection lost at once: {e}");
-                        l.close(&agent, &security, None).await;
+                        l.close(&agent, None).await;
                         cloud.with_session(|s| s.handle_disconnected(Instant::now()));
                     }
                 }
@@ -753,10 +659,10 @@ async fn run(
             }
             Event::Read(Ok(n)) if n > 0 => {
                 let Some(l) = link.as_mut() else { continue };
-                if let Err(reason) = receive(&cloud, &agent, &security, l, &buf[..n], now).await {
+                if let Err(reason) = receive(&cloud, &agent, l, &buf[..n], now).await {
                     if let Some(old) = link.take() {
                         warn!("cloud connection lost: {reason}");
-                        old.close(&agent, &security, None).await;
+                        old.close(&agent, None).await;
                         cloud.with_session(|s| s.handle_disconnected(Instant::now()));
                     }
                 }
@@ -767,7 +673,7 @@ async fn run(
                         Ok(_) => info!("the cloud closed the connection"),
                         Err(e) => warn!("cloud connection lost: {e}"),
                     }
-                    old.close(&agent, &security, None).await;
+                    old.close(&agent, None).await;
                     cloud.with_session(|s| s.handle_disconnected(now));
                 }
             }
@@ -776,7 +682,7 @@ async fn run(
                     if let Err(e) = l.send(&packet).await {
                         if let Some(old) = link.take() {
                             warn!("cloud connection lost: {e}");
-                            old.close(&agent, &security, None).await;
+                            old.close(&agent, None).await;
                             cloud.with_session(|s| s.handle_disconnected(Instant::now()));
                         }
                     }
@@ -787,14 +693,13 @@ async fn run(
                 // up): its observations are gone, so reconnect and let the cloud observe anew.
                 if let Some(old) = link.take() {
                     warn!("the cloud does not keep up with notifications; reconnecting");
-                    old.close(&agent, &security, Some("observer too slow"))
-                        .await;
+                    old.close(&agent, Some("observer too slow")).await;
                     cloud.with_session(|s| s.handle_disconnected(now));
                 }
             }
             Event::Shutdown => {
                 if let Some(old) = link.take() {
-                    old.close(&agent, &security, Some("shutting down")).await;
+                    old.close(&agent, Some("shutting down")).await;
                 }
                 return;
             }
@@ -807,14 +712,12 @@ async fn run(
 async fn receive(
     cloud: &Cloud,
     agent: &Agent,
-    security: &Security,
     link: &mut Link,
     bytes: &[u8],
     now: Instant,
 ) -> Result<(), String> {
     let events = link.conn.receive(bytes);
     cloud.with_session(|s| s.handle_received(now));
-    let origin = Origin::Stream(link.id);
     let mut out = Vec::new();
     let mut close = None;
     for event in events {
@@ -822,7 +725,9 @@ async fn receive(
             ConnEvent::Message(packet) => match packet.header.code {
                 MessageClass::Request(method) => {
                     // Authorised against the ACEs for the cloud's sid (crate::security).
-                    let response = security.serve(agent, &origin, &packet, Via::Cloud);
+                    let Some(response) = agent.serve(Peer::Cloud(link.id), &packet) else {
+                        continue;
+                    };
                     debug!(
                         ?method,
                         path = %uri_path(&packet),
@@ -890,15 +795,15 @@ fn persist(dir: &Path, state: &PersistedState) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Arc;
 
     use ciborium::Value;
-    use coap_lite::CoapOption;
+    use coap_lite::{CoapOption, ResponseType};
     use ocf::resource::{
-        Backend, Device, DeviceInfo as OcfDeviceInfo, Interface, PlatformInfo, Policy, Resource,
-        Response,
+        Backend, Device, DeviceInfo as OcfDeviceInfo, Interface, Method, PlatformInfo, Policy,
+        Props, Request, Resource, ResourceError, Response, RES_HREF,
     };
     use rustls::pki_types::PrivateKeyDer;
     use tokio::io::AsyncRead;
@@ -923,10 +828,14 @@ mod tests {
         }
     }
 
-    fn agent() -> Rc<Agent> {
+    /// The test device (a switch) behind a server with the security state of `dir`
+    /// (development mode: the interim files and no access control on the cloud link; else the
+    /// credentials of /oic/sec/cred and the ACEs), and its credentials.
+    pub(crate) fn agent(dir: &Path, dev_mode: bool) -> (Rc<Agent>, Rc<Credentials>) {
+        let di = crate::tls::tests::DI;
         let mut device = Device::new(
             OcfDeviceInfo {
-                di: crate::tls::tests::DI.into(),
+                di: di.into(),
                 piid: "c0ffee00-0000-4000-8000-000000000002".into(),
                 name: "test".into(),
                 device_type: "oic.d.switch".into(),
@@ -945,7 +854,49 @@ mod tests {
                 Box::new(Switch(false)),
             ))
             .unwrap();
-        Rc::new(Agent::new(device))
+        let (key, _) = tls::ensure_identity_key(dir).unwrap();
+        let credentials =
+            Rc::new(Credentials::new(dir.to_path_buf(), dev_mode, key, None).unwrap());
+        let timing = parse_timing("backoff-base=50ms").unwrap();
+        let session = load_session(
+            dir,
+            DeviceInfo {
+                di: di.into(),
+                name: "test".into(),
+            },
+            timing,
+        );
+        let server = ocf::server::Server::new(
+            device,
+            crate::security::load_state(dir, di).unwrap().0,
+            session,
+            ocf::server::Options {
+                dev_mode,
+                pin: ocf::security::Pin::new("12345678").unwrap(),
+                random: crate::security::random_fill,
+                default_name: "test".into(),
+                cloud_timing: timing,
+            },
+            Instant::now(),
+        )
+        .unwrap();
+        let config = credentials.server_config(di).unwrap();
+        let agent = Rc::new(Agent::new(server, dir.to_path_buf(), config));
+        (agent, credentials)
+    }
+
+    /// Writes CoAPCloudConf as a POST would, and wakes the link.
+    fn configure(agent: &Agent, props: &Props) {
+        let session = agent.server.borrow().cloud().clone();
+        ocf::cloud::resource::apply_update(&mut session.borrow_mut(), props, Instant::now())
+            .unwrap();
+        agent.cloud_wake.notify_one();
+    }
+
+    fn cps(agent: &Agent) -> Option<Value> {
+        let session = agent.server.borrow().cloud().clone();
+        let p = ocf::cloud::resource::representation(&session.borrow());
+        p.get("cps").cloned()
     }
 
     /// The cloud side of one connection, scripted by the test.
@@ -1049,11 +1000,11 @@ mod tests {
         F: Fn() -> Fut,
         Fut: Future<Output = S>,
     {
-        let agent = agent();
+        let (agent, credentials) = agent(dir, true);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let security = test_security(dir, true);
-        let cloud = start(dir, &agent, &security, Some("backoff-base=50ms"), stop_rx).unwrap();
-        cloud.configure(&conf(&cis, sid)).unwrap();
+        let timing = parse_timing("backoff-base=50ms").unwrap();
+        let _cloud = start(dir, &agent, &credentials, timing, stop_rx);
+        configure(&agent, &conf(&cis, sid));
         let mut c = FakeCloud::new(accept().await).await;
 
         let req = c
@@ -1134,10 +1085,7 @@ mod tests {
         };
         assert!(note.get_option(CoapOption::Observe).is_some());
 
-        assert_eq!(
-            cloud.representation().unwrap().get("cps"),
-            Some(&text("registered"))
-        );
+        assert_eq!(cps(&agent), Some(text("registered")));
         let state =
             PersistedState::from_cbor(&std::fs::read(dir.join(STATE_FILE)).unwrap()).unwrap();
         assert_eq!(state.cps, ocf::cloud::Cps::Registered);
@@ -1147,24 +1095,6 @@ mod tests {
         );
         let _ = stop_tx.send(true);
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    /// The device's security in `dir` (development mode: the interim files and no access
-    /// control on the cloud link; else the credentials of /oic/sec/cred and the ACEs).
-    fn test_security(dir: &Path, dev_mode: bool) -> Rc<Security> {
-        let (key, _) = tls::ensure_identity_key(dir).unwrap();
-        Security::new(crate::security::Options {
-            state_dir: dir.to_path_buf(),
-            state: crate::security::load_state(dir, crate::tls::tests::DI)
-                .unwrap()
-                .0,
-            default_name: "test".into(),
-            pin: ocf::security::Pin::new("12345678").unwrap(),
-            dev_mode,
-            identity_key: key,
-            manufacturer: None,
-        })
-        .unwrap()
     }
 
     fn ocf_text(v: &Value, k: &str) -> String {
@@ -1279,15 +1209,17 @@ mod tests {
         use crate::tls::tests::{leaf, pki, DI, SID};
         use ocf::security::cred::{CredUsage, NewCred};
         use ocf::security::{AclBackend, DosState, Trigger};
+        let _ = DosState::Rfotm;
         let dir = temp_dir("secure");
         let server = pki(&format!("uuid:{SID}"));
-        let security = test_security(&dir, false);
+        let (agent, credentials) = agent(&dir, false);
+        let security = agent.server.borrow().security().clone();
         // Onboarded as a Mediator would: identity certificate and trust anchor in
         // /oic/sec/cred (no interim files), owned, RFNOP.
         {
             let (key, _) = tls::ensure_identity_key(&dir).unwrap();
             let cert = leaf(&format!("uuid:{DI}"), &server.ca, &key).pem();
-            let mut s = security.state.borrow_mut();
+            let mut s = security.borrow_mut();
             s.add_local_credential(NewCred::new(None, DI, CredUsage::Cert, &cert, DI).unwrap())
                 .unwrap();
             s.add_local_credential(
@@ -1302,29 +1234,22 @@ mod tests {
             s.take_ownership(&owner).unwrap();
             s.set_dos(DosState::Rfnop, Trigger::Request).unwrap();
         }
+        let events = agent.server.borrow_mut().sync(Instant::now());
+        agent.execute(events);
         assert!(!dir.join(tls::IDENTITY_CERT).exists());
-        assert!(security.cloud_allowed());
+        assert!(agent.server.borrow().cloud_allowed());
         assert!(
-            prepare_connect(&security, "coap+tcp://127.0.0.1:5683", SID).is_err(),
+            prepare_connect(&agent, &credentials, "coap+tcp://127.0.0.1:5683", SID).is_err(),
             "no plain cloud outside the development mode"
         );
         let acceptor = cloud_acceptor(&server);
         local(async {
-            let agent = agent();
-            security.install_batch_filter(&agent);
             let (stop_tx, stop_rx) = watch::channel(false);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let cis = format!("coaps+tcp://{}", listener.local_addr().unwrap());
-            let cloud = start(
-                &dir,
-                &agent,
-                &security,
-                Some("backoff-base=50ms"),
-                stop_rx.clone(),
-            )
-            .unwrap();
-            tokio::task::spawn_local(security.clone().run_events(agent.clone(), stop_rx));
-            cloud.configure(&conf(&cis, SID)).unwrap();
+            let timing = parse_timing("backoff-base=50ms").unwrap();
+            let cloud = start(&dir, &agent, &credentials, timing, stop_rx.clone());
+            configure(&agent, &conf(&cis, SID));
             let tcp = listener.accept().await.unwrap().0;
             let mut c = FakeCloud::new(acceptor.accept(tcp).await.unwrap()).await;
             let token = |t: &str| {
@@ -1390,9 +1315,9 @@ mod tests {
             )]
             .into_iter()
             .collect();
-            AclBackend::new(security.state.clone())
-                .update(&ace)
-                .unwrap();
+            AclBackend::new(security.clone()).update(&ace).unwrap();
+            let events = agent.server.borrow_mut().sync(Instant::now());
+            agent.execute(events);
             let r = c.request(&Request::new(Method::Get, "/switch"), &[3]).await;
             assert_eq!(code(&r), ResponseType::Content);
             let r = c.request(&batch, &[4]).await;
@@ -1412,9 +1337,12 @@ mod tests {
                 .await;
             assert_eq!(code(&r), ResponseType::Unauthorized);
 
-            // Factory reset (pstat dos.s = 0): deregistration first, on the live connection.
-            security.state.borrow_mut().begin_factory_reset();
-            security.after_request();
+            // Factory reset: the deregistration goes out on the live connection first.
+            security.borrow_mut().begin_factory_reset();
+            let events = agent.server.borrow_mut().sync(Instant::now());
+            assert!(events.contains(&ocf::server::Event::FactoryResetRequested));
+            agent.execute(events);
+            cloud.start_deregister(&agent);
             let del = c.next().await;
             assert_eq!(
                 del.header.code,
@@ -1423,18 +1351,11 @@ mod tests {
             assert_eq!(uri_path(&del), "/oic/sec/account");
             c.send(&Response::new(ResponseType::Deleted).to_packet(del.get_token()))
                 .await;
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while security.state.borrow().dos() != DosState::Rfotm {
-                assert!(
-                    Instant::now() < deadline,
-                    "the factory reset did not finish"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let told = tokio::time::timeout(Duration::from_secs(5), cloud.deregistered())
+                .await
+                .expect("the deregistration did not finish");
+            assert!(told, "the cloud was told");
             assert!(cloud.is_unconfigured());
-            assert!(!security.cloud_allowed());
-            assert!(!dir.join(STATE_FILE).exists(), "the cloud state is wiped");
-            assert!(security.state.borrow().creds().creds().is_empty());
             let _ = stop_tx.send(true);
             tokio::time::sleep(Duration::from_millis(20)).await;
         });

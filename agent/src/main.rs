@@ -4,7 +4,6 @@ mod board;
 mod boot;
 mod cli;
 mod cloud;
-mod cloudconf;
 mod control;
 mod log;
 mod maintenance;
@@ -27,7 +26,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::cli::{Cli, Command};
-use crate::security::Security;
+use crate::security::Credentials;
 use crate::server::Agent;
 
 fn main() -> ExitCode {
@@ -133,19 +132,14 @@ async fn run(cli: Cli) -> Result<Stop, String> {
         info!("the secure endpoint presents the manufacturer certificate");
     }
     let facts = board::facts(&board);
-    let security = Security::new(security::Options {
-        state_dir: cli.state_dir.clone(),
-        state: boot.security,
-        pin,
-        dev_mode: cli.insecure_dev,
-        identity_key: boot.key,
+    let credentials = Rc::new(Credentials::new(
+        cli.state_dir.clone(),
+        cli.insecure_dev,
+        boot.key,
         manufacturer,
-        default_name: facts.device_name.clone(),
-    })?;
-    info!(
-        dos = security.state.borrow().dos().name(),
-        "security state loaded"
-    );
+    )?);
+    info!(dos = boot.security.dos().name(), "security state loaded");
+    let cloud_timing = cloud::timing(cli.cloud_timing.as_deref())?;
     let multicast_port: Option<u16> = match cli.multicast.as_str() {
         "off" => None,
         p => Some(
@@ -165,7 +159,7 @@ async fn run(cli: Cli) -> Result<Stop, String> {
         DeviceInfo {
             di: identity.di.clone(),
             piid: identity.piid.clone(),
-            name: identity.name.clone().unwrap_or(facts.device_name),
+            name: identity.name.clone().unwrap_or(facts.device_name.clone()),
             device_type: facts.device_type,
             spec_version: "ocf.2.5.0".into(),
             data_model_version: "ocf.res.1.3.0,ocf.sh.1.3.0".into(),
@@ -177,11 +171,33 @@ async fn run(cli: Cli) -> Result<Stop, String> {
             extra,
         },
     );
-    let agent = Rc::new(Agent::new(device));
-    agent.set_state_dir(cli.state_dir.clone());
-    for resource in security.resources() {
-        agent.device.borrow_mut().add(resource)?;
-    }
+    let session = cloud::load_session(
+        &cli.state_dir,
+        ocf::cloud::DeviceInfo {
+            di: identity.di.clone(),
+            name: device.info().name.clone(),
+        },
+        cloud_timing,
+    );
+    let mut server = ocf::server::Server::new(
+        device,
+        boot.security,
+        session,
+        ocf::server::Options {
+            dev_mode: cli.insecure_dev,
+            pin,
+            random: security::random_fill,
+            default_name: facts.device_name.clone(),
+            cloud_timing,
+        },
+        std::time::Instant::now(),
+    )?;
+    server.set_csr(credentials.csr_pem(&identity.di)?);
+    let agent = Rc::new(Agent::new(
+        server,
+        cli.state_dir.clone(),
+        credentials.server_config(&identity.di)?,
+    ));
     let maintenance = maintenance::Maintenance::new(match cli.reboot_exit_status {
         Some(status) => maintenance::RebootMethod::ExitStatus(status),
         None => maintenance::RebootMethod::Command {
@@ -189,10 +205,6 @@ async fn run(cli: Cli) -> Result<Stop, String> {
             timeout: cli.reboot_timeout,
         },
     });
-    agent
-        .device
-        .borrow_mut()
-        .add(maintenance.resource(security.clone()))?;
     let sensors = board::populate(&board, &agent)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -237,12 +249,7 @@ async fn run(cli: Cli) -> Result<Stop, String> {
         } else {
             unicast_v4.get_or_insert(socket.clone());
         }
-        tokio::task::spawn_local(udp::serve_unicast(
-            socket,
-            agent.clone(),
-            security.clone(),
-            stop_rx.clone(),
-        ));
+        tokio::task::spawn_local(udp::serve_unicast(socket, agent.clone(), stop_rx.clone()));
     }
     if cli.insecure_dev {
         let addr = cli.tcp.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 5683)));
@@ -252,12 +259,7 @@ async fn run(cli: Cli) -> Result<Stop, String> {
         let tcp_local = tcp.local_addr().map_err(|e| e.to_string())?;
         bound.push(("coap+tcp", tcp_local));
         tcp::log_listening(&tcp);
-        tokio::task::spawn_local(tcp::serve(
-            tcp,
-            agent.clone(),
-            security.clone(),
-            stop_rx.clone(),
-        ));
+        tokio::task::spawn_local(tcp::serve(tcp, agent.clone(), stop_rx.clone()));
     }
     let tls = tokio::net::TcpListener::bind(cli.tls)
         .await
@@ -265,15 +267,10 @@ async fn run(cli: Cli) -> Result<Stop, String> {
     let tls_local = tls.local_addr().map_err(|e| e.to_string())?;
     bound.push(("coaps+tcp", tls_local));
     tls_server::log_listening(&tls);
-    tokio::task::spawn_local(tls_server::serve(
-        tls,
-        agent.clone(),
-        security.clone(),
-        stop_rx.clone(),
-    ));
+    tokio::task::spawn_local(tls_server::serve(tls, agent.clone(), stop_rx.clone()));
 
     let groups = multicast_port.map(|port| {
-        let (agent, security, stop_rx) = (agent.clone(), security.clone(), stop_rx.clone());
+        let (agent, stop_rx) = (agent.clone(), stop_rx.clone());
         let (reply_v4, reply_v6) = (unicast_v4.clone(), unicast_v6.clone());
         udp::Groups::start(
             port,
@@ -283,15 +280,13 @@ async fn run(cli: Cli) -> Result<Stop, String> {
                     socket,
                     reply.clone(),
                     agent.clone(),
-                    security.clone(),
                     stop_rx.clone(),
                 ))
             }),
         )
     });
     let endpoints = advertised_endpoints(&bound);
-    agent.device.borrow_mut().set_endpoints(endpoints.clone());
-    security.install_batch_filter(&agent);
+    agent.device().set_endpoints(endpoints.clone());
     tokio::task::spawn_local(follow_interfaces(
         groups,
         bound,
@@ -305,14 +300,13 @@ async fn run(cli: Cli) -> Result<Stop, String> {
     let cloud = cloud::start(
         &cli.state_dir,
         &agent,
-        &security,
-        cli.cloud_timing.as_deref(),
+        &credentials,
+        cloud_timing,
         stop_rx.clone(),
-    )?;
-    tokio::task::spawn_local(security.clone().run_events(agent.clone(), stop_rx.clone()));
+    );
     tokio::task::spawn_local(maintenance.clone().run(
         agent.clone(),
-        security.clone(),
+        credentials.clone(),
         Some(cloud),
         stop_rx.clone(),
     ));
@@ -429,7 +423,7 @@ async fn follow_interfaces(
         if now != endpoints {
             let uris: Vec<String> = now.iter().map(Endpoint::uri).collect();
             info!(endpoints = ?uris, "the interfaces changed");
-            agent.device.borrow_mut().set_endpoints(now.clone());
+            agent.device().set_endpoints(now.clone());
             endpoints = now;
         }
     }

@@ -1,43 +1,188 @@
-//! The agent's shared state on the single-threaded runtime: the device's resource tree and the
-//! way back to every peer that may receive a notification.
+//! The agent's shared state on the single-threaded runtime: the sans-IO [`Server`] (resource
+//! tree, security, maintenance and cloud states, every access rule), the way back to every
+//! peer that may receive a notification, and the execution of the server's [`Event`]s.
+//!
+//! Every socket task hands its requests to [`Agent::serve`], which asks the server and carries
+//! out what it says: files are written before the answer goes out (`security.cbor`,
+//! `identity.json`), connections are closed, and the cloud link and the maintenance task are
+//! woken. Nothing here decides who may do what.
 
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
 
 use coap_lite::Packet;
 use ocf::resource::{Device, Origin};
-use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use ocf::security::PeerIdentity;
+use ocf::server::{ConnKind, Event, Peer, Server};
+use rustls::pki_types::CertificateDer;
+use rustls::ServerConfig;
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, error, info, warn};
+
+use crate::state::{atomic_write, Identity, SECURITY_FILE};
+use crate::tls;
 
 /// Notifications queued for one stream connection before it counts as stuck and is closed.
 pub const STREAM_QUEUE: usize = 64;
 
 pub struct Agent {
-    pub device: RefCell<Device>,
+    pub server: RefCell<Server>,
     streams: RefCell<HashMap<u64, mpsc::Sender<Packet>>>,
     udp_v4: RefCell<Option<mpsc::Sender<(SocketAddr, Packet)>>>,
     udp_v6: RefCell<Option<mpsc::Sender<(SocketAddr, Packet)>>>,
     next_stream: RefCell<u64>,
-    /// Where a device name set through `/oic/con` is kept.
-    state_dir: RefCell<Option<std::path::PathBuf>>,
+    /// The state directory (`security.cbor`, the device name in `identity.json`).
+    state_dir: PathBuf,
+    /// The secure endpoint's TLS configuration (a factory reset renews its certificate).
+    tls_config: RefCell<Arc<ServerConfig>>,
+    /// The client certificate chains of the open secure connections, re-verified when the
+    /// trust anchors change.
+    tls_chains: RefCell<HashMap<u64, Vec<CertificateDer<'static>>>>,
+    /// Wakes the cloud link's task (the gate opened or closed, CoAPCloudConf written).
+    pub cloud_wake: Notify,
+    /// Wakes the maintenance task (a factory reset or a reboot was asked for).
+    pub maintenance_wake: Notify,
 }
 
 impl Agent {
-    pub fn new(device: Device) -> Agent {
+    pub fn new(server: Server, state_dir: PathBuf, tls_config: Arc<ServerConfig>) -> Agent {
         Agent {
-            device: RefCell::new(device),
+            server: RefCell::new(server),
             streams: RefCell::new(HashMap::new()),
             udp_v4: RefCell::new(None),
             udp_v6: RefCell::new(None),
             next_stream: RefCell::new(1),
-            state_dir: RefCell::new(None),
+            state_dir,
+            tls_config: RefCell::new(tls_config),
+            tls_chains: RefCell::new(HashMap::new()),
+            cloud_wake: Notify::new(),
+            maintenance_wake: Notify::new(),
         }
     }
 
-    /// Keeps device-name changes in this state directory.
-    pub fn set_state_dir(&self, dir: std::path::PathBuf) {
-        *self.state_dir.borrow_mut() = Some(dir);
+    /// The resource tree (borrowed from the server for the span of the use).
+    pub fn device(&self) -> RefMut<'_, Device> {
+        RefMut::map(self.server.borrow_mut(), Server::device_mut)
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
+    /// The current TLS configuration of the secure endpoint.
+    pub fn tls_config(&self) -> Arc<ServerConfig> {
+        self.tls_config.borrow().clone()
+    }
+
+    pub fn set_tls_config(&self, config: Arc<ServerConfig>) {
+        *self.tls_config.borrow_mut() = config;
+    }
+
+    /// Serves one request from `peer` through the server and carries out its events (the
+    /// answer is `None` only for a multicast request that gets none).
+    pub fn serve(&self, peer: Peer, packet: &Packet) -> Option<Packet> {
+        let (response, events) = self
+            .server
+            .borrow_mut()
+            .handle(peer, packet, Instant::now());
+        self.execute(events);
+        self.flush_notifications();
+        response
+    }
+
+    /// Carries out the server's events, in order.
+    pub fn execute(&self, events: Vec<Event>) {
+        for event in events {
+            match event {
+                Event::PersistSecurityState(bytes) => {
+                    let path = self.state_dir.join(SECURITY_FILE);
+                    match atomic_write(&path, &bytes) {
+                        Ok(()) => debug!("security state saved"),
+                        Err(e) => {
+                            error!("{}: cannot save the security state: {e}", path.display())
+                        }
+                    }
+                }
+                Event::NameChanged(name) => match Identity::save_name(&self.state_dir, &name) {
+                    Ok(()) => info!(name = %name, "device name changed"),
+                    Err(e) => warn!("cannot keep the new device name: {e}"),
+                },
+                Event::CloseConnections(ids) => {
+                    for id in ids {
+                        debug!(
+                            connection = id,
+                            "closing a connection opened before the device was owned"
+                        );
+                        self.disconnect(id);
+                    }
+                }
+                Event::CloudMayStart | Event::CloudMustStop | Event::CloudConfChanged => {
+                    self.cloud_wake.notify_one()
+                }
+                Event::FactoryResetRequested | Event::RebootRequested => {
+                    self.maintenance_wake.notify_one()
+                }
+                Event::CredentialsChanged => {
+                    info!("credentials changed");
+                    self.reverify_chains();
+                }
+                Event::Security(e) => match e {
+                    ocf::security::SecurityEvent::OwnershipTransferred { owner_uuid } => {
+                        info!(owner = %owner_uuid, "the device is owned now")
+                    }
+                    ocf::security::SecurityEvent::StateChanged { from, to } => {
+                        info!(
+                            from = from.name(),
+                            to = to.name(),
+                            "onboarding state changed"
+                        )
+                    }
+                    ocf::security::SecurityEvent::AclChanged => {
+                        info!("access control list changed")
+                    }
+                    other => debug!(event = ?other, "security event"),
+                },
+            }
+        }
+    }
+
+    /// A secure connection `id` opened with the client's certificate chain (leaf first; empty
+    /// without a client certificate).
+    pub fn open_tls(&self, id: u64, chain: &[CertificateDer<'static>], exporter: Vec<u8>) {
+        let anchors = self.server.borrow().trust_anchors();
+        let identity = chain.first().and_then(|leaf| {
+            PeerIdentity::from_certificate_der(leaf, tls::chain_verifies(chain, &anchors)).ok()
+        });
+        match &identity {
+            Some(p) => {
+                debug!(connection = id, peer = ?p.uuid, verified = p.chain_verified, "client certificate")
+            }
+            None => debug!(connection = id, "no client certificate"),
+        }
+        self.tls_chains.borrow_mut().insert(id, chain.to_vec());
+        self.server
+            .borrow_mut()
+            .open(id, ConnKind::Tls { identity, exporter });
+    }
+
+    /// Recomputes whether each secure connection's certificate chains to a trust anchor.
+    fn reverify_chains(&self) {
+        let anchors = self.server.borrow().trust_anchors();
+        let verdicts: Vec<(u64, bool)> = self
+            .tls_chains
+            .borrow()
+            .iter()
+            .map(|(id, chain)| (*id, tls::chain_verifies(chain, &anchors)))
+            .collect();
+        let mut server = self.server.borrow_mut();
+        for (id, verified) in verdicts {
+            server.set_chain_verified(id, verified);
+        }
     }
 
     /// Registers a new stream connection; returns its id and the queue of packets to write.
@@ -53,10 +198,11 @@ impl Agent {
     /// Forgets a closed stream connection and ends its observations.
     pub fn close_stream(&self, id: u64) {
         self.streams.borrow_mut().remove(&id);
-        let mut device = self.device.borrow_mut();
-        let before = device.observer_count();
-        device.drop_origin(&Origin::Stream(id));
-        let ended = before - device.observer_count();
+        self.tls_chains.borrow_mut().remove(&id);
+        let mut server = self.server.borrow_mut();
+        let before = server.device().observer_count();
+        server.close(id);
+        let ended = before - server.device().observer_count();
         if ended > 0 {
             debug!(
                 connection = id,
@@ -82,15 +228,7 @@ impl Agent {
 
     /// Sends every pending notification to its observer.
     pub fn flush_notifications(&self) {
-        if let Some(name) = self.device.borrow_mut().take_name_change() {
-            if let Some(dir) = self.state_dir.borrow().as_ref() {
-                match crate::state::Identity::save_name(dir, &name) {
-                    Ok(()) => info!(name = %name, "device name changed"),
-                    Err(e) => warn!("cannot keep the new device name: {e}"),
-                }
-            }
-        }
-        let notifications = self.device.borrow_mut().take_notifications();
+        let notifications = self.server.borrow_mut().take_notifications();
         for n in notifications {
             match &n.origin {
                 Origin::Stream(id) => {
@@ -107,7 +245,7 @@ impl Agent {
                         }
                         streams.remove(id);
                         drop(streams);
-                        self.device.borrow_mut().drop_origin(&n.origin);
+                        self.device().drop_origin(&n.origin);
                     }
                 }
                 Origin::Udp(peer) => {

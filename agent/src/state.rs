@@ -207,6 +207,10 @@ pub struct StateLock {
 }
 
 pub const LOCK_FILE: &str = "agent.lock";
+/// The persisted security state (`ocf::security::SecurityState`, CBOR).
+pub const SECURITY_FILE: &str = "security.cbor";
+/// The persisted cloud state (`ocf::cloud::PersistedState`, CBOR).
+pub const CLOUD_FILE: &str = "cloud.cbor";
 
 impl StateLock {
     /// Takes the lock; `Ok(None)` if another process holds it.

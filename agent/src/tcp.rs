@@ -1,6 +1,6 @@
 //! CoAP over TCP (RFC 8323): the connection loop shared by the plain listener (development mode
 //! only) and the secure endpoint ([`crate::tls_server`]): one task per connection, framing and
-//! signalling in the sans-IO [`TcpConnection`], requests served through [`Security::serve`].
+//! signalling in the sans-IO [`TcpConnection`], requests served through [`Agent::serve`].
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -8,13 +8,12 @@ use std::time::Duration;
 use coap_lite::{CoapOption, MessageClass, Packet};
 use ocf::coap::block;
 use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
-use ocf::resource::Origin;
+use ocf::server::Peer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::security::{Security, Via};
 use crate::server::Agent;
 
 /// Largest message we accept. Our representations are small; a batch of `/oic/res` for a
@@ -29,12 +28,7 @@ pub const MAX_CONNECTIONS: usize = 64;
 const READ_CHUNK: usize = 4096;
 
 /// Serves the plain listener (development mode only, `--insecure-dev`).
-pub async fn serve(
-    listener: TcpListener,
-    agent: Rc<Agent>,
-    security: Rc<Security>,
-    shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, agent: Rc<Agent>, shutdown: watch::Receiver<bool>) {
     let live = Rc::new(std::cell::Cell::new(0usize));
     let mut stop = shutdown.clone();
     loop {
@@ -57,7 +51,6 @@ pub async fn serve(
         }
         live.set(live.get() + 1);
         let agent = agent.clone();
-        let security = security.clone();
         let live = live.clone();
         let shutdown = shutdown.clone();
         tokio::task::spawn_local(async move {
@@ -66,9 +59,8 @@ pub async fn serve(
             // the peer's delayed ACK.
             let _ = stream.set_nodelay(true);
             let (id, outbox) = agent.open_stream();
-            let origin = Origin::Stream(id);
             let result = run_connection(stream, &agent, id, outbox, shutdown, |packet| {
-                security.serve(&agent, &origin, packet, Via::Clear)
+                agent.serve(Peer::Tcp(id), packet).unwrap_or_default()
             })
             .await;
             if let Err(e) = result {

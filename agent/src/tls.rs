@@ -205,6 +205,31 @@ pub fn client_config_from(creds: CloudCredentials, sid: &str) -> Result<Arc<Clie
     Ok(Arc::new(config))
 }
 
+/// Whether a client's chain (leaf first) validates for client authentication against one of
+/// `anchors` (DER). No anchors, or anything malformed, is `false`.
+pub fn chain_verifies(chain: &[CertificateDer<'_>], anchors: &[Vec<u8>]) -> bool {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return false;
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for a in anchors {
+        // An anchor webpki cannot use is skipped, not fatal.
+        let _ = roots.add(CertificateDer::from(a.clone()));
+    }
+    if roots.is_empty() {
+        return false;
+    }
+    let Ok(verifier) =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+    else {
+        return false;
+    };
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .is_ok()
+}
+
 /// The TLS server name for a `cis` host: an IP literal as such (no SNI is sent for it), else a
 /// DNS name. Neither is matched against the certificate (see [`CloudVerifier`]).
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {

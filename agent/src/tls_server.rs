@@ -21,24 +21,20 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ocf::resource::Origin;
 use ocf::security::otm;
+use ocf::server::Peer;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
-use rustls::{
-    DigitallySignedStruct, DistinguishedName as TlsName, RootCertStore, ServerConfig,
-    SignatureScheme,
-};
+use rustls::server::NoServerSessionStorage;
+use rustls::{DigitallySignedStruct, DistinguishedName as TlsName, ServerConfig, SignatureScheme};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::security::{Security, Via};
 use crate::server::Agent;
 use crate::tcp;
 use crate::tls;
@@ -211,37 +207,8 @@ impl ClientCertVerifier for AnyClientCertificate {
     }
 }
 
-/// Whether a client's chain (leaf first) validates for client authentication against one of
-/// `anchors` (DER). No anchors, or anything malformed, is `false`.
-pub fn chain_verifies(chain: &[CertificateDer<'_>], anchors: &[Vec<u8>]) -> bool {
-    let Some((leaf, intermediates)) = chain.split_first() else {
-        return false;
-    };
-    let mut roots = RootCertStore::empty();
-    for a in anchors {
-        // An anchor webpki cannot use is skipped, not fatal.
-        let _ = roots.add(CertificateDer::from(a.clone()));
-    }
-    if roots.is_empty() {
-        return false;
-    }
-    let Ok(verifier) =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), tls::provider()).build()
-    else {
-        return false;
-    };
-    verifier
-        .verify_client_cert(leaf, intermediates, UnixTime::now())
-        .is_ok()
-}
-
 /// Serves the secure endpoint until shutdown.
-pub async fn serve(
-    listener: TcpListener,
-    agent: Rc<Agent>,
-    security: Rc<Security>,
-    shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, agent: Rc<Agent>, shutdown: watch::Receiver<bool>) {
     let live = Rc::new(std::cell::Cell::new(0usize));
     let mut stop = shutdown.clone();
     loop {
@@ -263,14 +230,9 @@ pub async fn serve(
             continue;
         }
         live.set(live.get() + 1);
-        let (agent, security, live, shutdown) = (
-            agent.clone(),
-            security.clone(),
-            live.clone(),
-            shutdown.clone(),
-        );
+        let (agent, live, shutdown) = (agent.clone(), live.clone(), shutdown.clone());
         tokio::task::spawn_local(async move {
-            connection(stream, peer, agent, security, shutdown).await;
+            connection(stream, peer, agent, shutdown).await;
             live.set(live.get() - 1);
         });
     }
@@ -280,12 +242,11 @@ async fn connection(
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     agent: Rc<Agent>,
-    security: Rc<Security>,
     shutdown: watch::Receiver<bool>,
 ) {
     // OCF-PROTOCOL.md §7.7: no Nagle delay on the last responses of a burst.
     let _ = stream.set_nodelay(true);
-    let acceptor = tokio_rustls::TlsAcceptor::from(security.server_config());
+    let acceptor = tokio_rustls::TlsAcceptor::from(agent.tls_config());
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -309,21 +270,12 @@ async fn connection(
     let version = conn.protocol_version();
     let certs: Option<Vec<CertificateDer<'static>>> = conn.peer_certificates().map(|c| c.to_vec());
     let (id, outbox) = agent.open_stream();
-    security.tls_opened(id, certs.as_deref().unwrap_or_default());
+    agent.open_tls(id, certs.as_deref().unwrap_or_default(), exporter.to_vec());
     debug!(%peer, connection = id, ?version, "secure connection opened");
-    let origin = Origin::Stream(id);
     let result = tcp::run_connection(tls, &agent, id, outbox, shutdown, |packet| {
-        security.serve(
-            &agent,
-            &origin,
-            packet,
-            Via::Tls {
-                exporter: &exporter,
-            },
-        )
+        agent.serve(Peer::Tls(id), packet).unwrap_or_default()
     })
     .await;
-    security.closed(id);
     if let Err(e) = result {
         debug!(%peer, connection = id, "secure connection ended: {e}");
     }
@@ -338,6 +290,7 @@ pub fn log_listening(listener: &TcpListener) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::chain_verifies;
     use crate::tls::tests::{ca, leaf, DI};
     use rcgen::PKCS_ECDSA_P256_SHA256;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

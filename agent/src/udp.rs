@@ -11,13 +11,13 @@ use std::time::Instant;
 use coap_lite::{MessageClass, Packet};
 use ocf::coap::block;
 use ocf::coap::udp::{UdpInbound, UdpMessageLayer};
-use ocf::resource::{Origin, Request};
+use ocf::resource::Origin;
+use ocf::server::Peer;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::security::{Security, Via};
 use crate::server::Agent;
 
 pub const OCF_GROUP_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 1, 187);
@@ -298,7 +298,6 @@ fn interface_list() -> Vec<InterfaceEntry> {
 pub async fn serve_unicast(
     socket: Rc<UdpSocket>,
     agent: Rc<Agent>,
-    security: Rc<Security>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let v6 = socket.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
@@ -317,8 +316,8 @@ pub async fn serve_unicast(
                 };
                 match layer.handle_datagram(peer, &buf[..n], Instant::now()) {
                     UdpInbound::Request(packet) => {
-                        // Discovery only, unless in the development mode (crate::security).
-                        let mut response = security.serve(&agent, &Origin::Udp(peer), &packet, Via::Clear);
+                        // Discovery only, unless in the development mode (ocf::server).
+                        let Some(mut response) = agent.serve(Peer::Udp(peer), &packet) else { continue };
                         block::apply_block2(&packet, &mut response, UDP_SZX);
                         let bytes = layer.respond(peer, &packet, response, Instant::now());
                         let _ = socket.send_to(&bytes, peer).await;
@@ -330,7 +329,7 @@ pub async fn serve_unicast(
                         if let Some(pos) = sent.iter().position(|(p, m, _)| *p == peer && *m == message_id) {
                             if let Some((_, _, token)) = sent.remove(pos) {
                                 debug!(%peer, "notification reset; ending the observation");
-                                agent.device.borrow_mut().cancel_observation(&Origin::Udp(peer), &token);
+                                agent.device().cancel_observation(&Origin::Udp(peer), &token);
                             }
                         }
                     }
@@ -357,7 +356,6 @@ pub async fn serve_multicast(
     socket: Rc<UdpSocket>,
     reply: Option<Rc<UdpSocket>>,
     agent: Rc<Agent>,
-    security: Rc<Security>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let Some(reply) = reply else {
@@ -373,11 +371,8 @@ pub async fn serve_multicast(
                 // Multicast requests are NON (RFC 7252 §8.1); anything else is not for us.
                 let UdpInbound::Request(packet) = layer.handle_datagram(peer, &buf[..n], Instant::now()) else { continue };
                 if !matches!(packet.header.code, MessageClass::Request(_)) { continue; }
-                let Ok(request) = Request::from_packet(&packet) else { continue };
-                if !security.multicast_allowed(&request) { continue; }
-                let answer = agent.device.borrow_mut().handle_multicast(&Origin::Udp(peer), &request);
-                if let Some(response) = answer {
-                    let mut response = response.to_packet(packet.get_token());
+                // Discovery only, and nothing when nothing matches (ocf::server).
+                if let Some(mut response) = agent.serve(Peer::Multicast(peer), &packet) {
                     block::apply_block2(&packet, &mut response, UDP_SZX);
                     let bytes = layer.respond(peer, &packet, response, Instant::now());
                     let _ = reply.send_to(&bytes, peer).await;

@@ -10,3 +10,4 @@ pub mod maintenance;
 pub mod model;
 pub mod resource;
 pub mod security;
+pub mod server;

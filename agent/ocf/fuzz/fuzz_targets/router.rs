@@ -1,14 +1,20 @@
-//! Fuzzes the request router (`ocf::resource::Device`) behind both transports.
+//! Fuzzes the device's one entry point (`ocf::server::Server::handle`: transport policy, access
+//! control, ownership transfer, DELETE, maintenance, the resource tree) behind every transport.
 //!
 //! Input: `[chunk, szx, n, shapes (n bytes), stream length (2 bytes, big-endian), stream,
 //! datagrams...]`, where the datagrams are records `[len, shape, datagram (len bytes)]`. The
 //! stream is pushed `chunk` bytes at a time through the RFC 8323 frame decoder and every decoded
-//! packet is served as if it came from connection 1; each datagram that parses as an RFC 7252
-//! message is served as unicast and as multicast from one of two UDP peers. After every message
+//! packet is served as if it came over the transport its shape's top bit picks (a secure local
+//! connection with the owner's certificate, or the cloud link with the cloud's), on connection 1;
+//! each datagram that parses as an RFC 7252 message is served as unicast and as multicast from
+//! one of two UDP peers, and also over plain coap+tcp. The server runs in the development mode
+//! when the first stream byte is odd (everything served, no access control) and secure
+//! otherwise, with an ACE giving the cloud everything, so both sides of every rule are reached. After every message
 //! the notifications are taken (the temperature changes each time, so observers are due), and
 //! each response is cut into blocks with `szx` as the daemon does. The device has `/oic/res`,
-//! `/oic/d`, `/oic/p`, a switch, a sensor that fails every third reading, and CoAPCloudConf on
-//! a `CloudSession`.
+//! `/oic/d`, `/oic/p`, `/oic/con`, the `/oic/sec/*` resources, `/oic/mnt`, a switch, a sensor
+//! that fails every third reading, and CoAPCloudConf on the server's `CloudSession`; every
+//! maintenance action asked for is taken and finished at once, so the rules run again.
 //!
 //! A shape byte (the i-th of `shapes` for the i-th frame, the record's own for a datagram; none
 //! or 0 leaves the message as it came) may overwrite the message's Uri-Path with one of the
@@ -28,17 +34,19 @@ use std::collections::LinkedList;
 
 use coap_lite::{CoapOption, MessageType, Packet};
 use libfuzzer_sys::fuzz_target;
-use ocf::cloud::resource as cloudconf;
 use ocf::cloud::session::{self, CloudSession, Timing};
 use ocf::coap::block;
 use ocf::coap::tcp::{self, FrameDecoder};
 use ocf::resource::endpoint::Endpoint;
 use ocf::resource::{
     encode_uint, Backend, Device, DeviceInfo, Interface, Origin, PlatformInfo, Policy, Props,
-    Request, Resource, ResourceError, OCF_ACCEPT_VERSION, OCF_CONTENT_VERSION,
+    Resource, ResourceError, OCF_ACCEPT_VERSION, OCF_CONTENT_VERSION,
 };
+use ocf::security::{AclBackend, PeerIdentity, Pin, SecurityState};
+use ocf::server::{ConnKind, Options, Peer, Server};
 
-const STREAM: Origin = Origin::Stream(1);
+const DI: &str = "2f1b6a3e-9c1d-4c3e-8f3a-0d3f5b8c9a11";
+const SID: &str = "9b8c6a0e-1f2d-4e3c-8a7b-6c5d4e3f2a1b";
 /// Max-Message-Size of the stream (the daemon's is of this order).
 const MAX_MESSAGE_SIZE: usize = 16 * 1024;
 
@@ -92,31 +100,22 @@ impl Backend for Thermo {
     }
 }
 
-/// CoAPCloudConf over a session, as the daemon's backend does it.
-struct CloudConf(CloudSession, Instant);
-
-impl Backend for CloudConf {
-    fn retrieve(&mut self) -> Result<Props, ResourceError> {
-        Ok(cloudconf::representation(&self.0))
-    }
-
-    fn update(&mut self, props: &Props) -> Result<(), ResourceError> {
-        let result = cloudconf::apply_update(&mut self.0, props, self.1);
-        while self.0.poll_action().is_some() {}
-        result.map_err(ResourceError::from)
-    }
-}
-
 fn now() -> Instant {
     static START: OnceLock<Instant> = OnceLock::new();
     *START.get_or_init(Instant::now)
 }
 
-fn device() -> Device {
-    let di = "2f1b6a3e-9c1d-4c3e-8f3a-0d3f5b8c9a11";
+/// A deterministic stand-in for the CSPRNG (the fuzzer needs reproducible runs).
+fn random(buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(151).wrapping_add(7);
+    }
+}
+
+fn server(dev_mode: bool) -> Server {
     let mut d = Device::new(
         DeviceInfo {
-            di: di.into(),
+            di: DI.into(),
             piid: "6d0f9ab2-33c3-4d8e-b1f1-5a7c0e2f4b60".into(),
             name: "fuzz".into(),
             device_type: "oic.d.sensor".into(),
@@ -146,26 +145,6 @@ fn device() -> Device {
         Box::new(Thermo(0)),
     ))
     .expect("add /temperature");
-    let session = CloudSession::new(
-        session::DeviceInfo {
-            di: di.into(),
-            name: "fuzz".into(),
-        },
-        Timing::default(),
-        7,
-    );
-    d.add(Resource::new(
-        cloudconf::HREF,
-        &[cloudconf::RT],
-        &cloudconf::INTERFACES,
-        cloudconf::policy(),
-        Box::new(CloudConf(session, now())),
-    ))
-    .expect("add CoAPCloudConf");
-    // /oic/mnt with a state that is never carried out: every request only exercises the rules.
-    let mnt = std::rc::Rc::new(std::cell::RefCell::new(ocf::maintenance::Maintenance::new()));
-    d.add(ocf::maintenance::resource(mnt, Box::new(|_| {})))
-        .expect("add /oic/mnt");
     d.set_endpoints(vec![
         Endpoint {
             scheme: "coap",
@@ -176,7 +155,67 @@ fn device() -> Device {
             addr: "127.0.0.1:5684".parse().unwrap(),
         },
     ]);
-    d
+    let session = CloudSession::new(
+        session::DeviceInfo {
+            di: DI.into(),
+            name: "fuzz".into(),
+        },
+        Timing::default(),
+        7,
+    );
+    let mut server = Server::new(
+        d,
+        SecurityState::new(DI),
+        session,
+        Options {
+            dev_mode,
+            pin: Pin::new("12345678").expect("PIN"),
+            random,
+            default_name: "fuzz".into(),
+            cloud_timing: Timing::default(),
+        },
+        now(),
+    )
+    .expect("server");
+    server.set_csr("-----BEGIN CERTIFICATE REQUEST-----\nMA==\n-----END CERTIFICATE REQUEST-----\n".into());
+    // An ACE that gives the cloud everything, so forwarded requests reach the tree.
+    let ace = Props::from([(
+        "aclist2".to_string(),
+        Value::Array(vec![Value::Map(vec![
+            (
+                "subject".into(),
+                Value::Map(vec![("uuid".into(), Value::Text(SID.into()))]),
+            ),
+            (
+                "resources".into(),
+                Value::Array(vec![Value::Map(vec![("wc".into(), Value::Text("*".into()))])]),
+            ),
+            ("permission".into(), Value::Integer(31.into())),
+        ])]),
+    )]);
+    let _ = AclBackend::new(server.security().clone()).update(&ace);
+    server.open(
+        1,
+        ConnKind::Tls {
+            identity: Some(PeerIdentity {
+                uuid: Some("00000000-0000-4000-8000-0000000000aa".into()),
+                spki_sha256: [7; 32],
+                chain_verified: false,
+            }),
+            exporter: vec![5; 32],
+        },
+    );
+    server.open(
+        2,
+        ConnKind::Cloud {
+            identity: Some(PeerIdentity {
+                uuid: Some(SID.into()),
+                spki_sha256: [9; 32],
+                chain_verified: true,
+            }),
+        },
+    );
+    server
 }
 
 /// Overwrites parts of a request as the shape byte says: bits 0-2 the Uri-Path, bits 3-5 the
@@ -238,10 +277,14 @@ fn send(request: &Packet, mut response: Packet, szx: u8, stream: bool) {
     }
 }
 
-/// Marks the sensor changed and sends what is due.
-fn notify(device: &mut Device, szx: u8) {
-    device.mark_changed("/temperature");
-    for n in device.take_notifications() {
+/// Takes and finishes whatever maintenance action was asked for (so the rules run again),
+/// marks the sensor changed and sends what is due.
+fn notify(server: &mut Server, szx: u8) {
+    if server.take_maintenance_request().is_some() {
+        server.maintenance_finished(None);
+    }
+    server.device_mut().mark_changed("/temperature");
+    for n in server.take_notifications() {
         send(
             &Packet::new(),
             n.packet,
@@ -264,7 +307,7 @@ fuzz_target!(|data: &[u8]| {
     let stream_len = usize::from(u16::from_be_bytes([*len_hi, *len_lo])).min(rest.len());
     let (stream, mut datagrams) = rest.split_at(stream_len);
 
-    let mut device = device();
+    let mut server = server(stream.first().is_some_and(|b| b & 1 == 1));
 
     let mut decoder = FrameDecoder::new(MAX_MESSAGE_SIZE);
     let mut frames = 0;
@@ -273,11 +316,16 @@ fuzz_target!(|data: &[u8]| {
         loop {
             match decoder.next_frame() {
                 Ok(Some(mut packet)) => {
-                    shape(&mut packet, shapes.get(frames).copied().unwrap_or(0));
+                    let sel = shapes.get(frames).copied().unwrap_or(0);
+                    shape(&mut packet, sel);
                     frames += 1;
-                    let response = device.handle_packet(&STREAM, &packet);
-                    send(&packet, response, szx, true);
-                    notify(&mut device, szx);
+                    // The owner's secure connection, or the cloud link.
+                    let peer = if frames % 2 == 0 { Peer::Cloud(2) } else { Peer::Tls(1) };
+                    let (response, _events) = server.handle(peer, &packet, now());
+                    if let Some(response) = response {
+                        send(&packet, response, szx, true);
+                    }
+                    notify(&mut server, szx);
                 }
                 Ok(None) => break,
                 Err(_) => break 'stream,
@@ -296,19 +344,22 @@ fuzz_target!(|data: &[u8]| {
         let peer = SocketAddr::from(([192, 0, 2, 1 + (len as u8 & 1)], 5683));
         let origin = Origin::Udp(peer);
         if packet.header.get_type() == MessageType::Reset {
-            device.cancel_observation(&origin, packet.get_token());
+            server.device_mut().cancel_observation(&origin, packet.get_token());
             continue;
         }
-        let response = device.handle_packet(&origin, &packet);
-        send(&packet, response, szx, false);
-        if let Ok(request) = Request::from_packet(&packet) {
-            if let Some(response) = device.handle_multicast(&origin, &request) {
-                send(&packet, response.to_packet(packet.get_token()), szx, false);
+        for (via, stream) in [
+            (Peer::Udp(peer), false),
+            (Peer::Multicast(peer), false),
+            (Peer::Tcp(3), true),
+        ] {
+            if let (Some(response), _events) = server.handle(via, &packet, now()) {
+                send(&packet, response, szx, stream);
             }
         }
-        notify(&mut device, szx);
+        notify(&mut server, szx);
     }
 
-    device.drop_origin(&STREAM);
-    notify(&mut device, szx);
+    server.close(1);
+    server.close(2);
+    notify(&mut server, szx);
 });

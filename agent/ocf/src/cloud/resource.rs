@@ -213,6 +213,49 @@ pub fn apply_update(
     session.configure(conf, now).map_err(UpdateError::Conf)
 }
 
+/// The session CoAPCloudConf reads and writes, shared with whoever drives the session.
+pub type SharedSession = std::rc::Rc<std::cell::RefCell<CloudSession>>;
+
+/// The time of the request being served, set by [`crate::server::Server::handle`] before it
+/// routes (the router's backends take no clock).
+pub type SharedClock = std::rc::Rc<std::cell::Cell<Instant>>;
+
+/// The CoAPCloudConf resource (rt [`RT`], [`INTERFACES`], discoverable and observable) over
+/// `session`: reads give [`representation`], writes go through [`apply_update`] at the time in
+/// `clock`. Nothing is called back: the session's queued actions tell its driver what to do.
+pub fn resource(session: SharedSession, clock: SharedClock) -> crate::resource::Resource {
+    crate::resource::Resource::new(
+        HREF,
+        &[RT],
+        &INTERFACES,
+        policy(),
+        Box::new(ConfBackend { session, clock }),
+    )
+}
+
+struct ConfBackend {
+    session: SharedSession,
+    clock: SharedClock,
+}
+
+impl crate::resource::Backend for ConfBackend {
+    fn retrieve(&mut self) -> Result<Props, ResourceError> {
+        let session = self
+            .session
+            .try_borrow()
+            .map_err(|_| ResourceError::Unavailable("cloud state busy".into()))?;
+        Ok(representation(&session))
+    }
+
+    fn update(&mut self, props: &Props) -> Result<(), ResourceError> {
+        let mut session = self
+            .session
+            .try_borrow_mut()
+            .map_err(|_| ResourceError::Unavailable("cloud state busy".into()))?;
+        apply_update(&mut session, props, self.clock.get()).map_err(Into::into)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -191,9 +191,12 @@ struct Observer {
 
 /// Decides whether the representation of the resource at `href`, read through its default
 /// interface, may go into a batch (`oic.if.b`) answer or notification of `/oic/res` for the peer
-/// of an [`Origin`]. The daemon passes one that asks its access control (see
-/// [`Device::set_batch_filter`]).
-pub type BatchFilter = Box<dyn Fn(&Origin, &str, Interface) -> bool>;
+/// of an [`Origin`]: `/oic/res` itself is open to anyone (discovery), but its batch form carries
+/// every resource's representation, so each item is included only if the filter allows it for
+/// the requester (as iotivity-lite checks its ACL per batch item). [`crate::server::Server`]
+/// passes its access decision with every request and every round of notifications, so a changed
+/// ACL takes effect for existing batch observers. Without a filter every item is included.
+pub type BatchFilter<'a> = &'a dyn Fn(&Origin, &str, Interface) -> bool;
 
 /// A resource tree with its observers.
 pub struct Device {
@@ -205,7 +208,6 @@ pub struct Device {
     /// the whole device keeps every observer's sequence increasing.
     next_sequence: u32,
     changed: BTreeSet<String>,
-    batch_filter: Option<BatchFilter>,
     /// Connections to the cloud: what they read is seen by remote clients, who reach the device
     /// through the cloud and have no business with its LAN addresses.
     remote: BTreeSet<Origin>,
@@ -228,7 +230,6 @@ impl Device {
             observers: Vec::new(),
             next_sequence: 2,
             changed: BTreeSet::new(),
-            batch_filter: None,
             remote: BTreeSet::new(),
             name: Rc::new(RefCell::new(String::new())),
             name_changed: Rc::new(RefCell::new(false)),
@@ -344,15 +345,6 @@ impl Device {
         Some(removed)
     }
 
-    /// Sets the filter for batch representations of `/oic/res`: `/oic/res` itself is open to
-    /// anyone (discovery), but its batch form carries every resource's representation, so each
-    /// item is included only if `filter` allows it for the requester (as iotivity-lite checks
-    /// its ACL per batch item). Checked again for every batch notification, so a changed ACL
-    /// takes effect for existing batch observers. Without a filter every item is included.
-    pub fn set_batch_filter(&mut self, filter: Option<BatchFilter>) {
-        self.batch_filter = filter;
-    }
-
     /// The endpoints listed as `eps` in discovery (see [`super::endpoint`]).
     pub fn set_endpoints(&mut self, endpoints: Vec<Endpoint>) {
         self.endpoints = endpoints;
@@ -407,7 +399,18 @@ impl Device {
 
     /// Serves a request. `token` identifies an observation registered by this request.
     pub fn handle(&mut self, origin: &Origin, req: &Request, token: &[u8]) -> Response {
-        match self.serve(origin, req, token) {
+        self.handle_filtered(origin, req, token, None)
+    }
+
+    /// [`Device::handle`] with a [`BatchFilter`] for batch representations of `/oic/res`.
+    pub fn handle_filtered(
+        &mut self,
+        origin: &Origin,
+        req: &Request,
+        token: &[u8],
+        filter: Option<BatchFilter<'_>>,
+    ) -> Response {
+        match self.serve(origin, req, token, filter) {
             Ok(r) => r,
             Err(r) => r,
         }
@@ -439,6 +442,7 @@ impl Device {
         origin: &Origin,
         req: &Request,
         token: &[u8],
+        filter: Option<BatchFilter<'_>>,
     ) -> Result<Response, Response> {
         // OCF-PROTOCOL.md §2.6: versions below 1.0.0 are refused; absent options mean 1.0.0.
         for v in [req.accept_version, req.content_version]
@@ -487,7 +491,7 @@ impl Device {
         };
 
         if req.path == RES_HREF {
-            return self.serve_discovery(origin, req, token, interface, format);
+            return self.serve_discovery(origin, req, token, interface, format, filter);
         }
         let idx = self
             .find(&req.path)
@@ -604,6 +608,7 @@ impl Device {
         token: &[u8],
         interface: Option<Interface>,
         format: ContentFormat,
+        filter: Option<BatchFilter<'_>>,
     ) -> Result<Response, Response> {
         if req.method != Method::Get {
             return Err(Response::error(
@@ -613,7 +618,7 @@ impl Device {
         }
         let interface = interface.unwrap_or(Interface::LinkList);
         let rt_filter = req.query_value("rt").map(str::to_string);
-        let rep = self.discovery(origin, interface, rt_filter.as_deref())?;
+        let rep = self.discovery(origin, interface, rt_filter.as_deref(), filter)?;
         let mut response = content_response(&rep, format, req)?;
         match req.observe {
             // Only the batch form is observable (OCF-PROTOCOL.md §3.1, §6.1: plgd hub's batch
@@ -634,6 +639,7 @@ impl Device {
         origin: &Origin,
         interface: Interface,
         rt: Option<&str>,
+        filter: Option<BatchFilter<'_>>,
     ) -> Result<Value, Response> {
         match interface {
             Interface::LinkList => Ok(Value::Array(self.links(origin, rt))),
@@ -657,7 +663,7 @@ impl Device {
                     let href = format!("ocf://{}{}", self.info.di, r.href);
                     let types = text_array(&r.types);
                     let default_if = r.default_interface();
-                    if let Some(allowed) = &self.batch_filter {
+                    if let Some(allowed) = filter {
                         if !allowed(origin, &r.href, default_if) {
                             continue;
                         }
@@ -743,6 +749,14 @@ impl Device {
 
     /// Notifications for everything that changed since the last call.
     pub fn take_notifications(&mut self) -> Vec<Notification> {
+        self.take_notifications_filtered(None)
+    }
+
+    /// [`Device::take_notifications`] with a [`BatchFilter`] for batch notifications.
+    pub fn take_notifications_filtered(
+        &mut self,
+        filter: Option<BatchFilter<'_>>,
+    ) -> Vec<Notification> {
         if self.changed.is_empty() {
             return Vec::new();
         }
@@ -766,7 +780,7 @@ impl Device {
                 continue;
             }
             let rep = if observer.href == RES_HREF {
-                self.discovery(&observer.origin, observer.interface, None)
+                self.discovery(&observer.origin, observer.interface, None, filter)
             } else {
                 match self.find(&observer.href) {
                     Some(idx) => self.representation(idx, observer.interface),

@@ -643,13 +643,12 @@ fn handle_packet_round_trip_keeps_the_token() {
 fn batch_filter_decides_per_item_and_origin_also_for_notifications() {
     let mut d = device();
     let allowed = Origin::Stream(7);
-    d.set_batch_filter(Some(Box::new(
-        move |origin: &Origin, href: &str, iface: Interface| {
-            // The resource's default interface is what the item is read through.
-            assert!(href != "/switch" || iface == Interface::Actuator);
-            *origin == allowed && href == "/switch"
-        },
-    )));
+    let filter = move |origin: &Origin, href: &str, iface: Interface| {
+        // The resource's default interface is what the item is read through.
+        assert!(href != "/switch" || iface == Interface::Actuator);
+        *origin == allowed && href == "/switch"
+    };
+    let f: Option<crate::resource::BatchFilter<'_>> = Some(&filter);
     let hrefs = |v: &Value| -> Vec<String> {
         v.as_array()
             .unwrap()
@@ -657,31 +656,33 @@ fn batch_filter_decides_per_item_and_origin_also_for_notifications() {
             .map(|i| get_key(i, "href").unwrap().as_text().unwrap().to_string())
             .collect()
     };
-    let r = d.handle(
+    let r = d.handle_filtered(
         &Origin::Stream(7),
         &get("/oic/res", &[("if", "oic.if.b")]),
         &[],
+        f,
     );
     assert_eq!(hrefs(&body(&r)), [format!("ocf://{DI}/switch")]);
-    let r = d.handle(
+    let r = d.handle_filtered(
         &Origin::Stream(8),
         &get("/oic/res", &[("if", "oic.if.b")]),
         &[],
+        f,
     );
     assert!(
         hrefs(&body(&r)).is_empty(),
         "nothing for a requester the filter refuses"
     );
     // The link list is discovery: not filtered.
-    let r = d.handle(&Origin::Stream(8), &get("/oic/res", &[]), &[]);
+    let r = d.handle_filtered(&Origin::Stream(8), &get("/oic/res", &[]), &[], f);
     assert_eq!(body(&r).as_array().unwrap().len(), 6);
     // Notifications of a batch observation are filtered for their observer too.
     let mut req = get("/oic/res", &[("if", "oic.if.b")]);
     req.observe = Some(0);
-    d.handle(&Origin::Stream(8), &req, b"b8");
-    d.handle(&Origin::Stream(7), &req, b"b7");
+    d.handle_filtered(&Origin::Stream(8), &req, b"b8", f);
+    d.handle_filtered(&Origin::Stream(7), &req, b"b7", f);
     d.mark_changed("/temperature");
-    let notes = d.take_notifications();
+    let notes = d.take_notifications_filtered(f);
     assert_eq!(notes.len(), 2);
     for n in notes {
         let items = hrefs(&body(&Response::from_packet(&n.packet).unwrap()));
@@ -690,7 +691,6 @@ fn batch_filter_decides_per_item_and_origin_also_for_notifications() {
             _ => assert!(items.is_empty()),
         }
     }
-    d.set_batch_filter(None);
     let r = d.handle(
         &Origin::Stream(8),
         &get("/oic/res", &[("if", "oic.if.b")]),

@@ -18,6 +18,10 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+mod procedure;
+
+pub use procedure::{FactoryReset, Reboot, RebootMethod, RebootStep, ResetStep, ResetTiming};
+
 use crate::resource::{Backend, Interface, Policy, Props, Resource, ResourceError, Value};
 
 /// The resource's href.
@@ -78,6 +82,20 @@ pub struct Maintenance {
     requested: Option<Action>,
     under_way: Option<Action>,
     err: i64,
+    /// Runs of an action that have ended; the run under way or asked for is `runs + 1`.
+    runs: u64,
+    /// How the last run ended.
+    last: Option<(Action, Option<MaintenanceError>)>,
+    /// An action a POST just queued, for [`crate::server::Server`] to act on.
+    fresh: Option<Action>,
+}
+
+/// A claim on the outcome of one run of an action ([`Maintenance::join`]): the run that was
+/// under way or queued when it was asked for, or the one it queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    action: Action,
+    run: u64,
 }
 
 /// One [`Maintenance`] shared by the resource and the daemon.
@@ -105,6 +123,33 @@ impl Maintenance {
         }
     }
 
+    /// Asks for `action` like [`Maintenance::request`] and returns a claim on the outcome of the
+    /// run that will carry it out. A request while the same action is asked for or under way
+    /// joins that run: its requester learns that run's real outcome (a factory reset asked for
+    /// during a factory reset is the same reset, so it gets the same answer, never a made-up
+    /// success). The other action under way is 5.03, as for a POST.
+    pub fn join(&mut self, action: Action) -> Result<Ticket, ResourceError> {
+        self.request(action)?;
+        Ok(Ticket {
+            action,
+            run: self.runs + 1,
+        })
+    }
+
+    /// The outcome of the run `ticket` claims, once it ended: `Some(None)` for a clean end,
+    /// `Some(Some(e))` for an end with `err` = `e`; `None` while it has not ended.
+    pub fn outcome(&self, ticket: Ticket) -> Option<Option<MaintenanceError>> {
+        if self.runs < ticket.run {
+            return None;
+        }
+        match self.last {
+            Some((action, e)) if action == ticket.action && self.runs == ticket.run => Some(e),
+            // A later run ended since: the claimed one ended earlier, and its outcome is gone.
+            // The daemon reads outcomes as soon as runs end, so this is only a safe default.
+            _ => Some(None),
+        }
+    }
+
     /// The action to carry out now, if one was asked for; it is under way from now on.
     pub fn take_request(&mut self) -> Option<Action> {
         let action = self.requested.take()?;
@@ -115,7 +160,10 @@ impl Maintenance {
     /// The action under way ended, with `error` if it went wrong (then `err` shows it; a clean
     /// end clears `err`).
     pub fn finished(&mut self, error: Option<MaintenanceError>) {
-        self.under_way = None;
+        if let Some(action) = self.under_way.take() {
+            self.runs += 1;
+            self.last = Some((action, error));
+        }
         self.err = error.map_or(0, |e| e as i64);
     }
 
@@ -186,9 +234,21 @@ impl Maintenance {
             ));
         }
         match wanted {
-            Some(action) => Ok(self.request(action)?.then_some(action)),
+            Some(action) => {
+                let queued = self.request(action)?.then_some(action);
+                if queued.is_some() {
+                    self.fresh = queued;
+                }
+                Ok(queued)
+            }
             None => Ok(None),
         }
+    }
+
+    /// The action a POST queued since the last call (to record it durably before the 2.04
+    /// goes out, and to wake whoever carries it out).
+    pub fn take_fresh(&mut self) -> Option<Action> {
+        self.fresh.take()
     }
 }
 
@@ -200,21 +260,20 @@ fn truncate(s: &str) -> &str {
     }
 }
 
-/// The `/oic/mnt` resource over `state`; `on_request` is called with an action just queued,
-/// before the 2.04 goes out (to record it durably and wake whoever carries it out).
-pub fn resource(state: SharedMaintenance, on_request: Box<dyn Fn(Action)>) -> Resource {
+/// The `/oic/mnt` resource over `state`. An action a POST queues is left in the state
+/// ([`Maintenance::take_fresh`]); nothing is called back.
+pub fn resource(state: SharedMaintenance) -> Resource {
     Resource::new(
         HREF,
         &[RT],
         &INTERFACES,
         Policy::discoverable_observable(),
-        Box::new(MaintenanceBackend { state, on_request }),
+        Box::new(MaintenanceBackend { state }),
     )
 }
 
 struct MaintenanceBackend {
     state: SharedMaintenance,
-    on_request: Box<dyn Fn(Action)>,
 }
 
 impl Backend for MaintenanceBackend {
@@ -227,14 +286,10 @@ impl Backend for MaintenanceBackend {
     }
 
     fn update(&mut self, props: &Props) -> Result<(), ResourceError> {
-        let queued = self
-            .state
+        self.state
             .try_borrow_mut()
             .map_err(|_| ResourceError::Unavailable("maintenance state busy".into()))?
             .apply_update(props)?;
-        if let Some(action) = queued {
-            (self.on_request)(action);
-        }
         Ok(())
     }
 }
@@ -244,7 +299,6 @@ mod tests {
     use super::*;
     use crate::resource::{Device, DeviceInfo, Method, Origin, PlatformInfo, Request, Response};
     use coap_lite::ResponseType;
-    use std::cell::Cell;
 
     fn props(pairs: &[(&str, Value)]) -> Props {
         pairs
@@ -305,6 +359,37 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_asked_for_during_a_reset_joins_it_and_gets_its_real_outcome() {
+        let mut m = Maintenance::new();
+        let first = m.join(Action::FactoryReset).unwrap();
+        assert_eq!(m.take_request(), Some(Action::FactoryReset));
+        // Asked again while it runs (the console, /oic/mnt, pstat): the same run, not a new one
+        // and not a made-up success.
+        let second = m.join(Action::FactoryReset).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(m.take_request(), None, "no second reset queued");
+        assert_eq!(m.outcome(second), None, "still running");
+        // A reboot meanwhile is 5.03.
+        assert!(matches!(
+            m.join(Action::Reboot),
+            Err(ResourceError::Unavailable(_))
+        ));
+        m.finished(Some(MaintenanceError::DeregistrationIncomplete));
+        assert_eq!(
+            m.outcome(first),
+            Some(Some(MaintenanceError::DeregistrationIncomplete))
+        );
+        assert_eq!(m.outcome(second), m.outcome(first));
+        // A request after it ended is a new run.
+        let third = m.join(Action::FactoryReset).unwrap();
+        assert_ne!(third, first);
+        assert_eq!(m.outcome(third), None);
+        assert_eq!(m.take_request(), Some(Action::FactoryReset));
+        m.finished(None);
+        assert_eq!(m.outcome(third), Some(None));
+    }
+
+    #[test]
     fn bad_bodies_are_refused_and_change_nothing() {
         let cases: Vec<(Props, &str)> = vec![
             (Props::new(), "nothing to do"),
@@ -342,8 +427,6 @@ mod tests {
     #[test]
     fn served_by_the_router_with_rt_interfaces_and_4_00() {
         let state: SharedMaintenance = Rc::new(RefCell::new(Maintenance::new()));
-        let woken = Rc::new(Cell::new(0));
-        let w = woken.clone();
         let mut device = Device::new(
             DeviceInfo {
                 di: "c0ffee00-0000-4000-8000-000000000001".into(),
@@ -356,15 +439,7 @@ mod tests {
             },
             PlatformInfo::default(),
         );
-        device
-            .add(resource(
-                state.clone(),
-                Box::new(move |a| {
-                    assert_eq!(a, Action::FactoryReset);
-                    w.set(w.get() + 1)
-                }),
-            ))
-            .unwrap();
+        device.add(resource(state.clone())).unwrap();
         let origin = Origin::Stream(1);
         let mut get = Request::new(Method::Get, HREF);
         get.query.push(("if".into(), "oic.if.baseline".into()));
@@ -386,10 +461,11 @@ mod tests {
         let r: Response = device.handle(&origin, &post(r#"{"fr":"yes"}"#), &[2]);
         assert_eq!(r.code, ResponseType::BadRequest);
         assert!(r.diagnostic().contains("boolean"), "{}", r.diagnostic());
-        assert_eq!(woken.get(), 0);
+        assert_eq!(state.borrow_mut().take_fresh(), None);
         let r = device.handle(&origin, &post(r#"{"fr":true}"#), &[3]);
         assert_eq!(r.code, ResponseType::Changed, "{}", r.diagnostic());
-        assert_eq!(woken.get(), 1);
+        assert_eq!(state.borrow_mut().take_fresh(), Some(Action::FactoryReset));
+        assert_eq!(state.borrow_mut().take_fresh(), None, "once");
         assert_eq!(
             state.borrow_mut().take_request(),
             Some(Action::FactoryReset)
