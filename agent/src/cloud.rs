@@ -677,8 +677,11 @@ async fn run(
                     cloud.with_session(|s| s.handle_disconnected(now));
                 }
             }
-            Event::Outbound(Some(packet)) => {
+            Event::Outbound(Some(mut packet)) => {
                 if let Some(l) = link.as_mut() {
+                    // A notification larger than the cloud takes goes out as its first block;
+                    // the cloud fetches the rest (RFC 7959 §2.6).
+                    l.conn.fit(&Packet::new(), &mut packet);
                     if let Err(e) = l.send(&packet).await {
                         if let Some(old) = link.take() {
                             warn!("cloud connection lost: {e}");
@@ -734,6 +737,8 @@ async fn receive(
                         code = %response.header.code,
                         "request from the cloud"
                     );
+                    let mut response = response;
+                    link.conn.fit(&packet, &mut response);
                     match link.conn.encode(&response) {
                         Ok(b) => out.extend(b),
                         Err(e) => warn!("cannot send a response to the cloud: {e}"),

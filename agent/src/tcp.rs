@@ -5,8 +5,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use coap_lite::{CoapOption, MessageClass, Packet};
-use ocf::coap::block;
+use coap_lite::{MessageClass, Packet};
 use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
 use ocf::server::Peer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -108,7 +107,7 @@ where
                             ConnEvent::Message(packet) => {
                                 if let MessageClass::Request(_) = packet.header.code {
                                     let mut response = serve(&packet);
-                                    fit_response(&conn, &packet, &mut response);
+                                    conn.fit(&packet, &mut response);
                                     match conn.encode(&response) {
                                         Ok(bytes) => out.extend(bytes),
                                         Err(e) => warn!(connection = id, "cannot send response: {e}"),
@@ -139,7 +138,7 @@ where
                         // The agent dropped us (stuck observer, or closed by the security).
                         return Ok(());
                     };
-                    fit_response(&conn, &Packet::new(), &mut packet);
+                    conn.fit(&Packet::new(), &mut packet);
                     match conn.encode(&packet) {
                         Ok(bytes) => {
                             stream.write_all(&bytes).await?;
@@ -161,17 +160,6 @@ where
     agent.close_stream(id);
     let _ = stream.shutdown().await;
     result
-}
-
-/// Serves the block a request asks for, and cuts a response that exceeds the peer's
-/// Max-Message-Size into blocks (RFC 8323 §5.3.1: 1152 bytes until the peer's CSM says more;
-/// the reference device sends no CSM).
-pub fn fit_response(conn: &TcpConnection, request: &Packet, response: &mut Packet) {
-    let peer_max = conn.peer_max_message_size() as usize;
-    // A block the request asks for, or a response too large for the peer.
-    if request.get_option(CoapOption::Block2).is_some() || conn.encode(response).is_err() {
-        block::apply_block2(request, response, block::szx_for(peer_max));
-    }
 }
 
 pub fn log_listening(listener: &TcpListener) {

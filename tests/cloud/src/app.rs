@@ -3,7 +3,7 @@
 //! device-facing request log.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -110,6 +110,7 @@ pub struct App {
     log: Mutex<VecDeque<LogEntry>>,
     events: broadcast::Sender<ChangeEvent>,
     next_conn_id: AtomicU64,
+    max_message_size: AtomicU32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -137,7 +138,17 @@ impl App {
             log: Mutex::new(VecDeque::new()),
             events,
             next_conn_id: AtomicU64::new(1),
+            max_message_size: AtomicU32::new(crate::device::MAX_MESSAGE_SIZE),
         })
+    }
+
+    /// The Max-Message-Size device connections announce from now on (RFC 8323 §5.3.1).
+    pub fn set_max_message_size(&self, bytes: u32) {
+        self.max_message_size.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn max_message_size(&self) -> u32 {
+        self.max_message_size.load(Ordering::Relaxed)
     }
 
     /// A fresh connection number.

@@ -36,15 +36,33 @@ const MAX_PENDING: usize = 1024;
 enum PendingKind {
     Forward(oneshot::Sender<Packet>),
     Discovery,
-    Batch { answered: bool },
+    Batch {
+        answered: bool,
+    },
     Resource(String),
+    /// The following block of a response or notification that came block-wise (RFC 7959
+    /// §2.4, §2.6), for the request pending under `of`.
+    Rest(RestOf),
 }
+
+/// A block-wise body being put together.
+struct RestOf {
+    /// The token of the request the body answers.
+    of: Vec<u8>,
+    /// The first block's response, its payload the body so far.
+    first: Packet,
+}
+
+/// Largest body put together from blocks: beyond it the rest is not fetched.
+const MAX_BLOCKWISE_BODY: usize = 4 * 1024 * 1024;
 
 struct Pending {
     kind: PendingKind,
     method: &'static str,
     path: String,
     logged: bool,
+    /// The request, for the GETs of the following blocks (its Uri-Path, Uri-Query, Accept).
+    request: Packet,
 }
 
 struct Conn {
@@ -341,13 +359,13 @@ impl Conn {
         }
     }
 
-    /// Sends a request of the cloud to the device.
-    fn request(&mut self, mut packet: Packet, kind: PendingKind) {
+    /// Sends a request of the cloud to the device; returns its token.
+    fn request(&mut self, mut packet: Packet, kind: PendingKind) -> Option<Vec<u8>> {
         if self.pending.len() >= MAX_PENDING {
             self.purge_abandoned();
             if self.pending.len() >= MAX_PENDING {
                 warn!(di = %self.di(), "too many requests in flight; dropping one");
-                return; // a Forward's reply sender drops: the HTTP side sees "closed"
+                return None; // a Forward's reply sender drops: the HTTP side sees "closed"
             }
         }
         let token = self.token();
@@ -357,9 +375,11 @@ impl Conn {
             method: method_name(packet.header.code),
             path: packet_path(&packet),
             logged: false,
+            request: packet.clone(),
         };
-        self.pending.insert(token, pending);
+        self.pending.insert(token.clone(), pending);
         self.push_packet(&packet);
+        Some(token)
     }
 
     /// Forwarded requests whose HTTP client gave up: logged as timeouts and forgotten.
@@ -438,6 +458,9 @@ impl Conn {
     }
 
     fn on_response(&mut self, p: Packet) {
+        let Some(p) = self.reassemble(p) else {
+            return;
+        };
         let token = p.get_token().to_vec();
         let di = self.di();
         let Some(entry) = self.pending.get_mut(&token) else {
@@ -497,6 +520,8 @@ impl Conn {
                     }
                 }
             }
+            // Put together in `reassemble`, never handed on.
+            PendingKind::Rest(_) => {}
             PendingKind::Resource(href) => {
                 let href = href.clone();
                 if code == ResponseType::Content {
@@ -511,6 +536,100 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Puts a block-wise body together (RFC 7959 §2.4): a first block with more to come is kept
+    /// and the next one asked for with a GET of the same resource (for a notification too,
+    /// §2.6); the whole body comes back under the original request's token once the last block
+    /// is in. A response in one piece passes through.
+    fn reassemble(&mut self, p: Packet) -> Option<Packet> {
+        let token = p.get_token().to_vec();
+        let block = p
+            .get_first_option(CoapOption::Block2)
+            .and_then(|b| ocf::coap::block::Block::decode(b));
+        let continuing = matches!(
+            self.pending.get(&token),
+            Some(Pending {
+                kind: PendingKind::Rest(_),
+                ..
+            })
+        );
+        let (of, mut first) = if continuing {
+            let Some(Pending {
+                kind: PendingKind::Rest(rest),
+                ..
+            }) = self.pending.remove(&token)
+            else {
+                return None;
+            };
+            let mut first = rest.first;
+            let expected = first.payload.len();
+            match block {
+                Some(b) if b.num as usize * b.size() == expected => {
+                    first.payload.extend_from_slice(&p.payload)
+                }
+                // An error, or a block that does not follow: the body is given up on.
+                _ => {
+                    warn!(di = %self.di(), "a block-wise body broke off; dropping it");
+                    self.pending.remove(&rest.of);
+                    return None;
+                }
+            }
+            (rest.of, first)
+        } else {
+            match block {
+                Some(b) if b.more && b.num == 0 => (token, p),
+                _ => return Some(p),
+            }
+        };
+        let more = block.is_some_and(|b| b.more);
+        if !more {
+            first.set_token(of);
+            first.clear_option(CoapOption::Block2);
+            return Some(first);
+        }
+        let Some(original) = self.pending.get(&of) else {
+            return None; // the request was given up meanwhile
+        };
+        let b = block.unwrap_or(ocf::coap::block::Block {
+            num: 0,
+            more: true,
+            szx: 6,
+        });
+        if first.payload.len() + b.size() > MAX_BLOCKWISE_BODY {
+            warn!(di = %self.di(), "a block-wise body larger than {MAX_BLOCKWISE_BODY} bytes; dropping it");
+            self.pending.remove(&of);
+            return None;
+        }
+        let mut next = Packet::new();
+        next.header.code = MessageClass::Request(RequestType::Get);
+        for number in [
+            CoapOption::UriPath,
+            CoapOption::UriQuery,
+            CoapOption::Accept,
+        ] {
+            if let Some(values) = original.request.get_option(number) {
+                for v in values {
+                    next.add_option(number, v.clone());
+                }
+            }
+        }
+        next.add_option(
+            CoapOption::Block2,
+            ocf::coap::block::Block {
+                num: (first.payload.len() / b.size()) as u32,
+                more: false,
+                szx: b.szx,
+            }
+            .encode(),
+        );
+        // The following blocks belong to the exchange already in the request log.
+        if let Some(token) = self.request(next, PendingKind::Rest(RestOf { of, first })) {
+            if let Some(rest) = self.pending.get_mut(&token) {
+                rest.logged = true;
+            }
+        }
+        None
     }
 
     /// A batch representation: `[{"href", "rep"}]`, href `/path` or `ocf://<di>/path`.

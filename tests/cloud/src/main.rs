@@ -47,6 +47,10 @@ struct Cli {
     /// its cloud.
     #[arg(long, value_name = "SECONDS")]
     cert_not_before_offset: Option<u64>,
+    /// The Max-Message-Size announced to devices in the CSM (RFC 8323 §5.3.1): larger
+    /// responses and notifications must come block-wise (RFC 7959), which the cloud follows.
+    #[arg(long, value_name = "BYTES", default_value_t = ocf_dev_cloud::device::MAX_MESSAGE_SIZE)]
+    max_message_size: u32,
 }
 
 fn main() -> ExitCode {
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         keepalive: Duration::from_secs(cli.keepalive_secs.max(1)),
         device_cis: cli.device_cis,
         cert_not_before_offset: cli.cert_not_before_offset.map(Duration::from_secs),
+        max_message_size: cli.max_message_size,
     };
     let result = runtime.block_on(async {
         let stop = shutdown_signal()?;

@@ -47,6 +47,8 @@ pub struct Config {
     /// Tests only: present a server certificate that becomes valid this long after the start
     /// (what a device whose clock is behind sees).
     pub cert_not_before_offset: Option<Duration>,
+    /// The Max-Message-Size announced to devices.
+    pub max_message_size: u32,
 }
 
 /// The TLS configuration of the device listener: the cloud's server certificate, a client
@@ -118,6 +120,7 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
     );
     let sid = pki.sid.clone();
     let app = App::new(core, pki, cis.clone(), cis_plain.clone(), cfg.keepalive);
+    app.set_max_message_size(cfg.max_message_size);
     let (stop_tx, stop_rx) = watch::channel(false);
     let tracker = Arc::new(());
 

@@ -258,6 +258,22 @@ impl TcpConnection {
         Ok(bytes)
     }
 
+    /// Fits a response (or a notification, with an empty `request`) to this connection:
+    /// serves the block the request asks for, and cuts a representation that would exceed the
+    /// peer's Max-Message-Size into blocks (RFC 7959 §2, RFC 8323 §5.3.1: 1152 bytes until the
+    /// peer's CSM says more). Every stream link — local TCP, TLS and the cloud — fits the same
+    /// way, so the peer asks for the following blocks instead of the body being dropped.
+    pub fn fit(&self, request: &Packet, response: &mut Packet) {
+        let peer_max = self.peer_max_message_size() as usize;
+        if request.get_option(CoapOption::Block2).is_some() || self.encode(response).is_err() {
+            crate::coap::block::apply_block2(
+                request,
+                response,
+                crate::coap::block::szx_for(peer_max),
+            );
+        }
+    }
+
     /// A Ping (RFC 8323 §5.4) with `token`, without Custody. Use a token of 4 to 8 bytes
     /// (iotivity-lite uses 8 random bytes): the Pong echoes it, and the frame stays at six
     /// bytes or more. A token longer than 8 bytes is cut to 8.
