@@ -260,6 +260,11 @@ impl Conn {
         };
         let code = code_string(MessageClass::Response(response.code));
         debug!(%di, method, %path, %code, "device request");
+        // A sign-up answered 2.04: plgd's `deviceRegistered` event.
+        let signed_up = (method == "POST"
+            && path == crate::core::URI_ACCOUNT
+            && response.code == ResponseType::Changed)
+            .then(|| di.clone());
         self.app.log(LogEntry {
             t: now_ms(),
             di,
@@ -270,6 +275,9 @@ impl Conn {
         });
         let packet = response_packet(&response, &token);
         self.push_packet(&packet);
+        if let Some(di) = signed_up {
+            self.app.device_registered(&di);
+        }
         self.apply(effect);
         if close && self.closing.is_none() {
             self.closing = Some(format!(
@@ -313,6 +321,7 @@ impl Conn {
                 }
             }
             Effect::Published(hrefs) => {
+                self.app.links_published(&self.di(), &hrefs);
                 if self.per_resource.is_some() {
                     for href in hrefs {
                         self.observe_resource(href);
@@ -321,6 +330,7 @@ impl Conn {
             }
             Effect::Unpublished(hrefs) => {
                 let di = self.di();
+                self.app.links_unpublished(&di, &hrefs);
                 for href in &hrefs {
                     self.app.remove_rep(&di, href);
                     if let Some(set) = &mut self.per_resource {

@@ -117,7 +117,16 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
         },
     );
     let sid = pki.sid.clone();
-    let app = App::new(core, pki, cis.clone(), cis_plain.clone(), cfg.keepalive);
+    let client_secret = load_or_create_secret(&cfg.data_dir.join("client-secret"))?;
+    let app = App::new(
+        core,
+        pki,
+        cis.clone(),
+        cis_plain.clone(),
+        cfg.keepalive,
+        http_addr,
+        client_secret,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let tracker = Arc::new(());
 
@@ -161,7 +170,7 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
             lines.push_str(&format!("ocf-dev-cloud: coap-plain {p}\n"));
         }
         lines.push_str(&format!(
-            "ocf-dev-cloud: http http://{http_addr}\nocf-dev-cloud: ready\n"
+            "ocf-dev-cloud: http http://{http_addr}\nocf-dev-cloud: console http://{http_addr}/\nocf-dev-cloud: ready\n"
         ));
         out.write_all(lines.as_bytes())
             .and_then(|()| out.flush())
@@ -181,6 +190,19 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
         t.abort();
     }
     Ok(())
+}
+
+/// The API client's secret: read from `path`, or made and written there (mode 0600).
+fn load_or_create_secret(path: &std::path::Path) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    let secret = crate::core::random_hex(24)?;
+    crate::pki::write_private(path, format!("{secret}\n").as_bytes())?;
+    Ok(secret)
 }
 
 async fn accept_loop(
