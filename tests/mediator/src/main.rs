@@ -246,6 +246,17 @@ fn main() -> ExitCode {
             timeout,
             cloud_ace,
         } => {
+            let pin = match read_pin(pin, pin_file) {
+                Ok(p) => p,
+                Err(e) => return usage(e),
+            };
+            let target = match Target::from_args(which.device.as_deref(), which.di.as_deref()) {
+                Ok(t) => t,
+                Err(e) => return usage(e),
+            };
+            if let Err(e) = ocf_mediator::cloud_api::parse_cloud_url(&cloud) {
+                return usage(format!("--cloud: {e}"));
+            }
             let token = match read_secret(token_file, "OCF_CLOUD_TOKEN") {
                 Ok(Some(t)) => match ocf_mediator::cloud_api::Token::new(&t) {
                     Ok(t) => Some(t),
@@ -260,17 +271,6 @@ fn main() -> ExitCode {
             };
             if token.is_none() && auth_code.is_none() {
                 return usage("onboard needs the hub user's bearer token: --token-file PATH or $OCF_CLOUD_TOKEN");
-            }
-            let pin = match read_pin(pin, pin_file) {
-                Ok(p) => p,
-                Err(e) => return usage(e),
-            };
-            let target = match Target::from_args(which.device.as_deref(), which.di.as_deref()) {
-                Ok(t) => t,
-                Err(e) => return usage(e),
-            };
-            if let Err(e) = ocf_mediator::cloud_api::parse_cloud_url(&cloud) {
-                return usage(format!("--cloud: {e}"));
             }
             let identity = match load_identity(&cli.identity) {
                 Ok(i) => i,
