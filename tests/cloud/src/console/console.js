@@ -7,7 +7,7 @@ const CHART_WINDOW_MS = 5 * 60 * 1000; // the temperature chart shows the last f
 const EVENTS = ["REGISTERED", "UNREGISTERED", "DEVICE_METADATA_UPDATED",
   "RESOURCE_PUBLISHED", "RESOURCE_UNPUBLISHED", "RESOURCE_CHANGED"];
 // Hrefs the cloud needs but a person does not: left out of the resource list.
-const HIDDEN = new Set(["/oic/res", "/oic/d", "/oic/p", "/oic/mnt", "/oc/con",
+const HIDDEN = new Set(["/oic/res", "/oic/d", "/oic/p", "/oic/mnt", "/oc/con", "/oic/con",
   "/CoapCloudConfResURI", "/oc/wk/introspection"]);
 
 const state = {
@@ -206,7 +206,9 @@ function drawChart(svg, points) {
   const vals = points.map((p) => p[1]);
   let lo = Math.min(...vals), hi = Math.max(...vals);
   if (hi - lo < 0.5) { const mid = (hi + lo) / 2; lo = mid - 0.25; hi = mid + 0.25; }
-  const x = (t) => 300 * (1 - (now - t) / CHART_WINDOW_MS);
+  // The time axis spans what has been seen (at least 30 s, at most the window).
+  const span = Math.min(CHART_WINDOW_MS, Math.max(30000, now - points[0][0]));
+  const x = (t) => 300 * (1 - (now - t) / span);
   const y = (v) => 72 - 64 * (v - lo) / (hi - lo);
   const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
   line.setAttribute("points", points.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(" "));
