@@ -19,6 +19,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
 
+mod contract;
+
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
@@ -1530,4 +1532,193 @@ fn signed_out_device_keeps_its_links_and_is_reachable_without_publishing_again()
     );
     assert_eq!(cloud.count("device", "POST", "/oic/rd", None), 1);
     assert_eq!(cloud.count("device", "POST", "/oic/sec/account", None), 1);
+}
+
+/// The contract with plgd hub's client API: every kind of answer this cloud gives, and every
+/// event kind, validated against `contract/plgd-hub.schema.json` (written from plgd's swagger
+/// and protos), so that a renamed field, a wrong type or an invented one fails here.
+#[test]
+fn answers_match_the_plgd_hub_schema() {
+    use contract::assert_valid;
+    let dir = temp_dir("contract");
+    let cloud = Cloud::start(&dir, &[]);
+    assert_valid("HubConfiguration", &cloud.hub_configuration());
+    let (status, signed) = {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("uuid:{}", new_di()));
+        params.distinguished_name = dn;
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        cloud.post(
+            "/api/v1/sign/identity-csr",
+            &json!({ "certificateSigningRequest": b64(csr.as_bytes()) }),
+        )
+    };
+    assert_eq!(status, 200);
+    assert_valid("SignCertificateResponse", &signed);
+
+    let di = new_di();
+    let id = identity(&cloud, &di);
+    let code_ = cloud.authcode("erin");
+    // Every event from the start: the device's registration, status, links, changes.
+    let mut ws = subscribe(
+        &cloud,
+        &json!({"createSubscription": {}, "correlationId": "c"}),
+    );
+    let mut dev = Device::tls(cloud.coap, client_config(&id, false));
+    dev.send_csm();
+    let tokens = sign_up(&mut dev, &di, &code_);
+    assert_eq!(
+        code(&sign_in(&mut dev, &di, &tokens)),
+        ResponseType::Changed
+    );
+    let batch = answer_discovery(&mut dev, &di);
+    dev.respond(
+        &batch,
+        ResponseType::Content,
+        Some(json!([
+            {"href": format!("ocf://{di}/switch/1"), "rep": {"value": false}},
+            {"href": "/oic/d", "rep": {"n": "Test Pi", "di": di, "piid": new_di(),
+                "rt": ["oic.d.light", "oic.wk.d"], "if": ["oic.if.r", "oic.if.baseline"],
+                "dmno": "m1", "dmn": [{"language": "en", "value": "maker"}]}}
+        ])),
+        Some(0),
+    );
+    let resp = dev.request(post(
+        "/oic/rd",
+        &[("rt", "oic.wk.rdpub")],
+        links_body(&di, &["/switch/1", "/oic/d"]),
+    ));
+    assert_eq!(code(&resp), ResponseType::Changed);
+
+    // Devices: a stream of {"result": Device}; one Device.
+    let (status, _, text) = http(cloud.http, "GET", "/api/v1/devices", None, &cloud.token());
+    assert_eq!(status, 200);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    for l in &lines {
+        assert_valid("DeviceStreamItem", l);
+    }
+    let (status, device) = cloud.get(&format!("/api/v1/devices/{di}"));
+    assert_eq!(status, 200);
+    assert_valid("Device", &device);
+    assert_eq!(device["types"], json!(["oic.d.light", "oic.wk.d"]));
+    assert_eq!(device["modelNumber"], "m1");
+    let (_, links) = cloud.get(&format!("/api/v1/devices/{di}/resource-links"));
+    assert_valid("ResourceLinks", &links);
+    let (status, shadow) = cloud.get(&format!("/api/v1/devices/{di}/resources/switch/1"));
+    assert_eq!(status, 200);
+    assert_valid("ShadowResource", &shadow);
+
+    // From the device, and an update.
+    let (h, t) = (cloud.http, cloud.token());
+    let path = format!("/api/v1/devices/{di}/resources/switch/1?shadow=false");
+    let client = std::thread::spawn(move || http(h, "GET", &path, None, &t));
+    let req = dev.expect_request();
+    dev.respond(
+        &req,
+        ResponseType::Content,
+        Some(json!({"value": false})),
+        None,
+    );
+    let (status, _, text) = client.join().unwrap();
+    assert_eq!(status, 200);
+    assert_valid("DeviceAnswer", &serde_json::from_str(&text).unwrap());
+    let (h, t) = (cloud.http, cloud.token());
+    let path = format!("/api/v1/devices/{di}/resources/switch/1");
+    let client = std::thread::spawn(move || http(h, "PUT", &path, Some(r#"{"value":true}"#), &t));
+    let req = dev.expect_request();
+    dev.respond(
+        &req,
+        ResponseType::Changed,
+        Some(json!({"value": true})),
+        None,
+    );
+    let (status, _, text) = client.join().unwrap();
+    assert_eq!(status, 200);
+    assert_valid("DeviceAnswer", &serde_json::from_str(&text).unwrap());
+
+    // Errors: no token, an unknown device, a bad body, a device error.
+    let (status, _, text) = http(cloud.http, "GET", "/api/v1/devices", None, "");
+    assert_eq!(status, 401);
+    assert_valid("Error", &serde_json::from_str(&text).unwrap());
+    let (status, err) = cloud.get(&format!("/api/v1/devices/{}", new_di()));
+    assert_eq!(status, 404);
+    assert_valid("Error", &err);
+    let (status, _, text) = http(
+        cloud.http,
+        "PUT",
+        &format!("/api/v1/devices/{di}/resources/switch/1"),
+        Some("[1]"),
+        &cloud.token(),
+    );
+    assert_eq!(status, 400);
+    assert_valid("Error", &serde_json::from_str(&text).unwrap());
+
+    // A change, then the device deregisters: every event kind went by.
+    let mut notif = Packet::new();
+    notif.header.code = MessageClass::Response(ResponseType::Content);
+    notif.set_token(batch.get_token().to_vec());
+    notif.add_option(CoapOption::Observe, encode_uint(2));
+    notif.add_option(CoapOption::ContentFormat, encode_uint(10000));
+    notif.payload = to_cbor(&json!([{"href": "/switch/1", "rep": {"value": true}}])).unwrap();
+    dev.send(&notif);
+    let resp = dev.request(delete(
+        "/oic/rd",
+        &[("di", di.as_str()), ("ins", &crc32(b"/oic/d").to_string())],
+    ));
+    assert_eq!(code(&resp), ResponseType::Deleted);
+    let resp = dev.request(delete(
+        "/oic/sec/account",
+        &[("uid", "erin"), ("di", di.as_str())],
+    ));
+    assert_eq!(code(&resp), ResponseType::Deleted);
+    let mut kinds = BTreeSet::new();
+    while let Some(ev) = ws_next(&mut ws) {
+        assert_valid("Event", &ev);
+        let kind = ev
+            .as_object()
+            .unwrap()
+            .keys()
+            .find(|k| !["subscriptionId", "correlationId"].contains(&k.as_str()))
+            .unwrap()
+            .clone();
+        kinds.insert(kind.clone());
+        if kind == "deviceUnregistered" {
+            break;
+        }
+    }
+    for want in [
+        "deviceRegistered",
+        "deviceMetadataUpdated",
+        "resourcePublished",
+        "resourceUnpublished",
+        "resourceChanged",
+        "deviceUnregistered",
+    ] {
+        assert!(kinds.contains(want), "no {want} event: {kinds:?}");
+    }
+}
+
+/// The check itself fails on drift: a renamed field, a wrong type, a missing field.
+#[test]
+fn the_schema_check_catches_drift() {
+    let good = json!({"code": 5, "message": "m", "details": []});
+    assert!(contract::check("Error", &good).is_empty());
+    for bad in [
+        json!({"code": 5, "msg": "m", "details": []}),
+        json!({"code": "5", "message": "m", "details": []}),
+        json!({"code": 5, "details": []}),
+    ] {
+        assert!(!contract::check("Error", &bad).is_empty(), "{bad}");
+    }
+    let status = json!({"status": {"value": "ONLINE"}});
+    assert!(contract::check("DeviceMetadata", &status).is_empty());
+    assert!(!contract::check("DeviceMetadata", &json!({"status": {"value": "UP"}})).is_empty());
+    assert!(!contract::check("Int64", &json!(5)).is_empty());
+    assert!(!contract::check("ResourceId", &json!({"deviceId": "x", "href": "/a"})).is_empty());
 }
