@@ -41,7 +41,7 @@ pub struct Config {
     pub apn: String,
     /// Keepalive: silence before a Ping, and time to wait for its Pong.
     pub keepalive: Duration,
-    /// The coaps+tcp URI devices are given (`cis` in `/.well-known/ocf-cloud`), when they reach
+    /// The coaps+tcp URI devices are given (`coapGateway` in `/.well-known/hub-configuration`), when they reach
     /// the listener through a forward under another address; `None`: the listener's own.
     pub device_cis: Option<String>,
     /// Tests only: present a server certificate that becomes valid this long after the start
@@ -163,7 +163,7 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
 
     {
         let mut out = std::io::stdout().lock();
-        // The listener itself: a forwarded `cis` (--device-cis) is in /.well-known/ocf-cloud.
+        // The listener itself: a forwarded `cis` (--device-cis) is in /.well-known/hub-configuration.
         let mut lines =
             format!("ocf-dev-cloud: sid {sid}\nocf-dev-cloud: coap coaps+tcp://{coap_addr}\n");
         if let Some(p) = &cis_plain {
