@@ -20,6 +20,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("util-linux", "unshare"),
     ("python3-venv", ""),
+    // The console's browser test (tests/e2e/tests/console.rs): headless Chromium through
+    // chromedriver's WebDriver API.
+    ("chromium", "chromium"),
+    ("chromium-driver", "chromedriver"),
     // The Yocto layer's checks (yocto.rs): the agent cross-built for aarch64, and the service
     // checked with systemd-analyze.
     ("gcc-aarch64-linux-gnu", "aarch64-linux-gnu-gcc"),

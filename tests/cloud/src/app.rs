@@ -45,16 +45,45 @@ pub struct LogEntry {
     pub from: &'static str,
 }
 
-/// An observed change, for the server-sent events.
-#[derive(Debug, Clone, Serialize)]
-pub struct ChangeEvent {
+/// What happened in the cloud, for the event subscriptions of the client API
+/// (`/api/v1/ws/events`, in plgd's event kinds).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HubEvent {
+    /// A device signed up (plgd `deviceRegistered`).
+    Registered,
+    /// A device was deregistered (plgd `deviceUnregistered`).
+    Unregistered,
+    /// A device came online or went offline (plgd `deviceMetadataUpdated`).
+    Status {
+        /// Signed in now.
+        online: bool,
+    },
+    /// Links were published (plgd `resourcePublished`).
+    Published(Vec<String>),
+    /// Links were unpublished (plgd `resourceUnpublished`).
+    Unpublished(Vec<String>),
+    /// A resource's representation changed (plgd `resourceChanged`).
+    Changed {
+        /// The device-local href.
+        href: String,
+        /// The new representation (JSON).
+        rep: serde_json::Value,
+    },
+}
+
+/// A [`HubEvent`] with what every event carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
     /// The device.
-    #[serde(skip)]
     pub di: String,
-    /// The device-local href.
-    pub href: String,
-    /// The new representation (JSON).
-    pub rep: serde_json::Value,
+    /// Its owner (the user whose subscriptions may see it).
+    pub owner: String,
+    /// Unix nanoseconds.
+    pub timestamp_ns: u64,
+    /// Increases by one with every event of the process.
+    pub sequence: u64,
+    /// What happened.
+    pub kind: HubEvent,
 }
 
 /// A request to a connection task.
@@ -105,12 +134,18 @@ pub struct App {
     pub cis_plain: Option<String>,
     /// Silence before a Ping, and time to wait for its Pong.
     pub keepalive: Duration,
+    /// The secret of the API client (`/oauth/token`), from `DATA-DIR/client-secret`.
+    pub client_secret: String,
+    http: std::net::SocketAddr,
     online: Mutex<HashMap<String, ConnHandle>>,
     reps: Mutex<HashMap<String, HashMap<String, serde_json::Value>>>,
     log: Mutex<VecDeque<LogEntry>>,
-    events: broadcast::Sender<ChangeEvent>,
+    events: broadcast::Sender<Event>,
+    /// The owner of each device seen, kept after a deregistration removed the device's row.
+    owners: Mutex<HashMap<String, String>>,
     next_conn_id: AtomicU64,
     max_message_size: AtomicU32,
+    next_sequence: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -125,6 +160,8 @@ impl App {
         cis: String,
         cis_plain: Option<String>,
         keepalive: Duration,
+        http: std::net::SocketAddr,
+        client_secret: String,
     ) -> Arc<App> {
         let (events, _) = broadcast::channel(1024);
         Arc::new(App {
@@ -133,12 +170,16 @@ impl App {
             cis,
             cis_plain,
             keepalive,
+            client_secret,
+            http,
             online: Mutex::new(HashMap::new()),
             reps: Mutex::new(HashMap::new()),
             log: Mutex::new(VecDeque::new()),
             events,
+            owners: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
             max_message_size: AtomicU32::new(crate::device::MAX_MESSAGE_SIZE),
+            next_sequence: AtomicU64::new(1),
         })
     }
 
@@ -151,16 +192,65 @@ impl App {
         self.max_message_size.load(Ordering::Relaxed)
     }
 
+    /// The HTTP listener's address.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.http
+    }
+
     /// A fresh connection number.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The owner of `di`: the one recorded, else the store's.
+    fn owner(&self, di: &str) -> Option<String> {
+        if let Some(o) = lock(&self.owners).get(di) {
+            return Some(o.clone());
+        }
+        let owner = self.core.store.device(di).ok().flatten()?.uid;
+        lock(&self.owners).insert(di.to_owned(), owner.clone());
+        Some(owner)
+    }
+
+    /// Publishes an event to the subscriptions (none listening is not an error).
+    pub fn emit(&self, di: &str, kind: HubEvent) {
+        let Some(owner) = self.owner(di) else {
+            return; // a device no user owns: nobody may see it
+        };
+        let _ = self.events.send(Event {
+            di: di.to_owned(),
+            owner,
+            timestamp_ns: now_ms().saturating_mul(1_000_000),
+            sequence: self.next_sequence.fetch_add(1, Ordering::Relaxed),
+            kind,
+        });
+    }
+
+    /// A device signed up.
+    pub fn device_registered(&self, di: &str) {
+        lock(&self.owners).remove(di);
+        self.emit(di, HubEvent::Registered);
+    }
+
+    /// Links were published.
+    pub fn links_published(&self, di: &str, hrefs: &[String]) {
+        self.emit(di, HubEvent::Published(hrefs.to_vec()));
+    }
+
+    /// Links were unpublished.
+    pub fn links_unpublished(&self, di: &str, hrefs: &[String]) {
+        self.emit(di, HubEvent::Unpublished(hrefs.to_vec()));
+    }
+
     /// Registers a signed-in connection for `di`; returns the one it replaces, if any.
     pub fn register(&self, di: &str, handle: ConnHandle) -> Option<ConnHandle> {
+        lock(&self.owners).insert(di.to_owned(), handle.uid.clone());
         let old = lock(&self.online).insert(di.to_owned(), handle.clone());
         if let Err(e) = self.core.store.set_online(di, true, now_ms()) {
             tracing::error!("{e}");
+        }
+        if old.is_none() {
+            self.emit(di, HubEvent::Status { online: true });
         }
         old.filter(|o| o.conn_id != handle.conn_id)
     }
@@ -175,6 +265,7 @@ impl App {
             if let Err(e) = self.core.store.set_online(di, false, now_ms()) {
                 tracing::error!("{e}");
             }
+            self.emit(di, HubEvent::Status { online: false });
         }
     }
 
@@ -206,12 +297,13 @@ impl App {
             }
         };
         if changed {
-            // No receiver is not an error.
-            let _ = self.events.send(ChangeEvent {
-                di: di.to_owned(),
-                href: href.to_owned(),
-                rep,
-            });
+            self.emit(
+                di,
+                HubEvent::Changed {
+                    href: href.to_owned(),
+                    rep,
+                },
+            );
         }
     }
 
@@ -222,9 +314,20 @@ impl App {
         }
     }
 
-    /// Forgets every representation of a device.
+    /// Forgets every representation of a device: it was deregistered.
     pub fn remove_device_reps(&self, di: &str) {
         lock(&self.reps).remove(di);
+        self.emit(di, HubEvent::Unregistered);
+    }
+
+    /// The whole shadow of a device: (href, representation), by href.
+    pub fn reps_of(&self, di: &str) -> Vec<(String, serde_json::Value)> {
+        let mut v: Vec<_> = lock(&self.reps)
+            .get(di)
+            .map(|m| m.iter().map(|(h, r)| (h.clone(), r.clone())).collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// The latest representation of a resource.
@@ -232,8 +335,8 @@ impl App {
         lock(&self.reps).get(di)?.get(href).cloned()
     }
 
-    /// Subscribes to change events.
-    pub fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
+    /// Subscribes to the events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
 

@@ -24,7 +24,7 @@ use crate::app::{
 };
 use crate::core::{Effect, Session, URI_RES};
 
-/// Our Max-Message-Size (hub's value).
+/// Our default Max-Message-Size (hub's value); `--max-message-size` sets another.
 pub const MAX_MESSAGE_SIZE: u32 = 262_144;
 
 /// Longest a write to the device may take before the connection is given up.
@@ -100,10 +100,11 @@ pub async fn serve<S>(
     let mut seed = [0u8; 8];
     // A fixed start is only a weaker token; it still works.
     let _ = getrandom::fill(&mut seed);
+    let max_message_size = app.max_message_size();
     let mut c = Conn {
         conn_id: app.next_conn_id(),
         app,
-        conn: TcpConnection::new(MAX_MESSAGE_SIZE),
+        conn: TcpConnection::new(max_message_size),
         peer,
         peer_di,
         session: None,
@@ -278,6 +279,11 @@ impl Conn {
         };
         let code = code_string(MessageClass::Response(response.code));
         debug!(%di, method, %path, %code, "device request");
+        // A sign-up answered 2.04: plgd's `deviceRegistered` event.
+        let signed_up = (method == "POST"
+            && path == crate::core::URI_ACCOUNT
+            && response.code == ResponseType::Changed)
+            .then(|| di.clone());
         self.app.log(LogEntry {
             t: now_ms(),
             di,
@@ -288,6 +294,9 @@ impl Conn {
         });
         let packet = response_packet(&response, &token);
         self.push_packet(&packet);
+        if let Some(di) = signed_up {
+            self.app.device_registered(&di);
+        }
         self.apply(effect);
         if close && self.closing.is_none() {
             self.closing = Some(format!(
@@ -331,6 +340,7 @@ impl Conn {
                 }
             }
             Effect::Published(hrefs) => {
+                self.app.links_published(&self.di(), &hrefs);
                 if self.per_resource.is_some() {
                     for href in hrefs {
                         self.observe_resource(href);
@@ -339,6 +349,7 @@ impl Conn {
             }
             Effect::Unpublished(hrefs) => {
                 let di = self.di();
+                self.app.links_unpublished(&di, &hrefs);
                 for href in &hrefs {
                     self.app.remove_rep(&di, href);
                     if let Some(set) = &mut self.per_resource {

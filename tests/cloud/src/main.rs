@@ -9,7 +9,7 @@ use clap::Parser;
 use ocf_dev_cloud::server::{self, Config};
 use tracing::error;
 
-/// Development OCF Cloud: behaves like plgd hub towards devices, with an HTTP/JSON API.
+/// Development OCF Cloud: behaves like plgd hub towards devices and clients, with a web console.
 #[derive(Parser, Debug)]
 #[command(name = "ocf-dev-cloud", version, about)]
 struct Cli {
@@ -37,7 +37,7 @@ struct Cli {
     /// Seconds of silence before a keepalive Ping, and to wait for its Pong.
     #[arg(long, value_name = "SECONDS", default_value_t = 20, hide = true)]
     keepalive_secs: u64,
-    /// The coaps+tcp URI given to devices as `cis` (in /.well-known/ocf-cloud, which the
+    /// The coaps+tcp URI given to devices as `cis` (`coapGateway` of /.well-known/hub-configuration, which the
     /// Mediator writes into CoAPCloudConf) when they reach --coap through a forward, e.g. a QEMU
     /// guest's `guestfwd` address (default: the --coap listener's own address).
     #[arg(long, value_name = "URI")]

@@ -41,7 +41,7 @@ pub struct Config {
     pub apn: String,
     /// Keepalive: silence before a Ping, and time to wait for its Pong.
     pub keepalive: Duration,
-    /// The coaps+tcp URI devices are given (`cis` in `/.well-known/ocf-cloud`), when they reach
+    /// The coaps+tcp URI devices are given (`coapGateway` in `/.well-known/hub-configuration`), when they reach
     /// the listener through a forward under another address; `None`: the listener's own.
     pub device_cis: Option<String>,
     /// Tests only: present a server certificate that becomes valid this long after the start
@@ -119,7 +119,16 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
         },
     );
     let sid = pki.sid.clone();
-    let app = App::new(core, pki, cis.clone(), cis_plain.clone(), cfg.keepalive);
+    let client_secret = load_or_create_secret(&cfg.data_dir.join("client-secret"))?;
+    let app = App::new(
+        core,
+        pki,
+        cis.clone(),
+        cis_plain.clone(),
+        cfg.keepalive,
+        http_addr,
+        client_secret,
+    );
     app.set_max_message_size(cfg.max_message_size);
     let (stop_tx, stop_rx) = watch::channel(false);
     let tracker = Arc::new(());
@@ -157,14 +166,14 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
 
     {
         let mut out = std::io::stdout().lock();
-        // The listener itself: a forwarded `cis` (--device-cis) is in /.well-known/ocf-cloud.
+        // The listener itself: a forwarded `cis` (--device-cis) is in /.well-known/hub-configuration.
         let mut lines =
             format!("ocf-dev-cloud: sid {sid}\nocf-dev-cloud: coap coaps+tcp://{coap_addr}\n");
         if let Some(p) = &cis_plain {
             lines.push_str(&format!("ocf-dev-cloud: coap-plain {p}\n"));
         }
         lines.push_str(&format!(
-            "ocf-dev-cloud: http http://{http_addr}\nocf-dev-cloud: ready\n"
+            "ocf-dev-cloud: http http://{http_addr}\nocf-dev-cloud: console http://{http_addr}/\nocf-dev-cloud: ready\n"
         ));
         out.write_all(lines.as_bytes())
             .and_then(|()| out.flush())
@@ -184,6 +193,19 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
         t.abort();
     }
     Ok(())
+}
+
+/// The API client's secret: read from `path`, or made and written there (mode 0600).
+fn load_or_create_secret(path: &std::path::Path) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    let secret = crate::core::random_hex(24)?;
+    crate::pki::write_private(path, format!("{secret}\n").as_bytes())?;
+    Ok(secret)
 }
 
 async fn accept_loop(

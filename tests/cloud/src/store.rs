@@ -1,5 +1,5 @@
 //! The cloud's persistent state in SQLite (`DATA-DIR/cloud.db`): users, authorisation codes,
-//! devices, tokens and published links.
+//! devices, tokens, the bearer tokens of the client API and published links.
 //!
 //! Secrets are never stored in clear: authorisation codes and tokens are kept as SHA-256
 //! digests ([`digest`]), so the database file alone signs no device in.
@@ -38,6 +38,11 @@ CREATE TABLE IF NOT EXISTS tokens (
     access_hash TEXT NOT NULL,
     refresh_hash TEXT NOT NULL,
     access_expires_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS api_tokens (
+    token_hash TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS links (
     di TEXT NOT NULL,
@@ -195,6 +200,38 @@ impl Store {
             ],
         )?;
         Ok(())
+    }
+
+    /// Stores a bearer token of the client API (its digest) for `user`; drops expired ones.
+    pub fn insert_api_token(
+        &self,
+        token_hash: &str,
+        user: &str,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> StoreResult<()> {
+        let db = self.db();
+        db.execute(
+            "DELETE FROM api_tokens WHERE expires_ms <= ?1",
+            params![now_ms as i64],
+        )?;
+        db.execute(
+            "INSERT OR REPLACE INTO api_tokens (token_hash, user, expires_ms) VALUES (?1, ?2, ?3)",
+            params![token_hash, user, expires_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// The user of a bearer token that has not expired.
+    pub fn api_token_user(&self, token_hash: &str, now_ms: u64) -> StoreResult<Option<String>> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT user FROM api_tokens WHERE token_hash = ?1 AND expires_ms > ?2",
+                params![token_hash, now_ms as i64],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?)
     }
 
     /// Consumes an authorisation code for device `di` (single use).
@@ -478,6 +515,19 @@ mod tests {
             s.use_authcode(&digest("nope"), "d1", 0).unwrap(),
             CodeUse::Invalid
         );
+    }
+
+    #[test]
+    fn api_tokens_expire() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_api_token(&digest("t1"), "alice", 1000, 5000)
+            .unwrap();
+        assert_eq!(
+            s.api_token_user(&digest("t1"), 4999).unwrap(),
+            Some("alice".into())
+        );
+        assert_eq!(s.api_token_user(&digest("t1"), 5000).unwrap(), None);
+        assert_eq!(s.api_token_user(&digest("t2"), 0).unwrap(), None);
     }
 
     #[test]

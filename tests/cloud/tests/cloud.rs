@@ -19,6 +19,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
 
+mod contract;
+
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
@@ -28,10 +30,13 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 struct Cloud {
     child: Child,
     dir: PathBuf,
+    data: PathBuf,
     sid: String,
     coap: SocketAddr,
     plain: Option<SocketAddr>,
     http: SocketAddr,
+    /// The user the API calls act for (set by `authcode`).
+    user: std::cell::RefCell<String>,
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -112,10 +117,12 @@ impl Cloud {
         Cloud {
             child,
             dir: dir.to_owned(),
+            data: dir.join("data"),
             sid,
             coap,
             plain,
             http,
+            user: std::cell::RefCell::new("user".to_owned()),
         }
     }
 
@@ -138,25 +145,76 @@ impl Cloud {
         }
     }
 
+    /// A bearer token of `user` from the cloud's OAuth token endpoint (client credentials).
+    fn token_of(&self, user: &str) -> String {
+        let secret = std::fs::read_to_string(self.data.join("client-secret")).unwrap();
+        let form = format!(
+            "grant_type=client_credentials&client_id=ocf-dev&client_secret={}&owner={user}",
+            secret.trim()
+        );
+        let (status, head, text) = http_raw(
+            self.http,
+            "POST",
+            "/oauth/token",
+            Some(("application/x-www-form-urlencoded", &form)),
+            "",
+        );
+        assert_eq!(status, 200, "{text}");
+        assert!(head.contains("cache-control: no-store"), "{head}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["token_type"], "Bearer");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// A token of the current user.
+    fn token(&self) -> String {
+        let user = self.user.borrow().clone();
+        self.token_of(&user)
+    }
+
     fn get(&self, path: &str) -> (u16, Value) {
-        let (status, _, body) = http(self.http, "GET", path, None);
+        let (status, _, body) = http(self.http, "GET", path, None, &self.token());
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 
     fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let (status, _, body) = http(self.http, "POST", path, Some(&body.to_string()));
+        let (status, _, body) = http(
+            self.http,
+            "POST",
+            path,
+            Some(&body.to_string()),
+            &self.token(),
+        );
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 
-    fn authcode(&self, user: &str) -> String {
-        let (status, body) = self.post("/api/v1/authcodes", &json!({ "user": user }));
+    /// `GET /.well-known/hub-configuration`, without a token.
+    fn hub_configuration(&self) -> Value {
+        let (status, _, body) = http(self.http, "GET", "/.well-known/hub-configuration", None, "");
         assert_eq!(status, 200, "{body}");
-        assert_eq!(body["apn"], "plgd");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// `GET /api/v1/devices`: the current user's devices (one `{"result"}` per line).
+    fn devices(&self) -> Vec<Value> {
+        let (status, _, body) = http(self.http, "GET", "/api/v1/devices", None, &self.token());
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["result"].clone())
+            .collect()
+    }
+
+    /// A device authorisation code for `user`, who becomes the current user.
+    fn authcode(&self, user: &str) -> String {
+        *self.user.borrow_mut() = user.to_owned();
+        let (status, body) = self.get("/authorize?response_type=code&client_id=ocf-device");
+        assert_eq!(status, 200, "{body}");
         body["code"].as_str().unwrap().to_owned()
     }
 
     fn log(&self) -> Vec<Value> {
-        let (status, body) = self.get("/api/v1/log");
+        let (status, body) = self.get("/dev-cloud/api/v1/log");
         assert_eq!(status, 200);
         body.as_array().unwrap().clone()
     }
@@ -184,14 +242,93 @@ impl Drop for Cloud {
     }
 }
 
-/// A minimal HTTP/1.1 client: (status, head, body).
-fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String, String) {
+type Ws = tungstenite::WebSocket<TcpStream>;
+
+/// Opens `/api/v1/ws/events` as a browser does (the token as the subprotocol `Bearer, <token>`),
+/// sends `subscribe` and checks its `operationProcessed`.
+fn subscribe(cloud: &Cloud, subscribe: &Value) -> Ws {
+    use tungstenite::client::IntoClientRequest;
+    let stream = TcpStream::connect(cloud.http).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut req = format!("ws://{}/api/v1/ws/events", cloud.http)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        format!("Bearer, {}", cloud.token()).parse().unwrap(),
+    );
+    let (mut ws, resp) = tungstenite::client(req, stream).unwrap();
+    assert_eq!(
+        resp.headers()["sec-websocket-protocol"].to_str().unwrap(),
+        "Bearer"
+    );
+    ws.send(tungstenite::Message::text(subscribe.to_string()))
+        .unwrap();
+    let ack = ws_next(&mut ws).expect("operationProcessed");
+    assert_eq!(
+        ack["operationProcessed"]["errorStatus"]["code"], "OK",
+        "{ack}"
+    );
+    assert!(ack["subscriptionId"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+    ws
+}
+
+/// The next event (`result` of a message), `None` after [`TIMEOUT`].
+fn ws_next(ws: &mut Ws) -> Option<Value> {
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                return Some(v["result"].clone());
+            }
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+fn online(d: &Value) -> bool {
+    d["metadata"]["status"]["value"] == "ONLINE"
+}
+
+/// A minimal HTTP/1.1 client with a bearer token (`""`: none), JSON body: (status, head, body).
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: &str,
+) -> (u16, String, String) {
+    http_raw(
+        addr,
+        method,
+        path,
+        body.map(|b| ("application/json", b)),
+        token,
+    )
+}
+
+/// [`http`] with any content type.
+fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &str)>,
+    token: &str,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let body = body.unwrap_or("");
+    let (ct, body) = body.unwrap_or(("application/json", ""));
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -239,6 +376,42 @@ struct Identity {
     ca_pem: String,
 }
 
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn b64(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                B64[((n >> (18 - 6 * i)) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+fn unb64(s: &str) -> Vec<u8> {
+    let (mut bits, mut n, mut out) = (0u32, 0, Vec::new());
+    for c in s.bytes().take_while(|c| *c != b'=') {
+        let v = B64.iter().position(|x| *x == c).expect("base64") as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
+}
+
 fn new_di() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -251,13 +424,22 @@ fn identity(cloud: &Cloud, cn_di: &str) -> Identity {
     dn.push(DnType::CommonName, format!("uuid:{cn_di}"));
     params.distinguished_name = dn;
     let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-    let (status, body) = cloud.post("/api/v1/csr", &json!({ "csr_pem": csr }));
+    let (status, body) = cloud.post(
+        "/api/v1/sign/identity-csr",
+        &json!({ "certificateSigningRequest": b64(csr.as_bytes()) }),
+    );
     assert_eq!(status, 200, "{body}");
+    let chain = String::from_utf8(unb64(body["certificate"].as_str().unwrap())).unwrap();
+    let end = "-----END CERTIFICATE-----";
+    let leaf = &chain[..chain.find(end).unwrap() + end.len()];
     Identity {
         di: cn_di.to_owned(),
         key,
-        cert_pem: body["certificate_pem"].as_str().unwrap().to_owned(),
-        ca_pem: body["ca_pem"].as_str().unwrap().to_owned(),
+        cert_pem: format!("{leaf}\n"),
+        ca_pem: cloud.hub_configuration()["certificateAuthorities"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
     }
 }
 
@@ -638,13 +820,15 @@ fn answer_discovery(dev: &mut Device, di: &str) -> Packet {
 fn tls_device_registers_publishes_and_is_reachable_over_http() {
     let dir = temp_dir("flow");
     let cloud = Cloud::start(&dir, &[]);
-    let (status, wk) = cloud.get("/.well-known/ocf-cloud");
-    assert_eq!(status, 200);
-    assert_eq!(wk["sid"], cloud.sid.as_str());
-    assert_eq!(wk["cis"], format!("coaps+tcp://{}", cloud.coap));
-    assert_eq!(wk["cis_plain"], Value::Null);
-    assert_eq!(wk["apn"], "plgd");
-    assert!(wk["ca_pem"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+    let wk = cloud.hub_configuration();
+    assert_eq!(wk["id"], cloud.sid.as_str());
+    assert_eq!(wk["coapGateway"], format!("coaps+tcp://{}", cloud.coap));
+    assert_eq!(wk["deviceOauthClient"]["providerName"], "plgd");
+    assert_eq!(wk["authority"], format!("http://{}", cloud.http));
+    assert!(wk["certificateAuthorities"]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
 
     let di = new_di();
     let id = identity(&cloud, &di);
@@ -679,25 +863,40 @@ fn tls_device_registers_publishes_and_is_reachable_over_http() {
     assert_eq!(b["links"][0]["ins"], crc32(b"/switch/1"));
     assert_eq!(b["links"][1]["ins"], crc32(b"/oic/d"));
 
-    let (_, devices) = cloud.get("/api/v1/devices");
+    let devices = cloud.devices();
     let me = devices
-        .as_array()
-        .unwrap()
         .iter()
-        .find(|d| d["di"] == di.as_str())
+        .find(|d| d["id"] == di.as_str())
         .unwrap()
         .clone();
-    assert_eq!(me["online"], true);
+    assert!(online(&me), "{me}");
     assert_eq!(me["name"], "Test Pi");
-    assert!(me["last_seen"].as_u64().unwrap() > 1_600_000_000);
-    let (status, links) = cloud.get(&format!("/api/v1/devices/{di}/links"));
+    // Another user's token sees none of alice's devices, as in plgd.
+    let (status, _, text) = http(
+        cloud.http,
+        "GET",
+        &format!("/api/v1/devices/{di}"),
+        None,
+        &cloud.token_of("mallory"),
+    );
+    assert_eq!(status, 404, "{text}");
+    let (status, links) = cloud.get(&format!("/api/v1/devices/{di}/resource-links"));
     assert_eq!(status, 200);
-    assert_eq!(links.as_array().unwrap().len(), 2);
+    assert_eq!(links["resources"].as_array().unwrap().len(), 2, "{links}");
+    assert_eq!(links["resources"][0]["deviceId"], di.as_str());
 
-    // Forwarded GET with a query: CoAP GET with Accept 10000 and no OCF version options.
-    let http_addr = cloud.http;
-    let path = format!("/api/v1/devices/{di}/switch/1?if=oic.if.baseline");
-    let client = std::thread::spawn(move || http(http_addr, "GET", &path, None));
+    // The shadow: what the batch observation delivered.
+    let (status, shadow) = cloud.get(&format!("/api/v1/devices/{di}/resources/switch/1"));
+    assert_eq!(status, 200, "{shadow}");
+    assert_eq!(shadow["data"]["content"], json!({"value": false}));
+    assert_eq!(shadow["data"]["resourceId"]["href"], "/switch/1");
+
+    // A GET to the device with an interface: CoAP GET with Accept 10000 and no OCF version
+    // options.
+    let (http_addr, token) = (cloud.http, cloud.token());
+    let path = format!("/api/v1/devices/{di}/resources/switch/1?resourceInterface=oic.if.baseline");
+    let t = token.clone();
+    let client = std::thread::spawn(move || http(http_addr, "GET", &path, None, &t));
     let req = dev.expect_request();
     assert_eq!(req.header.code, MessageClass::Request(RequestType::Get));
     assert_eq!(path_of(&req), "/switch/1");
@@ -718,14 +917,15 @@ fn tls_device_registers_publishes_and_is_reachable_over_http() {
     assert_eq!(status, 200, "{text}");
     assert!(head.contains("x-coap-code: 2.05"), "{head}");
     assert_eq!(
-        serde_json::from_str::<Value>(&text).unwrap()["value"],
+        serde_json::from_str::<Value>(&text).unwrap()["data"]["content"]["value"],
         false
     );
 
-    // Forwarded POST: JSON in, CBOR to the device, 2.04 without a body → {}.
-    let path = format!("/api/v1/devices/{di}/switch/1");
+    // An update: PUT of JSON, CBOR to the device as a POST, 2.04 without a body → content null.
+    let path = format!("/api/v1/devices/{di}/resources/switch/1");
+    let t = token.clone();
     let client =
-        std::thread::spawn(move || http(http_addr, "POST", &path, Some(r#"{"value":true}"#)));
+        std::thread::spawn(move || http(http_addr, "PUT", &path, Some(r#"{"value":true}"#), &t));
     let req = dev.expect_request();
     assert_eq!(req.header.code, MessageClass::Request(RequestType::Post));
     assert_eq!(
@@ -736,14 +936,18 @@ fn tls_device_registers_publishes_and_is_reachable_over_http() {
     assert_eq!(body(&req), json!({"value": true}));
     dev.respond(&req, ResponseType::Changed, None, None);
     let (status, head, text) = client.join().unwrap();
-    assert_eq!((status, text.as_str()), (200, "{}"));
+    assert_eq!(status, 200, "{text}");
+    let updated: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(updated["data"]["status"], "OK");
+    assert_eq!(updated["data"]["content"], Value::Null);
     assert!(head.contains("x-coap-code: 2.04"));
 
-    // A device error: status and diagnostic carried over.
-    let path = format!("/api/v1/devices/{di}/nope");
-    let client = std::thread::spawn(move || http(http_addr, "DELETE", &path, None));
+    // A device error: status and diagnostic carried over in a google.rpc.Status.
+    let path = format!("/api/v1/devices/{di}/resources/nope?shadow=false");
+    let t = token.clone();
+    let client = std::thread::spawn(move || http(http_addr, "GET", &path, None, &t));
     let req = dev.expect_request();
-    assert_eq!(req.header.code, MessageClass::Request(RequestType::Delete));
+    assert_eq!(req.header.code, MessageClass::Request(RequestType::Get));
     let mut p = Packet::new();
     p.header.code = MessageClass::Response(ResponseType::NotFound);
     p.set_token(req.get_token().to_vec());
@@ -753,32 +957,30 @@ fn tls_device_registers_publishes_and_is_reachable_over_http() {
     assert_eq!(status, 404);
     assert!(head.contains("x-coap-code: 4.04"));
     let err: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(err["coap"], "4.04");
-    assert_eq!(err["diagnostic"], "no such resource");
+    assert_eq!(err["code"], 5, "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("4.04: no such resource"),
+        "{err}"
+    );
+    // Nothing in the shadow for it: 404 too.
+    let (status, _) = cloud.get(&format!("/api/v1/devices/{di}/resources/nope"));
+    assert_eq!(status, 404);
 
-    // Server-sent events of the batch observation.
-    let mut sse = TcpStream::connect(cloud.http).unwrap();
-    sse.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        sse,
-        "GET /api/v1/devices/{di}/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
-    )
-    .unwrap();
-    let mut reader = BufReader::new(sse);
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(line.contains("200"), "{line}");
-    // Headers first, so the subscription exists before the change.
-    loop {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" {
-            break;
-        }
-        if line.to_ascii_lowercase().starts_with("content-type") {
-            assert!(line.contains("text/event-stream"), "{line}");
-        }
-    }
+    // Events of the batch observation, over the WebSocket subscription.
+    let mut ws = subscribe(
+        &cloud,
+        &json!({
+            "createSubscription": {"eventFilter": ["RESOURCE_CHANGED"], "deviceIdFilter": [di]},
+            "correlationId": "t1",
+        }),
+    );
+    // The subscription starts with the shadow as it is.
+    let first = ws_next(&mut ws).expect("the current shadow");
+    assert_eq!(first["correlationId"], "t1");
+    assert_eq!(first["resourceChanged"]["content"], json!({"value": false}));
     let mut notif = Packet::new();
     notif.header.code = MessageClass::Response(ResponseType::Content);
     notif.set_token(batch.get_token().to_vec());
@@ -791,24 +993,14 @@ fn tls_device_registers_publishes_and_is_reachable_over_http() {
     .unwrap();
     dev.send(&notif);
     let mut got = None;
-    let deadline = Instant::now() + TIMEOUT;
-    let mut event = String::new();
-    while Instant::now() < deadline && got.is_none() {
-        line.clear();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        let l = line.trim_end();
-        if let Some(e) = l.strip_prefix("event:") {
-            event = e.trim().to_owned();
-        } else if let Some(d) = l.strip_prefix("data:") {
-            let v: Value = serde_json::from_str(d.trim()).unwrap();
-            if event == "change" && v["href"] == "/switch/1" {
-                got = Some(v);
-            }
+    while got.is_none() {
+        let Some(ev) = ws_next(&mut ws) else { break };
+        let rc = &ev["resourceChanged"];
+        if rc["resourceId"]["href"] == "/switch/1" {
+            got = Some(rc["content"].clone());
         }
     }
-    assert_eq!(got.expect("a change event")["rep"], json!({"value": true}));
+    assert_eq!(got.expect("a change event"), json!({"value": true}));
 
     // Deregistration: 2.02, records deleted, connection closed.
     let resp = dev.request(delete(
@@ -821,13 +1013,8 @@ fn tls_device_registers_publishes_and_is_reachable_over_http() {
         "the cloud did not close the connection"
     );
     dev.assert_frames_at_least_six_bytes();
-    let (_, devices) = cloud.get("/api/v1/devices");
-    assert!(!devices
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|d| d["di"] == di.as_str()));
-    let (status, _) = cloud.get(&format!("/api/v1/devices/{di}/links"));
+    assert!(!cloud.devices().iter().any(|d| d["id"] == di.as_str()));
+    let (status, _) = cloud.get(&format!("/api/v1/devices/{di}/resource-links"));
     assert_eq!(status, 404);
 
     // The log: one sign-up, no 4.01, the deregistration, the cloud's own requests.
@@ -937,8 +1124,6 @@ fn reference_device_sequence_on_the_plain_listener() {
         &["--coap-plain", "127.0.0.1:0", "--token-lifetime", "0"],
     );
     let plain = cloud.plain.expect("plain listener");
-    let (_, wk) = cloud.get("/.well-known/ocf-cloud");
-    assert_eq!(wk["cis_plain"], format!("coap+tcp://{plain}"));
     let di = new_di();
     let code_ = cloud.authcode("bob");
 
@@ -995,18 +1180,18 @@ fn reference_device_sequence_on_the_plain_listener() {
     notif.add_option(CoapOption::ContentFormat, encode_uint(10000));
     notif.payload = to_cbor(&json!({"state": true, "power": 10})).unwrap();
     dev.send(&notif);
-    let http_addr = cloud.http;
-    let path = format!("/api/v1/devices/{di}/light/1");
+    let (http_addr, token) = (cloud.http, cloud.token());
+    let path = format!("/api/v1/devices/{di}/resources/light/1?shadow=false");
     // Give the cloud a moment to take the notification before the forwarded GET.
     std::thread::sleep(Duration::from_millis(200));
-    let client = std::thread::spawn(move || http(http_addr, "GET", &path, None));
+    let client = std::thread::spawn(move || http(http_addr, "GET", &path, None, &token));
     let req = dev.expect_request();
     dev.respond(&req, ResponseType::Valid, None, None);
     let (status, head, text) = client.join().unwrap();
     assert_eq!(status, 200);
     assert!(head.contains("x-coap-code: 2.03"));
     assert_eq!(
-        serde_json::from_str::<Value>(&text).unwrap(),
+        serde_json::from_str::<Value>(&text).unwrap()["data"]["content"],
         json!({"state": true, "power": 10})
     );
 
@@ -1080,26 +1265,24 @@ fn restarted_cloud_keeps_the_registration() {
 
     let cloud = Cloud::start(&data, &[]);
     assert_eq!(cloud.sid, sid);
-    let (_, devices) = cloud.get("/api/v1/devices");
+    *cloud.user.borrow_mut() = "carol".into();
+    // The API token issued before the restart is still good (tokens are stored).
+    let devices = cloud.devices();
     let me = devices
-        .as_array()
-        .unwrap()
         .iter()
-        .find(|d| d["di"] == di.as_str())
+        .find(|d| d["id"] == di.as_str())
         .expect("device still known")
         .clone();
-    assert_eq!(me["online"], false);
-    let (status, links) = cloud.get(&format!("/api/v1/devices/{di}/links"));
+    assert_eq!(me["metadata"]["status"]["value"], "OFFLINE");
+    let (status, links) = cloud.get(&format!("/api/v1/devices/{di}/resource-links"));
     assert_eq!(status, 200);
-    assert_eq!(links[0]["href"], "/switch/1");
-    // Offline device: 503.
-    let (status, _, _) = http(
-        cloud.http,
-        "GET",
-        &format!("/api/v1/devices/{di}/switch/1"),
-        None,
-    );
+    assert_eq!(links["resources"][0]["href"], "/switch/1");
+    // Offline device: 503 from the device; the shadow did not survive the restart.
+    let (status, err) = cloud.get(&format!(
+        "/api/v1/devices/{di}/resources/switch/1?shadow=false"
+    ));
     assert_eq!(status, 503);
+    assert_eq!(err["code"], 14);
 
     // The same certificate and tokens sign in again, with no sign-up.
     let mut dev = Device::tls(cloud.coap, client_config(&id, false));
@@ -1113,12 +1296,10 @@ fn restarted_cloud_keeps_the_registration() {
         cloud.count("device", "POST", "/oic/sec/session", Some("2.04")),
         1
     );
-    let (_, devices) = cloud.get("/api/v1/devices");
-    assert!(devices
-        .as_array()
-        .unwrap()
+    assert!(cloud
+        .devices()
         .iter()
-        .any(|d| d["di"] == di.as_str() && d["online"] == true));
+        .any(|d| d["id"] == di.as_str() && online(d)));
 }
 
 #[test]
@@ -1154,36 +1335,101 @@ fn keepalive_pings_a_silent_device_and_closes_without_pong() {
 fn http_api_refuses_bad_input() {
     let dir = temp_dir("http");
     let cloud = Cloud::start(&dir, &["--apn", "plgd.web"]);
-    // Default user, custom apn.
-    let (status, _, text) = http(cloud.http, "POST", "/api/v1/authcodes", None);
-    assert_eq!(status, 200);
+    let h = cloud.http;
+    // No token, a wrong token: 401 in google.rpc.Status form (Unauthenticated).
+    for token in ["", "dev.0000"] {
+        for path in [
+            "/api/v1/devices",
+            "/authorize?response_type=code&client_id=ocf-device",
+            "/dev-cloud/api/v1/log",
+        ] {
+            let (status, _, text) = http(h, "GET", path, None, token);
+            assert_eq!(status, 401, "{path}: {text}");
+            let err: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(err["code"], 16, "{text}");
+        }
+    }
+    // The WebSocket needs a token too.
+    let (status, _, _) = http(h, "GET", "/api/v1/ws/events", None, "");
+    assert_eq!(status, 401);
+    // The token endpoint: a wrong secret, a wrong grant.
+    for form in [
+        "grant_type=client_credentials&client_id=ocf-dev&client_secret=nope",
+        "grant_type=password&client_id=ocf-dev&client_secret=x",
+        "client_id=ocf-dev",
+        "grant_type=client_credentials&client_id=other&client_secret=x",
+    ] {
+        let (status, _, text) = http_raw(
+            h,
+            "POST",
+            "/oauth/token",
+            Some(("application/x-www-form-urlencoded", form)),
+            "",
+        );
+        assert!(status == 400 || status == 401, "{form}: {status} {text}");
+        assert!(serde_json::from_str::<Value>(&text).unwrap()["error"].is_string());
+    }
+    // The default user; the apn the hub expects.
     assert_eq!(
-        serde_json::from_str::<Value>(&text).unwrap()["apn"],
+        cloud.hub_configuration()["deviceOauthClient"]["providerName"],
         "plgd.web"
     );
-    let (status, reply) = cloud.post("/api/v1/csr", &json!({"csr_pem": "nope"}));
+    let (status, reply) = cloud.get("/authorize?response_type=code&client_id=someone-else");
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["error"], "unauthorized_client");
+    // With a redirect_uri: a redirect carrying the code and the state.
+    let (status, head, _) = http(
+        h,
+        "GET",
+        "/authorize?response_type=code&client_id=ocf-device&redirect_uri=http%3A%2F%2Fapp%2Fcb&state=s%201",
+        None,
+        &cloud.token(),
+    );
+    assert_eq!(status, 307, "{head}");
+    assert!(head.contains("location: http://app/cb?code="), "{head}");
+    assert!(head.contains("&state=s%201"), "{head}");
+    // CSRs: not base64 nor PEM, not a CSR, CN not uuid:<UUID>, not JSON.
+    let (status, reply) = cloud.post(
+        "/api/v1/sign/identity-csr",
+        &json!({"certificateSigningRequest": "no*pe"}),
+    );
     assert_eq!(status, 400);
-    assert!(reply["error"].is_string());
-    // A CSR whose CN is not uuid:<UUID>.
+    assert_eq!(reply["code"], 3);
+    assert!(reply["message"].is_string());
+    let (status, _) = cloud.post(
+        "/api/v1/sign/identity-csr",
+        &json!({"certificateSigningRequest": b64(b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")}),
+    );
+    assert_eq!(status, 400);
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "my-device");
     params.distinguished_name = dn;
     let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-    let (status, reply) = cloud.post("/api/v1/csr", &json!({ "csr_pem": csr }));
+    let (status, reply) = cloud.post(
+        "/api/v1/sign/identity-csr",
+        &json!({ "certificateSigningRequest": b64(csr.as_bytes()) }),
+    );
     assert_eq!(status, 400);
-    assert!(reply["error"].as_str().unwrap().contains("uuid"));
-    let (status, _, _) = http(cloud.http, "POST", "/api/v1/csr", Some("{"));
+    assert!(reply["message"].as_str().unwrap().contains("uuid"));
+    let (status, _, _) = http(
+        h,
+        "POST",
+        "/api/v1/sign/identity-csr",
+        Some("{"),
+        &cloud.token(),
+    );
     assert_eq!(status, 400);
-    // Unknown device.
-    let (status, _) = cloud.get(&format!("/api/v1/devices/{}/x", new_di()));
+    // Unknown device, unknown endpoint, a bad shadow flag, an update that is not an object.
+    let (status, reply) = cloud.get(&format!("/api/v1/devices/{}/resources/x", new_di()));
+    assert_eq!((status, reply["code"].as_i64()), (404, Some(5)));
+    let (status, _) = cloud.get("/api/v1/nothing-here");
     assert_eq!(status, 404);
     // Sign-up with the wrong provider: 4.01.
     let di = new_di();
     let id = identity(&cloud, &di);
-    let code_ = cloud.post("/api/v1/authcodes", &json!({}));
-    let code_ = code_.1["code"].as_str().unwrap().to_owned();
+    let code_ = cloud.authcode("user");
     let mut dev = Device::tls(cloud.coap, client_config(&id, false));
     dev.send_csm();
     let resp = dev.request(post(
@@ -1236,21 +1482,16 @@ fn signed_out_device_keeps_its_links_and_is_reachable_without_publishing_again()
     drop(dev);
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let (_, devices) = cloud.get("/api/v1/devices");
-        if devices
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["di"] == di.as_str() && d["online"] == false)
-        {
+        let devices = cloud.devices();
+        if devices.iter().any(|d| d["id"] == di.as_str() && !online(d)) {
             break;
         }
-        assert!(Instant::now() < deadline, "still online: {devices}");
+        assert!(Instant::now() < deadline, "still online: {devices:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (status, links) = cloud.get(&format!("/api/v1/devices/{di}/links"));
+    let (status, links) = cloud.get(&format!("/api/v1/devices/{di}/resource-links"));
     assert_eq!(status, 200);
-    assert_eq!(links.as_array().unwrap().len(), 2, "{links}");
+    assert_eq!(links["resources"].as_array().unwrap().len(), 2, "{links}");
 
     // A new connection: sign-in only (the access token is still valid), no publish.
     let mut dev = Device::tls(cloud.coap, client_config(&id, false));
@@ -1261,21 +1502,20 @@ fn signed_out_device_keeps_its_links_and_is_reachable_without_publishing_again()
     );
     let batch = answer_discovery(&mut dev, &di);
     dev.respond(&batch, ResponseType::Content, Some(json!([])), Some(0));
-    let (status, links) = cloud.get(&format!("/api/v1/devices/{di}/links"));
+    let (status, links) = cloud.get(&format!("/api/v1/devices/{di}/resource-links"));
     assert_eq!(status, 200);
-    let hrefs: BTreeSet<&str> = links
+    let hrefs: BTreeSet<&str> = links["resources"]
         .as_array()
         .unwrap()
         .iter()
         .filter_map(|l| l["href"].as_str())
         .collect();
     assert_eq!(hrefs, BTreeSet::from(["/oic/d", "/switch/1"]));
-    assert_eq!(links[0]["ins"], crc32(b"/oic/d"));
 
     // Requests are forwarded on the new connection.
-    let http_addr = cloud.http;
-    let path = format!("/api/v1/devices/{di}/switch/1");
-    let client = std::thread::spawn(move || http(http_addr, "GET", &path, None));
+    let (http_addr, token) = (cloud.http, cloud.token());
+    let path = format!("/api/v1/devices/{di}/resources/switch/1?shadow=false");
+    let client = std::thread::spawn(move || http(http_addr, "GET", &path, None, &token));
     let req = dev.expect_request();
     assert_eq!(path_of(&req), "/switch/1");
     dev.respond(
@@ -1286,7 +1526,199 @@ fn signed_out_device_keeps_its_links_and_is_reachable_without_publishing_again()
     );
     let (status, _, text) = client.join().unwrap();
     assert_eq!(status, 200, "{text}");
-    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["value"], true);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["data"]["content"]["value"],
+        true
+    );
     assert_eq!(cloud.count("device", "POST", "/oic/rd", None), 1);
     assert_eq!(cloud.count("device", "POST", "/oic/sec/account", None), 1);
+}
+
+/// The contract with plgd hub's client API: every kind of answer this cloud gives, and every
+/// event kind, validated against `contract/plgd-hub.schema.json` (written from plgd's swagger
+/// and protos), so that a renamed field, a wrong type or an invented one fails here.
+#[test]
+fn answers_match_the_plgd_hub_schema() {
+    use contract::assert_valid;
+    let dir = temp_dir("contract");
+    let cloud = Cloud::start(&dir, &[]);
+    assert_valid("HubConfiguration", &cloud.hub_configuration());
+    let (status, signed) = {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("uuid:{}", new_di()));
+        params.distinguished_name = dn;
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        cloud.post(
+            "/api/v1/sign/identity-csr",
+            &json!({ "certificateSigningRequest": b64(csr.as_bytes()) }),
+        )
+    };
+    assert_eq!(status, 200);
+    assert_valid("SignCertificateResponse", &signed);
+
+    let di = new_di();
+    let id = identity(&cloud, &di);
+    let code_ = cloud.authcode("erin");
+    // Every event from the start: the device's registration, status, links, changes.
+    let mut ws = subscribe(
+        &cloud,
+        &json!({"createSubscription": {}, "correlationId": "c"}),
+    );
+    let mut dev = Device::tls(cloud.coap, client_config(&id, false));
+    dev.send_csm();
+    let tokens = sign_up(&mut dev, &di, &code_);
+    assert_eq!(
+        code(&sign_in(&mut dev, &di, &tokens)),
+        ResponseType::Changed
+    );
+    let batch = answer_discovery(&mut dev, &di);
+    dev.respond(
+        &batch,
+        ResponseType::Content,
+        Some(json!([
+            {"href": format!("ocf://{di}/switch/1"), "rep": {"value": false}},
+            {"href": "/oic/d", "rep": {"n": "Test Pi", "di": di, "piid": new_di(),
+                "rt": ["oic.d.light", "oic.wk.d"], "if": ["oic.if.r", "oic.if.baseline"],
+                "dmno": "m1", "dmn": [{"language": "en", "value": "maker"}]}}
+        ])),
+        Some(0),
+    );
+    let resp = dev.request(post(
+        "/oic/rd",
+        &[("rt", "oic.wk.rdpub")],
+        links_body(&di, &["/switch/1", "/oic/d"]),
+    ));
+    assert_eq!(code(&resp), ResponseType::Changed);
+
+    // Devices: a stream of {"result": Device}; one Device.
+    let (status, _, text) = http(cloud.http, "GET", "/api/v1/devices", None, &cloud.token());
+    assert_eq!(status, 200);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    for l in &lines {
+        assert_valid("DeviceStreamItem", l);
+    }
+    let (status, device) = cloud.get(&format!("/api/v1/devices/{di}"));
+    assert_eq!(status, 200);
+    assert_valid("Device", &device);
+    assert_eq!(device["types"], json!(["oic.d.light", "oic.wk.d"]));
+    assert_eq!(device["modelNumber"], "m1");
+    let (_, links) = cloud.get(&format!("/api/v1/devices/{di}/resource-links"));
+    assert_valid("ResourceLinks", &links);
+    let (status, shadow) = cloud.get(&format!("/api/v1/devices/{di}/resources/switch/1"));
+    assert_eq!(status, 200);
+    assert_valid("ShadowResource", &shadow);
+
+    // From the device, and an update.
+    let (h, t) = (cloud.http, cloud.token());
+    let path = format!("/api/v1/devices/{di}/resources/switch/1?shadow=false");
+    let client = std::thread::spawn(move || http(h, "GET", &path, None, &t));
+    let req = dev.expect_request();
+    dev.respond(
+        &req,
+        ResponseType::Content,
+        Some(json!({"value": false})),
+        None,
+    );
+    let (status, _, text) = client.join().unwrap();
+    assert_eq!(status, 200);
+    assert_valid("DeviceAnswer", &serde_json::from_str(&text).unwrap());
+    let (h, t) = (cloud.http, cloud.token());
+    let path = format!("/api/v1/devices/{di}/resources/switch/1");
+    let client = std::thread::spawn(move || http(h, "PUT", &path, Some(r#"{"value":true}"#), &t));
+    let req = dev.expect_request();
+    dev.respond(
+        &req,
+        ResponseType::Changed,
+        Some(json!({"value": true})),
+        None,
+    );
+    let (status, _, text) = client.join().unwrap();
+    assert_eq!(status, 200);
+    assert_valid("DeviceAnswer", &serde_json::from_str(&text).unwrap());
+
+    // Errors: no token, an unknown device, a bad body, a device error.
+    let (status, _, text) = http(cloud.http, "GET", "/api/v1/devices", None, "");
+    assert_eq!(status, 401);
+    assert_valid("Error", &serde_json::from_str(&text).unwrap());
+    let (status, err) = cloud.get(&format!("/api/v1/devices/{}", new_di()));
+    assert_eq!(status, 404);
+    assert_valid("Error", &err);
+    let (status, _, text) = http(
+        cloud.http,
+        "PUT",
+        &format!("/api/v1/devices/{di}/resources/switch/1"),
+        Some("[1]"),
+        &cloud.token(),
+    );
+    assert_eq!(status, 400);
+    assert_valid("Error", &serde_json::from_str(&text).unwrap());
+
+    // A change, then the device deregisters: every event kind went by.
+    let mut notif = Packet::new();
+    notif.header.code = MessageClass::Response(ResponseType::Content);
+    notif.set_token(batch.get_token().to_vec());
+    notif.add_option(CoapOption::Observe, encode_uint(2));
+    notif.add_option(CoapOption::ContentFormat, encode_uint(10000));
+    notif.payload = to_cbor(&json!([{"href": "/switch/1", "rep": {"value": true}}])).unwrap();
+    dev.send(&notif);
+    let resp = dev.request(delete(
+        "/oic/rd",
+        &[("di", di.as_str()), ("ins", &crc32(b"/oic/d").to_string())],
+    ));
+    assert_eq!(code(&resp), ResponseType::Deleted);
+    let resp = dev.request(delete(
+        "/oic/sec/account",
+        &[("uid", "erin"), ("di", di.as_str())],
+    ));
+    assert_eq!(code(&resp), ResponseType::Deleted);
+    let mut kinds = BTreeSet::new();
+    while let Some(ev) = ws_next(&mut ws) {
+        assert_valid("Event", &ev);
+        let kind = ev
+            .as_object()
+            .unwrap()
+            .keys()
+            .find(|k| !["subscriptionId", "correlationId"].contains(&k.as_str()))
+            .unwrap()
+            .clone();
+        kinds.insert(kind.clone());
+        if kind == "deviceUnregistered" {
+            break;
+        }
+    }
+    for want in [
+        "deviceRegistered",
+        "deviceMetadataUpdated",
+        "resourcePublished",
+        "resourceUnpublished",
+        "resourceChanged",
+        "deviceUnregistered",
+    ] {
+        assert!(kinds.contains(want), "no {want} event: {kinds:?}");
+    }
+}
+
+/// The check itself fails on drift: a renamed field, a wrong type, a missing field.
+#[test]
+fn the_schema_check_catches_drift() {
+    let good = json!({"code": 5, "message": "m", "details": []});
+    assert!(contract::check("Error", &good).is_empty());
+    for bad in [
+        json!({"code": 5, "msg": "m", "details": []}),
+        json!({"code": "5", "message": "m", "details": []}),
+        json!({"code": 5, "details": []}),
+    ] {
+        assert!(!contract::check("Error", &bad).is_empty(), "{bad}");
+    }
+    let status = json!({"status": {"value": "ONLINE"}});
+    assert!(contract::check("DeviceMetadata", &status).is_empty());
+    assert!(!contract::check("DeviceMetadata", &json!({"status": {"value": "UP"}})).is_empty());
+    assert!(!contract::check("Int64", &json!(5)).is_empty());
+    assert!(!contract::check("ResourceId", &json!({"deviceId": "x", "href": "/a"})).is_empty());
 }

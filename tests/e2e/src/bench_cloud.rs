@@ -372,10 +372,10 @@ impl HttpClient {
         }
     }
 
-    /// GET `path`: (status, body).
-    pub fn get(&mut self, path: &str) -> (u16, Vec<u8>) {
+    /// GET `path` with a bearer token: (status, body).
+    pub fn get(&mut self, path: &str, token: &str) -> (u16, Vec<u8>) {
         let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\n\r\n",
             self.host
         );
         self.stream
@@ -441,8 +441,8 @@ pub struct ForwardFigures {
     pub cloud_cpu: Duration,
 }
 
-/// `clients` keep-alive clients send `GET /api/v1/devices/{di}/{href}` back to back for
-/// `duration` (after a warm-up).
+/// `clients` keep-alive clients send `GET /api/v1/devices/{di}/resources{href}?shadow=false`
+/// (a request to the device) back to back for `duration` (after a warm-up).
 pub fn forwarded_get(
     cloud: &DevCloud,
     agent_pid: i32,
@@ -452,15 +452,16 @@ pub fn forwarded_get(
     duration: Duration,
 ) -> ForwardFigures {
     let addr = cloud.http;
-    let path = format!("/api/v1/devices/{di}{href}");
+    let path = format!("/api/v1/devices/{di}/resources{href}?shadow=false");
+    let token = cloud.token();
     let barrier = Arc::new(Barrier::new(clients + 1));
     let handles: Vec<_> = (0..clients)
         .map(|_| {
-            let (path, barrier) = (path.clone(), barrier.clone());
+            let (path, barrier, token) = (path.clone(), barrier.clone(), token.clone());
             std::thread::spawn(move || {
                 let mut c = HttpClient::connect(addr);
                 for _ in 0..20 {
-                    let (status, body) = c.get(&path);
+                    let (status, body) = c.get(&path, &token);
                     assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
                 }
                 barrier.wait();
@@ -468,7 +469,7 @@ pub fn forwarded_get(
                 let end = Instant::now() + duration;
                 while Instant::now() < end {
                     let t = Instant::now();
-                    let (status, body) = c.get(&path);
+                    let (status, body) = c.get(&path, &token);
                     lat.push(t.elapsed());
                     assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
                 }

@@ -1,6 +1,11 @@
 //! Harness for the cloud tests: the development cloud (`ocf-dev-cloud`) as a child process, a
-//! tiny blocking HTTP/1.1 client for its JSON API and its server-sent events, and a TCP proxy
-//! that can cut the agent's cloud connection on demand.
+//! tiny blocking HTTP/1.1 client for its API (plgd hub's shape: bearer tokens, device
+//! authorisation codes, identity-CSR signing, devices, resource links, resources from the
+//! shadow or the device), its event subscriptions over WebSocket, and a TCP proxy that can cut
+//! the agent's cloud connection on demand.
+//!
+//! Everything that knows the API's paths and shapes is here: tests call [`DevCloud::resource`],
+//! [`DevCloud::update`], [`DevCloud::is_online`], [`DevCloud::links`], [`DevCloud::events`]...
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -28,6 +33,10 @@ pub struct DevCloud {
     how: Spawn,
     stderr: mpsc::Receiver<String>,
     log: Vec<String>,
+    /// The user the API calls act for.
+    user: Mutex<String>,
+    /// Bearer tokens per user.
+    tokens: Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl DevCloud {
@@ -124,6 +133,8 @@ impl DevCloud {
             how: how.clone(),
             stderr: err_rx,
             log: Vec::new(),
+            user: Mutex::new("user".to_string()),
+            tokens: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -162,6 +173,9 @@ impl DevCloud {
         }
         let next = next.expect("restart ocf-dev-cloud");
         assert_eq!(next.sid, self.sid, "sid survives a restart");
+        // Tokens are stored by the cloud: they survive its restart, like the current user.
+        *next.user.lock().unwrap() = self.user();
+        *next.tokens.lock().unwrap() = self.tokens.lock().unwrap().clone();
         let old = std::mem::replace(self, next);
         drop(old);
     }
@@ -178,36 +192,128 @@ impl DevCloud {
         &self.log
     }
 
+    /// The console's address (`http://IP:PORT/`).
+    pub fn console_url(&self) -> String {
+        format!("http://{}/", self.http)
+    }
+
+    /// Acts as `user` from now on (the user a Mediator would log in as): the API calls below use
+    /// a bearer token of that user, and `auth_code` issues codes for that user.
+    pub fn login(&self, user: &str) {
+        *self.user.lock().unwrap() = user.to_string();
+    }
+
+    /// The user the API calls act for (default `user`).
+    pub fn user(&self) -> String {
+        self.user.lock().unwrap().clone()
+    }
+
+    /// A bearer token of the current user.
+    pub fn token(&self) -> String {
+        self.token_for(&self.user())
+    }
+
+    /// A bearer token of `user`, from the cloud's OAuth token endpoint (client credentials of
+    /// the dev cloud's client, whose secret is in `DATA-DIR/client-secret`); kept per user.
+    pub fn token_for(&self, user: &str) -> String {
+        self.try_token_for(user).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`DevCloud::token_for`] with errors instead of panics.
+    pub fn try_token_for(&self, user: &str) -> Result<String, String> {
+        if let Some(t) = self.tokens.lock().unwrap().get(user) {
+            return Ok(t.clone());
+        }
+        let secret = std::fs::read_to_string(self.data_dir.join("client-secret"))
+            .map_err(|e| format!("client-secret: {e}"))?;
+        let form = format!(
+            "grant_type=client_credentials&client_id=ocf-dev&client_secret={}&owner={}",
+            secret.trim(),
+            form_encode(user)
+        );
+        let r = try_request(
+            self.http,
+            "POST",
+            "/oauth/token",
+            Some(("application/x-www-form-urlencoded", form.into_bytes())),
+            None,
+        )?;
+        let j = r.expect_ok("POST /oauth/token")?;
+        let t = j["access_token"]
+            .as_str()
+            .ok_or_else(|| format!("POST /oauth/token: no access_token in {j}"))?
+            .to_string();
+        self.tokens
+            .lock()
+            .unwrap()
+            .insert(user.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// `GET path` with the current user's token.
     pub fn get(&self, path: &str) -> HttpResponse {
-        http(self.http, "GET", path, None)
+        self.call("GET", path, None)
     }
 
+    /// `POST path` (JSON) with the current user's token.
     pub fn post(&self, path: &str, body: &Json) -> HttpResponse {
-        http(self.http, "POST", path, Some(body))
+        self.call("POST", path, Some(body))
     }
 
+    /// `PUT path` (JSON) with the current user's token.
+    pub fn put(&self, path: &str, body: &Json) -> HttpResponse {
+        self.call("PUT", path, Some(body))
+    }
+
+    /// `DELETE path` with the current user's token.
     pub fn delete(&self, path: &str) -> HttpResponse {
-        http(self.http, "DELETE", path, None)
+        self.call("DELETE", path, None)
     }
 
-    /// A single-use authorisation code for the sign-up.
+    /// A request with the current user's token.
+    pub fn call(&self, method: &str, path: &str, body: Option<&Json>) -> HttpResponse {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`DevCloud::call`] with errors instead of panics.
+    pub fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Json>,
+    ) -> Result<HttpResponse, String> {
+        let token = self.try_token_for(&self.user())?;
+        let body = body.map(|b| ("application/json", serde_json::to_vec(b).expect("json")));
+        try_request(self.http, method, path, body, Some(&token))
+    }
+
+    /// `GET /.well-known/hub-configuration` (public).
+    pub fn hub_configuration(&self) -> Json {
+        http(self.http, "GET", "/.well-known/hub-configuration", None)
+            .expect_ok("hub-configuration")
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A single-use device authorisation code (`at`) for `user`, who becomes the current user.
     pub fn auth_code(&self, user: &str) -> String {
         self.try_auth_code(user).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// `POST /api/v1/authcodes`: a single-use authorisation code for `user`.
+    /// `GET /authorize?response_type=code&client_id=ocf-device` as `user` (who becomes the
+    /// current user): a single-use authorisation code for a device's sign-up.
     pub fn try_auth_code(&self, user: &str) -> Result<String, String> {
-        let r = try_http(
-            self.http,
-            "POST",
-            "/api/v1/authcodes",
-            Some(&serde_json::json!({ "user": user })),
+        self.login(user);
+        let r = self.try_call(
+            "GET",
+            "/authorize?response_type=code&client_id=ocf-device",
+            None,
         )?;
-        let j = r.expect_ok("authcodes")?;
+        let j = r.expect_ok("authorize")?;
         j["code"]
             .as_str()
             .map(str::to_string)
-            .ok_or_else(|| format!("authcodes: no code in {j}"))
+            .ok_or_else(|| format!("authorize: no code in {j}"))
     }
 
     /// Has the cloud's CA sign a CSR: (certificate PEM, CA PEM).
@@ -215,42 +321,130 @@ impl DevCloud {
         self.try_sign_csr(csr_pem).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// `POST /api/v1/csr`: (certificate PEM, CA PEM).
+    /// `POST /api/v1/sign/identity-csr` (plgd's certificate authority): the device's
+    /// certificate (the first of the chain it answers) and the CA of `hub-configuration`.
     pub fn try_sign_csr(&self, csr_pem: &str) -> Result<(String, String), String> {
-        let r = try_http(
+        let body =
+            serde_json::json!({ "certificateSigningRequest": base64_encode(csr_pem.as_bytes()) });
+        let j = self
+            .try_call("POST", "/api/v1/sign/identity-csr", Some(&body))?
+            .expect_ok("sign/identity-csr")?;
+        let chain = j["certificate"]
+            .as_str()
+            .and_then(base64_decode)
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| format!("sign/identity-csr: no base64 certificate in {j}"))?;
+        let end = "-----END CERTIFICATE-----";
+        let leaf = chain
+            .find(end)
+            .map(|i| format!("{}\n", &chain[..i + end.len()]))
+            .ok_or_else(|| format!("sign/identity-csr: no certificate in {chain:?}"))?;
+        let conf = try_request(
             self.http,
-            "POST",
-            "/api/v1/csr",
-            Some(&serde_json::json!({ "csr_pem": csr_pem })),
-        )?;
-        let j = r.expect_ok("csr")?;
-        match (j["certificate_pem"].as_str(), j["ca_pem"].as_str()) {
-            (Some(cert), Some(ca)) => Ok((cert.to_string(), ca.to_string())),
-            _ => Err(format!("csr: no certificate_pem and ca_pem in {j}")),
-        }
+            "GET",
+            "/.well-known/hub-configuration",
+            None,
+            None,
+        )?
+        .expect_ok("hub-configuration")?;
+        let ca = conf["certificateAuthorities"]
+            .as_str()
+            .ok_or("hub-configuration: no certificateAuthorities")?
+            .to_string();
+        Ok((leaf, ca))
     }
 
-    /// `GET /api/v1/devices`.
+    /// `GET /api/v1/devices`: the current user's devices (plgd `Device` objects).
     pub fn devices(&self) -> Vec<Json> {
         self.try_devices().unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `GET /api/v1/devices`, with errors instead of panics.
     pub fn try_devices(&self) -> Result<Vec<Json>, String> {
-        let j = try_http(self.http, "GET", "/api/v1/devices", None)?.expect_ok("devices")?;
-        j.as_array()
-            .cloned()
-            .ok_or_else(|| format!("devices: not an array: {j}"))
+        let r = self.try_call("GET", "/api/v1/devices", None)?;
+        if r.status != 200 {
+            return Err(format!("devices: HTTP {} {}", r.status, r.text()));
+        }
+        // A stream: one `{"result": Device}` per line.
+        r.text()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let j: Json = serde_json::from_str(l).map_err(|e| format!("devices: {e}: {l}"))?;
+                j.get("result")
+                    .cloned()
+                    .ok_or_else(|| format!("devices: no result in {l}"))
+            })
+            .collect()
     }
 
-    /// The entry of `di` in `GET /api/v1/devices`.
+    /// The current user's device `di` (`GET /api/v1/devices/{di}`), if it has it.
     pub fn device(&self, di: &str) -> Option<Json> {
-        self.devices().into_iter().find(|d| d["di"] == di)
+        let r = self.get(&format!("/api/v1/devices/{di}"));
+        match r.status {
+            200 => Some(r.json()),
+            404 => None,
+            s => panic!("GET /api/v1/devices/{di}: HTTP {s} {}", r.text()),
+        }
     }
 
-    /// `GET /api/v1/log`: `[{t, di, method, path, code}]`.
+    /// Whether the cloud lists `di` online for the current user.
+    pub fn is_online(&self, di: &str) -> bool {
+        self.device(di).is_some_and(|d| online(&d))
+    }
+
+    /// The links `di` published (`resources` of `GET /api/v1/devices/{di}/resource-links`),
+    /// empty if the cloud has none or does not know the device.
+    pub fn links(&self, di: &str) -> Vec<Json> {
+        let r = self.get(&format!("/api/v1/devices/{di}/resource-links"));
+        if r.status != 200 {
+            return Vec::new();
+        }
+        r.json()["resources"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Reads a resource from the device itself through the cloud
+    /// (`GET /api/v1/devices/{di}/resources{href}?shadow=false`); [`HttpResponse::content`] is
+    /// the representation.
+    pub fn resource(&self, di: &str, href: &str) -> HttpResponse {
+        self.get(&format!(
+            "/api/v1/devices/{di}/resources{href}?shadow=false"
+        ))
+    }
+
+    /// [`DevCloud::resource`] with errors instead of panics.
+    pub fn try_resource(&self, di: &str, href: &str) -> Result<HttpResponse, String> {
+        self.try_call(
+            "GET",
+            &format!("/api/v1/devices/{di}/resources{href}?shadow=false"),
+            None,
+        )
+    }
+
+    /// A handle on the API with the current user's token, for another thread.
+    pub fn api(&self) -> Api {
+        Api {
+            http: self.http,
+            token: self.token(),
+        }
+    }
+
+    /// Reads a resource from the cloud's shadow (`GET /api/v1/devices/{di}/resources{href}`).
+    pub fn shadow(&self, di: &str, href: &str) -> HttpResponse {
+        self.get(&format!("/api/v1/devices/{di}/resources{href}"))
+    }
+
+    /// Updates a resource (`PUT /api/v1/devices/{di}/resources{href}`).
+    pub fn update(&self, di: &str, href: &str, content: &Json) -> HttpResponse {
+        self.put(&format!("/api/v1/devices/{di}/resources{href}"), content)
+    }
+
+    /// `GET /dev-cloud/api/v1/log`: `[{t, di, method, path, code, from}]`.
     pub fn request_log(&self) -> Vec<Json> {
-        let r = self.get("/api/v1/log");
+        let r = self.get("/dev-cloud/api/v1/log");
         assert_eq!(r.status, 200, "log: {}", r.text());
         r.json().as_array().cloned().unwrap_or_default()
     }
@@ -269,9 +463,17 @@ impl DevCloud {
             .collect()
     }
 
-    /// Opens `GET /api/v1/devices/{di}/events`.
-    pub fn events(&self, di: &str) -> Sse {
-        Sse::open(self.http, &format!("/api/v1/devices/{di}/events"))
+    /// Subscribes to the events of `di` (`/api/v1/ws/events`, every kind).
+    pub fn events(&self, di: &str) -> Events {
+        Events::open(
+            self.http,
+            &self.token(),
+            &serde_json::json!({
+                "createSubscription": { "deviceIdFilter": [di] },
+                "correlationId": "e2e",
+            }),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -279,6 +481,203 @@ impl Drop for DevCloud {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The API with one user's token, `Send` (see [`DevCloud::api`]).
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub http: SocketAddr,
+    token: String,
+}
+
+impl Api {
+    /// Updates a resource (`PUT /api/v1/devices/{di}/resources{href}`).
+    pub fn try_update(&self, di: &str, href: &str, content: &Json) -> Result<HttpResponse, String> {
+        let body = (
+            "application/json",
+            serde_json::to_vec(content).expect("json"),
+        );
+        try_request(
+            self.http,
+            "PUT",
+            &format!("/api/v1/devices/{di}/resources{href}"),
+            Some(body),
+            Some(&self.token),
+        )
+    }
+}
+
+/// Whether a plgd `Device` says ONLINE (`metadata.status.value`).
+pub fn online(device: &Json) -> bool {
+    device["metadata"]["status"]["value"] == "ONLINE"
+}
+
+/// An event subscription over the cloud's WebSocket (`/api/v1/ws/events`).
+pub struct Events {
+    socket: tungstenite::WebSocket<TcpStream>,
+}
+
+impl Events {
+    /// Connects with `token` (as a browser does: subprotocols `Bearer, <token>`), sends
+    /// `subscribe` and waits for its `operationProcessed`.
+    pub fn open(addr: SocketAddr, token: &str, subscribe: &Json) -> Result<Events, String> {
+        use tungstenite::client::IntoClientRequest;
+        let stream = TcpStream::connect(addr).map_err(|e| format!("ws connect {addr}: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let mut req = format!("ws://{addr}/api/v1/ws/events")
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            format!("Bearer, {token}")
+                .parse()
+                .map_err(|e| format!("{e}"))?,
+        );
+        let (socket, resp) =
+            tungstenite::client(req, stream).map_err(|e| format!("ws handshake: {e}"))?;
+        if resp
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            != Some("Bearer")
+        {
+            return Err(format!(
+                "ws: the server chose no Bearer subprotocol: {resp:?}"
+            ));
+        }
+        let mut ev = Events { socket };
+        ev.send(subscribe)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let first = ev
+            .next_event(deadline)
+            .ok_or("ws: no answer to the subscription")?;
+        if first["operationProcessed"]["errorStatus"]["code"] != "OK" {
+            return Err(format!("ws: subscription refused: {first}"));
+        }
+        Ok(ev)
+    }
+
+    /// Sends a `SubscribeToEvents` message.
+    pub fn send(&mut self, msg: &Json) -> Result<(), String> {
+        self.socket
+            .send(tungstenite::Message::text(msg.to_string()))
+            .map_err(|e| format!("ws send: {e}"))
+    }
+
+    /// The next `Event` (the `result` of a message), or `None` if none comes before `deadline`.
+    pub fn next_event(&mut self, deadline: Instant) -> Option<Json> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.socket
+                .get_mut()
+                .set_read_timeout(Some(left.max(Duration::from_millis(10))))
+                .ok()?;
+            match self.socket.read() {
+                Ok(tungstenite::Message::Text(t)) => {
+                    let j: Json = serde_json::from_str(t.as_str()).ok()?;
+                    return j.get("result").cloned();
+                }
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next `resourceChanged`: (href, content).
+    pub fn next_change(&mut self, deadline: Instant) -> Option<(String, Json)> {
+        loop {
+            let ev = self.next_event(deadline)?;
+            let rc = &ev["resourceChanged"];
+            if let Some(href) = rc["resourceId"]["href"].as_str() {
+                return Some((href.to_string(), rc["content"].clone()));
+            }
+        }
+    }
+}
+
+/// Writes a secret to a new file of mode 0600.
+pub fn write_private(path: &Path, secret: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.write_all(secret.as_bytes())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+fn form_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding, as proto3 JSON writes `bytes`.
+pub fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Standard base64, padding optional.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let (mut bits, mut n, mut out) = (0u32, 0, Vec::new());
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(v);
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    Some(out)
 }
 
 /// A CoAP code from the cloud's log (`"4.01"`, `129`, or `401`), as `class.detail`.
@@ -322,6 +721,12 @@ impl HttpResponse {
         serde_json::from_slice(&self.body).map_err(|e| format!("not JSON ({e}): {:?}", self.text()))
     }
 
+    /// The representation in a resource answer (`data.content` of plgd's `ResourceRetrieved`,
+    /// `ResourceUpdated` or shadow `Resource`).
+    pub fn content(&self) -> Json {
+        self.json()["data"]["content"].clone()
+    }
+
     /// The JSON body of a 2xx answer, or an error naming `what`, the status and the body.
     pub fn expect_ok(&self, what: &str) -> Result<Json, String> {
         if self.status / 100 != 2 {
@@ -335,7 +740,7 @@ impl HttpResponse {
     }
 }
 
-/// One blocking HTTP/1.1 request (`Connection: close`), JSON body if given.
+/// One blocking HTTP/1.1 request without a token (`Connection: close`), JSON body if given.
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Json>) -> HttpResponse {
     try_http(addr, method, path, body).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -347,17 +752,32 @@ pub fn try_http(
     path: &str,
     body: Option<&Json>,
 ) -> Result<HttpResponse, String> {
+    let body = body.map(|b| ("application/json", serde_json::to_vec(b).expect("json")));
+    try_request(addr, method, path, body, None)
+}
+
+/// One blocking HTTP/1.1 request (`Connection: close`, 30 s timeout): a body with its content
+/// type, and a bearer token, if given.
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Vec<u8>)>,
+    token: Option<&str>,
+) -> Result<HttpResponse, String> {
     let mut s =
         TcpStream::connect(addr).map_err(|e| format!("{method} {path}: connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| format!("timeout: {e}"))?;
-    let body = body.map(|b| serde_json::to_vec(b).expect("json"));
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n"
     );
-    if let Some(b) = &body {
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if let Some((ct, b)) = &body {
         req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            "Content-Type: {ct}\r\nContent-Length: {}\r\n",
             b.len()
         ));
     } else if method != "GET" {
@@ -365,7 +785,7 @@ pub fn try_http(
     }
     req.push_str("\r\n");
     let mut bytes = req.into_bytes();
-    if let Some(b) = body {
+    if let Some((_, b)) = body {
         bytes.extend(b);
     }
     s.write_all(&bytes)
@@ -401,10 +821,6 @@ pub fn try_http(
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
-    try_parse_head(head).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn try_parse_head(head: &[u8]) -> Result<(u16, Vec<(String, String)>), String> {
@@ -459,126 +875,6 @@ impl Dechunker {
             self.out
                 .extend_from_slice(&self.buf[eol + 2..eol + 2 + size]);
             self.buf.drain(..eol + 2 + size + 2);
-        }
-    }
-}
-
-/// A server-sent events stream (`text/event-stream`).
-pub struct Sse {
-    stream: TcpStream,
-    chunked: bool,
-    dechunker: Dechunker,
-    text: String,
-}
-
-/// One event.
-#[derive(Debug, Clone)]
-pub struct SseEvent {
-    pub event: String,
-    pub data: String,
-}
-
-impl Sse {
-    fn open(addr: SocketAddr, path: &str) -> Sse {
-        let mut s = TcpStream::connect(addr).expect("connect for SSE");
-        let req =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
-        s.write_all(req.as_bytes()).expect("write SSE request");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 4096];
-        let split = loop {
-            if let Some(i) = find(&raw, b"\r\n\r\n") {
-                break i;
-            }
-            let n = s.read(&mut buf).expect("SSE response head");
-            assert!(n > 0, "SSE connection closed before the head");
-            raw.extend_from_slice(&buf[..n]);
-        };
-        let (status, headers) = parse_head(&raw[..split]);
-        assert_eq!(
-            status,
-            200,
-            "SSE {path}: {:?}",
-            String::from_utf8_lossy(&raw)
-        );
-        let chunked = headers.iter().any(|(k, v)| {
-            k.eq_ignore_ascii_case("transfer-encoding")
-                && v.to_ascii_lowercase().contains("chunked")
-        });
-        let mut sse = Sse {
-            stream: s,
-            chunked,
-            dechunker: Dechunker::default(),
-            text: String::new(),
-        };
-        let rest = raw[split + 4..].to_vec();
-        sse.feed(&rest);
-        sse
-    }
-
-    fn feed(&mut self, bytes: &[u8]) {
-        if self.chunked {
-            self.dechunker.push(bytes);
-            let out = std::mem::take(&mut self.dechunker.out);
-            self.text.push_str(&String::from_utf8_lossy(&out));
-        } else {
-            self.text.push_str(&String::from_utf8_lossy(bytes));
-        }
-        // Normalise line ends so events split on "\n\n".
-        if self.text.contains('\r') {
-            self.text = self.text.replace("\r\n", "\n");
-        }
-    }
-
-    /// The next event, or `None` if none arrives before `deadline`.
-    pub fn next_event(&mut self, deadline: Instant) -> Option<SseEvent> {
-        let mut buf = [0u8; 4096];
-        loop {
-            while let Some(end) = self.text.find("\n\n") {
-                let block: String = self.text.drain(..end + 2).collect();
-                let mut ev = SseEvent {
-                    event: "message".into(),
-                    data: String::new(),
-                };
-                let mut any = false;
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        ev.event = v.trim().to_string();
-                        any = true;
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        if !ev.data.is_empty() {
-                            ev.data.push('\n');
-                        }
-                        ev.data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                        any = true;
-                    }
-                }
-                if any {
-                    return Some(ev);
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(10))))
-                .ok()?;
-            match self.stream.read(&mut buf) {
-                Ok(0) => return None,
-                Ok(n) => self.feed(&buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return None
-                }
-                Err(_) => return None,
-            }
         }
     }
 }

@@ -281,6 +281,8 @@ pub fn run_with_timeout(program: &Path, args: &[String], limit: Duration) -> Run
 pub struct Mediator {
     pub dir: PathBuf,
     pub runs: Mutex<Vec<Run>>,
+    /// The hub user's bearer token file `onboard` passes (`--token-file`).
+    token_file: Mutex<Option<PathBuf>>,
 }
 
 impl Mediator {
@@ -288,7 +290,16 @@ impl Mediator {
         Mediator {
             dir: dir.to_path_buf(),
             runs: Mutex::new(Vec::new()),
+            token_file: Mutex::new(None),
         }
+    }
+
+    /// Onboards as the current user of `cloud` from now on: its bearer token goes into a
+    /// private file beside the identity directory, passed as `--token-file`.
+    pub fn token_from(&self, cloud: &crate::cloud::DevCloud) {
+        let path = self.dir.with_extension("token");
+        crate::cloud::write_private(&path, &cloud.token());
+        *self.token_file.lock().unwrap() = Some(path);
     }
 
     /// Runs `ocf-mediator --identity DIR ARGS` (at most 120 s).
@@ -300,8 +311,10 @@ impl Mediator {
         run
     }
 
-    /// `onboard --pin PIN --device EP --cloud URL [extra]`.
+    /// `onboard --pin PIN --device EP --cloud URL [--token-file PATH] [extra]` (the token of
+    /// [`Mediator::token_from`]).
     pub fn onboard(&self, pin: &str, ep: &str, cloud: &str, extra: &[&str]) -> Run {
+        let token = self.token_args();
         let mut args = vec![
             "onboard",
             "--pin",
@@ -313,8 +326,17 @@ impl Mediator {
             "--timeout",
             "30",
         ];
+        args.extend(token.iter().map(String::as_str));
         args.extend_from_slice(extra);
         self.run(&args)
+    }
+
+    /// `--token-file PATH`, if a token was given.
+    pub fn token_args(&self) -> Vec<String> {
+        match &*self.token_file.lock().unwrap() {
+            Some(p) => vec!["--token-file".into(), p.display().to_string()],
+            None => Vec::new(),
+        }
     }
 
     pub fn get(&self, ep: &str, path: &str) -> Run {

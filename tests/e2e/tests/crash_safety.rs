@@ -160,12 +160,7 @@ fn onboard(med: &Mediator, ep: &str, cloud: &DevCloud) -> Run {
 
 /// POST `{"fr":true}` to `/oic/mnt` through the cloud API.
 fn reset_through_cloud(cloud: &DevCloud, di: &str) -> Result<HttpResponse, String> {
-    try_http(
-        cloud.http,
-        "POST",
-        &format!("/api/v1/devices/{di}/oic/mnt"),
-        Some(&json!({"fr": true})),
-    )
+    cloud.api().try_update(di, "/oic/mnt", &json!({"fr": true}))
 }
 
 /// Waits until the device is online in the cloud and its temperature reads through the API.
@@ -173,12 +168,12 @@ fn assert_works_through_cloud(cloud: &DevCloud, di: &str) {
     wait_for(
         Duration::from_secs(20),
         &format!("device {di} online in the cloud"),
-        || cloud.device(di).filter(|d| d["online"] == true),
+        || cloud.device(di).filter(online),
     );
     let mut last = String::new();
     let read = (0..50).find_map(|_| {
-        let r = cloud.get(&format!("/api/v1/devices/{di}/temperature"));
-        if r.status == 200 && r.json()["temperature"].is_number() {
+        let r = cloud.resource(di, "/temperature");
+        if r.status == 200 && r.content()["temperature"].is_number() {
             return Some(());
         }
         last = format!("{} {}", r.status, r.text());
@@ -275,6 +270,7 @@ impl KillOnDrop {
             .args(["onboard", "--pin", PIN, "--device", ep, "--cloud"])
             .arg(url(cloud))
             .args(["--timeout", "30"])
+            .args(med.token_args())
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone().expect("onboard log"))
             .stderr(out)
@@ -351,6 +347,7 @@ fn run_baseline() -> Baseline {
     let cloud = DevCloud::start(&dir.path().join("cloud"), &[]);
     let pin = pin_file(dir.path(), PIN);
     let med = Mediator::new(&dir.path().join("mediator"));
+    med.token_from(&cloud);
     let state = dir.path().join("state");
     let log = dir.path().join("agent.log");
     let mut agent =
@@ -414,6 +411,7 @@ fn case(group: Group, point: &str, base: &Baseline, dir: &Path) -> String {
     let cloud = DevCloud::start(&dir.join("cloud"), &[]);
     let pin = pin_file(dir, PIN);
     let med = Mediator::new(&dir.join("mediator"));
+    med.token_from(&cloud);
     let state = dir.join("state");
     let killed_log = dir.join("killed.log");
     let env = [(KILL_AT, point)];
@@ -473,15 +471,10 @@ fn case(group: Group, point: &str, base: &Baseline, dir: &Path) -> String {
                     seen, expected,
                     "the provisioning passed other points than the baseline's"
                 );
-                let (http, di) = (cloud.http, agent.di.clone());
+                let (api, di) = (cloud.api(), agent.di.clone());
                 let (tx, rx) = std::sync::mpsc::channel();
                 std::thread::spawn(move || {
-                    let _ = tx.send(try_http(
-                        http,
-                        "POST",
-                        &format!("/api/v1/devices/{di}/oic/mnt"),
-                        Some(&json!({"fr": true})),
-                    ));
+                    let _ = tx.send(api.try_update(&di, "/oic/mnt", &json!({"fr": true})));
                 });
                 reset_answer = Some(rx);
             }

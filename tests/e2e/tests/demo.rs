@@ -127,6 +127,17 @@ fn demo_registers_and_reads_through_the_cloud() {
         "ocf-demo: {status}\n{all}\nstderr:\n{stderr}"
     );
 
+    // The console's address comes first, before the device starts, with a token that works.
+    let console = out
+        .iter()
+        .position(|l| l.starts_with("console http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no console line:\n{all}"));
+    let agent = out
+        .iter()
+        .position(|l| l.starts_with("agent "))
+        .unwrap_or_else(|| panic!("no agent line:\n{all}"));
+    assert!(console < agent, "the console is not shown first:\n{all}");
+    assert!(out[console].contains("/#token=dev."), "{}", out[console]);
     assert!(has(&out, "  sid   "), "no sid:\n{all}");
     assert!(
         has(&out, "coaps+tcp://127.0.0.1:") && has(&out, "http://127.0.0.1:"),
@@ -142,7 +153,7 @@ fn demo_registers_and_reads_through_the_cloud() {
         has(
             &out,
             &format!(" onboard --pin {pin} --cloud http://127.0.0.1:")
-        ),
+        ) && has(&out, " --token-file "),
         "the Mediator not run with the PIN the agent printed:\n{all}"
     );
     for n in 1..=9 {
@@ -167,7 +178,7 @@ fn demo_registers_and_reads_through_the_cloud() {
         "links not listed:\n{all}"
     );
     assert!(
-        has(&out, "POST {\"value\":true} → CoAP 2.04   GET → on"),
+        has(&out, "PUT {\"value\":true} → CoAP 2.04   GET → on"),
         "the switch was not switched:\n{all}"
     );
     assert!(

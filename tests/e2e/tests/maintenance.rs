@@ -46,6 +46,7 @@ impl Bench {
         let cloud = DevCloud::start(&dir.path().join("cloud"), cloud_args);
         let pin = pin_file(dir.path(), PIN);
         let med = Mediator::new(&dir.path().join("mediator"));
+        med.token_from(&cloud);
         Bench {
             state: dir.path().join("state"),
             cloud,
@@ -71,7 +72,7 @@ impl Bench {
 
     fn wait_online(&self, di: &str) {
         wait_for(Duration::from_secs(20), "the device online", || {
-            self.cloud.device(di).filter(|d| d["online"] == true)
+            self.cloud.device(di).filter(online)
         });
     }
 
@@ -94,9 +95,9 @@ impl HttpUrl for DevCloud {
 }
 
 fn mnt(cloud: &DevCloud, di: &str) -> serde_json::Value {
-    let r = cloud.get(&format!("/api/v1/devices/{di}/oic/mnt"));
+    let r = cloud.resource(di, "/oic/mnt");
     assert_eq!(r.status, 200, "GET /oic/mnt: {}", r.text());
-    r.json()
+    r.content()
 }
 
 /// The `di` the device announces in UDP discovery (`/oic/res` anchors), which needs no owner.
@@ -130,7 +131,7 @@ fn oic_mnt_is_published_reads_false_and_refuses_bad_bodies() {
     let agent = b.agent(&[]);
     b.onboard(&agent);
     let di = agent.di.clone();
-    let links = b.cloud.get(&format!("/api/v1/devices/{di}/links")).json();
+    let links = serde_json::Value::Array(b.cloud.links(&di));
     let mnt_link = links
         .as_array()
         .unwrap()
@@ -138,7 +139,7 @@ fn oic_mnt_is_published_reads_false_and_refuses_bad_bodies() {
         .find(|l| l["href"] == "/oic/mnt")
         .unwrap_or_else(|| panic!("/oic/mnt not published: {links}"));
     assert!(
-        mnt_link["rt"].to_string().contains("oic.wk.mnt"),
+        mnt_link["resourceTypes"].to_string().contains("oic.wk.mnt"),
         "{mnt_link}"
     );
     assert_eq!(
@@ -151,7 +152,7 @@ fn oic_mnt_is_published_reads_false_and_refuses_bad_bodies() {
         json!({"fr": true, "rb": true}),
         json!({"reset": true}),
     ] {
-        let r = b.cloud.post(&format!("/api/v1/devices/{di}/oic/mnt"), &bad);
+        let r = b.cloud.update(&di, "/oic/mnt", &bad);
         assert_ne!(r.status, 200, "{bad} accepted: {}", r.text());
         assert!(
             r.text().contains("4.00") || r.status == 400,
@@ -205,10 +206,7 @@ fn factory_reset_through_the_cloud_deregisters_wipes_and_a_second_onboarding_wor
         Some("registered")
     );
 
-    let r = b.cloud.post(
-        &format!("/api/v1/devices/{old_di}/oic/mnt"),
-        &json!({"fr": true}),
-    );
+    let r = b.cloud.update(&old_di, "/oic/mnt", &json!({"fr": true}));
     assert_eq!(r.status, 200, "{}", r.text());
 
     // The cloud sees the deregistration and forgets the device.
@@ -223,7 +221,7 @@ fn factory_reset_through_the_cloud_deregisters_wipes_and_a_second_onboarding_wor
             b.cloud
                 .try_devices()
                 .ok()
-                .filter(|d| !d.iter().any(|d| d["di"] == old_di.as_str()))
+                .filter(|d| !d.iter().any(|d| d["id"] == old_di.as_str()))
                 .map(|_| ())
         },
     );
@@ -272,9 +270,7 @@ fn factory_reset_through_the_cloud_deregisters_wipes_and_a_second_onboarding_wor
     drop(former);
     agent.di = new_di.clone();
     b.onboard(&agent);
-    let r = b
-        .cloud
-        .get(&format!("/api/v1/devices/{new_di}/temperature"));
+    let r = b.cloud.resource(&new_di, "/temperature");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(b.cloud.device(&old_di).is_none());
     let log = agent.log().join("\n");
@@ -378,10 +374,7 @@ fn reboot_through_the_cloud_signs_out_and_back_in_without_sign_up_or_republish()
         count("POST", "/oic/sec/tokenrefresh"),
     );
 
-    let r = b.cloud.post(
-        &format!("/api/v1/devices/{di}/oic/mnt"),
-        &json!({"rb": true}),
-    );
+    let r = b.cloud.update(&di, "/oic/mnt", &json!({"rb": true}));
     assert_eq!(r.status, 200, "{}", r.text());
     // The reboot command stops the agent (as systemd would for a reboot): exit 0.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -405,14 +398,14 @@ fn reboot_through_the_cloud_signs_out_and_back_in_without_sign_up_or_republish()
         "one sign-out (login:false)"
     );
     wait_for(Duration::from_secs(10), "the device offline", || {
-        b.cloud.device(&di).filter(|d| d["online"] == false)
+        b.cloud.device(&di).filter(|d| !online(d))
     });
 
     // "After boot": the same state directory.
     let mut agent = b.agent(&reboot);
     assert_eq!(agent.di, di);
     b.wait_online(&di);
-    let r = b.cloud.get(&format!("/api/v1/devices/{di}/temperature"));
+    let r = b.cloud.resource(&di, "/temperature");
     assert_eq!(r.status, 200, "{}", r.text());
     // Give a republish every chance to show up.
     std::thread::sleep(Duration::from_millis(500));
@@ -472,10 +465,7 @@ fn reboot_by_exit_status_signs_out_exits_with_it_and_signs_back_in_after_the_res
         count(&b.cloud, "POST", "/oic/rd"),
     );
 
-    let r = b.cloud.post(
-        &format!("/api/v1/devices/{di}/oic/mnt"),
-        &json!({"rb": true}),
-    );
+    let r = b.cloud.update(&di, "/oic/mnt", &json!({"rb": true}));
     assert_eq!(r.status, 200, "{}", r.text());
     // No command and no signal: the agent ends itself, with the status the unit reboots on.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -516,7 +506,7 @@ fn reboot_by_exit_status_signs_out_exits_with_it_and_signs_back_in_after_the_res
         .count();
     assert_eq!(sign_outs, 1, "the dev cloud's log:\n{cloud_log}");
     wait_for(Duration::from_secs(10), "the device offline", || {
-        b.cloud.device(&di).filter(|d| d["online"] == false)
+        b.cloud.device(&di).filter(|d| !online(d))
     });
 
     // What systemd does when the reboot did not happen (Restart=on-failure), or what the next
@@ -555,18 +545,11 @@ fn a_failing_reboot_command_sets_err_and_the_device_signs_in_again() {
     b.onboard(&agent);
     let di = agent.di.clone();
     let sessions = b.cloud.requests(&di, "POST", "/oic/sec/session").len();
-    let r = b.cloud.post(
-        &format!("/api/v1/devices/{di}/oic/mnt"),
-        &json!({"rb": true}),
-    );
+    let r = b.cloud.update(&di, "/oic/mnt", &json!({"rb": true}));
     assert_eq!(r.status, 200, "{}", r.text());
     // Signed out, the command fails, signed in again (a new connection).
     wait_for(Duration::from_secs(30), "err 1 through the cloud", || {
-        let v = b
-            .cloud
-            .get(&format!("/api/v1/devices/{di}/oic/mnt"))
-            .try_json()
-            .ok()?;
+        let v = b.cloud.resource(&di, "/oic/mnt").try_json().ok()?["data"]["content"].clone();
         (v["err"] == 1 && v["rb"] == false).then_some(())
     });
     assert!(
@@ -670,7 +653,7 @@ fn corrupt_state_files_are_reported_moved_aside_and_the_agent_starts_safe() {
     assert_eq!(key(&doxm, "owned"), Some(&Value::Bool(false)));
     drop(anon);
     b.onboard(&agent);
-    let r = b.cloud.get(&format!("/api/v1/devices/{di}/temperature"));
+    let r = b.cloud.resource(&di, "/temperature");
     assert_eq!(r.status, 200, "{}", r.text());
 
     // The PIN the device made for itself is state too (no --pin-file here).

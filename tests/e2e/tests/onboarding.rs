@@ -54,6 +54,7 @@ impl Bench {
         let pin = pin_file(dir.path(), PIN);
         let agent = SecureAgent::start(&dir.path().join("state"), Some(&pin), &[]);
         let med = Mediator::new(&dir.path().join("mediator"));
+        med.token_from(&cloud);
         Bench {
             cloud,
             api,
@@ -291,15 +292,12 @@ fn first_boot_flow_registers_and_a_client_uses_the_device_through_the_cloud() {
     wait_for(
         Duration::from_secs(20),
         "the device online in the cloud",
-        || b.cloud.device(&di).filter(|d| d["online"] == true),
+        || b.cloud.device(&di).filter(online),
     );
-    let r = b.cloud.get(&format!("/api/v1/devices/{di}/temperature"));
+    let r = b.cloud.resource(&di, "/temperature");
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.json()["temperature"].is_number(), "{}", r.text());
-    let r = b.cloud.post(
-        &format!("/api/v1/devices/{di}/switch"),
-        &json!({"value": true}),
-    );
+    assert!(r.content()["temperature"].is_number(), "{}", r.text());
+    let r = b.cloud.update(&di, "/switch", &json!({"value": true}));
     assert_eq!(r.status, 200, "{}", r.text());
     let sw = body(&tls.request(&get("/switch")));
     assert_eq!(key(&sw, "value"), Some(&Value::Bool(true)));
@@ -322,7 +320,7 @@ fn first_boot_flow_registers_and_a_client_uses_the_device_through_the_cloud() {
             b.cloud
                 .try_devices()
                 .ok()
-                .filter(|d| !d.iter().any(|d| d["di"] == di && d["online"] == true))
+                .filter(|d| !d.iter().any(|d| d["id"] == di && ocf_e2e::cloud::online(d)))
                 .map(|_| ())
         },
     );
@@ -348,15 +346,21 @@ trap 'kill $apid $cpid 2>/dev/null || true' EXIT
 for i in $(seq 400); do grep -q 'ready' '{d}/agent.out' && grep -q 'ready' '{d}/cloud.out' && break; sleep 0.05; done
 http=$(sed -n 's/^ocf-dev-cloud: http http:\/\///p' '{d}/cloud.out')
 di=$(sed -n 's/^ocf-agent: di //p' '{d}/agent.out')
+host=${{http%:*}}; port=${{http##*:}}
+# A bearer token from the cloud's OAuth token endpoint (bash's /dev/tcp: no curl needed).
+form="grant_type=client_credentials&client_id=ocf-dev&client_secret=$(cat '{d}/cloud/client-secret')"
+exec 3<>/dev/tcp/$host/$port
+printf 'POST /oauth/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %s\r\n\r\n%s' "${{#form}}" "$form" >&3
+token=$(cat <&3 | sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')
+exec 3<&-
 set +e
-'{mediator}' --identity '{d}/med' onboard --di "$di" --pin {pin} --cloud "http://$http" --timeout 30 >'{d}/onboard.out' 2>'{d}/onboard.err'
+OCF_CLOUD_TOKEN="$token" '{mediator}' --identity '{d}/med' onboard --di "$di" --pin {pin} --cloud "http://$http" --timeout 30 >'{d}/onboard.out' 2>'{d}/onboard.err'
 echo $? >'{d}/onboard.code'
 set -e
-# A client of the cloud reads the temperature (bash's /dev/tcp: no curl needed).
-host=${{http%:*}}; port=${{http##*:}}
+# A client of the cloud reads the temperature.
 for i in $(seq 50); do
   exec 3<>/dev/tcp/$host/$port
-  printf 'GET /api/v1/devices/%s/temperature HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' "$di" >&3
+  printf 'GET /api/v1/devices/%s/resources/temperature?shadow=false HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nConnection: close\r\n\r\n' "$di" "$token" >&3
   cat <&3 >'{d}/temperature.http'
   exec 3<&-
   grep -q '"temperature"' '{d}/temperature.http' && break
@@ -436,6 +440,7 @@ fn a_failed_registration_exits_non_zero_with_clec_explained() {
     let pin = pin_file(dir.path(), PIN);
     let agent = SecureAgent::start(&dir.path().join("state"), Some(&pin), &[]);
     let med = Mediator::new(&dir.path().join("mediator"));
+    med.token_from(&cloud);
     let run = med.onboard(PIN, &agent.ep, &api.url(), &[]);
     assert_eq!(run.code, 1, "{}", run.output());
     assert!(
@@ -554,6 +559,7 @@ fn a_man_in_the_middle_cannot_take_ownership() {
         .unwrap_or_else(|| panic!("no setup PIN line in {:?}", agent.stdout_lines));
     assert!(Pin::new(&pin).is_ok(), "not an 8-digit PIN: {pin:?}");
     let med = Mediator::new(&dir.path().join("mediator"));
+    med.token_from(&cloud);
 
     // Through the man in the middle: TLS is terminated on both sides, the CoAP relayed.
     let mitm = Mitm::start(agent.coaps);
@@ -599,6 +605,7 @@ fn a_second_mediator_can_neither_take_nor_configure_an_owned_device() {
     b.onboard(&[]);
     let owner_uuid = b.med.uuid();
     let other = Mediator::new(&b.dir.path().join("other-mediator"));
+    other.token_from(&b.cloud);
     assert_ne!(other.uuid(), owner_uuid);
 
     // Ownership transfer with the right PIN: 4.03, the device is owned.
@@ -677,10 +684,10 @@ fn a_cloud_without_the_wildcard_ace_cannot_use_the_resources() {
     wait_for(
         Duration::from_secs(20),
         "the device online in the cloud",
-        || b.cloud.device(&di).filter(|d| d["online"] == true),
+        || b.cloud.device(&di).filter(online),
     );
     for href in ["/temperature", "/switch", "/humidity"] {
-        let r = b.cloud.get(&format!("/api/v1/devices/{di}{href}"));
+        let r = b.cloud.resource(&di, href);
         assert!(
             [401, 403].contains(&r.status),
             "GET {href} through the cloud without an ACE: {} {}",
@@ -688,10 +695,7 @@ fn a_cloud_without_the_wildcard_ace_cannot_use_the_resources() {
             r.text()
         );
     }
-    let r = b.cloud.post(
-        &format!("/api/v1/devices/{di}/switch"),
-        &json!({"value": true}),
-    );
+    let r = b.cloud.update(&di, "/switch", &json!({"value": true}));
     assert!(
         [401, 403].contains(&r.status),
         "POST /switch through the cloud without an ACE: {} {}",
@@ -715,7 +719,7 @@ fn no_secret_in_any_representation_or_log_and_state_files_are_private() {
     wait_for(
         Duration::from_secs(20),
         "the device online in the cloud",
-        || b.cloud.device(&di).filter(|d| d["online"] == true),
+        || b.cloud.device(&di).filter(online),
     );
 
     // The secrets: the PIN, the authorisation code the cloud gave the Mediator (seen by the
@@ -795,7 +799,7 @@ fn no_secret_in_any_representation_or_log_and_state_files_are_private() {
     drop(tls);
 
     // Every published resource as the cloud, through its HTTP API.
-    let links = b.cloud.get(&format!("/api/v1/devices/{di}/links")).json();
+    let links = serde_json::Value::Array(b.cloud.links(&di));
     let cloud_hrefs: Vec<String> = links
         .as_array()
         .unwrap()
@@ -814,7 +818,7 @@ fn no_secret_in_any_representation_or_log_and_state_files_are_private() {
         ]
         .iter(),
     ) {
-        let r = b.cloud.get(&format!("/api/v1/devices/{di}{href}"));
+        let r = b.cloud.resource(&di, href);
         let text = r.text();
         assert_no_secret(&format!("cloud GET {href}"), &text, &secrets);
         for k in ["\"at\"", "token", "privatedata"] {
@@ -940,6 +944,7 @@ fn libcoap_client_with_the_owner_certificate_gets_and_posts_the_switch() {
         "GET without a certificate: {out}"
     );
     let other = Mediator::new(&b.dir.path().join("other"));
+    other.token_from(&b.cloud);
     other.uuid();
     let (ocert, okey) = (
         other.cert_path().display().to_string(),

@@ -9,7 +9,7 @@
 //!    the PIN from the serial console, onboarding through the forwarded port, `registered`; the
 //!    clock arrives only after the agent started (the clock-behind path);
 //! 2. QMP sets the TMP105 to 31.5 °C: the cloud API reads 31.5 within one sampling period (1 s)
-//!    plus 2 s, and an observer on the cloud (server-sent events) sees it;
+//!    plus 2 s, and an observer on the cloud (its event subscription) sees it;
 //! 3. the GPIO relay switched and read back through the cloud;
 //! 4. `/oic/mnt` `rb` through the cloud: the agent exits 85, the unit's ExecStopPost= helper
 //!    reboots, QEMU exits; booted again from the same SD card, the device signs in again with no
@@ -78,8 +78,8 @@ impl Sys {
         self.cloud
             .try_devices()
             .ok()
-            .and_then(|d| d.into_iter().find(|d| d["di"] == di))
-            .is_some_and(|d| d["online"] == true)
+            .and_then(|d| d.into_iter().find(|d| d["id"] == di))
+            .is_some_and(|d| ocf_e2e::cloud::online(&d))
     }
 
     fn count(&self, di: &str, method: &str, path: &str) -> usize {
@@ -163,6 +163,7 @@ fn qemu_raspi3b_image_lives_a_whole_device_life_against_the_dev_cloud() {
         &["--device-cis", GUEST_CLOUD_CIS],
     );
     let med = Mediator::new(&dir.path().join("mediator"));
+    med.token_from(&cloud);
     let mut sys = Sys {
         dir,
         image,
@@ -233,14 +234,8 @@ fn life(sys: &mut Sys) {
     let t = Instant::now();
     let mut events = sys.cloud.events(&di);
     let temperature = |sys: &Sys| -> Option<f64> {
-        let r = try_http(
-            sys.cloud.http,
-            "GET",
-            &format!("/api/v1/devices/{di}/temperature"),
-            None,
-        )
-        .ok()?;
-        r.try_json().ok()?["temperature"].as_f64()
+        let r = sys.cloud.try_resource(&di, "/temperature").ok()?;
+        r.try_json().ok()?["data"]["content"]["temperature"].as_f64()
     };
     let before = temperature(sys).expect("the temperature through the cloud");
     assert_ne!(before, 31.5, "the TMP105 already reads 31.5");
@@ -265,17 +260,10 @@ fn life(sys: &mut Sys) {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     let seen = loop {
-        let Some(ev) = events.next_event(deadline) else {
+        let Some((href, rep)) = events.next_change(deadline) else {
             break None;
         };
-        let Ok(j) = serde_json::from_str::<serde_json::Value>(&ev.data) else {
-            continue;
-        };
-        if j["href"]
-            .as_str()
-            .is_some_and(|h| h.ends_with("/temperature"))
-            && j["rep"]["temperature"].as_f64() == Some(31.5)
-        {
+        if href == "/temperature" && rep["temperature"].as_f64() == Some(31.5) {
             break Some(set.elapsed());
         }
     };
@@ -289,14 +277,11 @@ fn life(sys: &mut Sys) {
     // 3. The relay (GPIO 17 on gpiochip0) through the cloud.
     let t = Instant::now();
     for value in [true, false, true] {
-        let r = sys.cloud.post(
-            &format!("/api/v1/devices/{di}/relay"),
-            &json!({ "value": value }),
-        );
+        let r = sys.cloud.update(&di, "/relay", &json!({ "value": value }));
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.header("x-coap-code"), Some("2.04"), "{:?}", r.headers);
-        let r = sys.cloud.get(&format!("/api/v1/devices/{di}/relay"));
-        assert_eq!(r.json()["value"], value, "{}", r.text());
+        let r = sys.cloud.resource(&di, "/relay");
+        assert_eq!(r.content()["value"], value, "{}", r.text());
     }
     phase(t, "phase 3, relay");
 
@@ -307,10 +292,7 @@ fn life(sys: &mut Sys) {
         sys.count(&di, "POST", "/oic/rd"),
     );
     assert_eq!(sign_ups, 1, "one sign-up so far");
-    let r = sys.cloud.post(
-        &format!("/api/v1/devices/{di}/oic/mnt"),
-        &json!({"rb": true}),
-    );
+    let r = sys.cloud.update(&di, "/oic/mnt", &json!({"rb": true}));
     assert_eq!(r.status, 200, "{}", r.text());
     let status = guest
         .wait_exit(Duration::from_secs(60))
@@ -355,10 +337,7 @@ fn life(sys: &mut Sys) {
 
     // 5. Factory reset through the cloud, then a second onboarding.
     let t = Instant::now();
-    let r = sys.cloud.post(
-        &format!("/api/v1/devices/{di}/oic/mnt"),
-        &json!({"fr": true}),
-    );
+    let r = sys.cloud.update(&di, "/oic/mnt", &json!({"fr": true}));
     assert_eq!(r.status, 200, "{}", r.text());
     wait_for(Duration::from_secs(30), "DELETE /oic/sec/account", || {
         (sys.count(&di, "DELETE", "/oic/sec/account") > 0).then_some(())
@@ -370,7 +349,7 @@ fn life(sys: &mut Sys) {
             sys.cloud
                 .try_devices()
                 .ok()
-                .filter(|d| !d.iter().any(|d| d["di"] == di.as_str()))
+                .filter(|d| !d.iter().any(|d| d["id"] == di.as_str()))
                 .map(|_| ())
         },
     );
@@ -419,14 +398,8 @@ fn life(sys: &mut Sys) {
 }
 
 fn temperature_of(sys: &Sys, di: &str) -> Option<f64> {
-    let r = try_http(
-        sys.cloud.http,
-        "GET",
-        &format!("/api/v1/devices/{di}/temperature"),
-        None,
-    )
-    .ok()?;
-    r.try_json().ok()?["temperature"].as_f64()
+    let r = sys.cloud.try_resource(di, "/temperature").ok()?;
+    r.try_json().ok()?["data"]["content"]["temperature"].as_f64()
 }
 
 /// A fresh card, onboarding started, QEMU killed when the agent logs `point`; booted again: a
@@ -443,6 +416,8 @@ fn pulled_plug(sys: &mut Sys, point: &str) {
             .path()
             .join(format!("mediator-{}", point.replace([' ', '#'], "-"))),
     );
+    med.token_from(&sys.cloud);
+    let token = med.token_args();
     let mut guest = sys.boot(&card, "ocf.log=debug");
     let pin = guest.pin().expect("a PIN on the fresh card");
     let di = guest.di().expect("a di");
@@ -453,7 +428,7 @@ fn pulled_plug(sys: &mut Sys, point: &str) {
         let pin = pin.clone();
         // A short --timeout: once QEMU is gone it would wait that long for `registered`.
         move || {
-            Mediator::new(&dir).run(&[
+            let mut args = vec![
                 "onboard",
                 "--pin",
                 &pin,
@@ -463,7 +438,9 @@ fn pulled_plug(sys: &mut Sys, point: &str) {
                 &url,
                 "--timeout",
                 "8",
-            ])
+            ];
+            args.extend(token.iter().map(String::as_str));
+            Mediator::new(&dir).run(&args)
         }
     });
     let wanted = point.to_string();

@@ -1,7 +1,10 @@
-//! The cloud's HTTP/JSON API as the Mediator uses it (tests/cloud/README.md): the cloud's
-//! identity (`GET /.well-known/ocf-cloud`), a fresh authorisation code
-//! (`POST /api/v1/authcodes`) and the signing of a device CSR (`POST /api/v1/csr`). A small
-//! blocking HTTP/1.1 client (`Connection: close`, `http://` only).
+//! A plgd hub deployment as a Mediator uses it: the hub's identity and addresses
+//! (`GET /.well-known/hub-configuration` of its HTTP gateway), a device authorisation code from
+//! its OAuth 2.0 authorisation server (`GET {authority}/authorize?response_type=code&client_id=
+//! {deviceOauthClient.clientId}`) and the signing of the device's identity CSR by its
+//! certificate authority (`POST {certificateAuthority}/api/v1/sign/identity-csr`). Every call but
+//! the configuration carries the user's bearer token. A small blocking HTTP/1.1 client
+//! (`Connection: close`, `http://` only).
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -81,24 +84,36 @@ pub fn parse_cloud_url(s: &str) -> Result<CloudUrl, String> {
     })
 }
 
-/// What `GET /.well-known/ocf-cloud` says.
+/// What `GET /.well-known/hub-configuration` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudInfo {
+    /// The hub id (`id`), the `sid` of CoAPCloudConf.
     pub sid: String,
-    /// `coaps+tcp://…` the device is to connect to.
+    /// `coaps+tcp://…` the device is to connect to (`coapGateway`).
     pub cis: String,
+    /// The authorisation provider name devices send (`deviceOauthClient.providerName`).
     pub apn: String,
-    /// The cloud's CA, the device's trust anchor for the cloud.
+    /// The hub's CA (`certificateAuthorities`), the device's trust anchor for the hub.
     pub ca_pem: String,
+    /// The OAuth 2.0 authorisation server (`authority`).
+    pub authority: String,
+    /// The certificate authority's address (`certificateAuthority`).
+    pub certificate_authority: String,
+    /// The OAuth client devices' codes are issued for (`deviceOauthClient.clientId`).
+    pub device_client_id: String,
 }
 
 /// A single-use authorisation code. Its `Debug` and `Display` never show it.
 pub struct AuthCode {
     code: String,
-    pub apn: Option<String>,
 }
 
 impl AuthCode {
+    /// A code obtained elsewhere (e.g. from a browser login at the authorisation server).
+    pub fn new(code: String) -> AuthCode {
+        AuthCode { code }
+    }
+
     /// The code itself, only to put in the CoAPCloudConf update. Never print it.
     pub fn expose(&self) -> &str {
         &self.code
@@ -109,7 +124,6 @@ impl fmt::Debug for AuthCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthCode")
             .field("code", &"<redacted>")
-            .field("apn", &self.apn)
             .finish()
     }
 }
@@ -118,6 +132,7 @@ impl fmt::Debug for AuthCode {
 #[derive(Debug, Clone)]
 pub struct HttpReply {
     pub status: u16,
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -125,98 +140,166 @@ impl HttpReply {
     fn json(&self, what: &str) -> Result<Json, String> {
         if self.status / 100 != 2 {
             let text = String::from_utf8_lossy(&self.body);
+            // plgd's errors are google.rpc.Status (`message`); OAuth's RFC 6749 §5.2
+            // (`error_description`).
             let detail = serde_json::from_slice::<Json>(&self.body)
                 .ok()
-                .and_then(|j| j.get("error").and_then(Json::as_str).map(str::to_string))
+                .and_then(|j| {
+                    ["message", "error_description", "error"]
+                        .iter()
+                        .find_map(|k| j.get(*k).and_then(Json::as_str).map(str::to_string))
+                })
                 .unwrap_or_else(|| text.chars().take(200).collect());
             return Err(format!("{what}: HTTP {} {}", self.status, detail.trim()));
         }
         serde_json::from_slice(&self.body)
             .map_err(|e| format!("{what}: the answer is not JSON ({e})"))
     }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
-/// The cloud's API.
+/// A bearer token. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(token: &str) -> Result<Token, String> {
+        let t = token.trim();
+        if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("the token is empty or has spaces in it".into());
+        }
+        Ok(Token(t.to_string()))
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// The hub's services.
 #[derive(Debug, Clone)]
 pub struct CloudApi {
     pub url: CloudUrl,
     pub timeout: Duration,
+    token: Option<Token>,
 }
 
 impl CloudApi {
-    pub fn new(url: &str, timeout: Duration) -> Result<CloudApi, String> {
+    pub fn new(url: &str, timeout: Duration, token: Option<Token>) -> Result<CloudApi, String> {
         Ok(CloudApi {
             url: parse_cloud_url(url)?,
             timeout,
+            token,
         })
     }
 
-    /// `GET /.well-known/ocf-cloud`.
+    /// `GET /.well-known/hub-configuration` (public).
     pub fn info(&self) -> Result<CloudInfo, String> {
+        const WHAT: &str = "GET /.well-known/hub-configuration";
         let j = self
-            .call("GET", "/.well-known/ocf-cloud", None)?
-            .json("GET /.well-known/ocf-cloud")?;
-        let text = |k: &str| -> Result<String, String> {
-            j.get(k)
-                .and_then(Json::as_str)
+            .call("GET", "/.well-known/hub-configuration", None)?
+            .json(WHAT)?;
+        let text = |path: &[&str]| -> Result<String, String> {
+            let mut v = &j;
+            for k in path {
+                v = &v[*k];
+            }
+            v.as_str()
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
-                .ok_or_else(|| format!("GET /.well-known/ocf-cloud: no `{k}` in the answer"))
+                .ok_or_else(|| format!("{WHAT}: no `{}` in the answer", path.join(".")))
         };
         let info = CloudInfo {
-            sid: text("sid")?.to_ascii_lowercase(),
-            cis: text("cis")?,
-            apn: text("apn")?,
-            ca_pem: text("ca_pem")?,
+            sid: text(&["id"])?.to_ascii_lowercase(),
+            cis: text(&["coapGateway"])?,
+            apn: text(&["deviceOauthClient", "providerName"])?,
+            ca_pem: text(&["certificateAuthorities"])?,
+            authority: text(&["authority"])?,
+            certificate_authority: text(&["certificateAuthority"])?,
+            device_client_id: text(&["deviceOauthClient", "clientId"])?,
         };
         if !ocf::security::is_uuid(&info.sid) {
-            return Err(format!(
-                "GET /.well-known/ocf-cloud: sid {:?} is not a UUID",
-                info.sid
-            ));
+            return Err(format!("{WHAT}: id {:?} is not a UUID", info.sid));
         }
         if !info.ca_pem.contains("-----BEGIN CERTIFICATE-----") {
-            return Err("GET /.well-known/ocf-cloud: ca_pem is not a PEM certificate".into());
+            return Err(format!("{WHAT}: certificateAuthorities is not PEM"));
         }
         Ok(info)
     }
 
-    /// `POST /api/v1/authcodes` (for `user`, or the cloud's default user).
-    pub fn auth_code(&self, user: Option<&str>) -> Result<AuthCode, String> {
-        let body = match user {
-            Some(u) => serde_json::json!({ "user": u }),
-            None => serde_json::json!({}),
+    /// A device authorisation code from the hub's authorisation server, for the token's user.
+    pub fn auth_code(&self, info: &CloudInfo) -> Result<AuthCode, String> {
+        let server = self.service(&info.authority, "authority")?;
+        let path = format!(
+            "/authorize?response_type=code&client_id={}",
+            query_escape(&info.device_client_id)
+        );
+        let what = format!("GET {}/authorize", server.url);
+        let r = server.call("GET", &path, None)?;
+        // A redirect carries the code in its Location (RFC 6749 §4.1.2); plgd's test
+        // authorisation server answers `{"code"}` when no redirect_uri is given.
+        let code = if (300..400).contains(&r.status) {
+            r.header("location")
+                .and_then(|l| l.split_once('?'))
+                .and_then(|(_, q)| {
+                    q.split('&')
+                        .find_map(|kv| kv.strip_prefix("code=").map(str::to_string))
+                })
+                .ok_or_else(|| format!("{what}: a redirect without a code"))?
+        } else {
+            r.json(&what)?
+                .get("code")
+                .and_then(Json::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| format!("{what}: no `code` in the answer"))?
         };
-        let j = self
-            .call("POST", "/api/v1/authcodes", Some(&body))?
-            .json("POST /api/v1/authcodes")?;
-        let code = j
-            .get("code")
-            .and_then(Json::as_str)
-            .filter(|s| !s.is_empty())
-            .ok_or("POST /api/v1/authcodes: no `code` in the answer")?;
-        Ok(AuthCode {
-            code: code.to_string(),
-            apn: j.get("apn").and_then(Json::as_str).map(str::to_string),
-        })
+        Ok(AuthCode { code })
     }
 
-    /// `POST /api/v1/csr`: (certificate PEM, CA PEM).
-    pub fn sign_csr(&self, csr_pem: &str) -> Result<(String, String), String> {
-        let j = self
-            .call(
-                "POST",
-                "/api/v1/csr",
-                Some(&serde_json::json!({ "csr_pem": csr_pem })),
-            )?
-            .json("POST /api/v1/csr")?;
-        match (
-            j.get("certificate_pem").and_then(Json::as_str),
-            j.get("ca_pem").and_then(Json::as_str),
-        ) {
-            (Some(c), Some(ca)) => Ok((c.to_string(), ca.to_string())),
-            _ => Err("POST /api/v1/csr: no certificate_pem and ca_pem in the answer".into()),
-        }
+    /// The certificate authority signs the device's identity CSR: (certificate PEM, the rest of
+    /// the chain it answered, PEM).
+    pub fn sign_csr(&self, info: &CloudInfo, csr_pem: &str) -> Result<(String, String), String> {
+        let ca = self.service(&info.certificate_authority, "certificateAuthority")?;
+        let what = format!("POST {}/api/v1/sign/identity-csr", ca.url);
+        // proto3 JSON carries `bytes` as base64.
+        let body =
+            serde_json::json!({ "certificateSigningRequest": base64_encode(csr_pem.as_bytes()) });
+        let j = ca
+            .call("POST", "/api/v1/sign/identity-csr", Some(&body))?
+            .json(&what)?;
+        let chain = j
+            .get("certificate")
+            .and_then(Json::as_str)
+            .and_then(base64_decode)
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| format!("{what}: no base64 `certificate` in the answer"))?;
+        let end = "-----END CERTIFICATE-----";
+        let i = chain
+            .find(end)
+            .ok_or_else(|| format!("{what}: the answer holds no PEM certificate"))?
+            + end.len();
+        Ok((
+            format!("{}\n", chain[..i].trim()),
+            chain[i..].trim().to_string(),
+        ))
+    }
+
+    /// The same client for another of the hub's services (an absolute `http://` URL).
+    fn service(&self, url: &str, what: &str) -> Result<CloudApi, String> {
+        Ok(CloudApi {
+            url: parse_cloud_url(url).map_err(|e| format!("hub-configuration {what}: {e}"))?,
+            timeout: self.timeout,
+            token: self.token.clone(),
+        })
     }
 
     /// One request; the body is JSON.
@@ -257,6 +340,9 @@ impl CloudApi {
             "{method} {}{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: ocf-mediator\r\n",
             self.url.prefix
         );
+        if let Some(Token(t)) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
         match &body {
             Some(b) => head.push_str(&format!(
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -307,6 +393,7 @@ pub fn parse_http_response(raw: &[u8]) -> Result<HttpReply, String> {
             .map(|(_, v)| v.as_str())
     };
     let rest = &raw[split + 4..];
+    let owned_headers = headers.clone();
     let body = if header("transfer-encoding")
         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
     {
@@ -320,7 +407,11 @@ pub fn parse_http_response(raw: &[u8]) -> Result<HttpReply, String> {
     } else {
         rest.to_vec()
     };
-    Ok(HttpReply { status, body })
+    Ok(HttpReply {
+        status,
+        headers: owned_headers,
+        body,
+    })
 }
 
 fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
@@ -343,6 +434,64 @@ fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
         out.extend_from_slice(&rest[..size]);
         rest = &rest[size + 2..];
     }
+}
+
+fn query_escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (RFC 4648 §4).
+pub fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Standard or URL-safe base64, padding optional (as proto3 JSON parsers accept).
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let (mut bits, mut n, mut out) = (0u32, 0, Vec::new());
+    for c in s.bytes().filter(|c| !c.is_ascii_whitespace()) {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(v);
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -398,12 +547,26 @@ mod tests {
     }
 
     #[test]
-    fn auth_codes_do_not_show_in_debug() {
-        let c = AuthCode {
-            code: "s3cr3t-code".into(),
-            apn: Some("plgd".into()),
-        };
+    fn secrets_do_not_show_in_debug() {
+        let c = AuthCode::new("s3cr3t-code".into());
         assert!(!format!("{c:?}").contains("s3cr3t"));
         assert_eq!(c.expose(), "s3cr3t-code");
+        let t = Token::new(" dev.s3cr3t\n").unwrap();
+        assert!(!format!("{t:?}").contains("s3cr3t"));
+        assert!(Token::new("a b").is_err());
+        assert!(Token::new("").is_err());
+    }
+
+    #[test]
+    fn base64() {
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        for s in ["", "f", "fo", "foo", "-----BEGIN CERTIFICATE-----\n"] {
+            assert_eq!(
+                base64_decode(&base64_encode(s.as_bytes())).unwrap(),
+                s.as_bytes()
+            );
+        }
+        assert!(base64_decode("a*").is_none());
     }
 }

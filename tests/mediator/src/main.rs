@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! ocf-mediator [--identity DIR] discover [--wait SECS] [--port PORT]
-//! ocf-mediator [--identity DIR] onboard --pin PIN --cloud URL [--device EP | --di UUID] [--name NAME] [--timeout SECS]
+//! ocf-mediator [--identity DIR] onboard --pin PIN --cloud URL --token-file PATH [--auth-code-file PATH]
+//!              [--device EP | --di UUID] [--name NAME] [--timeout SECS]
 //! ocf-mediator [--identity DIR] offboard (--device EP | --di UUID) [--timeout SECS]
 //! ocf-mediator [--identity DIR] get (--device EP | --di UUID) PATH
 //! ocf-mediator [--identity DIR] post (--device EP | --di UUID) PATH JSON
@@ -81,9 +82,18 @@ enum Cmd {
         /// Read the PIN from this file instead (keeps it out of the process list).
         #[arg(long, value_name = "PATH")]
         pin_file: Option<PathBuf>,
-        /// The cloud's HTTP API, e.g. http://127.0.0.1:8080 (its /.well-known/ocf-cloud).
+        /// The hub's HTTP gateway, e.g. http://127.0.0.1:8080 (its
+        /// /.well-known/hub-configuration names the rest).
         #[arg(long, value_name = "URL")]
         cloud: String,
+        /// A file holding the user's bearer token for the hub (also $OCF_CLOUD_TOKEN); the
+        /// devices onboarded belong to that user.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
+        /// A file holding a device authorisation code obtained elsewhere (e.g. a browser login
+        /// at the hub's authorisation server); without it one is asked for with the token.
+        #[arg(long, value_name = "PATH")]
+        auth_code_file: Option<PathBuf>,
         #[command(flatten)]
         which: Which,
         /// A name for the device (set through its oic.wk.con resource, if it has one).
@@ -92,9 +102,6 @@ enum Cmd {
         /// Seconds to wait for discovery and for the registration.
         #[arg(long, default_value = "60", value_name = "SECS")]
         timeout: u64,
-        /// The cloud user the authorisation code is issued for (the cloud's default if absent).
-        #[arg(long)]
-        user: Option<String>,
         /// Resources of the cloud's access rule, comma-separated: wildcards *, +, - and hrefs;
         /// {conf} stands for CoAPCloudConf's href.
         #[arg(long, value_name = "LIST", default_value = "*,/oic/mnt,{conf}")]
@@ -129,6 +136,22 @@ enum Cmd {
     },
     /// Print the Mediator's uuid and the paths of its certificate and key (creating them).
     Identity,
+}
+
+/// A secret from a file (trimmed), else from the environment variable `env` (if named).
+fn read_secret(file: Option<PathBuf>, env: &str) -> Result<Option<String>, String> {
+    if let Some(path) = file {
+        let s = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let s = s.trim().to_string();
+        if s.is_empty() {
+            return Err(format!("{} is empty", path.display()));
+        }
+        return Ok(Some(s));
+    }
+    if env.is_empty() {
+        return Ok(None);
+    }
+    Ok(std::env::var(env).ok().filter(|s| !s.trim().is_empty()))
 }
 
 fn fail(what: &str, e: impl std::fmt::Display) -> ExitCode {
@@ -216,10 +239,11 @@ fn main() -> ExitCode {
             pin,
             pin_file,
             cloud,
+            token_file,
+            auth_code_file,
             which,
             name,
             timeout,
-            user,
             cloud_ace,
         } => {
             let pin = match read_pin(pin, pin_file) {
@@ -233,6 +257,21 @@ fn main() -> ExitCode {
             if let Err(e) = ocf_mediator::cloud_api::parse_cloud_url(&cloud) {
                 return usage(format!("--cloud: {e}"));
             }
+            let token = match read_secret(token_file, "OCF_CLOUD_TOKEN") {
+                Ok(Some(t)) => match ocf_mediator::cloud_api::Token::new(&t) {
+                    Ok(t) => Some(t),
+                    Err(e) => return usage(format!("--token-file: {e}")),
+                },
+                Ok(None) => None,
+                Err(e) => return usage(e),
+            };
+            let auth_code = match read_secret(auth_code_file, "") {
+                Ok(c) => c,
+                Err(e) => return usage(e),
+            };
+            if token.is_none() && auth_code.is_none() {
+                return usage("onboard needs the hub user's bearer token: --token-file PATH or $OCF_CLOUD_TOKEN");
+            }
             let identity = match load_identity(&cli.identity) {
                 Ok(i) => i,
                 Err(e) => return fail("identity", e),
@@ -243,7 +282,8 @@ fn main() -> ExitCode {
                 target,
                 name,
                 timeout: Duration::from_secs(timeout.max(1)),
-                user,
+                token,
+                auth_code,
                 cloud_ace: Some(cloud_ace),
                 net: net(&which),
             };

@@ -6,9 +6,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// Runs the Mediator with a hub token in its environment (`OCF_CLOUD_TOKEN`).
 fn mediator(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ocf-mediator"))
         .args(args)
+        .env("OCF_CLOUD_TOKEN", "dev.test-token")
         .output()
         .expect("run ocf-mediator")
 }
@@ -105,6 +107,15 @@ fn usage_errors_exit_2_and_never_echo_the_pin() {
     }
     let out = mediator(&["onboard", "--cloud", "http://127.0.0.1:1"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // No token for the hub.
+    let out = Command::new(env!("CARGO_BIN_EXE_ocf-mediator"))
+        .args(["--identity", &ids, "onboard", "--pin", "98765432"])
+        .args(["--cloud", "http://127.0.0.1:1", "--device", &ep])
+        .env_remove("OCF_CLOUD_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--token-file"), "{}", text(&out));
     let _ = std::fs::remove_dir_all(id);
 }
 

@@ -681,4 +681,35 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_response_larger_than_the_peers_max_message_size_is_cut_into_blocks() {
+        // No CSM from the peer: RFC 8323 §5.3.1's base value, 1152 bytes, applies.
+        let conn = TcpConnection::new(16 * 1024);
+        let mut big = Packet::new();
+        big.header.code = MessageClass::Response(ResponseType::Content);
+        big.payload = vec![0x61; 3000];
+        assert!(conn.encode(&big).is_err(), "too large as a whole");
+        let request = get("/oic/res", &TOKEN);
+        conn.fit(&request, &mut big);
+        let block = big
+            .get_first_option(CoapOption::Block2)
+            .and_then(|b| crate::coap::block::Block::decode(b))
+            .expect("Block2");
+        assert!(block.more && block.num == 0, "{block:?}");
+        assert!(conn.encode(&big).is_ok(), "the first block fits");
+
+        // A notification (no request) is fitted the same way; a small body is left alone.
+        let mut note = Packet::new();
+        note.header.code = MessageClass::Response(ResponseType::Content);
+        note.payload = vec![0x62; 3000];
+        conn.fit(&Packet::new(), &mut note);
+        assert!(note.get_first_option(CoapOption::Block2).is_some());
+        let mut small = Packet::new();
+        small.header.code = MessageClass::Response(ResponseType::Content);
+        small.payload = vec![0x63; 100];
+        conn.fit(&request, &mut small);
+        assert!(small.get_first_option(CoapOption::Block2).is_none());
+        assert_eq!(small.payload.len(), 100);
+    }
 }

@@ -327,7 +327,7 @@ fn main() {
             );
             row(
                 &format!(
-                    "GET /api/v1/devices/{{di}}/temperature forwarded by the dev cloud (HTTP keep-alive, {clients} client{}; TLS to the agent)",
+                    "GET /api/v1/devices/{{di}}/resources/temperature?shadow=false through the dev cloud (HTTP keep-alive, {clients} client{}; TLS to the agent)",
                     if clients == 1 { "" } else { "s" }
                 ),
                 format!("{:.0} req/s, p50 {}, p99 {}", f.rps, micros(f.p50), micros(f.p99)),

@@ -1,12 +1,15 @@
 //! `ocf-demo` (what `cargo xtask demo` runs): the first boot of a device as a user would see it,
 //! on 127.0.0.1 with ports the OS picks. It starts the development cloud (`ocf-dev-cloud`) and
 //! the agent on the simulated board in its secure mode (`ocf-agent --board sim`, no
-//! `--insecure-dev`: a coaps+tcp endpoint, UDP for discovery only), shows the setup PIN the agent
-//! prints once (what the label on a board would carry), onboards the device with the Mediator
-//! (`ocf-mediator onboard --pin PIN --cloud URL --device EP`, its `[n/9]` progress lines shown as
-//! they come), then shows the registration and the published links, switches the switch once
-//! through the cloud, and prints the temperature and humidity read through the cloud's HTTP API
-//! every 2 s until Ctrl-C, which stops both processes (SIGTERM by PID) and exits 0.
+//! `--insecure-dev`: a coaps+tcp endpoint, UDP for discovery only). It prints the web console's
+//! address first (with a development token of the demo's user), so that a person can watch the
+//! device come online there, then shows the setup PIN the agent prints once (what the label on
+//! a board would carry), onboards the device with the Mediator (`ocf-mediator onboard --pin PIN
+//! --cloud URL --token-file PATH --device EP`, its `[n/9]` progress lines shown as they come),
+//! then shows the registration and the published links, switches the switch once through the
+//! cloud, and prints the temperature and humidity read from the cloud's shadow through its API
+//! (plgd hub's shape) every 2 s until Ctrl-C, which stops both processes (SIGTERM by PID) and
+//! exits 0.
 //!
 //! ```text
 //! ocf-demo [--dir DIR] [--keep] [--readings N]
@@ -32,7 +35,7 @@ use std::process::{Child, ExitCode, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use ocf_e2e::cloud::{try_http, DevCloud};
+use ocf_e2e::cloud::{online, write_private, DevCloud};
 use ocf_e2e::{bin_dir, log_tail, Agent, Spawn, Spawned};
 use serde_json::{json, Value as Json};
 
@@ -300,7 +303,14 @@ impl Demo {
 
     /// GET through the cloud's HTTP API: the JSON representation.
     fn cloud_get(&self, path: &str) -> Result<Json, String> {
-        try_http(self.cloud().http, "GET", path, None)?.expect_ok(&format!("GET {path}"))
+        self.cloud()
+            .try_call("GET", path, None)?
+            .expect_ok(&format!("GET {path}"))
+    }
+
+    /// The file with the demo user's bearer token (mode 0600), for the Mediator and curl.
+    fn token_file(&self) -> PathBuf {
+        self.args.dir.join("token")
     }
 
     fn run(&mut self) -> Step<()> {
@@ -449,11 +459,24 @@ impl Demo {
         };
         let saved = json!({"coaps": cloud.coaps.to_string(), "http": cloud.http.to_string()});
         let _ = std::fs::write(self.ports_file(), saved.to_string());
+        let token = step(
+            "a token for the console",
+            cloud.try_token_for(&cloud.user()),
+        )?;
+        write_private(&self.token_file(), &token);
+        println!();
+        // The fragment never leaves the browser: the page keeps the token for its API calls.
+        println!("console {}#token={token}", cloud.console_url());
+        println!("        open it to watch the device come online (the token is a development one, also in {})", shown(&self.token_file()));
         println!();
         println!("cloud   ocf-dev-cloud, pid {}", cloud.child.id());
         println!("  sid   {}", cloud.sid);
         println!("  {:<32} devices, mutual TLS", cloud.cis());
-        println!("  {:<32} HTTP/JSON API", format!("http://{}", cloud.http));
+        println!(
+            "  {:<32} API in plgd hub's shape (bearer token in {})",
+            format!("http://{}", cloud.http),
+            shown(&self.token_file())
+        );
         self.cloud = Some(cloud);
         check_interrupt()?;
         Ok(kept)
@@ -640,6 +663,7 @@ impl Demo {
                 ),
             });
         };
+        let token = shown(&self.token_file());
         let tail = |dir: String| -> Vec<String> {
             vec![
                 "--identity".into(),
@@ -649,6 +673,8 @@ impl Demo {
                 pin.clone(),
                 "--cloud".into(),
                 format!("http://{}", self.cloud().http),
+                "--token-file".into(),
+                token.clone(),
                 "--device".into(),
                 self.device_ep(),
                 "--timeout".into(),
@@ -717,10 +743,7 @@ impl Demo {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let devices = step(STEP, self.cloud().try_devices())?;
-            if let Some(d) = devices
-                .iter()
-                .find(|d| d["di"] == di.as_str() && d["online"] == true)
-            {
+            if let Some(d) = devices.iter().find(|d| d["id"] == di.as_str() && online(d)) {
                 println!(
                     "  {:>5.2} s  the cloud lists the device online as {}{}",
                     since.elapsed().as_secs_f64(),
@@ -750,15 +773,11 @@ impl Demo {
     fn links(&mut self) -> Step<()> {
         const STEP: &str = "published links";
         let di = self.agent().di.clone();
-        let path = format!("/api/v1/devices/{di}/links");
+        let path = format!("/api/v1/devices/{di}/resource-links");
         let deadline = Instant::now() + Duration::from_secs(15);
         let links = loop {
             let j = step(STEP, self.cloud_get(&path))?;
-            let links = j
-                .as_array()
-                .cloned()
-                .or_else(|| j["links"].as_array().cloned())
-                .unwrap_or_default();
+            let links = j["resources"].as_array().cloned().unwrap_or_default();
             if links.iter().any(|l| l["href"] == "/temperature") {
                 break links;
             }
@@ -786,8 +805,8 @@ impl Demo {
             println!(
                 "  {:<14} rt {:<40} if {}",
                 l["href"].as_str().unwrap_or("?"),
-                list("rt"),
-                list("if")
+                list("resourceTypes"),
+                list("interfaces")
             );
         }
         check_interrupt()
@@ -796,25 +815,24 @@ impl Demo {
     /// Switches the switch through the cloud and reads it back through the cloud.
     fn switch(&mut self) -> Step<()> {
         const STEP: &str = "switch";
-        let path = format!("/api/v1/devices/{}/switch", self.agent().di);
+        let di = self.agent().di.clone();
+        let path = format!("/api/v1/devices/{di}/resources/switch");
+        // Read from the device itself: the shadow follows its notifications a moment later.
+        let read = format!("{path}?shadow=false");
         let on_off = |v: &Json| match v.as_bool() {
             Some(true) => "on",
             Some(false) => "off",
             None => "?",
         };
-        let before = step(STEP, self.cloud_get(&path))?;
+        let before = step(STEP, self.cloud_get(&read))?["data"]["content"].clone();
         let want = !before["value"].as_bool().unwrap_or(false);
         let r = step(
             STEP,
-            try_http(
-                self.cloud().http,
-                "POST",
-                &path,
-                Some(&json!({ "value": want })),
-            ),
+            self.cloud()
+                .try_call("PUT", &path, Some(&json!({ "value": want }))),
         )?;
-        step(STEP, r.expect_ok(&format!("POST {path}")))?;
-        let after = step(STEP, self.cloud_get(&path))?;
+        step(STEP, r.expect_ok(&format!("PUT {path}")))?;
+        let after = step(STEP, self.cloud_get(&read))?["data"]["content"].clone();
         if after["value"].as_bool() != Some(want) {
             return Err(Stop::Failed {
                 step: STEP,
@@ -824,7 +842,7 @@ impl Demo {
         println!();
         println!("switch through the cloud ({path})");
         println!(
-            "  GET → {}   POST {{\"value\":{want}}} → CoAP {}   GET → {}",
+            "  GET → {}   PUT {{\"value\":{want}}} → CoAP {}   GET → {}",
             on_off(&before["value"]),
             r.header("x-coap-code").unwrap_or("?"),
             on_off(&after["value"])
@@ -836,6 +854,10 @@ impl Demo {
         let (agent, cloud) = (self.agent(), self.cloud());
         let di = &agent.di;
         let api = format!("http://{}/api/v1", cloud.http);
+        let auth = format!(
+            "-H \"Authorization: Bearer $(cat {})\"",
+            shown(&self.token_file())
+        );
         let ep = self.device_ep();
         let med = shown(&self.mediator_dir());
         let mediator = self.mediator_program();
@@ -851,11 +873,11 @@ impl Demo {
             println!("    coap-client-openssl -m get -A 50 'coap://{udp}/oic/res'    # UDP: discovery only, open to all");
         }
         println!("    (libcoap: `apt-get install libcoap3-bin`)");
-        println!("  the cloud (curl):");
-        println!("    curl -s {api}/devices");
-        println!("    curl -s {api}/devices/{di}/humidity");
-        println!("    curl -s -X POST -H 'Content-Type: application/json' -d '{{\"value\":false}}' {api}/devices/{di}/switch");
-        println!("    curl -sN {api}/devices/{di}/events    # changes as server-sent events");
+        println!("  the cloud (curl; the API has plgd hub's shape):");
+        println!("    curl -s {auth} {api}/devices");
+        println!("    curl -s {auth} {api}/devices/{di}/resources/humidity");
+        println!("    curl -s {auth} -X PUT -H 'Content-Type: application/json' -d '{{\"value\":false}}' {api}/devices/{di}/resources/switch");
+        println!("    the console ({}) shows changes as they come (events over WebSocket, /api/v1/ws/events)", cloud.console_url());
     }
 
     /// Temperature and humidity through the cloud every 2 s, until Ctrl-C or `--readings`.
@@ -864,7 +886,7 @@ impl Demo {
         let di = self.agent().di.clone();
         println!();
         println!(
-            "live readings through the cloud (GET /api/v1/devices/{{di}}/temperature and /humidity every {} s; Ctrl-C stops)",
+            "live readings through the cloud (its shadow: GET /api/v1/devices/{{di}}/resources/temperature and /humidity every {} s; Ctrl-C stops)",
             INTERVAL.as_secs()
         );
         let (mut done, mut failed) = (0u64, 0u32);
@@ -872,11 +894,13 @@ impl Demo {
         loop {
             let t0 = Instant::now();
             let result = self
-                .cloud_get(&format!("/api/v1/devices/{di}/temperature"))
+                .cloud_get(&format!("/api/v1/devices/{di}/resources/temperature"))
                 .and_then(|t| {
                     Ok((
-                        t,
-                        self.cloud_get(&format!("/api/v1/devices/{di}/humidity"))?,
+                        t["data"]["content"].clone(),
+                        self.cloud_get(&format!("/api/v1/devices/{di}/resources/humidity"))?
+                            ["data"]["content"]
+                            .clone(),
                     ))
                 });
             check_interrupt()?;

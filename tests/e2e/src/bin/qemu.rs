@@ -83,7 +83,14 @@ fn run(image: PathBuf, dir: PathBuf, fresh: bool) -> Result<(), String> {
         cloud.child.id(),
         cloud.sid
     );
-    println!("  http://{}           the cloud's HTTP API", cloud.http);
+    let token_file = dir.join("token");
+    ocf_e2e::cloud::write_private(&token_file, &cloud.token());
+    println!(
+        "  http://{}           the cloud's API (plgd hub's shape; bearer token in {})",
+        cloud.http,
+        token_file.display()
+    );
+    println!("  {}           the console", cloud.console_url());
     println!(
         "  coaps+tcp://{}      devices; the guest reaches it as {GUEST_CLOUD_CIS}",
         cloud.coaps
@@ -133,10 +140,11 @@ fn run(image: PathBuf, dir: PathBuf, fresh: bool) -> Result<(), String> {
             Some(pin) => {
                 println!("  PIN      {pin}   (printed once on the console by the fresh agent)");
                 println!(
-                    "\n  $ {} --identity {} onboard --pin {pin} --cloud http://{} --device {}",
+                    "\n  $ {} --identity {} onboard --pin {pin} --cloud http://{} --token-file {} --device {}",
                     bin_dir().join("ocf-mediator").display(),
                     dir.join("mediator").display(),
                     cloud.http,
+                    token_file.display(),
                     guest.ep()
                 );
             }
