@@ -160,8 +160,19 @@ pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<String, Response> 
     }
 }
 
-/// `http://HOST` this request reached us at (the Host header), else the listener's address.
-fn base_url(app: &App, headers: &HeaderMap) -> String {
+/// Which API listener a request came in on (an `Extension` the server adds to each): the
+/// hub configuration names the services with its scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiListener {
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The listener's own address.
+    pub addr: std::net::SocketAddr,
+}
+
+/// `SCHEME://HOST` this request reached us at (the Host header, RFC 9110 §7.2), else the
+/// listener's address; the scheme is the listener's (`http` when unknown).
+fn base_url(app: &App, listener: Option<&ApiListener>, headers: &HeaderMap) -> String {
     let host = headers
         .get(HOST)
         .and_then(|v| v.to_str().ok())
@@ -171,12 +182,17 @@ fn base_url(app: &App, headers: &HeaderMap) -> String {
                     .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| app.http_addr().to_string());
-    format!("http://{host}")
+        .unwrap_or_else(|| listener.map_or(app.http_addr(), |l| l.addr).to_string());
+    let scheme = listener.map_or("http", |l| l.scheme);
+    format!("{scheme}://{host}")
 }
 
-async fn hub_configuration(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let base = base_url(&app, &headers);
+async fn hub_configuration(
+    State(app): State<Arc<App>>,
+    listener: Option<axum::Extension<ApiListener>>,
+    headers: HeaderMap,
+) -> Response {
+    let base = base_url(&app, listener.as_deref(), &headers);
     // proto3 JSON writes int64 as strings.
     Json(json!({
         "currentTime": (now_ms().saturating_mul(1_000_000)).to_string(),

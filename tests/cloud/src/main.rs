@@ -19,9 +19,19 @@ struct Cli {
     /// Optional plain coap+tcp listener for devices.
     #[arg(long, value_name = "ADDR:PORT")]
     coap_plain: Option<SocketAddr>,
-    /// HTTP/JSON API listener.
+    /// HTTP/JSON API listener, plain HTTP.
+    #[arg(long, value_name = "ADDR:PORT", required_unless_present = "https")]
+    http: Option<SocketAddr>,
+    /// The same API over HTTPS (as plgd hub serves it), with a certificate from the cloud's CA
+    /// (DATA-DIR/ca.crt, also `certificateAuthorities` of the hub configuration), made at each
+    /// start for loopback, ADDR and the --https-name names. Its hub configuration names
+    /// https:// services. May be given with --http.
     #[arg(long, value_name = "ADDR:PORT")]
-    http: SocketAddr,
+    https: Option<SocketAddr>,
+    /// Another DNS name or IP address clients reach --https under (repeatable), for its
+    /// certificate.
+    #[arg(long, value_name = "NAME", requires = "https")]
+    https_name: Vec<String>,
     /// Directory for the CA, the server certificate, the sid and cloud.db.
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
@@ -78,6 +88,8 @@ fn main() -> ExitCode {
         coap: cli.coap,
         coap_plain: cli.coap_plain,
         http: cli.http,
+        https: cli.https,
+        https_names: cli.https_name,
         data_dir: cli.data_dir,
         token_lifetime: cli.token_lifetime,
         sid: cli.sid,

@@ -209,6 +209,72 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// A certificate for the HTTPS API listener, made afresh at every start and kept in memory
+    /// only (the CA in `ca.crt` is what clients trust): SANs for loopback, for `listen` unless
+    /// it is a wildcard address, and for each of `names` (an IP address or a DNS name), as
+    /// RFC 9110 §4.3.4 has clients check the host of the URL against them. EKU serverAuth;
+    /// valid for a year. Returns (chain: leaf and CA, key).
+    pub fn https_certificate(
+        &self,
+        listen: IpAddr,
+        names: &[String],
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| format!("cannot generate the HTTPS key: {e}"))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "ocf-dev-cloud");
+        dn.push(
+            DnType::CommonName,
+            format!("ocf-dev-cloud API {}", self.sid),
+        );
+        params.distinguished_name = dn;
+        let mut ips = vec![
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ];
+        let mut dns = vec!["localhost".to_string()];
+        if !listen.is_unspecified() {
+            ips.push(listen);
+        }
+        for name in names {
+            match name
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<IpAddr>()
+            {
+                Ok(ip) => ips.push(ip),
+                Err(_) => dns.push(name.to_ascii_lowercase()),
+            }
+        }
+        ips.sort();
+        ips.dedup();
+        dns.sort();
+        dns.dedup();
+        params.subject_alt_names = ips.into_iter().map(SanType::IpAddress).collect();
+        for name in dns {
+            let ia5 = name
+                .as_str()
+                .try_into()
+                .map_err(|e| format!("--https-name {name:?}: {e}"))?;
+            params.subject_alt_names.push(SanType::DnsName(ia5));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(3600);
+        params.not_after = now + Duration::from_secs(365 * 24 * 3600);
+        params.serial_number = Some(random_serial()?);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| format!("cannot create the HTTPS certificate: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+            .map_err(|e| format!("HTTPS key: {e}"))?;
+        Ok((vec![cert.der().clone(), self.ca_der.clone()], key))
+    }
+}
+
 /// A new server key (PEM) and certificate: CN `uuid:<sid>`, SANs for loopback, EKUs
 /// serverAuth and clientAuth, valid for ten years from `not_before`.
 fn server_certificate(

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::app::App;
 use crate::core::{Core, CoreConfig};
+use crate::http::ApiListener;
 use crate::pki::{device_id_from_cert, Pki};
 use crate::store::Store;
 
@@ -29,8 +30,13 @@ pub struct Config {
     pub coap: SocketAddr,
     /// Optional plain coap+tcp listener.
     pub coap_plain: Option<SocketAddr>,
-    /// HTTP listener.
-    pub http: SocketAddr,
+    /// The API's plain HTTP listener.
+    pub http: Option<SocketAddr>,
+    /// The API's HTTPS listener (RFC 9110 §4.2.2), with a certificate from the cloud's CA.
+    pub https: Option<SocketAddr>,
+    /// More names (DNS names or IP addresses) for the HTTPS certificate's SANs, for clients
+    /// that reach the listener under another address than loopback or its own.
+    pub https_names: Vec<String>,
     /// Data directory (keys, certificates, `cloud.db`).
     pub data_dir: PathBuf,
     /// Access-token lifetime in seconds; 0 = permanent.
@@ -72,6 +78,122 @@ pub fn tls_config(pki: &Pki) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(config))
 }
 
+/// The TLS configuration of the HTTPS API listener: its own certificate from the cloud's CA
+/// (see [`Pki::https_certificate`]), no client certificate (the API authenticates with bearer
+/// tokens), TLS 1.3 and 1.2 (RFC 8446), ALPN `http/1.1` since the API speaks HTTP/1.1 only.
+pub fn https_tls_config(
+    pki: &Pki,
+    listen: std::net::IpAddr,
+    names: &[String],
+) -> Result<Arc<ServerConfig>, String> {
+    let (chain, key) = pki.https_certificate(listen, names)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("HTTPS certificate: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves the API on `listener` until the stop signal.
+async fn serve_api<L>(listener: L, router: axum::Router, mut stop: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let shutdown = async move {
+        let _ = stop.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        warn!("HTTP server: {e}");
+    }
+}
+
+/// A TCP listener whose connections come out TLS-terminated, for `axum::serve`. Handshakes run
+/// in their own tasks (bounded by [`HANDSHAKE_TIMEOUT`]) so that a slow or silent client does
+/// not hold up the others; a failed one is logged and dropped.
+pub struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+    local: std::io::Result<SocketAddr>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    pub fn new(
+        listener: TcpListener,
+        config: Arc<ServerConfig>,
+        mut stop: watch::Receiver<bool>,
+    ) -> TlsListener {
+        let local = listener.local_addr();
+        let acceptor = TlsAcceptor::from(config);
+        let (tx, rx) = tokio::sync::mpsc::channel(32);
+        let accepting = tokio::spawn(async move {
+            loop {
+                let (sock, peer) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(v) => v,
+                        Err(e) => {
+                            warn!("accept (HTTPS): {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                    _ = stop.changed() => return,
+                };
+                let _ = sock.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => warn!(%peer, "HTTPS: TLS handshake failed: {e}"),
+                        Err(_) => warn!(%peer, "HTTPS: TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        TlsListener {
+            rx,
+            local,
+            accepting,
+        }
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(v) => v,
+            // The accept task ended (shutdown): no more connections.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match &self.local {
+            Ok(a) => Ok(*a),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
 /// Runs the cloud until `stop` completes. Prints the ready lines on stdout once listening.
 pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), String> {
     let mut pki = Pki::load_or_create(&cfg.data_dir, cfg.sid.as_deref())?;
@@ -99,11 +221,24 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
         Some(a) => Some(bind(a, "--coap-plain").await?),
         None => None,
     };
-    let http = bind(cfg.http, "--http").await?;
+    let http = match cfg.http {
+        Some(a) => Some(bind(a, "--http").await?),
+        None => None,
+    };
+    let https = match cfg.https {
+        Some(a) => Some(bind(a, "--https").await?),
+        None => None,
+    };
     let local = |l: &TcpListener| l.local_addr().map_err(|e| e.to_string());
     let coap_addr = local(&coap)?;
     let plain_addr = plain.as_ref().map(local).transpose()?;
-    let http_addr = local(&http)?;
+    let http_addr = http.as_ref().map(local).transpose()?;
+    let https_addr = https.as_ref().map(local).transpose()?;
+    let https_tls = match &https_addr {
+        Some(a) => Some(https_tls_config(&pki, a.ip(), &cfg.https_names)?),
+        None => None,
+    };
+    let ca_file = cfg.data_dir.join("ca.crt");
     let cis = cfg
         .device_cis
         .clone()
@@ -126,7 +261,9 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
         cis.clone(),
         cis_plain.clone(),
         cfg.keepalive,
-        http_addr,
+        http_addr
+            .or(https_addr)
+            .ok_or("no API listener: give --http or --https")?,
         client_secret,
     );
     app.set_max_message_size(cfg.max_message_size);
@@ -150,19 +287,30 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
             tracker.clone(),
         )));
     }
-    let mut http_stop = stop_rx.clone();
     let router = crate::http::router(app.clone());
-    tasks.push(tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = http_stop.changed().await;
+    if let (Some(listener), Some(addr)) = (http, http_addr) {
+        let api = ApiListener {
+            scheme: "http",
+            addr,
         };
-        if let Err(e) = axum::serve(http, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            warn!("HTTP server: {e}");
-        }
-    }));
+        tasks.push(tokio::spawn(serve_api(
+            listener,
+            router.clone().layer(axum::Extension(api)),
+            stop_rx.clone(),
+        )));
+    }
+    if let (Some(listener), Some(addr), Some(tls)) = (https, https_addr, https_tls) {
+        let api = ApiListener {
+            scheme: "https",
+            addr,
+        };
+        let listener = TlsListener::new(listener, tls, stop_rx.clone());
+        tasks.push(tokio::spawn(serve_api(
+            listener,
+            router.layer(axum::Extension(api)),
+            stop_rx.clone(),
+        )));
+    }
 
     {
         let mut out = std::io::stdout().lock();
@@ -172,9 +320,22 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
         if let Some(p) = &cis_plain {
             lines.push_str(&format!("ocf-dev-cloud: coap-plain {p}\n"));
         }
-        lines.push_str(&format!(
-            "ocf-dev-cloud: http http://{http_addr}\nocf-dev-cloud: console http://{http_addr}/\nocf-dev-cloud: ready\n"
-        ));
+        if let Some(a) = http_addr {
+            lines.push_str(&format!("ocf-dev-cloud: http http://{a}\n"));
+        }
+        if let Some(a) = https_addr {
+            // Clients trust the API's certificate through the cloud's CA.
+            lines.push_str(&format!(
+                "ocf-dev-cloud: https https://{a}\nocf-dev-cloud: ca {}\n",
+                ca_file.display()
+            ));
+        }
+        if let Some(a) = https_addr.map(|a| format!("https://{a}/")) {
+            lines.push_str(&format!("ocf-dev-cloud: console {a}\n"));
+        } else if let Some(a) = http_addr {
+            lines.push_str(&format!("ocf-dev-cloud: console http://{a}/\n"));
+        }
+        lines.push_str("ocf-dev-cloud: ready\n");
         out.write_all(lines.as_bytes())
             .and_then(|()| out.flush())
             .map_err(|e| format!("stdout: {e}"))?;

@@ -28,6 +28,8 @@ pub struct DevCloud {
     /// The plain coap+tcp listener.
     pub coap_plain: Option<SocketAddr>,
     pub http: SocketAddr,
+    /// The HTTPS API listener, when started with `--https`.
+    pub https: Option<SocketAddr>,
     pub data_dir: PathBuf,
     extra: Vec<String>,
     how: Spawn,
@@ -87,6 +89,7 @@ impl DevCloud {
                 .ok_or_else(|| format!("ocf-dev-cloud: unexpected address line {v:?}"))
         };
         let (mut sid, mut coaps, mut coap_plain, mut http) = (None, None, None, None);
+        let mut https = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         let parsed = loop {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -100,6 +103,8 @@ impl DevCloud {
                         addr(v.trim(), "coap+tcp://").map(|a| coap_plain = Some(a))
                     } else if let Some(v) = line.strip_prefix("ocf-dev-cloud: http ") {
                         addr(v.trim(), "http://").map(|a| http = Some(a))
+                    } else if let Some(v) = line.strip_prefix("ocf-dev-cloud: https ") {
+                        addr(v.trim(), "https://").map(|a| https = Some(a))
                     } else if line.trim() == "ocf-dev-cloud: ready" {
                         break Ok(());
                     } else {
@@ -128,6 +133,7 @@ impl DevCloud {
             coaps,
             coap_plain,
             http,
+            https,
             data_dir: data_dir.to_path_buf(),
             extra,
             how: how.clone(),
@@ -190,6 +196,19 @@ impl DevCloud {
     pub fn stderr_log(&mut self) -> &[String] {
         self.log.extend(self.stderr.try_iter());
         &self.log
+    }
+
+    /// The HTTPS API's URL (`https://IP:PORT`); the cloud must have been started with `--https`.
+    pub fn https_url(&self) -> String {
+        format!(
+            "https://{}",
+            self.https.expect("the cloud was started without --https")
+        )
+    }
+
+    /// The cloud's CA certificate (PEM file), the trust anchor of its HTTPS API.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("ca.crt")
     }
 
     /// The console's address (`http://IP:PORT/`).

@@ -4,18 +4,26 @@
 //! {deviceOauthClient.clientId}`) and the signing of the device's identity CSR by its
 //! certificate authority (`POST {certificateAuthority}/api/v1/sign/identity-csr`). Every call but
 //! the configuration carries the user's bearer token. A small blocking HTTP/1.1 client
-//! (`Connection: close`, `http://` only).
+//! (`Connection: close`) for `http://` and `https://` (RFC 9110 §4.2): TLS with rustls, the
+//! server's certificate checked against the hub's CA (`--cloud-ca`) or the system's trust store.
 
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::Value as Json;
 
-/// A parsed `http://host[:port][/prefix]`.
+/// A parsed `http[s]://host[:port][/prefix]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudUrl {
+    /// `https://`: TLS.
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     /// Path prefix without a trailing `/` ("" for none).
@@ -24,27 +32,30 @@ pub struct CloudUrl {
 
 impl fmt::Display for CloudUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
         if self.host.contains(':') {
-            write!(f, "http://[{}]:{}{}", self.host, self.port, self.prefix)
+            write!(f, "{scheme}://[{}]:{}{}", self.host, self.port, self.prefix)
         } else {
-            write!(f, "http://{}:{}{}", self.host, self.port, self.prefix)
+            write!(f, "{scheme}://{}:{}{}", self.host, self.port, self.prefix)
         }
     }
 }
 
-/// Parses the `--cloud` URL.
+/// Parses the `--cloud` URL (and the addresses the hub configuration names): `http://` or
+/// `https://`, default ports 80 and 443 (RFC 9110 §4.2.1, §4.2.2); without a scheme, `http`.
 pub fn parse_cloud_url(s: &str) -> Result<CloudUrl, String> {
     let s = s.trim();
-    let rest = match s.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
+    let (tls, rest) = match s.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
+        Some((scheme, _)) => {
             return Err(format!(
-                "{s:?}: this Mediator speaks plain http:// to the cloud's API only (the development cloud's HTTP API)"
+                "{s:?}: expected http[s]://HOST[:PORT], not {scheme}://"
             ))
         }
-        Some((scheme, _)) => return Err(format!("{s:?}: expected http://HOST:PORT, not {scheme}://")),
-        None => s,
+        None => (false, s),
     };
+    let default_port = if tls { 443 } else { 80 };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
@@ -57,7 +68,7 @@ pub fn parse_cloud_url(s: &str) -> Result<CloudUrl, String> {
             .split_once(']')
             .ok_or_else(|| format!("{s:?}: unclosed '['"))?;
         let port = match after {
-            "" => 80,
+            "" => default_port,
             p => p
                 .strip_prefix(':')
                 .and_then(|p| p.parse().ok())
@@ -71,13 +82,14 @@ pub fn parse_cloud_url(s: &str) -> Result<CloudUrl, String> {
                 p.parse()
                     .map_err(|_| format!("{s:?}: {p:?} is not a port"))?,
             ),
-            None => (authority.to_string(), 80),
+            None => (authority.to_string(), default_port),
         }
     };
     if host.is_empty() || port == 0 {
-        return Err(format!("{s:?}: expected http://HOST:PORT"));
+        return Err(format!("{s:?}: expected http[s]://HOST[:PORT]"));
     }
     Ok(CloudUrl {
+        tls,
         host,
         port,
         prefix: path.trim_end_matches('/').to_string(),
@@ -184,21 +196,97 @@ impl fmt::Debug for Token {
     }
 }
 
+/// The system's trust store as Debian and its derivatives keep it (one PEM bundle).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// What an `https://` service's certificate is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloudTrust {
+    /// The system's trust store, [`SYSTEM_CA_BUNDLE`].
+    System,
+    /// The CAs of a PEM bundle (`--cloud-ca`), and only those.
+    CaFile(PathBuf),
+}
+
+impl CloudTrust {
+    fn describe(&self) -> String {
+        match self {
+            CloudTrust::System => format!("the system's trust store {SYSTEM_CA_BUNDLE}"),
+            CloudTrust::CaFile(p) => format!("--cloud-ca {}", p.display()),
+        }
+    }
+
+    /// The trust anchors: every certificate of the PEM bundle (other PEM sections skipped).
+    pub fn roots(&self) -> Result<RootCertStore, String> {
+        let path: &Path = match self {
+            CloudTrust::System => Path::new(SYSTEM_CA_BUNDLE),
+            CloudTrust::CaFile(p) => p,
+        };
+        let what = self.describe();
+        let pem = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
+        let mut roots = RootCertStore::empty();
+        let mut bad = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("{what}: {e}"))?;
+            // A system bundle may hold a certificate webpki cannot use as an anchor; skip it
+            // rather than distrust the whole store.
+            if roots.add(cert).is_err() {
+                bad += 1;
+            }
+        }
+        if roots.is_empty() {
+            return Err(format!(
+                "{what}: no usable PEM certificate in it{}",
+                if bad > 0 { " (all malformed)" } else { "" }
+            ));
+        }
+        Ok(roots)
+    }
+
+    /// A TLS client configuration (ring; TLS 1.3 and 1.2, RFC 8446) verifying servers against
+    /// these anchors and the URL's host name, as rustls's WebPKI verifier does.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| format!("TLS versions: {e}"))?
+            .with_root_certificates(self.roots()?)
+            .with_no_client_auth();
+        // This client speaks HTTP/1.1 only.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
 /// The hub's services.
 #[derive(Debug, Clone)]
 pub struct CloudApi {
     pub url: CloudUrl,
     pub timeout: Duration,
     token: Option<Token>,
+    trust: CloudTrust,
+    /// Made on the first `https://` request, shared with [`CloudApi::service`]'s clients.
+    tls: Arc<OnceLock<Result<Arc<ClientConfig>, String>>>,
 }
 
 impl CloudApi {
-    pub fn new(url: &str, timeout: Duration, token: Option<Token>) -> Result<CloudApi, String> {
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        token: Option<Token>,
+        trust: CloudTrust,
+    ) -> Result<CloudApi, String> {
         Ok(CloudApi {
             url: parse_cloud_url(url)?,
             timeout,
             token,
+            trust,
+            tls: Arc::new(OnceLock::new()),
         })
+    }
+
+    fn tls_config(&self) -> Result<Arc<ClientConfig>, String> {
+        self.tls.get_or_init(|| self.trust.client_config()).clone()
     }
 
     /// `GET /.well-known/hub-configuration` (public).
@@ -293,12 +381,14 @@ impl CloudApi {
         ))
     }
 
-    /// The same client for another of the hub's services (an absolute `http://` URL).
+    /// The same client for another of the hub's services (an absolute `http[s]://` URL).
     fn service(&self, url: &str, what: &str) -> Result<CloudApi, String> {
         Ok(CloudApi {
             url: parse_cloud_url(url).map_err(|e| format!("hub-configuration {what}: {e}"))?,
             timeout: self.timeout,
             token: self.token.clone(),
+            trust: self.trust.clone(),
+            tls: self.tls.clone(),
         })
     }
 
@@ -320,7 +410,7 @@ impl CloudApi {
                 Err(e) => last = format!("{a}: {e}"),
             }
         }
-        let mut s = stream.ok_or_else(|| {
+        let s = stream.ok_or_else(|| {
             format!(
                 "{what}: cannot connect to the cloud at {}: {last}",
                 self.url
@@ -354,11 +444,74 @@ impl CloudApi {
         head.push_str("\r\n");
         let mut bytes = head.into_bytes();
         bytes.extend(body.unwrap_or_default());
+        if !self.url.tls {
+            let mut s = s;
+            s.write_all(&bytes).map_err(|e| format!("{what}: {e}"))?;
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw)
+                .map_err(|e| format!("{what}: {e}"))?;
+            return parse_http_response(&raw).map_err(|e| format!("{what}: {e}"));
+        }
+        let mut s = self.tls_connect(s).map_err(|e| format!("{what}: {e}"))?;
         s.write_all(&bytes).map_err(|e| format!("{what}: {e}"))?;
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw)
-            .map_err(|e| format!("{what}: {e}"))?;
-        parse_http_response(&raw).map_err(|e| format!("{what}: {e}"))
+        match s.read_to_end(&mut raw) {
+            Ok(_) => parse_http_response(&raw).map_err(|e| format!("{what}: {e}")),
+            // A server may close without close_notify (RFC 8446 §6.1 leaves that open to
+            // truncation): accept the answer only when its own framing says it is whole.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => parse_framed(&raw)
+                .map_err(|f| format!("{what}: {e} (the answer is cut short: {f})")),
+            Err(e) => Err(format!("{what}: {e}")),
+        }
+    }
+
+    /// TLS to the service: SNI and the certificate check against the URL's host (an IP
+    /// address in the URL is checked against the certificate's IP SANs, and sent no SNI, as
+    /// RFC 6066 §3 has it).
+    fn tls_connect(
+        &self,
+        mut tcp: TcpStream,
+    ) -> Result<StreamOwned<ClientConnection, TcpStream>, String> {
+        let config = self
+            .tls_config()
+            .map_err(|e| format!("TLS with {}: {e}", self.url))?;
+        let name = ServerName::try_from(self.url.host.clone())
+            .map_err(|e| format!("{}: not a host name for TLS: {e}", self.url))?;
+        let mut conn = ClientConnection::new(config, name)
+            .map_err(|e| format!("TLS with {}: {e}", self.url))?;
+        while conn.is_handshaking() {
+            if let Err(e) = conn.complete_io(&mut tcp) {
+                let untrusted = e
+                    .get_ref()
+                    .and_then(|i| i.downcast_ref::<rustls::Error>())
+                    .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+                return Err(if untrusted {
+                    format!(
+                        "TLS with {}: the server's certificate is not accepted ({e}), checked against {}; give the hub's CA with --cloud-ca PATH",
+                        self.url,
+                        self.trust.describe()
+                    )
+                } else {
+                    format!("TLS with {}: {e}", self.url)
+                });
+            }
+        }
+        Ok(StreamOwned::new(conn, tcp))
+    }
+}
+
+/// [`parse_http_response`] for an answer whose end was not confirmed by the transport: only
+/// one framed by Content-Length or chunked coding can be known to be whole.
+fn parse_framed(raw: &[u8]) -> Result<HttpReply, String> {
+    let r = parse_http_response(raw)?;
+    let framed = r.headers.iter().any(|(k, v)| {
+        k == "content-length"
+            || (k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"))
+    });
+    if framed {
+        Ok(r)
+    } else {
+        Err("no Content-Length nor chunked coding".into())
     }
 }
 
@@ -503,6 +656,7 @@ mod tests {
         assert_eq!(
             parse_cloud_url("http://127.0.0.1:8080").unwrap(),
             CloudUrl {
+                tls: false,
                 host: "127.0.0.1".into(),
                 port: 8080,
                 prefix: String::new()
@@ -517,10 +671,10 @@ mod tests {
         let v6 = parse_cloud_url("http://[::1]:7").unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 7));
         assert_eq!(v6.to_string(), "http://[::1]:7");
-        assert!(parse_cloud_url("https://x:1")
-            .unwrap_err()
-            .contains("plain http"));
         for bad in [
+            "https://x:0",
+            "https://",
+            "https://[::1]x",
             "ftp://x",
             "http://:1",
             "http://x:0",
@@ -530,6 +684,61 @@ mod tests {
         ] {
             assert!(parse_cloud_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn https_urls() {
+        let u = parse_cloud_url("https://hub.example").unwrap();
+        assert_eq!(
+            u,
+            CloudUrl {
+                tls: true,
+                host: "hub.example".into(),
+                port: 443,
+                prefix: String::new()
+            }
+        );
+        assert_eq!(u.to_string(), "https://hub.example:443");
+        let u = parse_cloud_url("HTTPS://127.0.0.1:8443/hub/").unwrap();
+        assert_eq!((u.tls, u.port, u.prefix.as_str()), (true, 8443, "/hub"));
+        let v6 = parse_cloud_url("https://[::1]").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port, v6.tls), ("::1", 443, true));
+        assert_eq!(v6.to_string(), "https://[::1]:443");
+        // No scheme and http:// stay plain.
+        assert!(!parse_cloud_url("127.0.0.1:9").unwrap().tls);
+        assert!(!parse_cloud_url("http://[::1]").unwrap().tls);
+        assert_eq!(parse_cloud_url("http://[::1]").unwrap().port, 80);
+    }
+
+    #[test]
+    fn trust_anchors_from_a_pem_bundle() {
+        let dir = std::env::temp_dir().join(format!("ocf-mediator-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["ca.example".into()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let bundle = dir.join("bundle.pem");
+        // Text between certificates, as in the system bundle, is skipped.
+        std::fs::write(&bundle, format!("# a comment\n{}\n{}", ca.pem(), ca.pem())).unwrap();
+        let roots = CloudTrust::CaFile(bundle.clone()).roots().unwrap();
+        assert_eq!(roots.len(), 2);
+        assert!(CloudTrust::CaFile(bundle.clone()).client_config().is_ok());
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = CloudTrust::CaFile(empty.clone()).roots().unwrap_err();
+        assert!(e.contains("no usable PEM certificate"), "{e}");
+        let missing = dir.join("missing.pem");
+        let e = CloudTrust::CaFile(missing).roots().unwrap_err();
+        assert!(e.contains("--cloud-ca") && e.contains("missing.pem"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unconfirmed_end_needs_framing() {
+        assert!(parse_framed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").is_ok());
+        assert!(parse_framed(b"HTTP/1.1 200 OK\r\n\r\n{\"a\":").is_err());
+        assert!(parse_framed(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}").is_err());
     }
 
     #[test]

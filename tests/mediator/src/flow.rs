@@ -518,6 +518,8 @@ fn expect_success(what: &str, r: Result<Reply, NetError>) -> Result<Reply, Strin
 pub struct OnboardArgs {
     pub pin: Pin,
     pub cloud: String,
+    /// What the hub's `https://` services are checked against.
+    pub cloud_trust: crate::cloud_api::CloudTrust,
     pub target: Target,
     pub name: Option<String>,
     /// Bound for discovery and for the wait for `registered`.
@@ -763,8 +765,13 @@ pub fn onboard(identity: &Identity, args: &OnboardArgs) -> Result<Outcome, StepE
         2,
         &format!("asking the cloud at {} for its identity", args.cloud),
     );
-    let api = CloudApi::new(&args.cloud, args.net.request_timeout, args.token.clone())
-        .map_err(|e| p.fail(e))?;
+    let api = CloudApi::new(
+        &args.cloud,
+        args.net.request_timeout,
+        args.token.clone(),
+        args.cloud_trust.clone(),
+    )
+    .map_err(|e| p.fail(e))?;
     let cloud: CloudInfo = api.info().map_err(|e| p.fail(e))?;
     p.detail(&format!(
         "sid {}, cis {}, apn {}",

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! ocf-mediator [--identity DIR] discover [--wait SECS] [--port PORT]
-//! ocf-mediator [--identity DIR] onboard --pin PIN --cloud URL --token-file PATH [--auth-code-file PATH]
+//! ocf-mediator [--identity DIR] onboard --pin PIN --cloud URL [--cloud-ca PATH] --token-file PATH [--auth-code-file PATH]
 //!              [--device EP | --di UUID] [--name NAME] [--timeout SECS]
 //! ocf-mediator [--identity DIR] offboard (--device EP | --di UUID) [--timeout SECS]
 //! ocf-mediator [--identity DIR] get (--device EP | --di UUID) PATH
@@ -20,6 +20,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use ocf::resource::Method;
 use ocf::security::otm::Pin;
+use ocf_mediator::cloud_api::CloudTrust;
 use ocf_mediator::flow::{self, Net, OnboardArgs, Outcome, Target};
 use ocf_mediator::identity::{default_dir, Identity};
 use ocf_mediator::{discover, tls};
@@ -82,10 +83,15 @@ enum Cmd {
         /// Read the PIN from this file instead (keeps it out of the process list).
         #[arg(long, value_name = "PATH")]
         pin_file: Option<PathBuf>,
-        /// The hub's HTTP gateway, e.g. http://127.0.0.1:8080 (its
+        /// The hub's HTTP gateway, https://HOST[:PORT] or http://HOST:PORT (its
         /// /.well-known/hub-configuration names the rest).
         #[arg(long, value_name = "URL")]
         cloud: String,
+        /// A PEM file of the CA certificates the hub's https:// services are checked against,
+        /// and only those (default: the system's trust store,
+        /// /etc/ssl/certs/ca-certificates.crt).
+        #[arg(long, value_name = "PATH")]
+        cloud_ca: Option<PathBuf>,
         /// A file holding the user's bearer token for the hub (also $OCF_CLOUD_TOKEN); the
         /// devices onboarded belong to that user.
         #[arg(long, value_name = "PATH")]
@@ -239,6 +245,7 @@ fn main() -> ExitCode {
             pin,
             pin_file,
             cloud,
+            cloud_ca,
             token_file,
             auth_code_file,
             which,
@@ -257,6 +264,17 @@ fn main() -> ExitCode {
             if let Err(e) = ocf_mediator::cloud_api::parse_cloud_url(&cloud) {
                 return usage(format!("--cloud: {e}"));
             }
+            let cloud_trust = match cloud_ca {
+                Some(path) => {
+                    let trust = CloudTrust::CaFile(path);
+                    // A bad file is a usage error, found before the device is touched.
+                    if let Err(e) = trust.roots() {
+                        return usage(e);
+                    }
+                    trust
+                }
+                None => CloudTrust::System,
+            };
             let token = match read_secret(token_file, "OCF_CLOUD_TOKEN") {
                 Ok(Some(t)) => match ocf_mediator::cloud_api::Token::new(&t) {
                     Ok(t) => Some(t),
@@ -279,6 +297,7 @@ fn main() -> ExitCode {
             let args = OnboardArgs {
                 pin,
                 cloud,
+                cloud_trust,
                 target,
                 name,
                 timeout: Duration::from_secs(timeout.max(1)),

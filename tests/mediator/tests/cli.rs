@@ -74,11 +74,25 @@ fn usage_errors_exit_2_and_never_echo_the_pin() {
                 "--pin",
                 "98765432",
                 "--cloud",
-                "https://127.0.0.1:1",
+                "ftp://127.0.0.1:1",
                 "--device",
                 &ep,
             ],
             "--cloud",
+        ),
+        (
+            vec![
+                "onboard",
+                "--pin",
+                "98765432",
+                "--cloud",
+                "https://127.0.0.1:1",
+                "--cloud-ca",
+                "/nonexistent/hub-ca.pem",
+                "--device",
+                &ep,
+            ],
+            "--cloud-ca /nonexistent/hub-ca.pem",
         ),
         (
             vec![
