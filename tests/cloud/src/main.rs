@@ -42,6 +42,10 @@ struct Cli {
     /// its cloud.
     #[arg(long, value_name = "SECONDS")]
     cert_not_before_offset: Option<u64>,
+    /// For tests only: answer this `expiresin` at sign-up, sign-in and token refresh, whatever
+    /// the tokens' real lifetime (`--token-lifetime`), as a faulty cloud might.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    answer_expiresin: Option<i64>,
 }
 
 fn main() -> ExitCode {
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         apn: cli.apn,
         keepalive: Duration::from_secs(cli.keepalive_secs.max(1)),
         cert_not_before_offset: cli.cert_not_before_offset.map(Duration::from_secs),
+        answer_expiresin: cli.answer_expiresin,
     };
     let result = runtime.block_on(async {
         let stop = shutdown_signal()?;

@@ -44,6 +44,8 @@ pub struct Config {
     /// Tests only: present a server certificate that becomes valid this long after the start
     /// (what a device whose clock is behind sees).
     pub cert_not_before_offset: Option<Duration>,
+    /// Tests only: the `expiresin` answered whatever the tokens' lifetime.
+    pub answer_expiresin: Option<i64>,
 }
 
 /// The TLS configuration of the device listener: the cloud's server certificate, a client
@@ -107,6 +109,7 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
         CoreConfig {
             apn: cfg.apn.clone(),
             token_lifetime_secs: cfg.token_lifetime,
+            answer_expiresin: cfg.answer_expiresin,
             ..CoreConfig::default()
         },
     );
