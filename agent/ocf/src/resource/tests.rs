@@ -810,3 +810,15 @@ fn links_read_by_the_cloud_carry_no_lan_endpoints() {
         assert!(format!("{eps:?}").contains("192.168.1.20"), "{eps:?}");
     }
 }
+
+#[test]
+fn a_tagged_body_is_refused_with_4_00_and_a_diagnostic() {
+    let mut d = device();
+    let mut req = Request::new(Method::Post, "/switch");
+    req.content_format = Some(10000);
+    // {"value": 1(true)}
+    req.payload = vec![0xa1, 0x65, b'v', b'a', b'l', b'u', b'e', 0xc1, 0xf5];
+    let r = d.handle(&O, &req, b"t");
+    assert_eq!(r.code, ResponseType::BadRequest);
+    assert!(r.diagnostic().contains("tag"), "{}", r.diagnostic());
+}
