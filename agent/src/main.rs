@@ -5,6 +5,7 @@ mod boot;
 mod cli;
 mod cloud;
 mod cloudconf;
+mod conn;
 mod control;
 mod log;
 mod maintenance;

@@ -403,6 +403,19 @@ impl Security {
         self.peers.borrow_mut().insert(id, Peer::Cloud { identity });
     }
 
+    /// Whether secure connection `id` presented the owner's certificate key.
+    pub fn is_owner(&self, id: u64) -> bool {
+        match self.peers.borrow().get(&id) {
+            Some(Peer::Tls { identity, .. }) => {
+                self.state
+                    .borrow()
+                    .requester(identity.as_ref(), true)
+                    .is_owner
+            }
+            _ => false,
+        }
+    }
+
     /// Connection `id` closed.
     pub fn closed(&self, id: u64) {
         self.peers.borrow_mut().remove(&id);

@@ -19,7 +19,6 @@ use std::fmt;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ocf::resource::Origin;
 use ocf::security::otm;
@@ -38,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::conn::{Conns, Limits, Slot, Tracked};
 use crate::security::{Security, Via};
 use crate::server::Agent;
 use crate::tcp;
@@ -47,10 +47,6 @@ use crate::tls;
 pub const MFG_CERT: &str = "mfg.crt";
 /// The manufacturer certificate's private key in the state directory (PEM).
 pub const MFG_KEY: &str = "mfg.key";
-
-/// A TLS handshake that takes longer than this is dropped (a client that opens connections
-/// and never finishes them cannot hold the connection slots).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server's certificate chain and key.
 pub struct ServerIdentity {
@@ -235,65 +231,44 @@ pub fn chain_verifies(chain: &[CertificateDer<'_>], anchors: &[Vec<u8>]) -> bool
         .is_ok()
 }
 
-/// Serves the secure endpoint until shutdown.
+/// Serves the secure endpoint until shutdown. A TLS handshake that does not finish within
+/// [`Limits::handshake`] is dropped, so a client that opens connections and never finishes
+/// them cannot hold the places ([`crate::conn`]).
 pub async fn serve(
     listener: TcpListener,
     agent: Rc<Agent>,
     security: Rc<Security>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let live = Rc::new(std::cell::Cell::new(0usize));
-    let mut stop = shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if live.get() >= tcp::MAX_CONNECTIONS {
-            warn!(%peer, "too many connections; refusing");
-            drop(stream);
-            continue;
-        }
-        live.set(live.get() + 1);
-        let (agent, security, live, shutdown) = (
-            agent.clone(),
-            security.clone(),
-            live.clone(),
-            shutdown.clone(),
-        );
-        tokio::task::spawn_local(async move {
-            connection(stream, peer, agent, security, shutdown).await;
-            live.set(live.get() - 1);
-        });
-    }
+    let conns = Conns::new(Limits::default());
+    let stop = shutdown.clone();
+    conns
+        .serve(listener, stop, move |stream, peer, slot| {
+            connection(
+                stream,
+                peer,
+                slot,
+                agent.clone(),
+                security.clone(),
+                shutdown.clone(),
+            )
+        })
+        .await;
 }
 
 async fn connection(
-    stream: tokio::net::TcpStream,
+    stream: Tracked,
     peer: std::net::SocketAddr,
+    slot: Slot,
     agent: Rc<Agent>,
     security: Rc<Security>,
     shutdown: watch::Receiver<bool>,
 ) {
-    // OCF-PROTOCOL.md §7.7: no Nagle delay on the last responses of a burst.
-    let _ = stream.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(security.server_config());
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let tls = match acceptor.accept(stream).await {
+        Ok(s) => s,
+        Err(e) => {
             debug!(%peer, "TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            debug!(%peer, "TLS handshake timed out");
             return;
         }
     };
@@ -310,6 +285,12 @@ async fn connection(
     let certs: Option<Vec<CertificateDer<'static>>> = conn.peer_certificates().map(|c| c.to_vec());
     let (id, outbox) = agent.open_stream();
     security.tls_opened(id, certs.as_deref().unwrap_or_default());
+    // Also when the task is dropped by a deadline or an eviction.
+    let _closed = ClosedOnDrop {
+        security: &security,
+        id,
+    };
+    slot.established(security.is_owner(id));
     debug!(%peer, connection = id, ?version, "secure connection opened");
     let origin = Origin::Stream(id);
     let result = tcp::run_connection(tls, &agent, id, outbox, shutdown, |packet| {
@@ -323,9 +304,20 @@ async fn connection(
         )
     })
     .await;
-    security.closed(id);
     if let Err(e) = result {
         debug!(%peer, connection = id, "secure connection ended: {e}");
+    }
+}
+
+/// Tells the security a connection ended, however its task ends.
+struct ClosedOnDrop<'a> {
+    security: &'a Security,
+    id: u64,
+}
+
+impl Drop for ClosedOnDrop<'_> {
+    fn drop(&mut self) {
+        self.security.closed(self.id);
     }
 }
 
