@@ -13,9 +13,11 @@
 //!   the owner's is closed to make room, so a newcomer always gets its turn. Only when every
 //!   candidate is the owner's is the newcomer refused.
 //! - **Deadlines**: a TLS handshake must finish within [`Limits::handshake`]; an established
-//!   connection with nothing received for [`Limits::idle`] is closed (RFC 8323 §5.4: a client
-//!   that wants to keep a quiet connection sends Pings, which count); a write the peer does not
-//!   take within [`Limits::write`] closes the connection (a peer that never reads its socket).
+//!   connection with nothing received nor written for [`Limits::idle`] is closed (a client
+//!   that keeps a quiet connection sends RFC 8323 §5.4 Pings; an observer hears notifications);
+//!   a write the peer does not take within [`Limits::write`] closes the connection (a peer
+//!   that never reads its socket). "Idle" for the eviction is the same: time since the last
+//!   byte in either direction.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -41,7 +43,7 @@ pub struct Limits {
     pub per_address: usize,
     /// Time from accept to the end of the TLS handshake.
     pub handshake: Duration,
-    /// Time an established connection may go without receiving anything.
+    /// Time an established connection may go without a byte in either direction.
     pub idle: Duration,
     /// Time a write may wait for the peer to take the bytes.
     pub write: Duration,
@@ -99,7 +101,7 @@ struct Entry {
     established: bool,
     owner: bool,
     opened: Instant,
-    last_received: Instant,
+    last_active: Instant,
     /// Since when a write has been waiting for the peer.
     write_blocked: Option<Instant>,
 }
@@ -107,7 +109,7 @@ struct Entry {
 impl Entry {
     fn deadline(&self, limits: &Limits) -> (Instant, CloseReason) {
         let mut due = if self.established {
-            (self.last_received + limits.idle, CloseReason::Idle)
+            (self.last_active + limits.idle, CloseReason::Idle)
         } else {
             (self.opened + limits.handshake, CloseReason::Handshake)
         };
@@ -190,22 +192,22 @@ impl ConnTable {
                 established: false,
                 owner: false,
                 opened: now,
-                last_received: now,
+                last_active: now,
                 write_blocked: None,
             },
         );
         Admission::Admit { id, evict }
     }
 
-    /// The connection that is not the owner's and has received nothing for the longest time
-    /// (a handshake in progress counts from its accept), among those from `address` if given.
+    /// The connection that is not the owner's and has been idle for the longest time (a
+    /// handshake in progress counts from its accept), among those from `address` if given.
     fn longest_idle(&self, now: Instant, address: Option<IpAddr>) -> Option<u64> {
         self.entries
             .iter()
             .filter(|(_, e)| !e.owner && address.is_none_or(|a| e.address == a))
             .max_by_key(|(id, e)| {
                 (
-                    now.saturating_duration_since(e.last_received),
+                    now.saturating_duration_since(e.last_active),
                     u64::MAX - **id,
                 )
             })
@@ -217,14 +219,14 @@ impl ConnTable {
         if let Some(e) = self.entries.get_mut(&id) {
             e.established = true;
             e.owner = owner;
-            e.last_received = now;
+            e.last_active = now;
         }
     }
 
-    /// Bytes arrived on `id`.
-    pub fn received(&mut self, id: u64, now: Instant) {
+    /// Bytes arrived on `id`, or the peer took bytes written to it.
+    pub fn active(&mut self, id: u64, now: Instant) {
         if let Some(e) = self.entries.get_mut(&id) {
-            e.last_received = now;
+            e.last_active = now;
         }
     }
 
@@ -423,14 +425,14 @@ impl AsyncRead for Tracked {
             self.conns
                 .table
                 .borrow_mut()
-                .received(self.id, Instant::now());
+                .active(self.id, Instant::now());
         }
         poll
     }
 }
 
 impl Tracked {
-    fn track_write<T>(&self, poll: &Poll<io::Result<T>>) {
+    fn track_write(&self, poll: &Poll<io::Result<usize>>) {
         let mut table = self.conns.table.borrow_mut();
         match poll {
             Poll::Pending => {
@@ -438,7 +440,12 @@ impl Tracked {
                 drop(table);
                 self.conns.changed.notify_one();
             }
-            Poll::Ready(_) => table.write_done(self.id),
+            Poll::Ready(result) => {
+                table.write_done(self.id);
+                if matches!(result, Ok(n) if *n > 0) {
+                    table.active(self.id, Instant::now());
+                }
+            }
         }
     }
 }
@@ -455,9 +462,8 @@ impl AsyncWrite for Tracked {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.stream).poll_flush(cx);
-        self.track_write(&poll);
-        poll
+        // A TCP stream has nothing to flush.
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -516,7 +522,7 @@ mod tests {
         let (b, _) = admitted(t.admit(ip(1), t0 + ms(1)));
         t.established(a, false, t0 + ms(2));
         t.established(b, false, t0 + ms(3));
-        t.received(a, t0 + ms(50));
+        t.active(a, t0 + ms(50));
         // b has been quiet longer than a: it goes.
         let (c, evicted) = admitted(t.admit(ip(1), t0 + ms(60)));
         assert_eq!(evicted, Some(b));
@@ -545,7 +551,7 @@ mod tests {
         // The oldest is the owner's: never evicted, however idle.
         t.established(ids[0], true, t0 + ms(5));
         t.established(ids[1], false, t0 + ms(5));
-        t.received(ids[1], t0 + ms(100));
+        t.active(ids[1], t0 + ms(100));
         let (_, evicted) = admitted(t.admit(ip(9), t0 + ms(200)));
         assert_eq!(evicted, Some(ids[2]), "the handshake idle since its accept");
         assert_eq!(t.len(), 4);
@@ -590,7 +596,7 @@ mod tests {
         );
         // A write that waits: closed after the write deadline, although data came in.
         t.write_blocked(reader, t0 + secs(20));
-        t.received(reader, t0 + secs(25));
+        t.active(reader, t0 + secs(25));
         t.write_blocked(reader, t0 + secs(26)); // still the same wait
         assert_eq!(t.poll_timeout(), Some(t0 + secs(30)));
         assert_eq!(
@@ -600,7 +606,7 @@ mod tests {
         // A write that completes clears its deadline; the quiet one ends when idle.
         t.write_blocked(quiet, t0 + secs(40));
         t.write_done(quiet);
-        t.received(quiet, t0 + secs(60));
+        t.active(quiet, t0 + secs(60));
         assert_eq!(t.poll_timeout(), Some(t0 + secs(60) + l.idle));
         assert!(t.handle_timeout(t0 + secs(60) + l.idle - ms(1)).is_empty());
         assert_eq!(
