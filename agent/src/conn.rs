@@ -155,7 +155,7 @@ impl ConnTable {
     }
 
     /// Connections from `address`.
-    pub fn from_address(&self, address: IpAddr) -> usize {
+    pub fn count_from(&self, address: IpAddr) -> usize {
         let address = canonical(address);
         self.entries
             .values()
@@ -166,7 +166,7 @@ impl ConnTable {
     /// A new connection from `address` at `now` (see the module docs for the rules).
     pub fn admit(&mut self, address: IpAddr, now: Instant) -> Admission {
         let address = canonical(address);
-        let same_address = self.from_address(address);
+        let same_address = self.count_from(address);
         let evict = if same_address >= self.limits.per_address {
             match self.longest_idle(now, Some(address)) {
                 Some(id) => Some(id),
@@ -526,7 +526,7 @@ mod tests {
         // b has been quiet longer than a: it goes.
         let (c, evicted) = admitted(t.admit(ip(1), t0 + ms(60)));
         assert_eq!(evicted, Some(b));
-        assert_eq!(t.from_address(ip(1)), 2);
+        assert_eq!(t.count_from(ip(1)), 2);
         // Another address is not touched by this address's cap.
         let (_, evicted) = admitted(t.admit(ip(2), t0 + ms(61)));
         assert_eq!(evicted, None);

@@ -414,9 +414,10 @@ fn batch_observation(
     target: &Target<'_>,
 ) -> Decision {
     let required = Operation::Observe.required();
-    if req.is_owner && req.secure_transport && owned_state {
-        Decision::Allow
-    } else if state == DosState::Rfnop && acl.granted(req, target, false) & required == required {
+    let owner = req.is_owner && req.secure_transport && owned_state;
+    let granted =
+        state == DosState::Rfnop && acl.granted(req, target, false) & required == required;
+    if owner || granted {
         Decision::Allow
     } else if !req.secure_transport {
         Decision::Deny(DenyReason::InsecureTransport)
