@@ -4,6 +4,7 @@ mod board;
 mod boot;
 mod cli;
 mod cloud;
+mod conn;
 mod control;
 mod log;
 mod maintenance;

@@ -170,6 +170,11 @@ impl Agent {
             .open(id, ConnKind::Tls { identity, exporter });
     }
 
+    /// Whether secure connection `id` is the owner's.
+    pub fn is_owner(&self, id: u64) -> bool {
+        self.server.borrow().is_owner_connection(id)
+    }
+
     /// Recomputes whether each secure connection's certificate chains to a trust anchor.
     fn reverify_chains(&self) {
         let anchors = self.server.borrow().trust_anchors();

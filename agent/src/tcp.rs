@@ -1,9 +1,9 @@
 //! CoAP over TCP (RFC 8323): the connection loop shared by the plain listener (development mode
 //! only) and the secure endpoint ([`crate::tls_server`]): one task per connection, framing and
 //! signalling in the sans-IO [`TcpConnection`], requests served through [`Agent::serve`].
+//! Admission, caps and deadlines of both listeners are [`crate::conn`]'s.
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use coap_lite::{MessageClass, Packet};
 use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
@@ -13,14 +13,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::conn::{Conns, Limits};
 use crate::server::Agent;
 
 /// Largest message we accept. Our representations are small; a batch of `/oic/res` for a
 /// board with a few dozen resources stays well under it.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024;
-
-/// Connections served at once; more are refused so a flood cannot exhaust memory.
-pub const MAX_CONNECTIONS: usize = 64;
 
 /// Bytes read from the socket at a time. The decoder sees each chunk before the next is read,
 /// so a frame declaring a huge length is refused after at most this much.
@@ -28,46 +26,27 @@ const READ_CHUNK: usize = 4096;
 
 /// Serves the plain listener (development mode only, `--insecure-dev`).
 pub async fn serve(listener: TcpListener, agent: Rc<Agent>, shutdown: watch::Receiver<bool>) {
-    let live = Rc::new(std::cell::Cell::new(0usize));
-    let mut stop = shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    let conns = Conns::new(Limits::default());
+    let stop = shutdown.clone();
+    conns
+        .serve(listener, stop, move |stream, peer, slot| {
+            let (agent, shutdown) = (agent.clone(), shutdown.clone());
+            async move {
+                // No handshake on the plain listener.
+                slot.established(false);
+                debug!(%peer, "connection opened");
+                let (id, outbox) = agent.open_stream();
+                let result = run_connection(stream, &agent, id, outbox, shutdown, |packet| {
+                    agent.serve(Peer::Tcp(id), packet).unwrap_or_default()
+                })
+                .await;
+                if let Err(e) = result {
+                    debug!(%peer, "connection ended: {e}");
+                }
+                drop(slot);
             }
-        };
-        if live.get() >= MAX_CONNECTIONS {
-            warn!(%peer, "too many connections; refusing");
-            drop(stream);
-            continue;
-        }
-        live.set(live.get() + 1);
-        let agent = agent.clone();
-        let live = live.clone();
-        let shutdown = shutdown.clone();
-        tokio::task::spawn_local(async move {
-            debug!(%peer, "connection opened");
-            // OCF-PROTOCOL.md §7.7: without TCP_NODELAY the last responses of a burst wait for
-            // the peer's delayed ACK.
-            let _ = stream.set_nodelay(true);
-            let (id, outbox) = agent.open_stream();
-            let result = run_connection(stream, &agent, id, outbox, shutdown, |packet| {
-                agent.serve(Peer::Tcp(id), packet).unwrap_or_default()
-            })
-            .await;
-            if let Err(e) = result {
-                debug!(%peer, "connection ended: {e}");
-            }
-            live.set(live.get() - 1);
-        });
-    }
+        })
+        .await;
 }
 
 /// Runs one stream connection (plain TCP or TLS) registered as `id` with the agent: RFC 8323
@@ -87,6 +66,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(&Packet) -> Packet,
 {
+    // Also when the task is dropped (a connection closed by its deadline or evicted).
+    let _forget = ForgetOnDrop { agent, id };
     let mut conn = TcpConnection::new(MAX_MESSAGE_SIZE as u32);
     let result = async {
         // RFC 8323 §5.3: both sides send a CSM first.
@@ -157,9 +138,21 @@ where
         }
     }
     .await;
-    agent.close_stream(id);
     let _ = stream.shutdown().await;
     result
+}
+
+/// Makes the agent forget a stream connection and its observations when the connection's
+/// future ends or is dropped.
+struct ForgetOnDrop<'a> {
+    agent: &'a Agent,
+    id: u64,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.agent.close_stream(self.id);
+    }
 }
 
 pub fn log_listening(listener: &TcpListener) {

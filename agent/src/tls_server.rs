@@ -19,7 +19,6 @@ use std::fmt;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ocf::security::otm;
 use ocf::server::Peer;
@@ -35,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::conn::{Conns, Limits, Slot, Tracked};
 use crate::server::Agent;
 use crate::tcp;
 use crate::tls;
@@ -43,10 +43,6 @@ use crate::tls;
 pub const MFG_CERT: &str = "mfg.crt";
 /// The manufacturer certificate's private key in the state directory (PEM).
 pub const MFG_KEY: &str = "mfg.key";
-
-/// A TLS handshake that takes longer than this is dropped (a client that opens connections
-/// and never finishes them cannot hold the connection slots).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server's certificate chain and key.
 pub struct ServerIdentity {
@@ -207,54 +203,31 @@ impl ClientCertVerifier for AnyClientCertificate {
     }
 }
 
-/// Serves the secure endpoint until shutdown.
+/// Serves the secure endpoint until shutdown. A TLS handshake that does not finish within
+/// [`Limits::handshake`] is dropped, so a client that opens connections and never finishes
+/// them cannot hold the places ([`crate::conn`]).
 pub async fn serve(listener: TcpListener, agent: Rc<Agent>, shutdown: watch::Receiver<bool>) {
-    let live = Rc::new(std::cell::Cell::new(0usize));
-    let mut stop = shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if live.get() >= tcp::MAX_CONNECTIONS {
-            warn!(%peer, "too many connections; refusing");
-            drop(stream);
-            continue;
-        }
-        live.set(live.get() + 1);
-        let (agent, live, shutdown) = (agent.clone(), live.clone(), shutdown.clone());
-        tokio::task::spawn_local(async move {
-            connection(stream, peer, agent, shutdown).await;
-            live.set(live.get() - 1);
-        });
-    }
+    let conns = Conns::new(Limits::default());
+    let stop = shutdown.clone();
+    conns
+        .serve(listener, stop, move |stream, peer, slot| {
+            connection(stream, peer, slot, agent.clone(), shutdown.clone())
+        })
+        .await;
 }
 
 async fn connection(
-    stream: tokio::net::TcpStream,
+    stream: Tracked,
     peer: std::net::SocketAddr,
+    slot: Slot,
     agent: Rc<Agent>,
     shutdown: watch::Receiver<bool>,
 ) {
-    // OCF-PROTOCOL.md §7.7: no Nagle delay on the last responses of a burst.
-    let _ = stream.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(agent.tls_config());
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let tls = match acceptor.accept(stream).await {
+        Ok(s) => s,
+        Err(e) => {
             debug!(%peer, "TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            debug!(%peer, "TLS handshake timed out");
             return;
         }
     };
@@ -271,6 +244,7 @@ async fn connection(
     let certs: Option<Vec<CertificateDer<'static>>> = conn.peer_certificates().map(|c| c.to_vec());
     let (id, outbox) = agent.open_stream();
     agent.open_tls(id, certs.as_deref().unwrap_or_default(), exporter.to_vec());
+    slot.established(agent.is_owner(id));
     debug!(%peer, connection = id, ?version, "secure connection opened");
     let result = tcp::run_connection(tls, &agent, id, outbox, shutdown, |packet| {
         agent.serve(Peer::Tls(id), packet).unwrap_or_default()

@@ -3,14 +3,15 @@
 //! only; everything else needs the secure endpoint, and is refused with 4.01 on unicast (in the
 //! development mode, `--insecure-dev`, unicast serves every resource).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::rc::Rc;
 use std::time::Instant;
 
 use coap_lite::{MessageClass, Packet};
 use ocf::coap::block;
-use ocf::coap::udp::{UdpInbound, UdpMessageLayer};
+use ocf::coap::udp::{UdpInbound, UdpMessageLayer, UdpTimeout};
 use ocf::resource::Origin;
 use ocf::server::Peer;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -36,6 +37,18 @@ const MAX_DATAGRAM: usize = 1500;
 
 /// Notifications remembered by Message-ID so an RST can end the right observation.
 const SENT_MEMORY: usize = 256;
+
+/// Multicast answers waiting for their leisure (RFC 7252 §8.2) at once; a request beyond is
+/// not answered (answering a multicast request is optional, and a flood must not grow this).
+const MULTICAST_PENDING: usize = 32;
+
+/// Sleeps until `at`, or forever without a deadline.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Binds a unicast CoAP socket.
 pub fn bind_unicast(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -340,10 +353,25 @@ pub async fn serve_unicast(
                 block::apply_block2(&Packet::new(), &mut packet, UDP_SZX);
                 counter = counter.wrapping_add(1);
                 let token = packet.get_token().to_vec();
-                let (mid, bytes) = layer.notification(peer, packet, counter.is_multiple_of(CON_EVERY));
+                let confirmable = counter.is_multiple_of(CON_EVERY);
+                let (mid, bytes) = layer.notification(peer, packet, confirmable, Instant::now());
                 sent.push_back((peer, mid, token));
                 if sent.len() > SENT_MEMORY { sent.pop_front(); }
                 let _ = socket.send_to(&bytes, peer).await;
+            }
+            _ = sleep_until(layer.poll_timeout()) => {
+                for due in layer.handle_timeout(Instant::now()) {
+                    match due {
+                        UdpTimeout::Retransmit { peer, bytes } => {
+                            let _ = socket.send_to(&bytes, peer).await;
+                        }
+                        UdpTimeout::GaveUp { peer, token } => {
+                            // RFC 7641 §4.5: an observer that does not acknowledge is gone.
+                            debug!(%peer, "notification never acknowledged; ending the observation");
+                            agent.device().cancel_observation(&Origin::Udp(peer), &token);
+                        }
+                    }
+                }
             }
             _ = shutdown.changed() => return,
         }
@@ -364,8 +392,19 @@ pub async fn serve_multicast(
     };
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut layer = UdpMessageLayer::new();
+    // Answers waiting for their random leisure (RFC 7252 §8.2), earliest first.
+    let mut pending: BinaryHeap<Reverse<(Instant, SocketAddr, Vec<u8>)>> = BinaryHeap::new();
     loop {
+        let next = pending.peek().map(|Reverse((at, _, _))| *at);
         tokio::select! {
+            _ = sleep_until(next) => {
+                let now = Instant::now();
+                while let Some(Reverse((at, peer, bytes))) = pending.peek() {
+                    if *at > now { break; }
+                    let _ = reply.send_to(bytes, *peer).await;
+                    pending.pop();
+                }
+            }
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, peer)) = received else { continue };
                 // Multicast requests are NON (RFC 7252 §8.1); anything else is not for us.
@@ -373,9 +412,14 @@ pub async fn serve_multicast(
                 if !matches!(packet.header.code, MessageClass::Request(_)) { continue; }
                 // Discovery only, and nothing when nothing matches (ocf::server).
                 if let Some(mut response) = agent.serve(Peer::Multicast(peer), &packet) {
+                    if pending.len() >= MULTICAST_PENDING {
+                        debug!(%peer, "too many multicast answers waiting; not answering");
+                        continue;
+                    }
                     block::apply_block2(&packet, &mut response, UDP_SZX);
-                    let bytes = layer.respond(peer, &packet, response, Instant::now());
-                    let _ = reply.send_to(&bytes, peer).await;
+                    let now = Instant::now();
+                    let bytes = layer.respond(peer, &packet, response, now);
+                    pending.push(Reverse((now + layer.multicast_delay(), peer, bytes)));
                 }
             }
             _ = shutdown.changed() => return,

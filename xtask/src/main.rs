@@ -4,6 +4,7 @@
 //! packages for the interop peers, a Python virtual environment with aiocoap) and runs it; CI
 //! calls exactly this.
 
+mod soak;
 mod yocto;
 
 use std::env;
@@ -48,6 +49,7 @@ fn main() {
         Some("demo") => demo(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("soak") => soak::soak(&args[1..]),
         Some("yocto-crates") => yocto::write_crates_inc(&workspace_root()),
         Some("yocto-test") => ensure_debian_packages()
             .and_then(|()| ensure_python_venv(&workspace_root()))
@@ -62,6 +64,7 @@ fn main() {
                  demo             run the agent on the simulated board\n  \
                  bench            run the benchmarks and print the README table rows\n  \
                  fuzz SECONDS     run each cargo-fuzz target for SECONDS (needs nightly)\n  \
+                 soak [--minutes N]  the agent and the cloud under load with cloud cuts\n  \
                  yocto-crates     write the Yocto recipe's crate list from Cargo.lock\n  \
                  yocto-test       only the Yocto layer's checks (part of test)\n  \
                  image            assemble the QEMU raspi3b test image (target/qemu/image)\n  \

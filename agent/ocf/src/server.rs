@@ -314,6 +314,23 @@ impl Server {
         self.device.drop_origin(&Origin::Stream(id));
     }
 
+    /// Whether secure connection `id` is the owner's (its certificate names the owner): the
+    /// connection table never evicts it to admit a stranger.
+    pub fn is_owner_connection(&self, id: u64) -> bool {
+        match self.conns.get(&id) {
+            Some(Conn {
+                kind: ConnKind::Tls { identity, .. },
+                ..
+            }) => {
+                self.security
+                    .borrow()
+                    .requester(identity.as_ref(), true)
+                    .is_owner
+            }
+            _ => false,
+        }
+    }
+
     /// The open secure local connections.
     pub fn tls_connections(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self

@@ -37,6 +37,9 @@ pub struct CoreConfig {
     pub apn: String,
     /// Access-token lifetime in seconds; 0 = permanent (`expiresin` -1).
     pub token_lifetime_secs: u64,
+    /// Tests only: the `expiresin` answered at sign-up, sign-in and refresh instead of the
+    /// tokens' real lifetime.
+    pub answer_expiresin: Option<i64>,
     /// How long an authorisation code stays usable.
     pub authcode_lifetime_ms: u64,
 }
@@ -46,6 +49,7 @@ impl Default for CoreConfig {
         CoreConfig {
             apn: "plgd".into(),
             token_lifetime_secs: 3600,
+            answer_expiresin: None,
             authcode_lifetime_ms: 24 * 3600 * 1000,
         }
     }
@@ -250,7 +254,7 @@ impl Core {
         Ok(IssuedTokens {
             access: Secret::new(access),
             refresh: Secret::new(refresh),
-            expiresin,
+            expiresin: self.cfg.answer_expiresin.unwrap_or(expiresin),
         })
     }
 
@@ -361,6 +365,7 @@ impl Core {
             }
             Some(exp) => i64::try_from((exp - now_ms).div_ceil(1000)).unwrap_or(i64::MAX),
         };
+        let expiresin = self.cfg.answer_expiresin.unwrap_or(expiresin);
         let resp = payload::SignInResponse { expiresin };
         Ok((
             cbor_response(ResponseType::Changed, &resp)?,

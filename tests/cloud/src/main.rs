@@ -61,6 +61,10 @@ struct Cli {
     /// responses and notifications must come block-wise (RFC 7959), which the cloud follows.
     #[arg(long, value_name = "BYTES", default_value_t = ocf_dev_cloud::device::MAX_MESSAGE_SIZE)]
     max_message_size: u32,
+    /// For tests only: answer this `expiresin` at sign-up, sign-in and token refresh, whatever
+    /// the tokens' real lifetime (`--token-lifetime`), as a faulty cloud might.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    answer_expiresin: Option<i64>,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         device_cis: cli.device_cis,
         cert_not_before_offset: cli.cert_not_before_offset.map(Duration::from_secs),
         max_message_size: cli.max_message_size,
+        answer_expiresin: cli.answer_expiresin,
     };
     let result = runtime.block_on(async {
         let stop = shutdown_signal()?;

@@ -55,6 +55,8 @@ pub struct Config {
     pub cert_not_before_offset: Option<Duration>,
     /// The Max-Message-Size announced to devices.
     pub max_message_size: u32,
+    /// Tests only: the `expiresin` answered whatever the tokens' lifetime.
+    pub answer_expiresin: Option<i64>,
 }
 
 /// The TLS configuration of the device listener: the cloud's server certificate, a client
@@ -250,6 +252,7 @@ pub async fn run(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Stri
         CoreConfig {
             apn: cfg.apn.clone(),
             token_lifetime_secs: cfg.token_lifetime,
+            answer_expiresin: cfg.answer_expiresin,
             ..CoreConfig::default()
         },
     );

@@ -510,6 +510,31 @@ pub struct Api {
 }
 
 impl Api {
+    /// Reads a resource from the device through the cloud
+    /// (`GET /api/v1/devices/{di}/resources{href}?shadow=false`).
+    pub fn try_resource(&self, di: &str, href: &str) -> Result<HttpResponse, String> {
+        try_request(
+            self.http,
+            "GET",
+            &format!("/api/v1/devices/{di}/resources{href}?shadow=false"),
+            None,
+            Some(&self.token),
+        )
+    }
+
+    /// The cloud's device-side request log (`GET /dev-cloud/api/v1/log`).
+    pub fn try_request_log(&self) -> Result<Vec<Json>, String> {
+        let r = try_request(
+            self.http,
+            "GET",
+            "/dev-cloud/api/v1/log",
+            None,
+            Some(&self.token),
+        )?;
+        let j = r.expect_ok("GET /dev-cloud/api/v1/log")?;
+        Ok(j.as_array().cloned().unwrap_or_default())
+    }
+
     /// Updates a resource (`PUT /api/v1/devices/{di}/resources{href}`).
     pub fn try_update(&self, di: &str, href: &str, content: &Json) -> Result<HttpResponse, String> {
         let body = (

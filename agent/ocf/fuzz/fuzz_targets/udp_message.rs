@@ -28,7 +28,8 @@ fuzz_target!(|data: &[u8]| {
                 let response = request.clone();
                 let bytes = layer.respond(peer, &request, response, now);
                 assert!(bytes.len() >= 4);
-                let _ = layer.notification(peer, request, seconds % 2 == 0);
+                let _ = layer.notification(peer, request, seconds % 2 == 0, now);
+                let _ = layer.handle_timeout(now);
             }
             UdpInbound::Reply(bytes) => assert!(bytes.len() >= 4),
             UdpInbound::Reset { .. } | UdpInbound::Ack { .. } | UdpInbound::Ignore => {}

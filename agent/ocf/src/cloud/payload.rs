@@ -123,6 +123,8 @@ pub fn to_cbor<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, PayloadError
 /// Decodes a CBOR value. Unknown map keys are ignored; missing required keys are reported by
 /// name. Never panics, whatever the input.
 pub fn from_cbor<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PayloadError> {
+    // The same rule as every local request body: no tags, no `undefined` (model::cbor).
+    crate::model::cbor::check_ocf_item(bytes).map_err(PayloadError::Cbor)?;
     ciborium::from_reader(bytes).map_err(|e| {
         PayloadError::Cbor(match e {
             ciborium::de::Error::Io(e) => format!("truncated input ({e})"),
@@ -902,5 +904,15 @@ mod tests {
                 Clec::from(n)
             );
         }
+    }
+
+    #[test]
+    fn tagged_cbor_from_the_cloud_is_refused() {
+        // {"expiresin": 2(h'01')}: a bignum tag a plain decoder would take as the integer 1.
+        let bytes = [
+            0xa1, 0x69, b'e', b'x', b'p', b'i', b'r', b'e', b's', b'i', b'n', 0xc2, 0x41, 0x01,
+        ];
+        let e = from_cbor::<serde_json::Value>(&bytes).unwrap_err();
+        assert!(e.to_string().contains("tag 2"), "{e}");
     }
 }

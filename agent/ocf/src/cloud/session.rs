@@ -534,14 +534,26 @@ enum TokenLife {
     },
 }
 
+/// The longest token lifetime taken at its word, in seconds. A cloud may answer any `expiresin`
+/// up to `i64::MAX`; a longer one is treated as this long (the token is refreshed on this
+/// schedule, §7.4), so the expiry stays a representable instant and a faulty answer cannot
+/// stop the device.
+pub const MAX_TOKEN_LIFETIME_SECS: i64 = 365 * 24 * 3600;
+
 impl TokenLife {
     fn from_expiresin(expiresin: i64, now: Instant) -> Self {
-        match refresh_delay(expiresin) {
-            None => Self::Permanent,
-            Some(delay) => Self::Expires {
-                expires_at: now + Duration::from_secs(expiresin.unsigned_abs()),
-                refresh_at: now + delay,
+        let expiresin = expiresin.min(MAX_TOKEN_LIFETIME_SECS);
+        let Some(delay) = refresh_delay(expiresin) else {
+            return Self::Permanent;
+        };
+        let expires_at = now.checked_add(Duration::from_secs(expiresin.unsigned_abs()));
+        match (expires_at, now.checked_add(delay)) {
+            (Some(expires_at), Some(refresh_at)) => Self::Expires {
+                expires_at,
+                refresh_at,
             },
+            // Only on a clock near the end of its range: no refresh rather than a crash.
+            _ => Self::Permanent,
         }
     }
 }

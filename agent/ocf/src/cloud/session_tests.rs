@@ -2434,3 +2434,293 @@ fn random_walk_never_repeats_a_successful_sign_up() {
         );
     }
 }
+
+/// A cloud may answer any `expiresin` (OCF-PROTOCOL.md §7.4): huge, `i64::MAX`, zero or negative
+/// values, at sign-up, sign-in and refresh. None stops the session; `cps` stays `registered`,
+/// a lifetime beyond [`MAX_TOKEN_LIFETIME_SECS`] is refreshed on that cap's schedule, and `<= 0`
+/// is never refreshed.
+#[test]
+fn any_expiresin_is_survived_and_scheduled_by_the_rules() {
+    let cap = MAX_TOKEN_LIFETIME_SECS as u64;
+    for expiresin in [
+        i64::MAX,
+        i64::MAX - 1,
+        i64::MIN,
+        -1,
+        0,
+        1,
+        u32::MAX as i64,
+        1 << 40,
+        1 << 62,
+        MAX_TOKEN_LIFETIME_SECS + 1,
+    ] {
+        // Pings every 30 days: a year of virtual time in a few thousand steps.
+        let timing = Timing {
+            ping_interval: secs(30 * 24 * 3600),
+            ..Timing::default()
+        };
+        let mut b = Bench::with(CloudSession::new(device(), timing, 42));
+        b.signed_in(expiresin);
+        assert_eq!(b.s.cps(), Cps::Registered, "expiresin {expiresin}");
+        assert_eq!(b.s.clec(), Clec::Ok, "expiresin {expiresin}");
+        let start = b.now;
+        if expiresin <= 0 {
+            assert!(b.run_until(start + secs(2 * cap)).is_empty(), "{expiresin}");
+            continue;
+        }
+        // The refresh comes by the §7.4 schedule of min(expiresin, cap).
+        let lifetime = expiresin.min(MAX_TOKEN_LIFETIME_SECS);
+        let due = start + refresh_delay(lifetime).unwrap();
+        let a = b.run_until(due - Duration::from_millis(1));
+        assert!(sends(&a).is_empty(), "early refresh for {expiresin}");
+        let a = b.run_until(due);
+        let refresh = only_send(&a);
+        assert_eq!(refresh.path, "/oic/sec/tokenrefresh", "{expiresin}");
+        // The refresh answers the same: still registered, and signed in again.
+        let a = b.respond(
+            &refresh,
+            ResponseType::Changed,
+            Some(json!({"accesstoken": "AT2", "refreshtoken": "RT2", "expiresin": expiresin})),
+        );
+        let sign_in = only_send(&a);
+        b.respond(
+            &sign_in,
+            ResponseType::Changed,
+            Some(json!({"expiresin": expiresin})),
+        );
+        assert!(b.s.is_signed_in(), "{expiresin}");
+        assert_eq!(b.s.cps(), Cps::Registered, "{expiresin}");
+        assert!(b.s.poll_timeout().is_some());
+    }
+}
+
+/// The same values through a restart: the persisted registration restores and signs in again.
+#[test]
+fn any_persisted_expiresin_restores() {
+    for expiresin in [i64::MAX, i64::MIN, 0, 1 << 62] {
+        let mut b = Bench::restore(registered_state(expiresin));
+        b.s.set_provisioned(true, b.now);
+        b.drain();
+        let first = only_send(&b.connected());
+        let sign_in = if first.path == "/oic/sec/tokenrefresh" {
+            let a = b.respond(
+                &first,
+                ResponseType::Changed,
+                Some(json!({"accesstoken": "AT2", "refreshtoken": "RT2", "expiresin": expiresin})),
+            );
+            only_send(&a)
+        } else {
+            first
+        };
+        b.respond(
+            &sign_in,
+            ResponseType::Changed,
+            Some(json!({"expiresin": expiresin})),
+        );
+        assert!(b.s.is_signed_in(), "{expiresin}");
+        assert_eq!(b.s.cps(), Cps::Registered);
+    }
+}
+
+mod arbitrary_cloud {
+    //! Property: whatever the cloud answers to whatever the session sent, and in whatever order
+    //! its timers are run, the session never panics.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Body {
+        None,
+        Bytes(Vec<u8>),
+        Fields {
+            expiresin: i64,
+            accesstoken: String,
+            refreshtoken: String,
+            uid: String,
+            redirecturi: String,
+            links: Vec<(String, i64)>,
+        },
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Configure,
+        Deregister,
+        SignOut,
+        Resume,
+        Provisioned(bool),
+        Connected,
+        ConnectFailed(bool),
+        Disconnected,
+        /// Answer the last request (or an unknown token) with this code, body and format.
+        Respond {
+            code: u8,
+            body: Body,
+            format: Option<u16>,
+            right_token: bool,
+        },
+        /// Run the timers this many milliseconds later, due or not.
+        Timeout(u64),
+        /// Jump to the armed deadline exactly.
+        FireDue,
+        Pong,
+        Received,
+        Links(u8),
+    }
+
+    fn body() -> impl Strategy<Value = Body> {
+        prop_oneof![
+            Just(Body::None),
+            prop::collection::vec(any::<u8>(), 0..64).prop_map(Body::Bytes),
+            (
+                prop_oneof![
+                    any::<i64>(),
+                    Just(i64::MAX),
+                    Just(i64::MIN),
+                    Just(0i64),
+                    -5i64..5000
+                ],
+                "[a-z0-9]{0,6}",
+                "[a-z0-9]{0,6}",
+                "[a-z0-9|]{0,6}",
+                prop_oneof![
+                    Just(String::new()),
+                    Just("coaps+tcp://other.example:5684".to_string()),
+                    "[ -~]{0,12}"
+                ],
+                prop::collection::vec(("/[a-z]{1,3}", any::<i64>()), 0..3),
+            )
+                .prop_map(
+                    |(expiresin, accesstoken, refreshtoken, uid, redirecturi, links)| {
+                        Body::Fields {
+                            expiresin,
+                            accesstoken,
+                            refreshtoken,
+                            uid,
+                            redirecturi,
+                            links,
+                        }
+                    },
+                ),
+        ]
+    }
+
+    fn format() -> impl Strategy<Value = Option<u16>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(CF_OCF_CBOR)),
+            Just(Some(50)),
+            any::<u16>().prop_map(Some)
+        ]
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            1 => Just(Step::Configure),
+            1 => Just(Step::Deregister),
+            1 => Just(Step::SignOut),
+            1 => Just(Step::Resume),
+            1 => any::<bool>().prop_map(Step::Provisioned),
+            3 => Just(Step::Connected),
+            1 => any::<bool>().prop_map(Step::ConnectFailed),
+            1 => Just(Step::Disconnected),
+            8 => (any::<u8>(), body(), format(), prop::bool::weighted(0.9)).prop_map(
+                |(code, body, format, right_token)| Step::Respond { code, body, format, right_token }
+            ),
+            3 => prop_oneof![0u64..5_000, 0u64..40_000_000_000].prop_map(Step::Timeout),
+            3 => Just(Step::FireDue),
+            1 => Just(Step::Pong),
+            1 => Just(Step::Received),
+            1 => any::<u8>().prop_map(Step::Links),
+        ]
+    }
+
+    fn packet(token: &[u8], code: u8, body: &Body, format: Option<u16>) -> Packet {
+        let mut p = Packet::new();
+        p.header.code = MessageClass::from(code);
+        p.set_token(token.to_vec());
+        if let Some(cf) = format {
+            p.add_option_as(CoapOption::ContentFormat, OptionValueU16(cf));
+        }
+        p.payload = match body {
+            Body::None => Vec::new(),
+            Body::Bytes(b) => b.clone(),
+            Body::Fields {
+                expiresin,
+                accesstoken,
+                refreshtoken,
+                uid,
+                redirecturi,
+                links,
+            } => {
+                let links: Vec<Value> = links
+                    .iter()
+                    .map(|(href, ins)| json!({"href": href, "ins": ins}))
+                    .collect();
+                let v = json!({"expiresin": expiresin, "accesstoken": accesstoken,
+                    "refreshtoken": refreshtoken, "uid": uid, "redirecturi": redirecturi,
+                    "links": links});
+                if format == Some(50) {
+                    serde_json::to_vec(&v).unwrap()
+                } else {
+                    to_cbor(&v).unwrap()
+                }
+            }
+        };
+        p
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+        #[test]
+        fn cloud_session_never_panics(steps in prop::collection::vec(step(), 1..120)) {
+            let mut b = Bench::with(CloudSession::new(device(), Timing::default(), 7));
+            let mut last_token: Vec<u8> = Vec::new();
+            let mut last_ping: Vec<u8> = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Configure => { let _ = b.s.configure(conf(), b.now); }
+                    Step::Deregister => b.s.deregister(b.now),
+                    Step::SignOut => b.s.sign_out(b.now),
+                    Step::Resume => b.s.resume(b.now),
+                    Step::Provisioned(p) => b.s.set_provisioned(p, b.now),
+                    Step::Connected => b.s.handle_connected(b.now),
+                    Step::ConnectFailed(clock) => b.s.handle_connect_failed(
+                        if clock { ConnectError::ClockBehind } else { ConnectError::Network },
+                        b.now,
+                    ),
+                    Step::Disconnected => b.s.handle_disconnected(b.now),
+                    Step::Respond { code, body, format, right_token } => {
+                        let token = if right_token { last_token.clone() } else { vec![0xAB; 4] };
+                        b.s.handle_response(&packet(&token, code, &body, format), b.now);
+                    }
+                    Step::Timeout(ms) => {
+                        b.advance(Duration::from_millis(ms));
+                        b.s.handle_timeout(b.now);
+                    }
+                    Step::FireDue => {
+                        if let Some(at) = b.s.poll_timeout() {
+                            b.now = b.now.max(at);
+                        }
+                        b.s.handle_timeout(b.now);
+                    }
+                    Step::Pong => { b.s.handle_pong(&last_ping, b.now); }
+                    Step::Received => b.s.handle_received(b.now),
+                    Step::Links(n) => {
+                        let links = (0..n % 4).map(|i| link(&format!("/l/{i}"), "x.l")).collect();
+                        b.s.set_links(links, b.now);
+                    }
+                }
+                for a in b.drain() {
+                    match a {
+                        Action::Send(p) => last_token = p.get_token().to_vec(),
+                        Action::SendPing { token } => last_ping = token,
+                        _ => {}
+                    }
+                }
+                let _ = b.s.persisted_state().to_cbor();
+                let _ = crate::cloud::resource::representation(&b.s);
+            }
+        }
+    }
+}

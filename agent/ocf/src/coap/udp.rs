@@ -19,13 +19,21 @@
 //!   or RST is never answered: "rejecting an Acknowledgement or Reset message is effected by
 //!   silently ignoring it" (§4.2);
 //! - an ACK or a RST matching one of our Confirmable notifications is reported, so that the
-//!   caller can drop an observer whose notification was reset (RFC 7641 §3.6, §4.5).
+//!   caller can drop an observer whose notification was reset (RFC 7641 §3.6, §4.5);
+//! - a Confirmable notification is retransmitted with the §4.2 back-off (the first timeout
+//!   random in [ACK_TIMEOUT, ACK_TIMEOUT × ACK_RANDOM_FACTOR], doubled after each of at most
+//!   MAX_RETRANSMIT retransmissions) through [`UdpMessageLayer::poll_timeout`] and
+//!   [`UdpMessageLayer::handle_timeout`]; one that is never acknowledged is reported as
+//!   [`UdpTimeout::GaveUp`], which ends the observation (RFC 7641 §4.5). A newer notification
+//!   for the same observation while one is unacknowledged takes its place, keeping its
+//!   retransmission counter and timeout (RFC 7641 §4.5.2), so one client has at most one
+//!   Confirmable notification per observation in flight;
+//! - a multicast request is answered after a random delay within [`MULTICAST_LEISURE`]
+//!   ([`UdpMessageLayer::multicast_delay`], §8.2).
 //!
-//! Not done here: retransmission of our Confirmable notifications (ACK_TIMEOUT,
-//! MAX_RETRANSMIT, §4.2) and separate responses (§5.2.2). The agent uses CoAP over UDP for
-//! multicast discovery only; responses to multicast requests are the caller's to suppress
-//! where §8.2 says so (a multicast request must be NON, so no RST is ever sent for one).
-//! Message-IDs start at a random value (§4.4).
+//! Not done here: separate responses (§5.2.2). Responses to multicast requests are the
+//! caller's to suppress where §8.2 says so (a multicast request must be NON, so no RST is ever
+//! sent for one). Message-IDs start at a random value (§4.4).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -46,6 +54,21 @@ pub const DEFAULT_DEDUP_CAPACITY: usize = 64;
 
 /// Default number of Confirmable notifications awaiting an ACK or RST that are remembered.
 pub const DEFAULT_OUTSTANDING_CAPACITY: usize = 64;
+
+/// ACK_TIMEOUT (RFC 7252 §4.8).
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// ACK_RANDOM_FACTOR (RFC 7252 §4.8) as a ratio: 1.5.
+const ACK_RANDOM_FACTOR: (u32, u32) = (3, 2);
+
+/// MAX_RETRANSMIT (RFC 7252 §4.8).
+pub const MAX_RETRANSMIT: u32 = 4;
+
+/// The longest a multicast response waits (RFC 7252 §8.2 "Leisure"). The default of §8.2.1 is
+/// 5 s for groups of unknown size; an OCF group is the devices of one home or room, each
+/// answer about 1 KB, and discovery clients wait little (libcoap's `-B 2`, the Mediator 1.5 s):
+/// 1 s spreads a few dozen answers and keeps every one of them within the clients' wait.
+pub const MULTICAST_LEISURE: Duration = Duration::from_secs(1);
 
 /// RFC 7252 header: version 1 in the two top bits.
 const VERSION_1: u8 = 1;
@@ -78,6 +101,28 @@ pub enum UdpInbound {
     Ignore,
 }
 
+/// What [`UdpMessageLayer::handle_timeout`] asks of the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UdpTimeout {
+    /// Send these bytes to `peer` again: an unacknowledged Confirmable notification.
+    Retransmit { peer: SocketAddr, bytes: Vec<u8> },
+    /// A Confirmable notification with this token went unacknowledged through every
+    /// retransmission: the client is gone; end its observation (RFC 7641 §4.5).
+    GaveUp { peer: SocketAddr, token: Vec<u8> },
+}
+
+/// A Confirmable notification awaiting its ACK (RFC 7252 §4.2).
+#[derive(Debug)]
+struct Outstanding {
+    peer: SocketAddr,
+    message_id: u16,
+    token: Vec<u8>,
+    bytes: Vec<u8>,
+    retransmissions: u32,
+    timeout: Duration,
+    next_at: Instant,
+}
+
 #[derive(Debug)]
 struct DedupEntry {
     /// Insertion number, to tell a live entry from a stale position in the eviction queue.
@@ -99,9 +144,11 @@ pub struct UdpMessageLayer {
     seq: u64,
     capacity: usize,
     /// Our Confirmable notifications not yet acknowledged or reset, oldest first.
-    outstanding: VecDeque<Key>,
+    outstanding: VecDeque<Outstanding>,
     outstanding_capacity: usize,
     next_message_id: u16,
+    /// SplitMix64 state for the random timeouts and delays.
+    random: u64,
 }
 
 /// The fixed header fields of an RFC 7252 message.
@@ -173,6 +220,7 @@ impl UdpMessageLayer {
     /// involved; tests that need fixed IDs use [`UdpMessageLayer::with_initial_message_id`].
     pub fn new() -> UdpMessageLayer {
         let random = RandomState::new().hash_one(0u8);
+        let seed = RandomState::new().hash_one(1u8);
         UdpMessageLayer {
             dedup: HashMap::new(),
             order: VecDeque::new(),
@@ -181,7 +229,36 @@ impl UdpMessageLayer {
             outstanding: VecDeque::new(),
             outstanding_capacity: DEFAULT_OUTSTANDING_CAPACITY,
             next_message_id: random as u16,
+            random: seed,
         }
+    }
+
+    /// Seeds the random timeouts and delays (for tests that need them fixed).
+    pub fn with_seed(mut self, seed: u64) -> UdpMessageLayer {
+        self.random = seed;
+        self
+    }
+
+    /// SplitMix64 (Steele, Lea, Flood 2014): no secrecy needed, only spread.
+    fn next_random(&mut self) -> u64 {
+        self.random = self.random.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.random;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, max]`.
+    fn random_duration(&mut self, max: Duration) -> Duration {
+        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+        let r = ((u128::from(self.next_random()) * (u128::from(nanos) + 1)) >> 64) as u64;
+        Duration::from_nanos(r)
+    }
+
+    /// How long to wait before answering a multicast request: uniform in
+    /// [0, [`MULTICAST_LEISURE`]] (RFC 7252 §8.2), so a group's answers do not all collide.
+    pub fn multicast_delay(&mut self) -> Duration {
+        self.random_duration(MULTICAST_LEISURE)
     }
 
     /// Starts Message-IDs at `message_id` instead of a random value.
@@ -319,7 +396,7 @@ impl UdpMessageLayer {
         match self
             .outstanding
             .iter()
-            .position(|&k| k == (peer, message_id))
+            .position(|o| o.peer == peer && o.message_id == message_id)
         {
             Some(i) => {
                 self.outstanding.remove(i);
@@ -369,13 +446,16 @@ impl UdpMessageLayer {
     }
 
     /// Encodes a server-initiated message (an Observe notification, RFC 7641 §4.2) for `peer`
-    /// with a fresh Message-ID, Confirmable or not. An ACK or RST for a Confirmable one is
-    /// reported by [`UdpMessageLayer::handle_datagram`]; a RST for any Message-ID is.
+    /// with a fresh Message-ID, Confirmable or not, sent at `now`. An ACK or RST for a
+    /// Confirmable one is reported by [`UdpMessageLayer::handle_datagram`], a RST for any
+    /// Message-ID is; a Confirmable one is retransmitted until acknowledged (see the module
+    /// docs).
     pub fn notification(
         &mut self,
         peer: SocketAddr,
         mut packet: Packet,
         confirmable: bool,
+        now: Instant,
     ) -> (u16, Vec<u8>) {
         let message_id = self.next_message_id();
         packet.header.message_id = message_id;
@@ -384,13 +464,81 @@ impl UdpMessageLayer {
         } else {
             MessageType::NonConfirmable
         });
+        let bytes = to_bytes(&packet);
         if confirmable {
-            self.outstanding.push_back((peer, message_id));
-            while self.outstanding.len() > self.outstanding_capacity {
-                self.outstanding.pop_front();
+            let token = packet.get_token().to_vec();
+            let earlier = self
+                .outstanding
+                .iter()
+                .position(|o| o.peer == peer && o.token == token);
+            match earlier {
+                // RFC 7641 §4.5.2: the newer state takes the place of the one in flight, with
+                // its retransmission counter and timeout.
+                Some(i) => {
+                    let o = &mut self.outstanding[i];
+                    o.message_id = message_id;
+                    o.bytes = bytes.clone();
+                }
+                None => {
+                    // RFC 7252 §4.2: the first timeout is random in
+                    // [ACK_TIMEOUT, ACK_TIMEOUT × ACK_RANDOM_FACTOR].
+                    let spread = ACK_TIMEOUT * (ACK_RANDOM_FACTOR.0 - ACK_RANDOM_FACTOR.1)
+                        / ACK_RANDOM_FACTOR.1;
+                    let timeout = ACK_TIMEOUT + self.random_duration(spread);
+                    self.outstanding.push_back(Outstanding {
+                        peer,
+                        message_id,
+                        token,
+                        bytes: bytes.clone(),
+                        retransmissions: 0,
+                        timeout,
+                        next_at: now + timeout,
+                    });
+                    while self.outstanding.len() > self.outstanding_capacity {
+                        self.outstanding.pop_front();
+                    }
+                }
             }
         }
-        (message_id, to_bytes(&packet))
+        (message_id, bytes)
+    }
+
+    /// When [`UdpMessageLayer::handle_timeout`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.outstanding.iter().map(|o| o.next_at).min()
+    }
+
+    /// Retransmits the Confirmable notifications whose timeout passed at `now`, doubling
+    /// their timeout, and gives up on those already retransmitted MAX_RETRANSMIT times
+    /// (RFC 7252 §4.2).
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<UdpTimeout> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.outstanding.len() {
+            let o = &mut self.outstanding[i];
+            if o.next_at > now {
+                i += 1;
+                continue;
+            }
+            if o.retransmissions >= MAX_RETRANSMIT {
+                if let Some(o) = self.outstanding.remove(i) {
+                    out.push(UdpTimeout::GaveUp {
+                        peer: o.peer,
+                        token: o.token,
+                    });
+                }
+                continue;
+            }
+            o.retransmissions += 1;
+            o.timeout = o.timeout.saturating_mul(2);
+            o.next_at = now + o.timeout;
+            out.push(UdpTimeout::Retransmit {
+                peer: o.peer,
+                bytes: o.bytes.clone(),
+            });
+            i += 1;
+        }
+        out
     }
 
     /// Number of (peer, Message-ID) entries held for deduplication.
@@ -606,7 +754,7 @@ mod tests {
         let mut note = content(b"22.5");
         note.set_token(vec![5; 4]);
         note.set_observe_value(3);
-        let (id, bytes) = layer.notification(peer(1), note.clone(), true);
+        let (id, bytes) = layer.notification(peer(1), note.clone(), true, now);
         assert_eq!(id, 500);
         let sent = Packet::from_bytes(&bytes).unwrap();
         assert_eq!(sent.header.get_type(), MessageType::Confirmable);
@@ -626,7 +774,7 @@ mod tests {
             UdpInbound::Ignore
         );
 
-        let (id, bytes) = layer.notification(peer(1), note, false);
+        let (id, bytes) = layer.notification(peer(1), note, false, now);
         assert_eq!(id, 501);
         assert_eq!(
             Packet::from_bytes(&bytes).unwrap().header.get_type(),
@@ -691,6 +839,140 @@ mod tests {
             layer.handle_datagram(peer(1), &[0x50, 0x00, 0, 7], now),
             UdpInbound::Ignore
         );
+    }
+
+    fn note(token: &[u8], payload: &[u8]) -> Packet {
+        let mut n = content(payload);
+        n.set_token(token.to_vec());
+        n.set_observe_value(3);
+        n
+    }
+
+    /// RFC 7252 §4.2 with the §4.8 defaults: retransmitted after a random 2–3 s, then after
+    /// twice as long each time, 4 times; then the observation ends (RFC 7641 §4.5).
+    #[test]
+    fn unacknowledged_con_notification_is_retransmitted_then_ends_the_observation() {
+        for seed in 0..50 {
+            let mut layer = UdpMessageLayer::new()
+                .with_initial_message_id(10)
+                .with_seed(seed);
+            let t0 = Instant::now();
+            let (id, first) = layer.notification(peer(1), note(b"obs", b"1"), true, t0);
+            let mut now = t0;
+            let mut previous_gap = None::<Duration>;
+            for n in 0..MAX_RETRANSMIT {
+                let at = layer.poll_timeout().expect("a retransmission is armed");
+                let gap = at - now;
+                match previous_gap {
+                    None => assert!(
+                        (ACK_TIMEOUT..=ACK_TIMEOUT * 3 / 2).contains(&gap),
+                        "first timeout {gap:?}"
+                    ),
+                    Some(p) => assert_eq!(gap, p * 2, "retransmission {n}"),
+                }
+                // Nothing before the deadline.
+                assert!(layer
+                    .handle_timeout(at - Duration::from_millis(1))
+                    .is_empty());
+                now = at;
+                assert_eq!(
+                    layer.handle_timeout(now),
+                    [UdpTimeout::Retransmit {
+                        peer: peer(1),
+                        bytes: first.clone()
+                    }],
+                    "the same message, Message-ID {id} included"
+                );
+                previous_gap = Some(gap);
+            }
+            let at = layer.poll_timeout().unwrap();
+            assert_eq!(at - now, previous_gap.unwrap() * 2);
+            assert_eq!(
+                layer.handle_timeout(at),
+                [UdpTimeout::GaveUp {
+                    peer: peer(1),
+                    token: b"obs".to_vec()
+                }]
+            );
+            // MAX_TRANSMIT_WAIT (§4.8.2) bounds the whole exchange: 93 s.
+            assert!(at - t0 <= Duration::from_secs(93), "{:?}", at - t0);
+            assert!(at - t0 >= Duration::from_secs(62), "{:?}", at - t0);
+            assert_eq!(layer.poll_timeout(), None);
+            // A late ACK is no longer matched.
+            let [hi, lo] = id.to_be_bytes();
+            assert_eq!(
+                layer.handle_datagram(peer(1), &[0x60, 0x00, hi, lo], at),
+                UdpInbound::Ignore
+            );
+        }
+    }
+
+    #[test]
+    fn an_ack_stops_the_retransmissions_and_non_is_never_retransmitted() {
+        let mut layer = UdpMessageLayer::new().with_initial_message_id(10);
+        let t0 = Instant::now();
+        layer.notification(peer(1), note(b"a", b"1"), false, t0);
+        assert_eq!(layer.poll_timeout(), None);
+        let (id, _) = layer.notification(peer(1), note(b"a", b"2"), true, t0);
+        let at = layer.poll_timeout().unwrap();
+        assert_eq!(layer.handle_timeout(at).len(), 1);
+        let [hi, lo] = id.to_be_bytes();
+        assert!(matches!(
+            layer.handle_datagram(peer(1), &[0x60, 0x00, hi, lo], at),
+            UdpInbound::Ack { .. }
+        ));
+        assert_eq!(layer.poll_timeout(), None);
+        assert!(layer
+            .handle_timeout(at + Duration::from_secs(600))
+            .is_empty());
+    }
+
+    /// RFC 7641 §4.5.2: a newer notification replaces the one in flight, keeping its counter
+    /// and timeout; other observations have their own.
+    #[test]
+    fn a_newer_notification_takes_the_place_of_the_unacknowledged_one() {
+        let mut layer = UdpMessageLayer::new()
+            .with_initial_message_id(10)
+            .with_seed(3);
+        let t0 = Instant::now();
+        layer.notification(peer(1), note(b"a", b"old"), true, t0);
+        let at = layer.poll_timeout().unwrap();
+        layer.handle_timeout(at);
+        let next = layer.poll_timeout().unwrap();
+        let (newer_id, newer) = layer.notification(
+            peer(1),
+            note(b"a", b"new"),
+            true,
+            at + Duration::from_secs(1),
+        );
+        assert_eq!(layer.poll_timeout(), Some(next), "the timeout is kept");
+        assert_eq!(
+            layer.handle_timeout(next),
+            [UdpTimeout::Retransmit {
+                peer: peer(1),
+                bytes: newer
+            }]
+        );
+        // The newer Message-ID is the one acknowledged.
+        let [hi, lo] = newer_id.to_be_bytes();
+        assert!(matches!(
+            layer.handle_datagram(peer(1), &[0x60, 0x00, hi, lo], next),
+            UdpInbound::Ack { .. }
+        ));
+        assert_eq!(layer.poll_timeout(), None);
+        // Two observations, two exchanges.
+        layer.notification(peer(1), note(b"a", b"1"), true, t0);
+        layer.notification(peer(1), note(b"b", b"1"), true, t0);
+        assert_eq!(layer.outstanding.len(), 2);
+    }
+
+    #[test]
+    fn multicast_answers_wait_a_random_leisure() {
+        let mut layer = UdpMessageLayer::new().with_seed(9);
+        let delays: Vec<Duration> = (0..1000).map(|_| layer.multicast_delay()).collect();
+        assert!(delays.iter().all(|d| *d <= MULTICAST_LEISURE));
+        let (min, max) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
+        assert!(*min < Duration::from_millis(50) && *max > Duration::from_millis(950));
     }
 
     proptest! {

@@ -49,15 +49,16 @@ impl fmt::Display for PayloadError {
 
 impl std::error::Error for PayloadError {}
 
-/// Largest nesting a decoded payload may have. ciborium already refuses deeper CBOR with its
-/// default recursion limit; JSON gets the same bound here so one bad body cannot exhaust the
-/// stack.
-const MAX_DEPTH: usize = 64;
+/// Largest nesting a decoded payload may have, CBOR or JSON, so one bad body cannot exhaust
+/// the stack.
+const MAX_DEPTH: usize = super::cbor::MAX_DEPTH;
 
 /// Decodes a request or response body.
 pub fn decode_payload(format: ContentFormat, bytes: &[u8]) -> Result<Value, PayloadError> {
     match format {
         ContentFormat::OcfCbor | ContentFormat::Cbor => {
+            // Tags, `undefined` and other items OCF never carries are refused before decoding.
+            super::cbor::check_ocf_item(bytes).map_err(PayloadError)?;
             let mut reader = bytes;
             let value: Value = ciborium::de::from_reader(&mut reader)
                 .map_err(|e| PayloadError(format!("invalid CBOR: {e}")))?;
@@ -210,6 +211,22 @@ mod tests {
         assert!(decode_payload(ContentFormat::Json, b"{\"a\":").is_err());
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(decode_payload(ContentFormat::Json, deep.as_bytes()).is_err());
+        let deep = [vec![0x81; 200], vec![0x00]].concat();
+        assert!(decode_payload(ContentFormat::Cbor, &deep).is_err());
+    }
+
+    #[test]
+    fn tagged_cbor_is_refused_in_every_cbor_format() {
+        // {"value": 1(0)}: an epoch-time tag; and the fuzz target's tag 9 around a bignum.
+        for bytes in [
+            &[0xa1, 0x65, b'v', b'a', b'l', b'u', b'e', 0xc1, 0x00][..],
+            &[0xc9, 0xc2, 0x5f, 0x41, 0x41, 0x41, 0x01, 0xff],
+        ] {
+            for format in [ContentFormat::OcfCbor, ContentFormat::Cbor] {
+                let e = decode_payload(format, bytes).unwrap_err();
+                assert!(e.0.contains("tag"), "{e}");
+            }
+        }
     }
 
     #[test]

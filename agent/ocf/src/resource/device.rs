@@ -215,7 +215,16 @@ pub struct Device {
     name_changed: Rc<RefCell<bool>>,
     /// `/oic/d`'s properties other than `n`.
     device_props: Rc<RefCell<Props>>,
+    /// (per peer, total) observation limits.
+    observation_limits: (usize, usize),
 }
+
+/// Observations one peer (a connection, or a UDP peer address) may hold at once. A client
+/// observes each resource once, and a board has a few dozen; more is a peer filling memory.
+pub const DEFAULT_OBSERVATIONS_PER_PEER: usize = 64;
+
+/// Observations the whole device holds at once: every change costs one notification each.
+pub const DEFAULT_OBSERVATIONS_TOTAL: usize = 512;
 
 /// Largest Observe sequence value (24 bits, RFC 7641 §3.4).
 const SEQUENCE_MASK: u32 = 0x00FF_FFFF;
@@ -234,6 +243,7 @@ impl Device {
             name: Rc::new(RefCell::new(String::new())),
             name_changed: Rc::new(RefCell::new(false)),
             device_props: Rc::new(RefCell::new(Props::new())),
+            observation_limits: (DEFAULT_OBSERVATIONS_PER_PEER, DEFAULT_OBSERVATIONS_TOTAL),
         };
         *device.name.borrow_mut() = device.info.name.clone();
         let mut d = device_props(&device.info);
@@ -362,6 +372,11 @@ impl Device {
     /// so its observers and the batch observers of `/oic/res` are notified.
     pub fn mark_changed(&mut self, href: &str) {
         self.changed.insert(href.to_string());
+    }
+
+    /// Sets how many observations one peer, and the whole device, may hold (at least one each).
+    pub fn set_observation_limits(&mut self, per_peer: usize, total: usize) {
+        self.observation_limits = (per_peer.max(1), total.max(1));
     }
 
     /// Number of live observations (for tests and metrics).
@@ -518,7 +533,7 @@ impl Device {
                 let mut response = content_response(&rep, format, req)?;
                 match req.observe {
                     Some(0) if self.resources[idx].policy.observable => {
-                        self.register(origin, token, &req.path, interface, format);
+                        self.register(origin, token, &req.path, interface, format)?;
                         response.observe = Some(self.sequence());
                     }
                     Some(1) => self.cancel_observation(origin, token),
@@ -558,9 +573,32 @@ impl Device {
         href: &str,
         interface: Interface,
         format: ContentFormat,
-    ) {
+    ) -> Result<(), Response> {
         // RFC 7641 §4.1: a registration with the same token replaces the earlier one.
         self.cancel_observation(origin, token);
+        // RFC 7641 §4.1 lets a server decline an observation; it is refused outright so the
+        // client knows (5.03: the limit is this server's resources, not the request's fault).
+        let (per_peer, total) = self.observation_limits;
+        if self.observers.len() >= total {
+            return Err(Response::error(
+                ResponseType::ServiceUnavailable,
+                &format!("the device holds its limit of {total} observations; try again later"),
+            ));
+        }
+        if self
+            .observers
+            .iter()
+            .filter(|o| &o.origin == origin)
+            .count()
+            >= per_peer
+        {
+            return Err(Response::error(
+                ResponseType::ServiceUnavailable,
+                &format!(
+                    "this connection holds its limit of {per_peer} observations; cancel one first"
+                ),
+            ));
+        }
         self.observers.push(Observer {
             origin: origin.clone(),
             token: token.to_vec(),
@@ -568,6 +606,7 @@ impl Device {
             interface,
             format,
         });
+        Ok(())
     }
 
     fn sequence(&mut self) -> u32 {
@@ -624,7 +663,7 @@ impl Device {
             // Only the batch form is observable (OCF-PROTOCOL.md §3.1, §6.1: plgd hub's batch
             // observation).
             Some(0) if interface == Interface::Batch => {
-                self.register(origin, token, RES_HREF, interface, format);
+                self.register(origin, token, RES_HREF, interface, format)?;
                 response.observe = Some(self.sequence());
             }
             Some(1) => self.cancel_observation(origin, token),

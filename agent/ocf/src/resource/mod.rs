@@ -11,7 +11,8 @@ mod request;
 pub use backend::{Backend, Props, ResourceError, Value};
 pub use device::{
     etag_of, BatchFilter, Device, DeviceInfo, Notification, Origin, PlatformInfo, Resource,
-    CONFIGURATION_HREF, DEVICE_HREF, MAX_NAME_LEN, PLATFORM_HREF, RES_HREF,
+    CONFIGURATION_HREF, DEFAULT_OBSERVATIONS_PER_PEER, DEFAULT_OBSERVATIONS_TOTAL, DEVICE_HREF,
+    MAX_NAME_LEN, PLATFORM_HREF, RES_HREF,
 };
 pub use interface::{Interface, Policy};
 pub use request::{

@@ -810,3 +810,83 @@ fn links_read_by_the_cloud_carry_no_lan_endpoints() {
         assert!(format!("{eps:?}").contains("192.168.1.20"), "{eps:?}");
     }
 }
+
+#[test]
+fn a_tagged_body_is_refused_with_4_00_and_a_diagnostic() {
+    let mut d = device();
+    let mut req = Request::new(Method::Post, "/switch");
+    req.content_format = Some(10000);
+    // {"value": 1(true)}
+    req.payload = vec![0xa1, 0x65, b'v', b'a', b'l', b'u', b'e', 0xc1, 0xf5];
+    let r = d.handle(&O, &req, b"t");
+    assert_eq!(r.code, ResponseType::BadRequest);
+    assert!(r.diagnostic().contains("tag"), "{}", r.diagnostic());
+}
+
+#[test]
+fn observations_are_capped_per_peer_and_in_total_with_5_03() {
+    let mut d = device();
+    let observe = |d: &mut Device, origin: &Origin, token: &[u8]| {
+        let mut req = get("/switch", &[]);
+        req.observe = Some(0);
+        d.handle(origin, &req, token)
+    };
+    // 10 000 registrations with distinct tokens on one connection.
+    let (mut accepted, mut refused) = (0, 0);
+    for i in 0..10_000u32 {
+        let r = observe(&mut d, &O, &i.to_be_bytes());
+        match r.code {
+            ResponseType::Content => {
+                assert!(r.observe.is_some());
+                accepted += 1;
+            }
+            ResponseType::ServiceUnavailable => {
+                assert!(r.observe.is_none());
+                assert!(r.diagnostic().contains("limit of 64"), "{}", r.diagnostic());
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        (accepted, refused),
+        (DEFAULT_OBSERVATIONS_PER_PEER, 10_000 - 64)
+    );
+    assert_eq!(d.observer_count(), DEFAULT_OBSERVATIONS_PER_PEER);
+    // Re-registering a live token replaces it (RFC 7641 §4.1): still allowed at the limit.
+    assert_eq!(
+        observe(&mut d, &O, &0u32.to_be_bytes()).code,
+        ResponseType::Content
+    );
+    assert_eq!(d.observer_count(), DEFAULT_OBSERVATIONS_PER_PEER);
+    // A change notifies each live observation once.
+    d.mark_changed("/switch");
+    assert_eq!(d.take_notifications().len(), DEFAULT_OBSERVATIONS_PER_PEER);
+    // Another connection has its own allowance; cancelling frees a place.
+    assert_eq!(
+        observe(&mut d, &Origin::Stream(99), b"x").code,
+        ResponseType::Content
+    );
+    d.cancel_observation(&O, &1u32.to_be_bytes());
+    assert_eq!(observe(&mut d, &O, b"new").code, ResponseType::Content);
+
+    // The device-wide limit, over many peers; batch observations of /oic/res count too.
+    let mut d = device();
+    d.set_observation_limits(2, 5);
+    for peer in 0..5u64 {
+        let r = observe(&mut d, &Origin::Stream(100 + peer), b"a");
+        assert_eq!(r.code, ResponseType::Content);
+    }
+    let r = observe(&mut d, &Origin::Stream(200), b"a");
+    assert_eq!(r.code, ResponseType::ServiceUnavailable);
+    assert!(r.diagnostic().contains("limit of 5"), "{}", r.diagnostic());
+    let mut batch = get("/oic/res", &[("if", "oic.if.b")]);
+    batch.observe = Some(0);
+    let r = d.handle(&Origin::Stream(200), &batch, b"b");
+    assert_eq!(r.code, ResponseType::ServiceUnavailable);
+    d.drop_origin(&Origin::Stream(100));
+    assert_eq!(
+        d.handle(&Origin::Stream(200), &batch, b"b").code,
+        ResponseType::Content
+    );
+}

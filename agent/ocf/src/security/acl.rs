@@ -343,7 +343,11 @@ pub fn evaluate(
     op: Operation,
 ) -> Decision {
     use Decision::{Allow, Deny};
+    let owned_state = matches!(state, DosState::Rfpro | DosState::Rfnop | DosState::Sreset);
     if target.href == RES_HREF {
+        if op == Operation::Observe && target.interface == Some(BATCH_INTERFACE) {
+            return batch_observation(state, owned_state, acl, req, target);
+        }
         return Allow;
     }
     if target.href == OTM_HREF {
@@ -355,7 +359,6 @@ pub fn evaluate(
             Deny(DenyReason::AlreadyOwned)
         };
     }
-    let owned_state = matches!(state, DosState::Rfpro | DosState::Rfnop | DosState::Sreset);
     if req.is_owner && req.secure_transport && owned_state {
         return Allow;
     }
@@ -393,6 +396,33 @@ pub fn evaluate(
         Deny(DenyReason::InsecureTransport)
     } else {
         Deny(DenyReason::NoMatchingAce)
+    }
+}
+
+/// The batch interface of `/oic/res`, whose answers carry representations.
+const BATCH_INTERFACE: &str = "oic.if.b";
+
+/// Observing `/oic/res` in its batch form: every change to any resource then costs a full
+/// batch rendering for this observer, so it is not open to anyone as discovery is. It takes
+/// the owner, or R+N granted by an ACE (wildcards count: the cloud's `*` ACE grants it) in
+/// RFNOP; an anonymous peer gets it only where the owner granted `anon-clear` R+N.
+fn batch_observation(
+    state: DosState,
+    owned_state: bool,
+    acl: &Acl,
+    req: &Requester,
+    target: &Target<'_>,
+) -> Decision {
+    let required = Operation::Observe.required();
+    let owner = req.is_owner && req.secure_transport && owned_state;
+    let granted =
+        state == DosState::Rfnop && acl.granted(req, target, false) & required == required;
+    if owner || granted {
+        Decision::Allow
+    } else if !req.secure_transport {
+        Decision::Deny(DenyReason::InsecureTransport)
+    } else {
+        Decision::Deny(DenyReason::NoMatchingAce)
     }
 }
 
@@ -863,6 +893,47 @@ mod tests {
                 assert_eq!(eval(state, &acl, &req, RES_HREF, Observe), Decision::Allow);
             }
         }
+    }
+
+    #[test]
+    fn batch_observation_of_discovery_needs_the_owner_or_an_ace() {
+        let batch = Target::new(RES_HREF).with_interface("oic.if.b");
+        let ev = |state, acl: &Acl, req: &Requester, op| evaluate(state, acl, req, &batch, op);
+        let none = Acl::new();
+        for state in DosState::ALL {
+            // Reading the batch stays open (each item is filtered by its own ACL decision).
+            assert!(ev(state, &none, &anon_tls(), Retrieve).is_allowed());
+            assert_eq!(
+                ev(state, &none, &anon_tls(), Observe),
+                Decision::Deny(DenyReason::NoMatchingAce)
+            );
+            assert_eq!(
+                ev(state, &none, &Requester::anonymous_clear(), Observe),
+                Decision::Deny(DenyReason::InsecureTransport)
+            );
+        }
+        for state in [Rfpro, Rfnop, Sreset] {
+            assert!(ev(state, &none, &owner(), Observe).is_allowed());
+        }
+        assert!(!ev(Rfotm, &none, &owner(), Observe).is_allowed());
+        // The cloud's wildcard ACE grants it in RFNOP; a peer without one does not get it.
+        let acl = cloud_acl();
+        assert!(ev(Rfnop, &acl, &cloud(SID), Observe).is_allowed());
+        assert!(!ev(Rfpro, &acl, &cloud(SID), Observe).is_allowed());
+        assert!(!ev(Rfnop, &acl, &cloud(OTHER), Observe).is_allowed());
+        assert!(!ev(Rfnop, &acl, &anon_tls(), Observe).is_allowed());
+        // The other forms are still observable by anyone (discovery).
+        let ll = Target::new(RES_HREF).with_interface("oic.if.ll");
+        assert!(evaluate(Rfnop, &none, &anon_tls(), &ll, Observe).is_allowed());
+        // An owner who opens it to anyone with an anon-clear R+N ACE is obeyed.
+        let mut open = Acl::new();
+        open.apply_update(&body(Value::Array(vec![ace(
+            map(vec![("conntype", text("anon-clear"))]),
+            vec![map(vec![("wc", text("*"))])],
+            18,
+        )])))
+        .unwrap();
+        assert!(ev(Rfnop, &open, &anon_tls(), Observe).is_allowed());
     }
 
     #[test]
