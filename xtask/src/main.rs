@@ -4,6 +4,7 @@
 //! packages for the interop peers, a Python virtual environment with aiocoap) and runs it; CI
 //! calls exactly this.
 
+mod drivers;
 mod yocto;
 
 use std::env;
@@ -41,6 +42,7 @@ fn main() {
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("yocto-crates") => yocto::write_crates_inc(&workspace_root()),
+        Some("drivers-test") => drivers::test(&workspace_root()),
         Some("yocto-test") => ensure_debian_packages()
             .and_then(|()| ensure_python_venv(&workspace_root()))
             .and_then(|python| yocto::test(&workspace_root(), &python)),
@@ -53,7 +55,8 @@ fn main() {
                  bench            run the benchmarks and print the README table rows\n  \
                  fuzz SECONDS     run each cargo-fuzz target for SECONDS (needs nightly)\n  \
                  yocto-crates     write the Yocto recipe's crate list from Cargo.lock\n  \
-                 yocto-test       only the Yocto layer's checks (part of test)"
+                 yocto-test       only the Yocto layer's checks (part of test)\n  \
+                 drivers-test     only the no_std chip build and the rppal feature's tests (part of test)"
             );
             exit(2);
         }
@@ -190,6 +193,7 @@ fn test(extra: &[String]) -> Result<(), String> {
         .env("OCF_COAP_CLIENT", "coap-client-openssl")
         .args(["test", "--workspace", "--locked"])
         .args(extra))?;
+    drivers::test(&root)?;
     yocto::test(&root, &python)
 }
 
