@@ -425,10 +425,11 @@ mod tests {
         );
     }
 
-    /// `I2C_FUNCS` of real adapters, as their drivers' functionality() callbacks build them.
-    /// i2c-bcm2835 (Pi 1-4 and QEMU's raspi3b): I2C | SMBUS_EMUL | PROTOCOL_MANGLING.
-    const BCM2835_FUNCS: u64 = 0x0000_0001 | 0x0eff_0008 | 0x0000_0004;
-    /// i2c-stub: SMBus QUICK | BYTE | BYTE_DATA | WORD_DATA | BLOCK_DATA | I2C_BLOCK, no I2C.
+    /// `I2C_FUNCS` of i2c-bcm2835 (Pi 1-4), as read from QEMU raspi3b's BSC1 through this
+    /// module: I2C | SMBUS_EMUL.
+    const BCM2835_FUNCS: u64 = 0x0eff_0009;
+    /// i2c-stub, as its functionality() callback builds it: SMBus QUICK | BYTE | BYTE_DATA |
+    /// WORD_DATA | BLOCK_DATA | I2C_BLOCK, no I2C.
     const STUB_FUNCS: u64 =
         0x0001_0000 | 0x0006_0000 | 0x0018_0000 | 0x0060_0000 | 0x0300_0000 | 0x0c00_0000;
 
