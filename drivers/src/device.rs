@@ -291,10 +291,11 @@ fn build_one(
             (Box::new(b), LiveDriver::Actuator)
         }
         DriverSpec::PwmRppal {
+            chip,
             channel,
             frequency_hz,
             initial,
-        } => rppal_brightness(*channel, *frequency_hz, *initial)?,
+        } => rppal_brightness(chip.as_ref(), env, *channel, *frequency_hz, *initial)?,
         DriverSpec::SimSensor(params) => {
             let sensor = SimSensor::new(desc.kind, *params);
             sim = Some(sensor.control());
@@ -347,23 +348,31 @@ fn build_one(
 
 #[cfg(feature = "rppal")]
 fn rppal_brightness(
+    chip: Option<&PwmChip>,
+    env: &HardwareEnv,
     channel: u8,
     frequency_hz: f64,
     initial: u8,
 ) -> Result<(Box<dyn Backend + Send>, LiveDriver), DriverError> {
-    let pwm = crate::pwm::rppal_pwm::RppalPwm::open(channel, frequency_hz)?;
-    let mut b = Brightness::new(pwm);
+    // rppal addresses a chip by its number under /sys/class/pwm.
+    let chip = match chip {
+        None => None,
+        Some(c) => Some(crate::pwm::chip_number(&pwm_chip_dir(c, &env.sysfs_pwm)?)?),
+    };
+    let mut b = Brightness::new(crate::pwm::open_rppal(channel, chip, frequency_hz)?);
     b.set(initial)?;
     Ok((Box::new(b), LiveDriver::Actuator))
 }
 
 #[cfg(not(feature = "rppal"))]
 fn rppal_brightness(
+    _chip: Option<&PwmChip>,
+    _env: &HardwareEnv,
     _channel: u8,
     _frequency_hz: f64,
     _initial: u8,
 ) -> Result<(Box<dyn Backend + Send>, LiveDriver), DriverError> {
     Err(DriverError::new(
-        "driver \"pwm-rppal\" needs ocf-drivers built with the `rppal` feature; \"pwm-sysfs\" works without it",
+        "driver \"pwm-rppal\" needs the agent built with the `rppal` feature (`cargo build --features rppal`; the Yocto recipe turns it on for the Raspberry Pi machines); this one was built without it. Driver \"pwm-sysfs\" with `pwm_chip` and `channel` drives the same PWM without rppal",
     ))
 }

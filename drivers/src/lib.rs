@@ -3,16 +3,20 @@
 //!
 //! Layers, bottom up:
 //!
-//! - **Chips** (one module each, generic over embedded-hal 1.0 traits, tested against
-//!   embedded-hal-mock): [`lm75`] (LM75/TMP75/TMP105), [`bme280`], [`switch`] (GPIO output),
-//!   [`contact`] (GPIO input with edges) with [`debounce`], [`pwm`] (sysfs PWM, rppal with the
-//!   `rppal` feature), and [`smbus`], which runs the I2C drivers on SMBus-only adapters.
+//! - **Chips**: plain embedded-hal 1.0 drivers that know nothing of OCF, each a `no_std` crate
+//!   of its own under `drivers/chips/` with typed registers and every bus transaction tested
+//!   against embedded-hal-mock: `lm75x` (LM75/TMP75/TMP105/TMP175) and `bme280-nb`.
+//!   Here beside them: [`switch`] (GPIO output), [`contact`] (GPIO input with edges) with
+//!   [`debounce`], [`pwm`] (sysfs PWM, rppal with the `rppal` feature), and [`smbus`], which
+//!   runs the I2C drivers on SMBus-only adapters.
 //! - **Linux** ([`linux`]): `/dev/i2c-N` (plain I2C or SMBus, chosen per adapter) and GPIO
 //!   character devices with edge events (gpiocdev).
-//! - **OCF adapters**: actuators implement [`ocf::resource::Backend`] directly (a POST is applied
-//!   to the hardware before it returns, a GET reads the hardware back); sensors implement
-//!   [`sensor::Sensor`] and are served from a [`sensor::ReadingCell`] holding the last good
-//!   sample, or 5.03 while faulted.
+//! - **OCF adapters**: [`lm75`] and [`bme280`] turn the chips' readings into
+//!   `oic.r.temperature`, `oic.r.humidity` and `oic.r.sensor.atmosphericpressure`
+//!   representations ([`kind`]); actuators implement [`ocf::resource::Backend`] directly (a
+//!   POST is applied to the hardware before it returns, a GET reads the hardware back); sensors
+//!   implement [`sensor::Sensor`] and are served from a [`sensor::ReadingCell`] holding the last
+//!   good sample, or 5.03 while faulted.
 //! - **Sampling** ([`sampler`]): per sensor a period and a change threshold, fault back-off and
 //!   rate-limited fault reports, on a virtual clock (no sleeping, no busy polling).
 //! - **Boards** ([`board`]): TOML descriptions with file:line:column errors, the built-in

@@ -4,9 +4,11 @@
 //! back from the hardware for a GET. [`SysfsPwm`] drives a channel of the Linux PWM sysfs
 //! interface (`/sys/class/pwm/pwmchipN/pwmM/{period,duty_cycle,enable}`, after writing `M` to
 //! `export`); its root directory is a parameter, so tests run it against a temporary
-//! directory. With the `rppal` cargo feature, `rppal_pwm::RppalPwm` uses rppal's Raspberry
-//! Pi PWM channel numbering instead.
+//! directory. [`RppalPwm`] drives a Raspberry Pi channel through rppal (cargo feature `rppal`,
+//! `open_rppal`); it reaches rppal only through [`RppalChannel`], so it is tested against a
+//! mock here and compiled against rppal in the feature build.
 
+use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -240,64 +242,176 @@ impl PwmOutput for SysfsPwm {
     }
 }
 
-/// Raspberry Pi hardware PWM through rppal (cargo feature `rppal`).
+/// The number `N` of a `.../pwmchipN` directory: rppal addresses chips by number under
+/// `/sys/class/pwm`.
+pub fn chip_number(chip_dir: &Path) -> Result<u8, DriverError> {
+    chip_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("pwmchip"))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            DriverError::new(format!(
+                "{} is not a pwmchipN directory",
+                chip_dir.display()
+            ))
+        })
+}
+
+/// The calls of rppal's `Pwm` that [`RppalPwm`] makes: the seam between the brightness backend
+/// and the Pi's hardware, so the backend runs against a mock on any machine. With the `rppal`
+/// feature, `rppal::pwm::Pwm` implements it.
+pub trait RppalChannel {
+    /// The channel's error (rppal's `pwm::Error`).
+    type Error: fmt::Display;
+    /// The period.
+    fn period(&self) -> Result<Duration, Self::Error>;
+    /// Set the period.
+    fn set_period(&self, period: Duration) -> Result<(), Self::Error>;
+    /// The active time per period.
+    fn pulse_width(&self) -> Result<Duration, Self::Error>;
+    /// Set the active time per period.
+    fn set_pulse_width(&self, pulse_width: Duration) -> Result<(), Self::Error>;
+    /// Start the output.
+    fn enable(&self) -> Result<(), Self::Error>;
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Raspberry Pi hardware PWM through rppal, as a [`PwmOutput`] (board driver `pwm-rppal`).
+///
+/// rppal picks the PWM chip for the Pi model it detects (`pwmchip0` up to the Pi 4, `pwmchip2`
+/// on the Pi 5, whose RP1 PWM0 has four channels: GPIO12, 13, 18, 19 are channels 0-3), waits
+/// after an export until udev has given the channel's files to the `gpio` group, and disables
+/// and unexports the channel when dropped, so the output stops with the agent.
+#[derive(Debug)]
+pub struct RppalPwm<P> {
+    pwm: P,
+    label: String,
+    period_ns: u64,
+}
+
+impl<P: RppalChannel> RppalPwm<P> {
+    /// Takes over an opened channel: sets the period and enables it. The pulse width is kept
+    /// if it fits the period, else set to 0 first: the kernel refuses a period shorter than
+    /// the duty cycle (Documentation/ABI/testing/sysfs-class-pwm). `label` names the channel in
+    /// errors.
+    pub fn start(pwm: P, label: impl Into<String>, period_ns: u64) -> Result<Self, DriverError> {
+        let label = label.into();
+        if period_ns == 0 {
+            return Err(DriverError::new(format!(
+                "{label}: PWM period must not be 0"
+            )));
+        }
+        let fail = |what: &str, e: P::Error| DriverError::new(format!("{label}: {what}: {e}"));
+        let pulse = pwm.pulse_width().map_err(|e| fail("read pulse width", e))?;
+        if ns(pulse) > period_ns {
+            pwm.set_pulse_width(Duration::ZERO)
+                .map_err(|e| fail("set pulse width", e))?;
+        }
+        pwm.set_period(Duration::from_nanos(period_ns))
+            .map_err(|e| fail("set period", e))?;
+        pwm.enable().map_err(|e| fail("enable", e))?;
+        Ok(RppalPwm {
+            pwm,
+            label,
+            period_ns,
+        })
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &P {
+        &self.pwm
+    }
+
+    fn fail(&self, what: &str, e: P::Error) -> DriverError {
+        DriverError::new(format!("{}: {what}: {e}", self.label))
+    }
+}
+
+impl<P: RppalChannel> PwmOutput for RppalPwm<P> {
+    fn period_ns(&mut self) -> Result<u64, DriverError> {
+        // Read back: someone may have changed it under us.
+        let p = self.pwm.period().map_err(|e| self.fail("read period", e))?;
+        self.period_ns = ns(p);
+        Ok(self.period_ns)
+    }
+
+    fn duty_ns(&mut self) -> Result<u64, DriverError> {
+        self.pwm
+            .pulse_width()
+            .map(ns)
+            .map_err(|e| self.fail("read pulse width", e))
+    }
+
+    fn set_duty_ns(&mut self, duty: u64) -> Result<(), DriverError> {
+        self.pwm
+            .set_pulse_width(Duration::from_nanos(duty.min(self.period_ns)))
+            .map_err(|e| self.fail("set pulse width", e))
+    }
+}
+
 #[cfg(feature = "rppal")]
-pub mod rppal_pwm {
-    use std::time::Duration;
-
-    use rppal::pwm::{Channel, Polarity, Pwm};
-
-    use super::PwmOutput;
-    use crate::DriverError;
-
-    /// An rppal PWM channel (rppal picks the pwmchip for the Pi model: `pwmchip0` up to the
-    /// Pi 4, `pwmchip2` on the Pi 5, where GPIO18 is channel 2).
-    #[derive(Debug)]
-    pub struct RppalPwm {
-        pwm: Pwm,
-        label: String,
+impl RppalChannel for rppal::pwm::Pwm {
+    type Error = rppal::pwm::Error;
+    fn period(&self) -> Result<Duration, Self::Error> {
+        rppal::pwm::Pwm::period(self)
     }
+    fn set_period(&self, period: Duration) -> Result<(), Self::Error> {
+        rppal::pwm::Pwm::set_period(self, period)
+    }
+    fn pulse_width(&self) -> Result<Duration, Self::Error> {
+        rppal::pwm::Pwm::pulse_width(self)
+    }
+    fn set_pulse_width(&self, pulse_width: Duration) -> Result<(), Self::Error> {
+        rppal::pwm::Pwm::set_pulse_width(self, pulse_width)
+    }
+    fn enable(&self) -> Result<(), Self::Error> {
+        rppal::pwm::Pwm::enable(self)
+    }
+}
 
-    impl RppalPwm {
-        /// Opens channel `channel` (0-3) at `frequency_hz`, enabled, duty cycle 0.
-        pub fn open(channel: u8, frequency_hz: f64) -> Result<Self, DriverError> {
+/// Opens rppal's PWM channel `channel` at `frequency_hz`: on the chip rppal picks for the
+/// Raspberry Pi model it detects, or on `/sys/class/pwm/pwmchip{pwm_chip}` when given (rppal
+/// 0.22 takes `pwmchip2` on every Pi 5, but RP1's PWM0 is `pwmchip0` on kernels from 6.6.45
+/// on). Needs the `rppal` feature.
+#[cfg(feature = "rppal")]
+pub fn open_rppal(
+    channel: u8,
+    pwm_chip: Option<u8>,
+    frequency_hz: f64,
+) -> Result<RppalPwm<rppal::pwm::Pwm>, DriverError> {
+    use rppal::pwm::{Channel, Pwm};
+    let (pwm, label) = match pwm_chip {
+        Some(chip) => (
+            Pwm::with_pwmchip(chip, channel),
+            format!("rppal PWM pwmchip{chip} channel {channel}"),
+        ),
+        None => {
             let label = format!("rppal PWM channel {channel}");
-            let ch = match channel {
-                0 => Channel::Pwm0,
-                1 => Channel::Pwm1,
-                2 => Channel::Pwm2,
-                3 => Channel::Pwm3,
-                _ => return Err(DriverError::new(format!("{label}: no such channel"))),
-            };
-            let pwm = Pwm::with_frequency(ch, frequency_hz, 0.0, Polarity::Normal, true)
+            let model = rppal::system::DeviceInfo::new().map_err(|e| {
+                DriverError::new(format!(
+                    "{label}: {e}: rppal picks the PWM chip by Raspberry Pi model; on another board use driver \"pwm-sysfs\""
+                ))
+            })?;
+            let ch = Channel::try_from(channel)
                 .map_err(|e| DriverError::new(format!("{label}: {e}")))?;
-            Ok(RppalPwm { pwm, label })
+            (Pwm::new(ch), format!("{label} ({})", model.model()))
         }
-    }
-
-    fn ns(d: Duration) -> u64 {
-        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    impl PwmOutput for RppalPwm {
-        fn period_ns(&mut self) -> Result<u64, DriverError> {
-            self.pwm
-                .period()
-                .map(ns)
-                .map_err(|e| DriverError::new(format!("{}: read period: {e}", self.label)))
-        }
-        fn duty_ns(&mut self) -> Result<u64, DriverError> {
-            self.pwm
-                .pulse_width()
-                .map(ns)
-                .map_err(|e| DriverError::new(format!("{}: read pulse width: {e}", self.label)))
-        }
-        fn set_duty_ns(&mut self, duty: u64) -> Result<(), DriverError> {
-            self.pwm
-                .set_pulse_width(Duration::from_nanos(duty))
-                .map_err(|e| DriverError::new(format!("{}: set pulse width: {e}", self.label)))
-        }
-    }
+    };
+    let pwm = pwm.map_err(|e| {
+        let hint = match &e {
+            rppal::pwm::Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+                " (is the PWM overlay enabled, e.g. dtoverlay=pwm,pin=18,func=2?)"
+            }
+            _ => "",
+        };
+        DriverError::new(format!("{label}: {e}{hint}"))
+    })?;
+    let period_ns = (1e9 / frequency_hz).round().max(1.0) as u64;
+    RppalPwm::start(pwm, label, period_ns)
 }
 
 #[cfg(test)]
@@ -461,5 +575,186 @@ pub(crate) mod tests {
         // A vanished sysfs file is a 5.03, not a panic.
         fs::remove_file(chip.join("pwm0/period")).unwrap();
         assert!(matches!(b.retrieve(), Err(ResourceError::Unavailable(_))));
+    }
+
+    /// rppal's `Pwm` as the kernel's sysfs PWM behaves: state behind `&self`, every call
+    /// logged, a period shorter than the pulse width refused, and one call made to fail on
+    /// demand.
+    #[derive(Debug, Default)]
+    struct MockChannel {
+        period: std::cell::Cell<u64>,
+        pulse: std::cell::Cell<u64>,
+        enabled: std::cell::Cell<bool>,
+        calls: std::cell::RefCell<Vec<String>>,
+        fail: std::cell::Cell<Option<&'static str>>,
+    }
+
+    impl MockChannel {
+        fn new(period: u64, pulse: u64) -> Self {
+            let m = MockChannel::default();
+            m.period.set(period);
+            m.pulse.set(pulse);
+            m
+        }
+        fn call(&self, c: String) -> Result<(), String> {
+            let name = c.split('(').next().unwrap_or("").to_owned();
+            self.calls.borrow_mut().push(c);
+            if self.fail.get() == Some(name.as_str()) {
+                return Err("I/O error: Permission denied (os error 13)".into());
+            }
+            Ok(())
+        }
+        fn take_calls(&self) -> Vec<String> {
+            std::mem::take(&mut *self.calls.borrow_mut())
+        }
+    }
+
+    impl RppalChannel for MockChannel {
+        type Error = String;
+        fn period(&self) -> Result<Duration, String> {
+            self.call("period".into())?;
+            Ok(Duration::from_nanos(self.period.get()))
+        }
+        fn set_period(&self, period: Duration) -> Result<(), String> {
+            self.call(format!("set_period({})", ns(period)))?;
+            if ns(period) < self.pulse.get() {
+                return Err("I/O error: Invalid argument (os error 22)".into());
+            }
+            self.period.set(ns(period));
+            Ok(())
+        }
+        fn pulse_width(&self) -> Result<Duration, String> {
+            self.call("pulse_width".into())?;
+            Ok(Duration::from_nanos(self.pulse.get()))
+        }
+        fn set_pulse_width(&self, w: Duration) -> Result<(), String> {
+            self.call(format!("set_pulse_width({})", ns(w)))?;
+            if ns(w) > self.period.get() {
+                return Err("I/O error: Invalid argument (os error 22)".into());
+            }
+            self.pulse.set(ns(w));
+            Ok(())
+        }
+        fn enable(&self) -> Result<(), String> {
+            self.call("enable".into())?;
+            self.enabled.set(true);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn rppal_start_shrinks_the_pulse_before_the_period_then_enables() {
+        // The last user left 20 ms / 15 ms; we want 1 kHz.
+        let pwm =
+            RppalPwm::start(MockChannel::new(20_000_000, 15_000_000), "ch2", 1_000_000).unwrap();
+        let m = pwm.channel();
+        assert_eq!(
+            m.take_calls(),
+            [
+                "pulse_width",
+                "set_pulse_width(0)",
+                "set_period(1000000)",
+                "enable"
+            ]
+        );
+        assert!(m.enabled.get());
+        assert_eq!(m.period.get(), 1_000_000);
+
+        // A pulse that fits the new period is kept.
+        let pwm = RppalPwm::start(MockChannel::new(2_000_000, 300_000), "ch0", 1_000_000).unwrap();
+        assert_eq!(
+            pwm.channel().take_calls(),
+            ["pulse_width", "set_period(1000000)", "enable"]
+        );
+        assert_eq!(pwm.channel().pulse.get(), 300_000);
+    }
+
+    #[test]
+    fn rppal_brightness_roundtrip_reads_the_hardware() {
+        let pwm = RppalPwm::start(MockChannel::new(0, 0), "ch0", 1_000_000).unwrap();
+        pwm.channel().take_calls();
+        let mut b = Brightness::new(pwm);
+        b.update(&props([("brightness", integer(37))])).unwrap();
+        let pwm = b.into_inner();
+        assert_eq!(
+            pwm.channel().take_calls(),
+            ["period", "set_pulse_width(370000)"]
+        );
+        pwm.channel().pulse.set(996_000);
+        let mut b = Brightness::new(pwm);
+        assert_eq!(b.retrieve().unwrap(), props([("brightness", integer(100))]));
+        // Someone shortened the period under us: the duty cycle is clamped to it.
+        let mut pwm = b.into_inner();
+        pwm.channel().pulse.set(0);
+        pwm.channel().period.set(500_000);
+        pwm.period_ns().unwrap();
+        pwm.set_duty_ns(800_000).unwrap();
+        assert_eq!(pwm.channel().pulse.get(), 500_000);
+    }
+
+    #[test]
+    fn rppal_errors_name_the_channel_and_are_unavailable() {
+        let m = MockChannel::new(0, 0);
+        m.fail.set(Some("enable"));
+        let e = RppalPwm::start(m, "rppal PWM channel 2 (Raspberry Pi 5)", 1_000_000).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "rppal PWM channel 2 (Raspberry Pi 5): enable: I/O error: Permission denied (os error 13)"
+        );
+        assert!(RppalPwm::start(MockChannel::new(0, 0), "ch", 0).is_err());
+
+        let pwm = RppalPwm::start(MockChannel::new(0, 0), "ch0", 1_000_000).unwrap();
+        pwm.channel().fail.set(Some("period"));
+        let mut b = Brightness::new(pwm);
+        assert_eq!(
+            b.retrieve(),
+            Err(ResourceError::Unavailable(
+                "ch0: read period: I/O error: Permission denied (os error 13)".into()
+            ))
+        );
+        assert!(matches!(
+            b.update(&props([("brightness", integer(5))])),
+            Err(ResourceError::Unavailable(m)) if m.starts_with("ch0: read period")
+        ));
+    }
+
+    #[test]
+    fn chip_numbers_from_directories() {
+        assert_eq!(
+            chip_number(Path::new("/sys/class/pwm/pwmchip2")).unwrap(),
+            2
+        );
+        assert_eq!(chip_number(Path::new("pwmchip0")).unwrap(), 0);
+        let e = chip_number(Path::new("/sys/class/pwm/pwm0")).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "/sys/class/pwm/pwm0 is not a pwmchipN directory"
+        );
+        assert!(chip_number(Path::new("/sys/class/pwm/pwmchip300")).is_err());
+    }
+
+    /// The real rppal, on whatever machine runs the tests: off a Raspberry Pi it cannot pick a
+    /// chip, and a chip that does not exist is named with the overlay hint.
+    #[cfg(feature = "rppal")]
+    #[test]
+    fn rppal_open_errors_are_clear() {
+        if rppal::system::DeviceInfo::new().is_err() {
+            let e = open_rppal(0, None, 1000.0).unwrap_err();
+            assert!(
+                e.message().starts_with("rppal PWM channel 0: Unknown Raspberry Pi model: rppal picks the PWM chip by Raspberry Pi model; on another board use driver \"pwm-sysfs\""),
+                "{e}"
+            );
+        }
+        let e = open_rppal(1, Some(250), 1000.0).unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("rppal PWM pwmchip250 channel 1: I/O error: "),
+            "{e}"
+        );
+        assert!(
+            e.message()
+                .ends_with("(is the PWM overlay enabled, e.g. dtoverlay=pwm,pin=18,func=2?)"),
+            "{e}"
+        );
     }
 }

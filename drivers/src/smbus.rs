@@ -21,6 +21,12 @@
 //! Anything else (longer transfers, other shapes) fails with [`SmbusError::Unsupported`]
 //! without touching the bus. The bytes land in the buffer in wire order, so a driver sees the
 //! same data as over plain I2C.
+//!
+//! Only SMBus-only adapters (and buses a board file marks `smbus = true`) come through here:
+//! an adapter that can do plain I2C gets its transactions from linux-embedded-hal's `I2cdev`
+//! as they are ([`crate::linux::i2c`]). linux-embedded-hal has no SMBus fallback of its own;
+//! on an SMBus-only adapter its `I2C_RDWR` fails with EOPNOTSUPP
+//! (Documentation/i2c/functionality.rst: the adapter lacks `I2C_FUNC_I2C`).
 
 use std::fmt;
 

@@ -119,14 +119,28 @@ fn rpi_boards_describe_the_reference_wiring() {
         }
         d => panic!("{d:?}"),
     }
+    // Hardware PWM through rppal on both Pis: rppal's chip for the Pi 4, RP1's PWM0 by device
+    // on the Pi 5 (rppal 0.22's pwmchip2 is wrong from kernel 6.6.45 on).
+    match &rpi4.resource("/light").unwrap().driver {
+        DriverSpec::PwmRppal {
+            chip,
+            channel,
+            frequency_hz,
+            initial,
+        } => {
+            assert_eq!(*chip, None);
+            assert_eq!((*channel, *frequency_hz, *initial), (0, 1000.0, 0));
+        }
+        d => panic!("{d:?}"),
+    }
     match &rpi5.resource("/light").unwrap().driver {
-        DriverSpec::PwmSysfs {
+        DriverSpec::PwmRppal {
             chip,
             channel,
             frequency_hz,
             ..
         } => {
-            assert_eq!(*chip, PwmChip::Device("1f00098000.pwm".into()));
+            assert_eq!(*chip, Some(PwmChip::Device("1f00098000.pwm".into())));
             assert_eq!((*channel, *frequency_hz), (2, 1000.0));
         }
         d => panic!("{d:?}"),
@@ -439,5 +453,35 @@ fn chips_and_buses_in_every_spelling() {
     assert!(
         msg.contains("GPIO line 1 on gpiochip4 is already used by \"/a\" (line 6)"),
         "{msg}"
+    );
+}
+
+#[test]
+fn pwm_rppal_channel_and_optional_chip() {
+    let light = |fields: &str| {
+        format!("name = \"r\"\n[[resource]]\nhref = \"/light\"\ndriver = \"pwm-rppal\"\n{fields}")
+    };
+    let b = parse(&light("channel = 3\npwm_chip = 0\n")).unwrap();
+    match &b.resources[0].driver {
+        DriverSpec::PwmRppal { chip, channel, .. } => {
+            assert_eq!((chip, *channel), (&Some(PwmChip::Number(0)), 3))
+        }
+        d => panic!("{d:?}"),
+    }
+    // rppal has channels Pwm0-Pwm3 only.
+    let e = one_problem(&light("channel = 4\n"), ProblemKind::BadValue);
+    assert!(
+        e.starts_with(
+            "test.toml:5:11: resource \"/light\": `channel` 4 is not a PWM channel (0-3)"
+        ),
+        "{e}"
+    );
+    let e = one_problem(
+        &light("channel = 0\npwm_chip = \"pwm0\"\n"),
+        ProblemKind::BadValue,
+    );
+    assert!(
+        e.contains("`pwm_chip` \"pwm0\" is not a chip number"),
+        "{e}"
     );
 }

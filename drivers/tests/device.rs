@@ -243,17 +243,34 @@ fn missing_hardware_is_a_clear_build_error() {
     let e = Device::build(&pwm, &env, now).unwrap_err();
     assert!(e.to_string().contains("read /nonexistent/pwm"), "{e}");
 
-    #[cfg(not(feature = "rppal"))]
-    {
-        let rppal = Board::from_str(
-            "r.toml",
-            "name = \"r\"\n[[resource]]\nhref = \"/light\"\ndriver = \"pwm-rppal\"\nchannel = 2\n",
-        )
-        .unwrap();
-        let e = Device::build(&rppal, &env, now).unwrap_err();
+    // An agent built without rppal says so, before it looks for any hardware (here the chip
+    // would not be found either).
+    let rppal = Board::from_str(
+        "r.toml",
+        "name = \"r\"\n[[resource]]\nhref = \"/light\"\ndriver = \"pwm-rppal\"\npwm_chip = { device = \"1f00098000.pwm\" }\nchannel = 2\n",
+    )
+    .unwrap();
+    let e = Device::build(&rppal, &env, now).unwrap_err();
+    if cfg!(feature = "rppal") {
         assert!(
             e.to_string()
-                .contains("needs ocf-drivers built with the `rppal` feature"),
+                .starts_with("r.toml:2: resource \"/light\": read /nonexistent/pwm"),
+            "{e}"
+        );
+    } else {
+        assert!(
+            e.to_string().starts_with(
+                "r.toml:2: resource \"/light\": driver \"pwm-rppal\" needs the agent built with the `rppal` feature"
+            ),
+            "{e}"
+        );
+        // ... and so do the Pi boards that use it, at the resource that needs it.
+        let mut rpi4 = Board::builtin("rpi4").unwrap();
+        rpi4.resources.retain(|r| r.href == "/light");
+        let e = Device::build(&rpi4, &env, now).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("board/rpi4.toml:76: resource \"/light\": driver \"pwm-rppal\" needs"),
             "{e}"
         );
     }

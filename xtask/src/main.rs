@@ -4,6 +4,7 @@
 //! packages for the interop peers, a Python virtual environment with aiocoap) and runs it; CI
 //! calls exactly this.
 
+mod drivers;
 mod soak;
 mod yocto;
 
@@ -51,6 +52,7 @@ fn main() {
         Some("fuzz") => fuzz(&args[1..]),
         Some("soak") => soak::soak(&args[1..]),
         Some("yocto-crates") => yocto::write_crates_inc(&workspace_root()),
+        Some("drivers-test") => drivers::test(&workspace_root()),
         Some("yocto-test") => ensure_debian_packages()
             .and_then(|()| ensure_python_venv(&workspace_root()))
             .and_then(|python| yocto::test(&workspace_root(), &python)),
@@ -68,7 +70,8 @@ fn main() {
                  yocto-crates     write the Yocto recipe's crate list from Cargo.lock\n  \
                  yocto-test       only the Yocto layer's checks (part of test)\n  \
                  image            assemble the QEMU raspi3b test image (target/qemu/image)\n  \
-                 qemu             boot the test image in QEMU with the dev cloud on the host"
+                 qemu             boot the test image in QEMU with the dev cloud on the host\n  \
+                 drivers-test     only the no_std chip build and the rppal feature's tests (part of test)"
             );
             exit(2);
         }
@@ -228,6 +231,9 @@ fn test(extra: &[String]) -> Result<(), String> {
             .env("OCF_QEMU_IMAGE", &image)
             .args(["test", "--workspace", "--locked"])
             .args(extra))
+    })?;
+    stage("no_std chip drivers and the rppal feature", || {
+        drivers::test(&root)
     })?;
     stage("Yocto layer checks", || yocto::test(&root, &python))?;
     eprintln!(

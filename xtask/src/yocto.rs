@@ -179,13 +179,16 @@ pub fn write_crates_inc(root: &Path) -> Result<(), String> {
 /// problem; the result fails if any did.
 pub fn test(root: &Path, python: &Path) -> Result<(), String> {
     type Stage = fn(&Path, &Path) -> Result<(), String>;
-    let stages: [(&str, Stage); 6] = [
+    let stages: [(&str, Stage); 7] = [
         ("crate list", |r, _| check_crates_inc(r)),
         ("recipe version and license", |r, _| check_recipe(r)),
         ("oelint-adv", check_oelint),
         ("kas schema", check_kas),
         ("offline cross build", |r, _| {
             build_from_crate_list(r).map(|_| ())
+        }),
+        ("offline check for the Raspberry Pi machines", |r, _| {
+            check_rpi_build(r)
         }),
         ("systemd-analyze", |r, _| check_service(r)),
     ];
@@ -572,13 +575,12 @@ fn vendor(root: &Path, crates: &[Crate], dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the agent as the recipe does, offline, and returns the binary's path
-/// (`target/yocto/build/target/aarch64-unknown-linux-gnu/release/ocf-agent`): the vendor
-/// directory holds exactly the crates of the committed crate list, cargo's home has the
-/// configuration oe-core's cargo_common class writes (the vendor directory replacing crates.io),
-/// and cargo runs from the build directory with the class's flags (`--frozen`, the target,
-/// `--release`, the agent's manifest).
-pub fn build_from_crate_list(root: &Path) -> Result<PathBuf, String> {
+/// Runs `cargo SUBCOMMAND ARGS` on the agent as the recipe does, offline: the vendor directory
+/// holds exactly the crates of the committed crate list, cargo's home has the configuration
+/// oe-core's cargo_common class writes (the vendor directory replacing crates.io), and cargo
+/// runs from the build directory with the class's flags (`--frozen`, the target, `--release`,
+/// the agent's manifest) and Rust 1.94.1. Returns the build directory.
+fn offline_cargo(root: &Path, subcommand: &str, args: &[String]) -> Result<PathBuf, String> {
     let crates = parse_crates_inc(&read(&root.join(CRATES_INC))?)?;
     ensure_toolchain()?;
     if !have_command(CROSS_GCC) {
@@ -616,13 +618,74 @@ pub fn build_from_crate_list(root: &Path) -> Result<PathBuf, String> {
             CROSS_GCC,
         )
         .args([
-            "run", YOCTO_RUST, "cargo", "build", "--frozen", "--target", TARGET,
+            "run", YOCTO_RUST, "cargo", subcommand, "--frozen", "--target", TARGET,
         ])
         .arg("--release")
-        .arg(format!("--manifest-path={}", manifest.display())))
+        .arg(format!("--manifest-path={}", manifest.display()))
+        .args(args))
     .map_err(|e| {
         format!("{e}\n(an offline --frozen build from the crates of {CRATES_INC} only)")
     })?;
+    eprintln!(
+        "xtask: yocto: cargo {} for {TARGET} from {} crates with Rust {YOCTO_RUST}: ok",
+        [subcommand.to_owned()]
+            .iter()
+            .chain(args)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" "),
+        crates.len()
+    );
+    Ok(build)
+}
+
+/// The cargo arguments the recipe adds for the Raspberry Pi machines: of each PACKAGECONFIG
+/// option that `PACKAGECONFIG:rpi` turns on, what it passes when on (the first field of its
+/// `PACKAGECONFIG[option]`), which the cargo class hands to `cargo build` as
+/// PACKAGECONFIG_CONFARGS.
+pub fn rpi_cargo_args(recipe: &str) -> Result<Vec<String>, String> {
+    let value = |line: &str, key: &str| -> Option<String> {
+        let rest = line.strip_prefix(key)?.trim_start();
+        let rest = ["??=", "?=", "="]
+            .iter()
+            .find_map(|op| rest.strip_prefix(op))?;
+        Some(rest.trim().trim_matches('"').to_owned())
+    };
+    let options = recipe
+        .lines()
+        .find_map(|l| value(l, "PACKAGECONFIG:rpi"))
+        .ok_or("the recipe sets no PACKAGECONFIG:rpi")?;
+    let mut args = Vec::new();
+    for option in options.split_whitespace() {
+        let flags = recipe
+            .lines()
+            .find_map(|l| value(l, &format!("PACKAGECONFIG[{option}]")))
+            .ok_or(format!(
+                "PACKAGECONFIG:rpi names {option}, which has no PACKAGECONFIG[{option}]"
+            ))?;
+        let enable = flags.split(',').next().unwrap_or("");
+        args.extend(enable.split_whitespace().map(str::to_owned));
+    }
+    Ok(args)
+}
+
+/// Checks the agent as the Raspberry Pi machines build it (with the recipe's PACKAGECONFIG for
+/// them: rppal), offline from the crate list: rppal and the code behind its feature compile for
+/// aarch64 with the release's Rust, from exactly the listed crates.
+fn check_rpi_build(root: &Path) -> Result<(), String> {
+    let recipe = root
+        .join(RECIPE_DIR)
+        .join(format!("ocf-agent_{}.bb", env!("CARGO_PKG_VERSION")));
+    let args = rpi_cargo_args(&read(&recipe)?)?;
+    offline_cargo(root, "check", &args).map(|_| ())
+}
+
+/// Builds the agent as the recipe does for a machine without PACKAGECONFIG options, offline
+/// ([`offline_cargo`]), and returns the binary's path
+/// (`target/yocto/build/target/aarch64-unknown-linux-gnu/release/ocf-agent`).
+pub fn build_from_crate_list(root: &Path) -> Result<PathBuf, String> {
+    let crates = parse_crates_inc(&read(&root.join(CRATES_INC))?)?;
+    let build = offline_cargo(root, "build", &[])?;
     let binary = build
         .join("target")
         .join(TARGET)
@@ -855,6 +918,27 @@ checksum = "ae137229bcbd6cdf0f7b80a31df61766145077ddf49416a728b02cb3921ff3fc"
     fn the_recipe_matches_the_workspace() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         check_recipe(root).unwrap();
+    }
+
+    #[test]
+    fn the_pi_machines_build_the_agent_with_rppal() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let recipe = read(
+            &root
+                .join(RECIPE_DIR)
+                .join(format!("ocf-agent_{}.bb", env!("CARGO_PKG_VERSION"))),
+        )
+        .unwrap();
+        assert_eq!(rpi_cargo_args(&recipe).unwrap(), ["--features", "rppal"]);
+        let two = "PACKAGECONFIG:rpi ??= \"a b\"\nPACKAGECONFIG[a] = \"--features x,,dep\"\nPACKAGECONFIG[b] = \"--features y\"\n";
+        assert_eq!(
+            rpi_cargo_args(two).unwrap(),
+            ["--features", "x", "--features", "y"]
+        );
+        assert!(rpi_cargo_args("PACKAGECONFIG:rpi = \"c\"\n")
+            .unwrap_err()
+            .contains("no PACKAGECONFIG[c]"));
+        assert!(rpi_cargo_args("PACKAGECONFIG ??= \"\"\n").is_err());
     }
 
     #[test]

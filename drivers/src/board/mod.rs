@@ -42,7 +42,7 @@
 //! | `gpio-output` | `oic.r.switch.binary` | `chip`, `line` | `active_low`, `initial` (bool) |
 //! | `gpio-input` | `oic.r.sensor.contact` | `chip`, `line` | `active_low`, `bias` (`pull-up`, `pull-down`, `disabled`, `as-is`), `debounce` |
 //! | `pwm-sysfs` | `oic.r.light.brightness` | `pwm_chip`, `channel` | `frequency` (Hz), `initial` (0-100) |
-//! | `pwm-rppal` | `oic.r.light.brightness` | `channel` | `frequency`, `initial` |
+//! | `pwm-rppal` | `oic.r.light.brightness` | `channel` (rppal's 0-3) | `pwm_chip` (else rppal's for the Pi model), `frequency`, `initial` |
 //! | `sim-temperature`, `sim-humidity`, `sim-pressure` | as named | | `period`, `threshold`, `initial`, `step`, `min`, `max`, `seed` |
 //! | `sim-switch` | `oic.r.switch.binary` | | `initial` (bool) |
 //! | `sim-brightness` | `oic.r.light.brightness` | | `initial` (0-100) |
@@ -366,6 +366,8 @@ pub enum DriverSpec {
     },
     /// An rppal PWM channel (Raspberry Pi, cargo feature `rppal`).
     PwmRppal {
+        /// The chip, if not the one rppal picks for the Pi model.
+        chip: Option<PwmChip>,
         /// rppal channel 0-3.
         channel: u8,
         /// PWM frequency.
@@ -551,7 +553,7 @@ fn allowed_fields(driver: &str) -> &'static [&'static str] {
         "gpio-output" => &["chip", "line", "active_low", "initial"],
         "gpio-input" => &["chip", "line", "active_low", "bias", "debounce"],
         "pwm-sysfs" => &["pwm_chip", "channel", "frequency", "initial"],
-        "pwm-rppal" => &["channel", "frequency", "initial"],
+        "pwm-rppal" => &["pwm_chip", "channel", "frequency", "initial"],
         "sim-temperature" | "sim-humidity" | "sim-pressure" => &[
             "period",
             "threshold",
@@ -1069,7 +1071,13 @@ impl<'a> Parser<'a> {
                         initial: initial?,
                     })
                 } else {
+                    // Optional: rppal picks the chip by Pi model unless told.
+                    let chip = match &r.pwm_chip {
+                        None => Some(None),
+                        some => self.pwm_chip(ctx, some).map(Some),
+                    };
                     Some(DriverSpec::PwmRppal {
+                        chip: chip?,
                         channel: channel?,
                         frequency_hz: frequency_hz?,
                         initial: initial?,

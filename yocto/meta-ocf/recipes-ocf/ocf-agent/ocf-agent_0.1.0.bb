@@ -44,6 +44,13 @@ do_fetch[prefuncs] += "ocf_agent_check_source"
 # tools are not built. Cargo.lock is the workspace's (one level up).
 CARGO_SRC_DIR = "agent"
 
+# rppal: Raspberry Pi hardware PWM through rppal, which board/rpi4.toml and board/rpi5.toml use
+# ("pwm-rppal"); on for the Raspberry Pi machines (meta-raspberrypi puts "rpi" into
+# MACHINEOVERRIDES). The cargo class passes PACKAGECONFIG_CONFARGS to `cargo build`.
+PACKAGECONFIG ??= ""
+PACKAGECONFIG:rpi ??= "rppal"
+PACKAGECONFIG[rppal] = "--features rppal"
+
 # The workspace's release profile strips the binary; leave that to the build system, which
 # keeps the symbols in ${PN}-dbg (and rejects an already stripped file, insane.bbclass).
 export CARGO_PROFILE_RELEASE_STRIP = "false"
