@@ -1,5 +1,5 @@
-//! What the agent does with its state directory before it serves anything (issue 6 item 4,
-//! OCF-PROTOCOL.md §9 "boot-time recovery"):
+//! What the agent does with its state directory before it serves anything (OCF-PROTOCOL.md §9
+//! "boot-time recovery"):
 //!
 //! 1. The security state (`security.cbor`) is read first: it is the journal of a factory reset
 //!    (`dos.s` RESET with `p` set is written before anything is wiped).

@@ -1,4 +1,4 @@
-//! The console's way in: `ocf-agent factory-reset` (issue 6 item 2).
+//! The console's way in: `ocf-agent factory-reset` (OCF-PROTOCOL.md §9).
 //!
 //! A running agent listens on `STATE/control.sock`, a Unix socket of mode 0600 in the 0700 state
 //! directory, so only the account that runs the agent (root on the image) can use it: being at

@@ -1,4 +1,4 @@
-//! Maintenance in the daemon (issue 6, OCF-PROTOCOL.md §3.4, §9): carries out, step by step,
+//! Maintenance in the daemon (OCF-PROTOCOL.md §3.4, §9): carries out, step by step,
 //! the sans-IO procedures of [`ocf::maintenance`] that `/oic/mnt`, pstat and the console
 //! (`ocf-agent factory-reset`, [`crate::control`]) ask for. What comes next and every bound
 //! (deregistration timeout, sign-out bound, reboot command limit, reboot timeout) are the

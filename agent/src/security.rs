@@ -1,4 +1,4 @@
-//! Device security in the daemon (DESIGN.md §4, issue 4): the files and the cryptography
+//! Device security in the daemon (DESIGN.md §4): the files and the cryptography
 //! around the sans-IO core. Every access rule is in [`ocf::server`] and [`ocf::security`].
 //!
 //! - **State**: `STATE/security.cbor`, written atomically with mode 0600 whenever the server

@@ -341,7 +341,7 @@ fn demo(extra: &[String]) -> Result<(), String> {
 /// `cargo xtask bench [SECONDS]`: builds the agent, the dev cloud and `ocf-bench` with the
 /// `bench-release` profile, and the shipped `release` agent twice (x86_64 glibc, and static
 /// x86_64 musl, adding the rustup target and finding a C compiler for ring as needed), then runs
-/// `ocf-bench`, which prints the README's table rows (issue 3's figures beside the goals and the
+/// `ocf-bench`, which prints the README's table rows (the figures beside their goals and the
 /// reference device's). SECONDS (default 5) per load run.
 fn bench(extra: &[String]) -> Result<(), String> {
     const MUSL: &str = "x86_64-unknown-linux-musl";

@@ -1,11 +1,11 @@
-//! The cloud figures of `cargo xtask bench` (issue 3, "Measured"): the agent and `ocf-dev-cloud`
+//! The cloud figures of `cargo xtask bench`: the agent and `ocf-dev-cloud`
 //! on loopback with TLS (coaps+tcp, the identity certificate from the cloud's CA).
 //!
 //! - process start → published: first boot (a `cloud.cbor` holding only the configuration, as an
 //!   installer would leave it): sign-up + sign-in + publish. An agent that is already registered
 //!   (state directory with identity.key/.crt, cloud-ca.pem and the `cloud.cbor` of an earlier run)
 //!   is then started N times: refresh (the restored token expires) + sign-in, and nothing to
-//!   publish (the RD's links are persisted and unchanged, issue 6): process start → signed in.
+//!   publish (the RD's links are persisted and unchanged): process start → signed in.
 //! - cloud connection cut → signed in again, through a [`Proxy`] that drops the connection.
 //! - forwarded GET through the HTTP API with 1 and 16 keep-alive clients, and the agent's CPU
 //!   time per forwarded GET (from /proc/PID/task/*/schedstat).

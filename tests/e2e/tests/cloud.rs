@@ -1,13 +1,12 @@
-//! The agent (sim board) and the development cloud (`ocf-dev-cloud`) on loopback (issue 3,
-//! "Shown by end-to-end tests"): provisioning of the identity certificate and CoAPCloudConf,
-//! sign-up, sign-in, publish, requests and observations through the cloud's HTTP API, token
+//! The agent (sim board) and the development cloud (`ocf-dev-cloud`) on loopback: provisioning
+//! of the identity certificate and CoAPCloudConf, sign-up, sign-in, publish, requests and observations through the cloud's HTTP API, token
 //! refresh, reconnects, the failure paths (`cps`/`clec`), deregistration, the cloud identity
 //! check, a cloud certificate that is not valid yet (a clock behind) retried without failing;
 //! and peers nobody here wrote against the cloud: libcoap's `coap-client` with TLS and a
 //! client certificate signs up and signs in (one request per connection, so its publish is
 //! refused 4.01 as on plgd), and aiocoap signs up, signs in and publishes on one connection.
 //!
-//! Until the Mediator (issue 4) does it over the secured local endpoint, a test provisions the
+//! Until the Mediator does it over the secured local endpoint, a test provisions the
 //! agent as an installer would: `ocf-agent csr` → the cloud's CSR API → `identity.crt` and
 //! `cloud-ca.pem` in the state directory, then CoAPCloudConf over the plain local coap+tcp
 //! endpoint.

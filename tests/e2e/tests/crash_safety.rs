@@ -1,4 +1,4 @@
-//! Crash safety (issue 6): a `kill -9` injected at each persistence point of a first start, of
+//! Crash safety: a `kill -9` injected at each persistence point of a first start, of
 //! a provisioning and of a factory reset, followed by a restart, always ends in a consistent
 //! state. The agent in its secure mode, the development cloud and `ocf-mediator` on loopback,
 //! ports chosen by the OS.

@@ -1,4 +1,4 @@
-//! Maintenance-state changes (issue 6): the agent in its secure mode, the development cloud and
+//! Maintenance-state changes (OCF-PROTOCOL.md §9): the agent in its secure mode, the development cloud and
 //! `ocf-mediator` on loopback, ports chosen by the OS.
 //!
 //! - `/oic/mnt` is published, reads `fr`/`rb` false and `err` 0 through the cloud, refuses bad

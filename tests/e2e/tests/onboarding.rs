@@ -1,4 +1,4 @@
-//! First-boot provisioning by the Mediator (issue 4, "Shown by tests"): the agent in its secure
+//! First-boot provisioning by the Mediator: the agent in its secure
 //! mode (no `--insecure-dev`; coaps+tcp endpoint, PIN from `--pin-file` or printed once), the
 //! development cloud, and `ocf-mediator` on loopback with ports chosen by the OS.
 //!

@@ -7,7 +7,7 @@ use std::time::Duration;
 /// iotivity-lite schedule): more than 1 h → 10 min before expiry; more than 4 min → 2 min
 /// before; more than 20 s → 10 s before; `<= 0` → never (`None`). For 20 s or less
 /// iotivity-lite refreshes *at* expiry, which races the cloud's clock; we refresh when a third
-/// of the lifetime is left, so a short-lived token is replaced before it expires (issue 3).
+/// of the lifetime is left, so a short-lived token is replaced before it expires.
 ///
 /// plgd hub already reports the sign-in `expiresin` 2 min short of the JWT expiry and refuses
 /// tokens with less than 2 min left (§10), so the margins are needed.
@@ -31,7 +31,7 @@ pub fn backoff_ceiling(failures: u32, base: Duration, cap: Duration) -> Duration
 
 /// The back-off delay with FULL jitter: uniform in `[0, backoff_ceiling(..)]`. Full jitter (AWS
 /// architecture blog, "Exponential Backoff And Jitter") spreads a fleet that lost its cloud at the
-/// same moment over the whole window, so a restarted cloud is not stampeded (issue 3).
+/// same moment over the whole window, so a restarted cloud is not stampeded.
 pub fn backoff_delay(
     failures: u32,
     base: Duration,

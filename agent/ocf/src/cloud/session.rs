@@ -17,7 +17,7 @@
 //! - RFC 8323 Ping when idle, Pong timeout, reconnect after 6 misses (§7.3);
 //! - the 4.01 paths (§4, §5.2, §5.3, iotivity-lite#22/#74), `redirecturi` (§5.1), sign-out
 //!   (§5.2), deregistration with a 10 s timeout (§4, §5.4);
-//! - reconnect with exponential back-off and full jitter (issue 3, [`super::schedule`]);
+//! - reconnect with exponential back-off and full jitter ([`super::schedule`]);
 //! - `cps`/`clec` per the §4 transition table, `clec` 0 while still retrying (§12,
 //!   iotivity-lite#35/#47).
 //!
@@ -121,7 +121,7 @@ const TOKEN_LEN: usize = 8;
 const MAX_INS_PER_UNPUBLISH: usize = 16;
 
 /// Resource types that are never published: discovery itself, the security resources and the
-/// cloud configuration (issue 3 item 2; §7.6 "Not published").
+/// cloud configuration (OCF-PROTOCOL.md §7.6, "Not published").
 const UNPUBLISHED_RTS: &[&str] = &[
     "oic.wk.res",
     "oic.wk.introspection",
@@ -168,9 +168,9 @@ pub struct Timing {
     pub deregister_timeout: Duration,
     /// The driver's connect (TCP + TLS) attempt counts as failed after this long.
     pub connect_timeout: Duration,
-    /// First back-off ceiling (issue 3: first retry within 1 s).
+    /// First back-off ceiling (the first retry comes within 1 s).
     pub backoff_base: Duration,
-    /// Back-off cap (issue 3: 60 s).
+    /// Back-off cap (60 s).
     pub backoff_cap: Duration,
     /// Consecutive failed attempts per server before `cps` becomes `failed` (or the next
     /// `x.org.iotivity.servers` entry is tried while signing up) (§7.1: iotivity-lite's 6).
@@ -1070,7 +1070,7 @@ impl CloudSession {
     /// Whether the last deregistration reached the cloud (it answered `DELETE
     /// /oic/sec/account`), or there was no registration to tell it about. `false` when it was
     /// completed without the cloud (no connection, no answer within the timeout): the cloud may
-    /// still list the device (issue 6: the factory reset reports it in `/oic/mnt` `err`).
+    /// still list the device (the factory reset reports it in `/oic/mnt` `err`).
     pub fn deregistration_told(&self) -> bool {
         self.deregistration_told
     }
@@ -1857,7 +1857,7 @@ fn request(
     p
 }
 
-/// Not published: discovery, security and cloud-configuration resources (issue 3 item 2).
+/// Not published: discovery, security and cloud-configuration resources.
 fn is_publishable(link: &RdLink) -> bool {
     !link.href.is_empty()
         && link.href != "/oic/res"

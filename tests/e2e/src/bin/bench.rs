@@ -1,10 +1,10 @@
 //! `cargo xtask bench`: starts the release agent on loopback and measures it from outside.
-//! Prints Markdown rows for the README's performance table, each beside issue 3's goal and the
+//! Prints Markdown rows for the README's performance table, each beside its goal and the
 //! reference device's (iotivity-lite, OCF-PROTOCOL.md §7.7) figure where there is one.
 //!
 //! Local figures: GET /oic/d over coap+tcp with 1 and 16 concurrent connections (requests/s,
 //! p50/p99 latency), notification latencies, the agent's idle RSS, the stripped binary size.
-//! Cloud figures (issue 3 "Measured", [`bench_cloud`]), agent and `ocf-dev-cloud` on loopback
+//! Cloud figures ([`bench_cloud`]), agent and `ocf-dev-cloud` on loopback
 //! with TLS: process start → signed in (restart of a registered agent), → published (first boot with the
 //! sign-up), connection cut → signed in again, GET forwarded through the cloud's HTTP API with 1
 //! and 16 keep-alive clients, RSS signed in and idle for the glibc and the static musl release
@@ -226,9 +226,7 @@ fn main() {
     let row = |figure: &str, value: String, goal: &str, reference: &str| {
         println!("| {figure} | {value} | {goal} | {reference} | {machine} |");
     };
-    println!(
-        "| figure | value | goal (issue 3) | iotivity-lite (OCF-PROTOCOL.md §7.7) | machine |"
-    );
+    println!("| figure | value | goal | iotivity-lite (OCF-PROTOCOL.md §7.7) | machine |");
     println!("|---|---|---|---|---|");
 
     // Local endpoints, no cloud.
