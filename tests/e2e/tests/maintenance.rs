@@ -131,13 +131,13 @@ fn oic_mnt_is_published_reads_false_and_refuses_bad_bodies() {
     let agent = b.agent(&[]);
     b.onboard(&agent);
     let di = agent.di.clone();
-    let links = serde_json::Value::Array(b.cloud.links(&di));
-    let mnt_link = links
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["href"] == "/oic/mnt")
-        .unwrap_or_else(|| panic!("/oic/mnt not published: {links}"));
+    // `cps registered` comes with the sign-in; the publish follows it.
+    let mnt_link = wait_for(Duration::from_secs(10), "/oic/mnt published", || {
+        b.cloud
+            .links(&di)
+            .into_iter()
+            .find(|l| l["href"] == "/oic/mnt")
+    });
     assert!(
         mnt_link["resourceTypes"].to_string().contains("oic.wk.mnt"),
         "{mnt_link}"
