@@ -516,9 +516,11 @@ fn a_wrong_pin_is_refused_and_then_rate_limited_with_growing_delays() {
             "{}",
             run.output()
         );
+        // The Mediator reports the Max-Age it got, which counts down from the wire's: on a
+        // loaded machine its run reaches step 3 a few seconds later.
         let secs = retry_after(&run.stderr);
         assert!(
-            secs <= wire && secs + 1 >= wire,
+            secs <= wire && secs + 3 >= wire,
             "Max-Age {wire}, the Mediator said {secs}"
         );
         delays.push(wire);
