@@ -4,6 +4,8 @@
 //! daemon (`ocf-agent`), the development cloud and the Mediator share one implementation and
 //! every schedule can be tested on a virtual clock.
 
+#![forbid(unsafe_code)]
+
 pub mod cloud;
 pub mod coap;
 pub mod maintenance;
