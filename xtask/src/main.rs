@@ -491,8 +491,13 @@ fn fuzz(extra: &[String]) -> Result<(), String> {
         // (about 7 times the executions per second) but with overflow checks and debug
         // assertions on; `--asan` brings the sanitizer back for the unsafe code in dependencies.
         let mut cmd = Command::new("cargo");
-        cmd.current_dir(&fuzz_dir)
-            .args(["+nightly", "fuzz", "run", "--release", "--debug-assertions"]);
+        cmd.current_dir(&fuzz_dir).args([
+            "+nightly",
+            "fuzz",
+            "run",
+            "--release",
+            "--debug-assertions",
+        ]);
         if !asan {
             cmd.args(["--sanitizer", "none"]);
         }
@@ -500,7 +505,10 @@ fn fuzz(extra: &[String]) -> Result<(), String> {
             .args([target, "--"])
             .arg(&limit)
             .arg("-print_final_stats=1"))?;
-        eprintln!("xtask: {target} done in {:.0} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "xtask: {target} done in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
