@@ -7,7 +7,7 @@
 //! deadline. [`Conns`] applies them with tokio: it accepts, asks the table, and stops the
 //! connection tasks the table names.
 //!
-//! - **Caps**: at most [`Limits::per_address`] connections from one IP address and
+//! - **Caps**: at most [`Limits::per_address`] connections from one IPv4 address or IPv6 /64, and
 //!   [`Limits::total`] in all. A connection that would exceed either is still admitted: the
 //!   connection idle the longest (from that address if its cap is the one reached) that is not
 //!   the owner's is closed to make room, so a newcomer always gets its turn. Only when every
@@ -131,9 +131,17 @@ pub struct ConnTable {
     next_id: u64,
 }
 
-/// The same address whether it came as IPv4 or as IPv4-mapped IPv6.
+/// The unit the per-address cap counts: an IPv4 address (also when it came IPv4-mapped), or
+/// an IPv6 /64. A host given a /64 (RFC 4291 §2.5.4, SLAAC) can use any of its 2^64
+/// addresses, so counting whole IPv6 addresses would cap nothing.
 fn canonical(address: IpAddr) -> IpAddr {
-    address.to_canonical()
+    match address.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
 }
 
 impl ConnTable {
@@ -220,6 +228,13 @@ impl ConnTable {
             e.established = true;
             e.owner = owner;
             e.last_active = now;
+        }
+    }
+
+    /// The peer of `id` became the device's owner after its handshake (it took ownership).
+    pub fn became_owner(&mut self, id: u64) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.owner = true;
         }
     }
 
@@ -396,6 +411,11 @@ impl Slot {
             .established(self.id, owner, Instant::now());
         self.conns.changed.notify_one();
     }
+
+    /// The peer took ownership of the device on this connection: never evict it.
+    pub fn became_owner(&self) {
+        self.conns.table.borrow_mut().became_owner(self.id);
+    }
 }
 
 impl Drop for Slot {
@@ -539,6 +559,39 @@ mod tests {
             "a quiet since +50 ms, c only since its accept at +60"
         );
         assert!(t.entries.contains_key(&c));
+    }
+
+    #[test]
+    fn ipv6_addresses_of_one_64_prefix_share_one_cap() {
+        let mut t = ConnTable::new(limits());
+        let t0 = Instant::now();
+        let v6 = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let (a, _) = admitted(t.admit(v6("2001:db8:1:2::1"), t0));
+        let (_, evicted) = admitted(t.admit(v6("2001:db8:1:2:ffff::9"), t0 + ms(1)));
+        assert_eq!(evicted, None);
+        // A third address from the same /64 is over the cap of 2: the longest idle goes.
+        let (_, evicted) = admitted(t.admit(v6("2001:db8:1:2:dead:beef::1"), t0 + ms(2)));
+        assert_eq!(evicted, Some(a));
+        assert_eq!(t.count_from(v6("2001:db8:1:2::77")), 2);
+        // Another /64 has its own cap.
+        let (_, evicted) = admitted(t.admit(v6("2001:db8:1:3::1"), t0 + ms(3)));
+        assert_eq!(evicted, None);
+        assert_eq!(t.count_from(v6("2001:db8:1:3::2")), 1);
+    }
+
+    #[test]
+    fn a_connection_that_takes_ownership_after_its_handshake_is_never_evicted() {
+        let mut t = ConnTable::new(limits());
+        let t0 = Instant::now();
+        let (mediator, _) = admitted(t.admit(ip(1), t0));
+        t.established(mediator, false, t0);
+        t.became_owner(mediator);
+        // However long it stays quiet, newcomers from its address take other places.
+        let (other, evicted) = admitted(t.admit(ip(1), t0 + ms(10)));
+        assert_eq!(evicted, None);
+        let (_, evicted) = admitted(t.admit(ip(1), t0 + ms(500)));
+        assert_eq!(evicted, Some(other));
+        assert!(t.entries.contains_key(&mediator));
     }
 
     #[test]

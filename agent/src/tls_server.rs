@@ -244,10 +244,18 @@ async fn connection(
     let certs: Option<Vec<CertificateDer<'static>>> = conn.peer_certificates().map(|c| c.to_vec());
     let (id, outbox) = agent.open_stream();
     agent.open_tls(id, certs.as_deref().unwrap_or_default(), exporter.to_vec());
-    slot.established(agent.is_owner(id));
+    let mut owner = agent.is_owner(id);
+    slot.established(owner);
     debug!(%peer, connection = id, ?version, "secure connection opened");
     let result = tcp::run_connection(tls, &agent, id, outbox, shutdown, |packet| {
-        agent.serve(Peer::Tls(id), packet).unwrap_or_default()
+        let answer = agent.serve(Peer::Tls(id), packet).unwrap_or_default();
+        // An onboarding Mediator's connection becomes the owner's partway through (the
+        // ownership transfer on it succeeded): from then on it is never evicted.
+        if !owner && agent.is_owner(id) {
+            owner = true;
+            slot.became_owner();
+        }
+        answer
     })
     .await;
     if let Err(e) = result {
