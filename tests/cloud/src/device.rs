@@ -576,7 +576,7 @@ impl Conn {
             let mut first = rest.first;
             let expected = first.payload.len();
             match block {
-                Some(b) if b.num as usize * b.size() == expected => {
+                Some(b) if (b.num as usize).checked_mul(b.size()) == Some(expected) => {
                     first.payload.extend_from_slice(&p.payload)
                 }
                 // An error, or a block that does not follow: the body is given up on.
