@@ -128,6 +128,8 @@ pub enum CloseReason {
     /// The cloud released or aborted the connection, or broke the framing (then it got an
     /// Abort, RFC 8323 §5.6).
     Peer(String),
+    /// The daemon stops.
+    ShuttingDown,
 }
 
 impl CloseReason {
@@ -145,6 +147,7 @@ impl fmt::Display for CloseReason {
             Self::SessionReplaced => f.write_str("factory reset"),
             Self::ObserverTooSlow => f.write_str("observer too slow"),
             Self::Peer(reason) => write!(f, "closed by the cloud: {reason}"),
+            Self::ShuttingDown => f.write_str("shutting down"),
         }
     }
 }
@@ -361,6 +364,18 @@ impl CloudLink {
             release,
             reason: CloseReason::SessionReplaced,
         });
+    }
+
+    /// The daemon stops: the connection is released (RFC 8323 §5.5). The session is left as it
+    /// is; what it persisted is what the next start resumes from.
+    pub fn shut_down(&mut self) {
+        let release = self.release("shutting down");
+        if self.drop_connection() {
+            self.outputs.push_back(Output::Close {
+                release,
+                reason: CloseReason::ShuttingDown,
+            });
+        }
     }
 
     /// Bytes read from the connection.
