@@ -43,6 +43,9 @@ use crate::coap::tcp_conn::{ConnEvent, TcpConnection};
 
 /// The largest block number a Block1 option can carry (20 bits, RFC 7959 §2.2).
 const MAX_BLOCK_NUM: u32 = (1 << 20) - 1;
+/// Block-wise requests kept per connection. The session has at most two requests in flight;
+/// a transfer it gave up on without closing the connection is forgotten beyond this.
+const MAX_UPLOADS: usize = 4;
 
 /// What the daemon must do, in order. Drain with [`CloudLink::poll_output`] after every input.
 pub enum Output {
@@ -130,13 +133,6 @@ pub enum CloseReason {
     Peer(String),
     /// The daemon stops.
     ShuttingDown,
-}
-
-impl CloseReason {
-    /// Whether the connection failed rather than being closed on purpose.
-    pub fn is_failure(&self) -> bool {
-        matches!(self, Self::ObserverTooSlow | Self::Peer(_))
-    }
 }
 
 impl fmt::Display for CloseReason {
@@ -345,10 +341,10 @@ impl CloudLink {
     /// The daemon gave up queueing notifications for this connection (the cloud does not read
     /// them): close it, and let the cloud observe anew on the next one.
     pub fn notifications_overflowed(&mut self, now: Instant) {
-        if let Some(release) = self.release("observer too slow") {
-            self.drop_connection();
+        let release = self.release("observer too slow");
+        if self.drop_connection() {
             self.outputs.push_back(Output::Close {
-                release: Some(release),
+                release,
                 reason: CloseReason::ObserverTooSlow,
             });
             self.session.borrow_mut().handle_disconnected(now);
@@ -521,6 +517,9 @@ impl CloudLink {
                 };
                 match upload.seek(0).map(|()| conn.tcp.encode(&upload.block())) {
                     Some(Ok(bytes)) => {
+                        if conn.uploads.len() >= MAX_UPLOADS {
+                            conn.uploads.remove(0);
+                        }
                         conn.uploads.push(upload);
                         Output::Transmit(bytes)
                     }
