@@ -1,15 +1,25 @@
-//! The cloud link (OCF-PROTOCOL.md §1, §5-§8): a tokio task that drives the sans-IO
-//! [`CloudSession`] over one coaps+tcp (or, for development clouds, coap+tcp) connection.
+//! The cloud link's I/O (OCF-PROTOCOL.md §1, §5-§8): a tokio task that moves bytes for the
+//! sans-IO [`CloudLink`] over one coaps+tcp (or, for development clouds, coap+tcp) connection.
 //!
-//! On that single connection the device is a CoAP client (sign-up, sign-in, refresh, publish:
-//! the session's requests) and a CoAP server: requests the cloud forwards are served by the
-//! same resource tree as the local endpoints, and the connection is registered with
-//! [`Agent::open_stream`] so that observations the cloud makes (plgd's batch observation of
-//! `/oic/res?if=oic.if.b` included) are notified on it like on any local connection.
+//! Every protocol decision is the link's (`ocf::cloud::link`): our CSM first, Pongs, keepalive
+//! Pings and their timeout, Abort on a bad frame, Block2 fitting of responses and
+//! notifications, Block1 for requests larger than the cloud's Max-Message-Size, when to
+//! reconnect. This task only:
+//!
+//! - resolves, connects (TCP_NODELAY, §7.7) and runs TLS for [`Output::Connect`], and reports
+//!   the result ([`CloudLink::connected`], [`CloudLink::connect_failed`]);
+//! - feeds what it reads to [`CloudLink::receive`], writes [`Output::Transmit`] within
+//!   [`WRITE_TIMEOUT`] and reports a broken stream ([`CloudLink::transport_lost`]);
+//! - executes [`Output::Close`] (a Release first when the link gives one);
+//! - serves [`Output::Request`]s through the resource tree and hands the answers back
+//!   ([`CloudLink::respond`]); the connection is registered with [`Agent::open_stream`] so that
+//!   observations the cloud makes (plgd's batch observation of `/oic/res?if=oic.if.b`
+//!   included) are notified on it like on any local connection ([`CloudLink::notify`]);
+//! - persists the session's state and logs its progress.
 //!
 //! - **Configuration**: CoAPCloudConf is served by [`ocf::server::Server`] over the session it
-//!   shares with this task; a write wakes the task ([`ocf::server::Event::CloudConfChanged`]).
-//! - **Persistence**: every [`Action::Persist`] is written atomically (0600) to `cloud.cbor` in
+//!   shares with the link; a write wakes the task ([`ocf::server::Event::CloudConfChanged`]).
+//! - **Persistence**: every [`Output::Persist`] is written atomically (0600) to `cloud.cbor` in
 //!   the state directory; it is restored at start, so a registered device signs in again after a
 //!   restart without a second sign-up (§7.5).
 //! - **Onboarding gate**: the link runs only in RFNOP; always in the development mode
@@ -17,14 +27,13 @@
 //! - **Transport**: `coaps+tcp://host[:5684]` (TLS 1.3 / 1.2 with the identity certificate of
 //!   `/oic/sec/cred` and the identity key, the cloud verified against the trust anchors
 //!   provisioned for its `sid` and CN `uuid:<sid>`, [`crate::tls`]) or, in the development
-//!   mode only, `coap+tcp://host[:5683]` (plain); TCP_NODELAY (§7.7); our CSM first (§2.4),
-//!   Pongs answered by [`TcpConnection`].
+//!   mode only, `coap+tcp://host[:5683]` (plain).
 //! - **Authorisation**: requests the cloud forwards are checked against the ACEs for the
 //!   cloud's `sid` ([`ocf::server::Server::handle`]); without one they get 4.01.
 //! - **Timing**: [`Timing::default`] is the documented behaviour. The hidden flag
 //!   `--cloud-timing KEY=VALUE,...` shortens it for tests (see [`parse_timing`]).
 //!
-//! Never logged: `at`, tokens, keys ([`Action`]'s and the payload types' `Debug` redact them;
+//! Never logged: `at`, tokens, keys ([`Output`]'s and the payload types' `Debug` redact them;
 //! request bodies are not logged at all).
 
 use std::cell::Cell;
@@ -36,11 +45,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coap_lite::{MessageClass, Packet};
+use coap_lite::Packet;
+use ocf::cloud::link::{CloseReason, CloudLink, Output};
 use ocf::cloud::resource::{SharedSession, HREF};
 use ocf::cloud::uri::CloudUri;
-use ocf::cloud::{Action, CloudSession, ConnectError, DeviceInfo, PersistedState, Timing};
-use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
+use ocf::cloud::{CloudSession, ConnectError, DeviceInfo, PersistedState, Timing};
 use ocf::security::PeerIdentity;
 use ocf::server::{ConnKind, Peer};
 use rustls::ClientConfig;
@@ -97,14 +106,14 @@ impl From<String> for ConnectFailure {
 pub struct Cloud {
     session: SharedSession,
     timing: Timing,
-    /// A sign-out (before a reboot) finished: [`Action::SignedOut`] was seen.
+    /// A sign-out (before a reboot) finished: [`Output::SignedOut`] was seen.
     signed_out: Cell<bool>,
     /// The session was replaced (a factory reset): whatever connection the link task still
     /// holds belongs to the old identity and must be closed, even if the old session's
     /// `Disconnect` had not been executed yet.
     drop_link: Cell<bool>,
     signed_out_notify: Notify,
-    /// A deregistration completed ([`Action::Deregistered`]).
+    /// A deregistration completed ([`Output::Deregistered`]).
     deregistered: Notify,
 }
 
@@ -185,10 +194,6 @@ impl Cloud {
     /// How long a request to the cloud may take (the bound of a sign-out).
     pub fn request_timeout(&self) -> Duration {
         self.timing.request_timeout
-    }
-
-    fn next_action(&self) -> Option<Action> {
-        self.session.borrow_mut().poll_action()
     }
 
     fn with_session<R>(&self, f: impl FnOnce(&mut CloudSession) -> R) -> R {
@@ -355,7 +360,7 @@ fn prepare_connect(
     }
 }
 
-/// Opens the connection for [`Action::Connect`]: TCP (TCP_NODELAY), then TLS for `coaps+tcp`.
+/// Opens the connection for [`Output::Connect`]: TCP (TCP_NODELAY), then TLS for `coaps+tcp`.
 /// Returns the stream and, over TLS, the cloud's identity (its certificate was verified against
 /// the trust anchors, CN `uuid:<sid>` included).
 async fn connect(
@@ -410,17 +415,16 @@ async fn connect(
     Ok((Box::new(stream), identity))
 }
 
-/// The live connection.
-struct Link {
+/// The live connection: the byte stream and the agent's view of it.
+struct Transport {
     io: Box<dyn Io>,
-    conn: TcpConnection,
     /// Its id in [`Agent`]'s stream table (observations are tied to it).
     id: u64,
     /// Notifications for the cloud's observations.
     outbox: mpsc::Receiver<Packet>,
 }
 
-impl Link {
+impl Transport {
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         let io = &mut self.io;
         match tokio::time::timeout(WRITE_TIMEOUT, async {
@@ -437,19 +441,10 @@ impl Link {
         }
     }
 
-    async fn send(&mut self, packet: &Packet) -> io::Result<()> {
-        let bytes = self
-            .conn
-            .encode(packet)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        self.write(&bytes).await
-    }
-
-    /// Closes the connection: a Release first if it is still healthy, then forget its
+    /// Closes the connection, writing `release` first if given, then forgets its
     /// observations.
-    async fn close(mut self, agent: &Agent, release: Option<&str>) {
-        if let Some(reason) = release {
-            let bytes = self.conn.release(reason);
+    async fn close(mut self, agent: &Agent, release: Option<Vec<u8>>) {
+        if let Some(bytes) = release {
             let _ = tokio::time::timeout(RELEASE_TIMEOUT, async {
                 let _ = self.io.write_all(&bytes).await;
                 let _ = self.io.shutdown().await;
@@ -497,7 +492,7 @@ async fn recv_opt(outbox: Option<&mut mpsc::Receiver<Packet>>) -> Option<Packet>
     }
 }
 
-/// The link task: executes the session's actions and feeds it what happens.
+/// The link task: executes the link's outputs and feeds it what happens on the socket.
 async fn run(
     cloud: Rc<Cloud>,
     agent: Rc<Agent>,
@@ -505,75 +500,94 @@ async fn run(
     dir: PathBuf,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut link: Option<Link> = None;
+    let mut link = CloudLink::new(cloud.session.clone(), MAX_MESSAGE_SIZE);
+    let mut transport: Option<Transport> = None;
     let mut connecting: Option<ConnectFuture> = None;
     let mut buf = vec![0u8; READ_CHUNK];
     // The last clock failure's description, for the session's one ClockBehind report.
     let mut clock_behind: Option<String> = None;
+    let mut stopping = false;
     loop {
         if cloud.drop_link.take() {
-            connecting = None;
-            if let Some(old) = link.take() {
-                debug!("closing the cloud connection of the identity a factory reset replaced");
-                old.close(&agent, Some("factory reset")).await;
-            }
+            link.session_replaced();
         }
-        // 1. Do what the session asks.
-        let mut lost = None;
-        while let Some(action) = cloud.next_action() {
-            match action {
-                Action::Connect { uri, sid } => {
-                    if let Some(old) = link.take() {
-                        old.close(&agent, Some("reconnecting")).await;
+        // 1. Do what the link asks.
+        while let Some(output) = link.poll_output() {
+            match output {
+                Output::Connect { uri, sid } => {
+                    if let Some(old) = transport.take() {
+                        old.close(&agent, None).await;
                     }
                     info!(%uri, %sid, "connecting to the cloud");
                     let prepared = prepare_connect(&agent, &credentials, &uri, &sid);
                     connecting = Some(Box::pin(connect(uri, prepared)));
                 }
-                Action::Disconnect => {
+                Output::Transmit(bytes) => {
+                    let Some(t) = transport.as_mut() else {
+                        continue;
+                    };
+                    if let Err(e) = t.write(&bytes).await {
+                        warn!("cloud connection lost: {e}");
+                        if let Some(old) = transport.take() {
+                            old.close(&agent, None).await;
+                        }
+                        link.transport_lost(Instant::now());
+                    }
+                }
+                Output::Close { release, reason } => {
                     connecting = None;
-                    if let Some(old) = link.take() {
-                        debug!("closing the cloud connection");
-                        old.close(&agent, Some("closing")).await;
-                    }
-                    lost = None;
-                }
-                Action::Send(packet) => {
-                    if let (Some(l), None) = (link.as_mut(), &lost) {
-                        debug!(action = ?Action::Send(packet.clone()), "to the cloud");
-                        if let Err(e) = l.send(&packet).await {
-                            lost = Some(e.to_string());
+                    match &reason {
+                        CloseReason::Requested => debug!("closing the cloud connection"),
+                        CloseReason::SessionReplaced => debug!(
+                            "closing the cloud connection of the identity a factory reset replaced"
+                        ),
+                        CloseReason::ObserverTooSlow => {
+                            warn!("the cloud does not keep up with notifications; reconnecting")
                         }
+                        CloseReason::Peer(_) => warn!("cloud connection lost: {reason}"),
+                        CloseReason::Reconnecting | CloseReason::ShuttingDown => {}
+                    }
+                    if let Some(old) = transport.take() {
+                        old.close(&agent, release).await;
                     }
                 }
-                Action::SendPing { token } => {
-                    if let (Some(l), None) = (link.as_mut(), &lost) {
-                        let bytes = l.conn.ping(&token);
-                        if let Err(e) = l.write(&bytes).await {
-                            lost = Some(e.to_string());
-                        }
-                    }
+                Output::Request(request) => {
+                    let Some(t) = transport.as_ref() else {
+                        continue;
+                    };
+                    // Authorised against the ACEs for the cloud's sid (crate::security).
+                    let Some(response) = agent.serve(Peer::Cloud(t.id), &request) else {
+                        continue;
+                    };
+                    debug!(
+                        method = %request.header.code,
+                        path = %uri_path(&request),
+                        code = %response.header.code,
+                        "request from the cloud"
+                    );
+                    link.respond(&request, response);
                 }
-                Action::Persist(state) => persist(&dir, &state),
-                Action::StatusChanged { cps, clec } => {
+                Output::Undeliverable { what, error } => {
+                    warn!("cannot send {what} to the cloud: {error}")
+                }
+                Output::Persist(state) => persist(&dir, &state),
+                Output::StatusChanged { cps, clec } => {
                     info!(%cps, clec = clec.as_u8(), "cloud status");
                     agent.device().mark_changed(HREF);
                     agent.flush_notifications();
                 }
-                Action::Registered { uid } => info!(%uid, "signed up with the cloud"),
-                Action::SignedIn { expiresin } => {
-                    info!(expiresin, "signed in to the cloud")
-                }
-                Action::Published { links } => {
+                Output::Registered { uid } => info!(%uid, "signed up with the cloud"),
+                Output::SignedIn { expiresin } => info!(expiresin, "signed in to the cloud"),
+                Output::Published { links } => {
                     let hrefs: Vec<&str> = links.iter().map(|l| l.href.as_str()).collect();
                     info!(?hrefs, "published to the cloud");
                 }
-                Action::Unpublished { hrefs } => info!(?hrefs, "unpublished from the cloud"),
-                Action::Deregistered => {
+                Output::Unpublished { hrefs } => info!(?hrefs, "unpublished from the cloud"),
+                Output::Deregistered => {
                     info!("deregistered from the cloud");
                     cloud.deregistered.notify_waiters();
                 }
-                Action::ClockBehind => {
+                Output::ClockBehind => {
                     let message = clock_behind.take().unwrap_or_else(|| {
                         "the cloud's certificate is not valid yet; the system clock is probably \
                          behind: no time sync yet? retrying"
@@ -581,26 +595,26 @@ async fn run(
                     });
                     warn!("cannot connect to the cloud: {message}");
                 }
-                Action::SignedOut => {
+                Output::SignedOut => {
                     info!("signed out of the cloud");
                     cloud.signed_out.set(true);
                     cloud.signed_out_notify.notify_waiters();
                 }
             }
         }
-        if let Some(reason) = lost.take() {
-            if let Some(old) = link.take() {
-                warn!("cloud connection lost: {reason}");
+        if stopping {
+            if let Some(old) = transport.take() {
                 old.close(&agent, None).await;
-                cloud.with_session(|s| s.handle_disconnected(Instant::now()));
-                continue;
             }
+            return;
         }
+        // Notifications the requests above caused.
+        agent.flush_notifications();
 
         // 2. Wait for the next thing to happen.
-        let deadline = cloud.session.borrow().poll_timeout();
-        let (io, outbox) = match link.as_mut() {
-            Some(l) => (Some(&mut l.io), Some(&mut l.outbox)),
+        let deadline = link.poll_timeout();
+        let (io, outbox) = match transport.as_mut() {
+            Some(t) => (Some(&mut t.io), Some(&mut t.outbox)),
             None => (None, None),
         };
         let event = tokio::select! {
@@ -612,10 +626,10 @@ async fn run(
             _ = shutdown.changed() => Event::Shutdown,
         };
 
-        // 3. Tell the session.
+        // 3. Tell the link.
         let now = Instant::now();
         match event {
-            Event::Timer => cloud.with_session(|s| s.handle_timeout(now)),
+            Event::Timer => link.handle_timeout(now),
             Event::Wake => cloud.sync_links(&agent),
             Event::Connected(Ok((io, identity))) => {
                 connecting = None;
@@ -624,150 +638,41 @@ async fn run(
                     .server
                     .borrow_mut()
                     .open(id, ConnKind::Cloud { identity });
-                let mut l = Link {
-                    io,
-                    conn: TcpConnection::new(MAX_MESSAGE_SIZE),
-                    id,
-                    outbox,
-                };
-                // RFC 8323 §5.3: our CSM first, without waiting for the cloud's.
-                let csm = l.conn.start();
-                match l.write(&csm).await {
-                    Ok(()) => {
-                        info!("connected to the cloud");
-                        link = Some(l);
-                        cloud.with_session(|s| s.handle_connected(Instant::now()));
-                    }
-                    Err(e) => {
-                        warn!("cloud connection lost at once: {e}");
-                        l.close(&agent, None).await;
-                        cloud.with_session(|s| s.handle_disconnected(Instant::now()));
-                    }
-                }
+                transport = Some(Transport { io, id, outbox });
+                info!("connected to the cloud");
+                link.connected(now);
             }
             Event::Connected(Err(e)) => {
                 connecting = None;
                 match e.kind {
-                    // Logged once per run, when the session says so (Action::ClockBehind).
+                    // Logged once per run, when the session says so (Output::ClockBehind).
                     ConnectError::ClockBehind => {
                         debug!("cannot connect to the cloud: {}", e.message);
                         clock_behind = Some(e.message);
                     }
                     ConnectError::Network => warn!("cannot connect to the cloud: {}", e.message),
                 }
-                cloud.with_session(|s| s.handle_connect_failed(e.kind, now));
+                link.connect_failed(e.kind, now);
             }
-            Event::Read(Ok(n)) if n > 0 => {
-                let Some(l) = link.as_mut() else { continue };
-                if let Err(reason) = receive(&cloud, &agent, l, &buf[..n], now).await {
-                    if let Some(old) = link.take() {
-                        warn!("cloud connection lost: {reason}");
-                        old.close(&agent, None).await;
-                        cloud.with_session(|s| s.handle_disconnected(Instant::now()));
-                    }
-                }
-            }
+            Event::Read(Ok(n)) if n > 0 => link.receive(&buf[..n], now),
             Event::Read(result) => {
-                if let Some(old) = link.take() {
+                if let Some(old) = transport.take() {
                     match result {
                         Ok(_) => info!("the cloud closed the connection"),
                         Err(e) => warn!("cloud connection lost: {e}"),
                     }
                     old.close(&agent, None).await;
-                    cloud.with_session(|s| s.handle_disconnected(now));
+                    link.transport_lost(now);
                 }
             }
-            Event::Outbound(Some(mut packet)) => {
-                if let Some(l) = link.as_mut() {
-                    // A notification larger than the cloud takes goes out as its first block;
-                    // the cloud fetches the rest (RFC 7959 §2.6).
-                    l.conn.fit(&Packet::new(), &mut packet);
-                    if let Err(e) = l.send(&packet).await {
-                        if let Some(old) = link.take() {
-                            warn!("cloud connection lost: {e}");
-                            old.close(&agent, None).await;
-                            cloud.with_session(|s| s.handle_disconnected(Instant::now()));
-                        }
-                    }
-                }
-            }
-            Event::Outbound(None) => {
-                // The agent gave up on this connection's notifications (the cloud did not keep
-                // up): its observations are gone, so reconnect and let the cloud observe anew.
-                if let Some(old) = link.take() {
-                    warn!("the cloud does not keep up with notifications; reconnecting");
-                    old.close(&agent, Some("observer too slow")).await;
-                    cloud.with_session(|s| s.handle_disconnected(now));
-                }
-            }
+            Event::Outbound(Some(packet)) => link.notify(packet),
+            // The agent gave up on this connection's notifications.
+            Event::Outbound(None) => link.notifications_overflowed(now),
             Event::Shutdown => {
-                if let Some(old) = link.take() {
-                    old.close(&agent, Some("shutting down")).await;
-                }
-                return;
+                link.shut_down();
+                stopping = true;
             }
         }
-    }
-}
-
-/// Handles bytes read from the cloud: responses and Pongs to the session, requests to the
-/// resource tree. `Err` ends the connection.
-async fn receive(
-    cloud: &Cloud,
-    agent: &Agent,
-    link: &mut Link,
-    bytes: &[u8],
-    now: Instant,
-) -> Result<(), String> {
-    let events = link.conn.receive(bytes);
-    cloud.with_session(|s| s.handle_received(now));
-    let mut out = Vec::new();
-    let mut close = None;
-    for event in events {
-        match event {
-            ConnEvent::Message(packet) => match packet.header.code {
-                MessageClass::Request(method) => {
-                    // Authorised against the ACEs for the cloud's sid (crate::security).
-                    let Some(response) = agent.serve(Peer::Cloud(link.id), &packet) else {
-                        continue;
-                    };
-                    debug!(
-                        ?method,
-                        path = %uri_path(&packet),
-                        code = %response.header.code,
-                        "request from the cloud"
-                    );
-                    let mut response = response;
-                    link.conn.fit(&packet, &mut response);
-                    match link.conn.encode(&response) {
-                        Ok(b) => out.extend(b),
-                        Err(e) => warn!("cannot send a response to the cloud: {e}"),
-                    }
-                }
-                MessageClass::Response(_)
-                    if !cloud.with_session(|s| s.handle_response(&packet, now)) =>
-                {
-                    debug!(code = %packet.header.code, "unsolicited response from the cloud");
-                }
-                _ => {}
-            },
-            ConnEvent::Transmit(b) => out.extend(b),
-            ConnEvent::Pong { token } => {
-                cloud.with_session(|s| s.handle_pong(&token, now));
-            }
-            ConnEvent::Close { reason } => {
-                close = Some(reason);
-                break;
-            }
-        }
-    }
-    if !out.is_empty() {
-        link.write(&out).await.map_err(|e| e.to_string())?;
-    }
-    agent.flush_notifications();
-    match close {
-        Some(reason) => Err(format!("closed by the cloud: {reason}")),
-        None => Ok(()),
     }
 }
 
@@ -805,7 +710,8 @@ pub(crate) mod tests {
     use std::sync::Arc;
 
     use ciborium::Value;
-    use coap_lite::{CoapOption, ResponseType};
+    use coap_lite::{CoapOption, MessageClass, ResponseType};
+    use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
     use ocf::resource::{
         Backend, Device, DeviceInfo as OcfDeviceInfo, Interface, Method, PlatformInfo, Policy,
         Props, Request, Resource, ResourceError, Response, RES_HREF,

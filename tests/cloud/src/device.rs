@@ -2,7 +2,8 @@
 //! [`TcpConnection`], the device's requests through [`crate::core::Core`], and the cloud's own
 //! requests to the device: discovery and observation after sign-in (hub style, OCF-PROTOCOL.md
 //! §6.1), requests forwarded from the HTTP API, and the keepalive (Ping after silence, close
-//! if no Pong, §7.3).
+//! if no Pong, §7.3). A device request larger than our Max-Message-Size arrives block-wise
+//! ([`crate::block1`]).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::app::{
     code_string, method_name, now_ms, packet_path, App, Command, ConnHandle, LogEntry,
 };
+use crate::block1::{Block1Assembler, Block1Outcome};
 use crate::core::{Effect, Session, URI_RES};
 
 /// Our default Max-Message-Size (hub's value); `--max-message-size` sets another.
@@ -83,6 +85,8 @@ struct Conn {
     per_resource: Option<HashSet<String>>,
     out: Vec<u8>,
     closing: Option<String>,
+    /// The device's block-wise requests in progress (RFC 7959 §2.5).
+    block1: Block1Assembler,
 }
 
 /// Serves one accepted connection until it closes. `peer_di` is the device id of the verified
@@ -117,6 +121,7 @@ pub async fn serve<S>(
         per_resource: None,
         out: Vec::new(),
         closing: None,
+        block1: Block1Assembler::default(),
     };
     info!(peer = %c.peer, di = c.peer_di.as_deref().unwrap_or("-"), "device connected");
     // RFC 8323 §5.3: our CSM first, without waiting for the peer's (which may never come).
@@ -264,6 +269,25 @@ impl Conn {
         let token = p.get_token().to_vec();
         let method = method_name(p.header.code);
         let path = packet_path(&p);
+        let (p, last_block) = match self.block1.accept(p) {
+            Block1Outcome::Whole { request, last } => (request, last),
+            Block1Outcome::Reply(reply) => {
+                let code = code_string(reply.header.code);
+                debug!(di = %self.di(), method, %path, %code, "device request block");
+                if reply.header.code != MessageClass::Response(ResponseType::Continue) {
+                    self.app.log(LogEntry {
+                        t: now_ms(),
+                        di: self.di(),
+                        method: method.to_owned(),
+                        path,
+                        code,
+                        from: "device",
+                    });
+                }
+                self.push_packet(&reply);
+                return;
+            }
+        };
         let (response, effect, close, di) = match Request::from_packet(&p) {
             Err(resp) => (resp, Effect::None, false, self.di()),
             Ok(req) => {
@@ -292,7 +316,11 @@ impl Conn {
             code,
             from: "device",
         });
-        let packet = response_packet(&response, &token);
+        let mut packet = response_packet(&response, &token);
+        if let Some(block) = last_block {
+            // RFC 7959 §2.3: the final response echoes the last block.
+            packet.add_option(CoapOption::Block1, block.encode());
+        }
         self.push_packet(&packet);
         if let Some(di) = signed_up {
             self.app.device_registered(&di);

@@ -6,6 +6,7 @@
 //! - [`core`]: the device-facing request logic over the store, without sockets.
 //! - [`pki`]: the CA, the server certificate, CSR signing, device certificate checks.
 //! - [`device`]: one device connection (RFC 8323 through the shared `ocf` core).
+//! - [`block1`]: block-wise requests from devices put together (RFC 7959 §2.5).
 //! - [`app`]: state shared by connections and the HTTP API.
 //! - [`http`]: the client API in plgd hub's shape, its authorisation server and CA signing.
 //! - [`ws`]: the event subscriptions over WebSocket (`/api/v1/ws/events`).
@@ -13,6 +14,7 @@
 //! - [`server`]: listeners, start-up, shutdown.
 
 pub mod app;
+pub mod block1;
 pub mod console;
 pub mod core;
 pub mod device;

@@ -980,6 +980,60 @@ fn aiocoap_device_with_tls_signs_in_and_publishes() {
     );
 }
 
+/// A publish larger than the cloud's Max-Message-Size (RFC 8323 §5.3.1) goes out block-wise
+/// (RFC 7959 §2.5: Block1 blocks within the limit, each after the cloud's 2.31 Continue) and
+/// completes: every link the device publishes is in the cloud's RD.
+#[test]
+fn a_publish_larger_than_the_clouds_max_message_size_completes_block_wise() {
+    let mut s = registered("cloud-block1", &["--max-message-size", "600"], &[], None);
+    let di = s.agent.di.clone();
+    let local = body(&TcpClient::connect(s.agent.tcp()).request(&get("/oic/res")));
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&local, &mut bytes).unwrap();
+    assert!(
+        bytes.len() > 600,
+        "the links must need blocks: {} bytes",
+        bytes.len()
+    );
+
+    let published = wait_for(Duration::from_secs(20), "the publish", || {
+        s.agent
+            .log()
+            .iter()
+            .find(|l| l.contains("published to the cloud"))
+            .cloned()
+    });
+    let hrefs = link_hrefs(&s.cloud, &di);
+    for want in [
+        "/oic/d",
+        "/oic/p",
+        "/temperature",
+        "/humidity",
+        "/switch",
+        "/contact",
+    ] {
+        assert!(
+            published.contains(&format!("\"{want}\"")),
+            "{want} not in the publish: {published}"
+        );
+        assert!(
+            hrefs.iter().any(|h| h == want),
+            "{want} not in the cloud's RD: {hrefs:?}"
+        );
+    }
+    let rd = s.cloud.requests(&di, "POST", "/oic/rd");
+    assert!(
+        rd.iter().any(|e| coap_code(&e["code"]) == "2.04"),
+        "the publish was not answered 2.04: {rd:?}"
+    );
+    let log = s.agent.log().join("\n");
+    assert!(
+        !log.contains("cannot send"),
+        "a request was dropped:\n{log}"
+    );
+    assert_eq!(signed_in_count(&mut s.agent), 1, "no reconnect:\n{log}");
+}
+
 /// A representation larger than the cloud's Max-Message-Size (RFC 8323 §5.3.1) arrives whole:
 /// the device sends the first block, the cloud asks for the rest (RFC 7959 §2.4), on the
 /// forwarded request and on the notifications of the batch observation alike.

@@ -3,8 +3,11 @@
 //! - [`payload`]: the CoAPCloudConf configuration and the account / session / token-refresh / RD
 //!   payloads, with lenient-but-strict CBOR decoding and redacted secrets.
 //! - [`schedule`]: the pure timing rules (refresh schedule, full-jitter back-off).
-//! - [`session`]: [`CloudSession`], the state machine a daemon drives.
+//! - [`session`]: [`CloudSession`], the state machine of the device-to-cloud exchanges.
+//! - [`link`]: [`link::CloudLink`], the connection to the cloud (framing, keepalive, block-wise
+//!   transfers) driving the session: what a daemon drives.
 
+pub mod link;
 pub mod payload;
 pub mod resource;
 pub mod schedule;

@@ -3,7 +3,8 @@
 //! It owns no socket and no clock (the quinn-proto shape, DESIGN.md §6): the driver feeds it
 //! events (`configure`, `handle_connected`, `handle_response`, `handle_timeout`, ...) with the
 //! current [`Instant`], then drains [`CloudSession::poll_action`] and sleeps until
-//! [`CloudSession::poll_timeout`].
+//! [`CloudSession::poll_timeout`]. In the agent that driver is [`super::link::CloudLink`],
+//! which adds the connection's framing; the sketch below shows the session's contract alone.
 //!
 //! What it does, and where each rule comes from (section numbers of OCF-PROTOCOL.md):
 //! - sign-up once per configuration, never again after a success (§5.1, §10, plgd hub#396);
