@@ -25,7 +25,6 @@ use ocf::server::Peer;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::NoServerSessionStorage;
@@ -110,16 +109,13 @@ pub fn load_manufacturer(
             }
         }
     };
-    let read =
-        |p: &Path| std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()));
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&cert_path)?)
-        .collect::<Result<_, _>>()
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))
+    };
+    let chain = ocf::x509::certificates_from_pem(&read(&cert_path)?)
         .map_err(|e| format!("{}: {e}", cert_path.display()))?;
-    if chain.is_empty() {
-        return Err(format!("{}: no certificate", cert_path.display()));
-    }
     // The key's text never goes into a message.
-    let key = PrivateKeyDer::from_pem_slice(&read(&key_path)?)
+    let key = ocf::x509::private_key_from_pem(read(&key_path)?.as_bytes())
         .map_err(|_| format!("{}: not a usable PEM private key", key_path.display()))?;
     let identity = ServerIdentity {
         chain,
@@ -385,17 +381,17 @@ mod tests {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
         let cert = leaf("uuid:5a3d0b1c-9e8f-4a7b-8c6d-5e4f3a2b1c0d", &ca, &key);
         let chain = [cert.der().clone()];
-        assert!(chain_verifies(&chain, &[ca.der().to_vec()]));
+        assert!(chain_verifies(&chain, &[ca.der().clone()]));
         assert!(!chain_verifies(&chain, &[]));
         assert!(
-            !chain_verifies(&chain, &[other.der().to_vec()]),
+            !chain_verifies(&chain, &[other.der().clone()]),
             "another CA"
         );
-        assert!(!chain_verifies(&[], &[ca.der().to_vec()]));
-        assert!(!chain_verifies(&chain, &[b"junk".to_vec()]));
+        assert!(!chain_verifies(&[], &[ca.der().clone()]));
+        assert!(!chain_verifies(&chain, &[b"junk".to_vec().into()]));
         // A self-signed certificate is not its own trust anchor's child.
         let me = self_signed(&key, DI).unwrap();
-        assert!(!chain_verifies(&me.chain, &[ca.der().to_vec()]));
+        assert!(!chain_verifies(&me.chain, &[ca.der().clone()]));
     }
 
     #[test]

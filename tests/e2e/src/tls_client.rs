@@ -19,8 +19,7 @@ use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
 use ocf::resource::{Request, Response};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring, CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
 
 /// TLS exporter label of the ownership transfer (`ocf::security::otm::EXPORTER_LABEL`).
@@ -72,11 +71,9 @@ impl TlsClient {
             )));
         let config = match client_cert {
             Some((chain_pem, key_pem)) => {
-                let chain: Vec<CertificateDer<'static>> =
-                    CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-                        .collect::<Result<_, _>>()
-                        .map_err(|e| format!("client certificate PEM: {e}"))?;
-                let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+                let chain = ocf::x509::certificates_from_pem(&chain_pem)
+                    .map_err(|e| format!("client certificate PEM: {e}"))?;
+                let key = ocf::x509::private_key_from_pem(key_pem.as_bytes())
                     .map_err(|e| format!("client key PEM: {e}"))?;
                 builder
                     .with_client_auth_cert(chain, key)

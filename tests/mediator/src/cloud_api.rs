@@ -226,8 +226,9 @@ impl CloudTrust {
         let pem = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
         let mut roots = RootCertStore::empty();
         let mut bad = 0;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("{what}: {e}"))?;
+        for cert in
+            ocf::x509::certificate_bundle_from_pem(&pem).map_err(|e| format!("{what}: {e}"))?
+        {
             // A system bundle may hold a certificate webpki cannot use as an anchor; skip it
             // rather than distrust the whole store.
             if roots.add(cert).is_err() {

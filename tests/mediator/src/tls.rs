@@ -21,11 +21,9 @@ use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
 use ocf::model::{decode_payload, ContentFormat};
 use ocf::resource::{Request, Response};
 use ocf::security::otm::{EXPORTER_LABEL, EXPORTER_LEN};
-use ocf::security::pem::{certificate_info, hex};
-use ocf::security::uuid_from_cn;
+use ocf::x509;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring, CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
 
@@ -94,14 +92,10 @@ pub fn cert_and_key(
     cert_pem: &str,
     key_pem: &str,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate PEM: {e}"))?;
-    if chain.is_empty() {
-        return Err("no certificate in the PEM".into());
-    }
+    let chain =
+        x509::certificates_from_pem(cert_pem).map_err(|e| format!("certificate PEM: {e}"))?;
     let key =
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("key PEM: {e}"))?;
+        x509::private_key_from_pem(key_pem.as_bytes()).map_err(|e| format!("key PEM: {e}"))?;
     Ok((chain, key))
 }
 
@@ -314,7 +308,9 @@ impl SecureClient {
     /// SHA-256 of the device certificate's SubjectPublicKeyInfo (its key), lower-case hex.
     pub fn peer_spki_sha256(&self) -> Option<String> {
         let der = self.peer_certificate()?;
-        certificate_info(&der).ok().map(|i| hex(&i.spki_sha256))
+        x509::Certificate::from_der(&der)
+            .ok()
+            .map(|c| x509::hex(&c.spki_sha256()))
     }
 
     /// SHA-256 of the device's whole DER certificate.
@@ -324,17 +320,17 @@ impl SecureClient {
 
     /// The UUID of the device certificate's CN `uuid:<di>`, if it has one.
     pub fn peer_cn_uuid(&self) -> Option<String> {
-        let der = self.peer_certificate()?;
-        certificate_info(&der)
+        x509::Certificate::from_der(&self.peer_certificate()?)
             .ok()?
-            .subject_cn
-            .as_deref()
-            .and_then(uuid_from_cn)
+            .cn_uuid()
     }
 
     /// The subject CN of the device's certificate.
     pub fn peer_cn(&self) -> Option<String> {
-        certificate_info(&self.peer_certificate()?).ok()?.subject_cn
+        x509::Certificate::from_der(&self.peer_certificate()?)
+            .ok()?
+            .subject_cn()
+            .map(str::to_owned)
     }
 
     /// `TLS 1.3, TLS13_AES_128_GCM_SHA256`.

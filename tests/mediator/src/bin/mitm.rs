@@ -150,8 +150,8 @@ fn relay(id: u32, inbound: TcpStream, target: SocketAddr) -> Result<(), String> 
     let device_cn = out
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(|c| ocf::security::pem::certificate_info(c.as_ref()).ok())
-        .and_then(|i| i.subject_cn)
+        .and_then(|c| ocf::x509::Certificate::from_der(c).ok())
+        .and_then(|c| c.subject_cn().map(str::to_owned))
         .unwrap_or_else(|| "device".into());
 
     // Towards the Mediator: a certificate with the device's CN and our key.
