@@ -17,7 +17,7 @@
 //! rustls is used with the *ring* provider only (§8.4, DESIGN.md §3): TLS 1.3, and TLS 1.2 with
 //! ECDHE-ECDSA AES-128-GCM among the suites plgd hub and iotivity-lite offer (§8.1). webpki only
 //! matches SANs against the server name, while the OCF identity is in the CN, so
-//! [`CloudVerifier`] validates the chain for server-auth usage against the anchors, skips
+//! [`cloud_verifier`] validates the chain for server-auth usage against the anchors, skips
 //! hostname matching as iotivity-lite and plgd do (§8.3), and checks the CN itself.
 
 use std::fmt;
@@ -26,16 +26,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ocf::x509;
+use ocf_rustls::ServerVerifier;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
-use rustls::crypto::{ring, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore,
-    SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, OtherError, RootCertStore};
 
 use crate::state::atomic_write;
 
@@ -173,7 +170,7 @@ pub fn client_config(dir: &Path, sid: &str) -> Result<Arc<ClientConfig>, String>
 }
 
 /// The client configuration for a cloud with UUID `sid`: mutual TLS with `creds.chain` and
-/// `creds.key`, the cloud verified by [`CloudVerifier`] against `creds.anchors`.
+/// `creds.key`, the cloud verified by [`cloud_verifier`] against `creds.anchors`.
 pub fn client_config_from(creds: CloudCredentials, sid: &str) -> Result<Arc<ClientConfig>, String> {
     if creds.chain.is_empty() {
         return Err("no identity certificate".into());
@@ -188,7 +185,7 @@ pub fn client_config_from(creds: CloudCredentials, sid: &str) -> Result<Arc<Clie
         return Err("no trust anchor for the cloud".into());
     }
     let provider = provider();
-    let verifier = CloudVerifier::new(Arc::new(roots), sid, &provider);
+    let verifier = cloud_verifier(Arc::new(roots), sid, &provider);
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS: {e}"))?
@@ -225,7 +222,7 @@ pub fn chain_verifies(chain: &[CertificateDer<'_>], anchors: &[CertificateDer<'s
 }
 
 /// The TLS server name for a `cis` host: an IP literal as such (no SNI is sent for it), else a
-/// DNS name. Neither is matched against the certificate (see [`CloudVerifier`]).
+/// DNS name. Neither is matched against the certificate (see [`cloud_verifier`]).
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ServerName::IpAddress(ip.into()));
@@ -233,32 +230,49 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_owned()).map_err(|_| format!("{host:?} is not a valid host name"))
 }
 
-/// Accepts the cloud's certificate if its chain validates for server authentication against
-/// the trust anchors and its leaf's subject CN is `uuid:<sid>` (OCF-PROTOCOL.md §8.3, §8.4).
-/// The host name is not matched (iotivity-lite and plgd do not either).
-pub struct CloudVerifier {
+/// The cloud's certificate check (OCF-PROTOCOL.md §8.3, §8.4): its chain validates for server
+/// authentication against the trust anchors, and its leaf's subject CN is `uuid:<sid>`. The
+/// host name is not matched (iotivity-lite and plgd do not either). The handshake signature is
+/// checked by [`ServerVerifier`] around it.
+pub fn cloud_verifier(
     roots: Arc<RootCertStore>,
-    sid: String,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl CloudVerifier {
-    pub fn new(roots: Arc<RootCertStore>, sid: &str, provider: &CryptoProvider) -> CloudVerifier {
-        CloudVerifier {
-            roots,
-            sid: sid.to_owned(),
-            algorithms: provider.signature_verification_algorithms,
-        }
-    }
-}
-
-impl fmt::Debug for CloudVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CloudVerifier")
-            .field("sid", &self.sid)
-            .field("anchors", &self.roots.len())
-            .finish()
-    }
+    sid: &str,
+    provider: &CryptoProvider,
+) -> ServerVerifier {
+    let algorithms = provider.signature_verification_algorithms.all;
+    let what = format!("cloud uuid:{sid}, {} trust anchors", roots.len());
+    let sid = sid.to_owned();
+    ServerVerifier::checked(
+        provider,
+        what,
+        Box::new(move |end_entity, intermediates, now| {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            // The one X.509 reader names the cloud and dates it; webpki validates the chain.
+            let leaf = x509::Certificate::from_der(end_entity)
+                .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                &roots,
+                intermediates,
+                now,
+                algorithms,
+            )
+            .map_err(|e| not_valid_yet_context(e, &leaf, now))?;
+            match leaf.subject_cn() {
+                Some(cn) if x509::cn_is_uuid(cn, &sid) => Ok(()),
+                _ => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                    OtherError(Arc::new(WrongCloudIdentity(format!(
+                        "the cloud certificate's CN is {} instead of uuid:{sid}",
+                        if leaf.subject_cns.is_empty() {
+                            "missing".to_owned()
+                        } else {
+                            leaf.subject_cns.join(", ")
+                        },
+                    )))),
+                ))),
+            }
+        }),
+    )
 }
 
 /// The CN check failed.
@@ -272,66 +286,6 @@ impl fmt::Display for WrongCloudIdentity {
 }
 
 impl std::error::Error for WrongCloudIdentity {}
-
-impl ServerCertVerifier for CloudVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        // The one X.509 reader names the cloud and dates it; webpki validates the chain.
-        let leaf = x509::Certificate::from_der(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )
-        .map_err(|e| not_valid_yet_context(e, &leaf, now))?;
-        match leaf.subject_cn() {
-            Some(cn) if x509::cn_is_uuid(cn, &self.sid) => Ok(ServerCertVerified::assertion()),
-            _ => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(WrongCloudIdentity(format!(
-                    "the cloud certificate's CN is {} instead of uuid:{}",
-                    if leaf.subject_cns.is_empty() {
-                        "missing".to_owned()
-                    } else {
-                        leaf.subject_cns.join(", ")
-                    },
-                    self.sid
-                )))),
-            ))),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
 
 /// A TLS handshake failed because the peer's certificate is not valid yet by our clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

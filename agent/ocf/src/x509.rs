@@ -112,13 +112,61 @@ pub fn private_key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, Error>
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| pem_error(&e))
 }
 
-/// What the project reads from a certificate (RFC 5280 §4.1).
+/// Who a certificate or a CSR names, and its key; both [`Certificate`] and [`Csr`] dereference
+/// to it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Certificate {
+pub struct Subject {
     /// Every commonName of the subject that is text, in order.
     pub subject_cns: Vec<String>,
     /// The DER SubjectPublicKeyInfo.
     pub spki_der: Vec<u8>,
+}
+
+impl Subject {
+    fn new(name: &X509Name<'_>, spki: &[u8]) -> Subject {
+        Subject {
+            // A CN value of another ASN.1 type than text is skipped rather than guessed at.
+            subject_cns: name
+                .iter_common_name()
+                .filter_map(|atv| atv.as_str().ok())
+                .map(str::to_owned)
+                .collect(),
+            spki_der: spki.to_vec(),
+        }
+    }
+
+    /// The subject's CN if it has exactly one: two would make the identity ambiguous.
+    pub fn subject_cn(&self) -> Option<&str> {
+        match self.subject_cns.as_slice() {
+            [cn] => Some(cn),
+            _ => None,
+        }
+    }
+
+    /// The UUID of a CN `uuid:<uuid>` (OCF-PROTOCOL.md §8.2), lower case.
+    pub fn cn_uuid(&self) -> Option<String> {
+        self.subject_cn().and_then(uuid_from_cn)
+    }
+
+    /// SHA-256 over the DER SubjectPublicKeyInfo: identifies the key, survives re-issuing.
+    pub fn spki_sha256(&self) -> [u8; 32] {
+        Sha256::digest(&self.spki_der).into()
+    }
+}
+
+impl fmt::Debug for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subject")
+            .field("subject_cns", &self.subject_cns)
+            .field("spki_sha256", &hex(&self.spki_sha256()))
+            .finish()
+    }
+}
+
+/// What the project reads from a certificate (RFC 5280 §4.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    pub subject: Subject,
     /// notBefore and notAfter, seconds since the Unix epoch (RFC 5280 §4.1.2.5).
     pub not_before: i64,
     pub not_after: i64,
@@ -171,31 +219,12 @@ impl Certificate {
             .is_some_and(|bc| bc.value.ca);
         let validity = cert.validity();
         Ok(Certificate {
-            subject_cns: common_names(cert.subject()),
-            spki_der: cert.public_key().raw.to_vec(),
+            subject: Subject::new(cert.subject(), cert.public_key().raw),
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
             is_ca,
             ext_key_usage,
         })
-    }
-
-    /// The subject's CN if it has exactly one: two would make the identity ambiguous.
-    pub fn subject_cn(&self) -> Option<&str> {
-        match self.subject_cns.as_slice() {
-            [cn] => Some(cn),
-            _ => None,
-        }
-    }
-
-    /// The UUID of a CN `uuid:<uuid>` (OCF-PROTOCOL.md §8.2), lower case.
-    pub fn cn_uuid(&self) -> Option<String> {
-        self.subject_cn().and_then(uuid_from_cn)
-    }
-
-    /// SHA-256 over the DER SubjectPublicKeyInfo: identifies the key, survives re-issuing.
-    pub fn spki_sha256(&self) -> [u8; 32] {
-        Sha256::digest(&self.spki_der).into()
     }
 
     /// Where `now` (seconds since the Unix epoch) stands against notBefore..=notAfter
@@ -222,16 +251,11 @@ impl Certificate {
     }
 }
 
-impl fmt::Debug for Certificate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Certificate")
-            .field("subject_cns", &self.subject_cns)
-            .field("spki_sha256", &hex(&self.spki_sha256()))
-            .field("not_before", &self.not_before)
-            .field("not_after", &self.not_after)
-            .field("is_ca", &self.is_ca)
-            .field("ext_key_usage", &self.ext_key_usage)
-            .finish()
+impl std::ops::Deref for Certificate {
+    type Target = Subject;
+
+    fn deref(&self) -> &Subject {
+        &self.subject
     }
 }
 
@@ -241,10 +265,15 @@ impl fmt::Debug for Certificate {
 pub struct Csr {
     /// The DER request.
     pub der: Vec<u8>,
-    /// Every commonName of the subject that is text, in order.
-    pub subject_cns: Vec<String>,
-    /// The DER SubjectPublicKeyInfo.
-    pub spki_der: Vec<u8>,
+    pub subject: Subject,
+}
+
+impl std::ops::Deref for Csr {
+    type Target = Subject;
+
+    fn deref(&self) -> &Subject {
+        &self.subject
+    }
 }
 
 impl Csr {
@@ -258,8 +287,7 @@ impl Csr {
         let info = &csr.certification_request_info;
         Ok(Csr {
             der: der.to_vec(),
-            subject_cns: common_names(&info.subject),
-            spki_der: info.subject_pki.raw.to_vec(),
+            subject: Subject::new(&info.subject, info.subject_pki.raw),
         })
     }
 
@@ -269,33 +297,6 @@ impl Csr {
             .map_err(|e| pem_error(&e))?;
         Csr::from_der(der.as_ref())
     }
-
-    /// The subject's CN if it has exactly one.
-    pub fn subject_cn(&self) -> Option<&str> {
-        match self.subject_cns.as_slice() {
-            [cn] => Some(cn),
-            _ => None,
-        }
-    }
-
-    /// The UUID of a CN `uuid:<uuid>`, lower case.
-    pub fn cn_uuid(&self) -> Option<String> {
-        self.subject_cn().and_then(uuid_from_cn)
-    }
-
-    /// SHA-256 over the DER SubjectPublicKeyInfo.
-    pub fn spki_sha256(&self) -> [u8; 32] {
-        Sha256::digest(&self.spki_der).into()
-    }
-}
-
-/// The text commonName values (OID 2.5.4.3) of a Name; a value of another ASN.1 type is
-/// skipped rather than guessed at.
-fn common_names(name: &X509Name<'_>) -> Vec<String> {
-    name.iter_common_name()
-        .filter_map(|atv| atv.as_str().ok())
-        .map(str::to_owned)
-        .collect()
 }
 
 /// The UUID in a CN of the form `uuid:<uuid>` (OCF-PROTOCOL.md §8.2; the prefix matched

@@ -1,7 +1,7 @@
 //! CoAP over TLS over TCP (RFC 8323) to a device's secure endpoint, blocking.
 //!
 //! The device's certificate is self-signed (or a manufacturer's the Mediator has no CA for), so
-//! it cannot be verified on first contact: [`AnyServerCertificate`] accepts any certificate at
+//! it cannot be verified on first contact: [`ServerVerifier::any`] accepts any certificate at
 //! the TLS layer, still checking that the server holds its key (the handshake signature). What
 //! authenticates the device is the ownership transfer's key confirmation, which is bound to this
 //! TLS session's exporter; after it the device's key is pinned (see [`crate::identity`]) and
@@ -22,10 +22,9 @@ use ocf::model::{decode_payload, ContentFormat};
 use ocf::resource::{Request, Response};
 use ocf::security::otm::{EXPORTER_LABEL, EXPORTER_LEN};
 use ocf::x509;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{ring, CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use ocf_rustls::ServerVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use crate::identity::{sha256_hex, Identity};
 
@@ -33,59 +32,7 @@ use crate::identity::{sha256_hex, Identity};
 pub const MAX_MESSAGE_SIZE: u32 = 1 << 20;
 
 /// The ring provider, the only one compiled in (OCF-PROTOCOL.md §8.4).
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(ring::default_provider())
-}
-
-/// Accepts any server certificate, but verifies the handshake signatures with it (so the
-/// server holds the key of the certificate it presented, whose fingerprint the caller checks).
-#[derive(Debug)]
-pub struct AnyServerCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl AnyServerCertificate {
-    pub fn new(provider: &CryptoProvider) -> AnyServerCertificate {
-        AnyServerCertificate {
-            algorithms: provider.signature_verification_algorithms,
-        }
-    }
-}
-
-impl ServerCertVerifier for AnyServerCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
+pub use ocf_rustls::ring_provider as provider;
 
 /// Parses a PEM certificate chain and key for rustls.
 pub fn cert_and_key(
@@ -113,7 +60,7 @@ pub fn client_config_with(cert_pem: &str, key_pem: &str) -> Result<Arc<ClientCon
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS configuration: {e}"))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServerCertificate::new(&provider)))
+        .with_custom_certificate_verifier(Arc::new(ServerVerifier::any(&provider)))
         .with_client_auth_cert(chain, key)
         .map_err(|e| format!("TLS client certificate: {e}"))?;
     Ok(Arc::new(config))
