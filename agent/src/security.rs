@@ -198,12 +198,11 @@ impl Credentials {
         state: &SecurityState,
         sid: &str,
     ) -> Result<Arc<ClientConfig>, String> {
-        let der = |v: Vec<Vec<u8>>| v.into_iter().map(CertificateDer::from).collect::<Vec<_>>();
         let di = state.di().to_string();
         let (chain, mut anchors) = {
             let creds = state.creds();
-            let chain = creds.identity_chain(&di).map(|c| der(c.certificates_der()));
-            let mut anchors: Vec<Vec<u8>> = creds
+            let chain = creds.identity_chain(&di).map(|c| c.certificates_der());
+            let mut anchors: Vec<CertificateDer<'static>> = creds
                 .trust_anchors_for(sid)
                 .flat_map(|c| c.certificates_der())
                 .collect();
@@ -213,7 +212,7 @@ impl Credentials {
                     .flat_map(|c| c.certificates_der())
                     .collect();
             }
-            (chain, der(anchors))
+            (chain, anchors)
         };
         let chain = match chain {
             Some(chain) => chain,
@@ -315,7 +314,6 @@ pub fn wipe_and_renew(dir: &Path, state: &mut SecurityState) -> Renewed {
 mod tests {
     use super::*;
     use ocf::security::DosState;
-    use rustls::pki_types::pem::PemObject;
     use std::os::unix::fs::PermissionsExt;
 
     const DI: &str = "c0ffee00-0000-4000-8000-000000000001";
@@ -448,17 +446,12 @@ mod tests {
         let pem = creds.csr_pem(DI).unwrap();
         assert!(pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
         assert!(!pem.contains("PRIVATE KEY"));
-        let der = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
-            .unwrap();
-        let needle = format!("uuid:{DI}");
-        assert!(der
-            .as_ref()
-            .windows(needle.len())
-            .any(|w| w == needle.as_bytes()));
+        let csr = ocf::x509::Csr::from_pem(&pem).unwrap();
+        assert_eq!(csr.cn_uuid().as_deref(), Some(DI));
         let key = tls::ensure_identity_key(&dir).unwrap().0;
-        let raw = key.public_key_raw();
-        assert!(
-            der.as_ref().windows(raw.len()).any(|w| w == raw),
+        assert_eq!(
+            csr.spki_der,
+            rcgen::PublicKeyData::subject_public_key_info(&key),
             "the CSR carries the identity key"
         );
         std::fs::remove_dir_all(&dir).unwrap();

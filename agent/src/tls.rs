@@ -17,7 +17,7 @@
 //! rustls is used with the *ring* provider only (§8.4, DESIGN.md §3): TLS 1.3, and TLS 1.2 with
 //! ECDHE-ECDSA AES-128-GCM among the suites plgd hub and iotivity-lite offer (§8.1). webpki only
 //! matches SANs against the server name, while the OCF identity is in the CN, so
-//! [`CloudVerifier`] validates the chain for server-auth usage against the anchors, skips
+//! [`cloud_verifier`] validates the chain for server-auth usage against the anchors, skips
 //! hostname matching as iotivity-lite and plgd do (§8.3), and checks the CN itself.
 
 use std::fmt;
@@ -25,17 +25,14 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use ocf::x509;
+use ocf_rustls::ServerVerifier;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
-use rustls::crypto::{ring, CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
+use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore,
-    SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, OtherError, RootCertStore};
 
 use crate::state::atomic_write;
 
@@ -146,30 +143,24 @@ pub fn regenerate_identity_key(dir: &Path) -> Result<KeyPair, String> {
 pub fn file_credentials(dir: &Path) -> Result<CloudCredentials, String> {
     let read = |name: &str| {
         let path = dir.join(name);
-        std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
     };
-    let chain = CertificateDer::pem_slice_iter(&read(IDENTITY_CERT)?)
-        .collect::<Result<_, _>>()
+    let chain = x509::certificates_from_pem(&read(IDENTITY_CERT)?)
         .map_err(|e| format!("{IDENTITY_CERT}: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(&read(IDENTITY_KEY)?)
+    let key = x509::private_key_from_pem(read(IDENTITY_KEY)?.as_bytes())
         .map_err(|e| format!("{IDENTITY_KEY}: {e}"))?;
-    let anchors = CertificateDer::pem_slice_iter(&read(CLOUD_CA)?)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{CLOUD_CA}: {e}"))?;
     Ok(CloudCredentials {
         chain,
         key,
-        anchors,
+        anchors: file_anchors(dir)?,
     })
 }
 
 /// The cloud trust anchors of the interim file `cloud-ca.pem` (development mode only).
 pub fn file_anchors(dir: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let path = dir.join(CLOUD_CA);
-    let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{CLOUD_CA}: {e}"))
+    let pem = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    x509::certificates_from_pem(&pem).map_err(|e| format!("{CLOUD_CA}: {e}"))
 }
 
 /// The client configuration for a cloud with UUID `sid`, from the files in `dir`.
@@ -179,7 +170,7 @@ pub fn client_config(dir: &Path, sid: &str) -> Result<Arc<ClientConfig>, String>
 }
 
 /// The client configuration for a cloud with UUID `sid`: mutual TLS with `creds.chain` and
-/// `creds.key`, the cloud verified by [`CloudVerifier`] against `creds.anchors`.
+/// `creds.key`, the cloud verified by [`cloud_verifier`] against `creds.anchors`.
 pub fn client_config_from(creds: CloudCredentials, sid: &str) -> Result<Arc<ClientConfig>, String> {
     if creds.chain.is_empty() {
         return Err("no identity certificate".into());
@@ -194,7 +185,7 @@ pub fn client_config_from(creds: CloudCredentials, sid: &str) -> Result<Arc<Clie
         return Err("no trust anchor for the cloud".into());
     }
     let provider = provider();
-    let verifier = CloudVerifier::new(Arc::new(roots), sid, &provider);
+    let verifier = cloud_verifier(Arc::new(roots), sid, &provider);
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS: {e}"))?
@@ -207,14 +198,14 @@ pub fn client_config_from(creds: CloudCredentials, sid: &str) -> Result<Arc<Clie
 
 /// Whether a client's chain (leaf first) validates for client authentication against one of
 /// `anchors` (DER). No anchors, or anything malformed, is `false`.
-pub fn chain_verifies(chain: &[CertificateDer<'_>], anchors: &[Vec<u8>]) -> bool {
+pub fn chain_verifies(chain: &[CertificateDer<'_>], anchors: &[CertificateDer<'static>]) -> bool {
     let Some((leaf, intermediates)) = chain.split_first() else {
         return false;
     };
     let mut roots = rustls::RootCertStore::empty();
     for a in anchors {
         // An anchor webpki cannot use is skipped, not fatal.
-        let _ = roots.add(CertificateDer::from(a.clone()));
+        let _ = roots.add(a.clone());
     }
     if roots.is_empty() {
         return false;
@@ -231,7 +222,7 @@ pub fn chain_verifies(chain: &[CertificateDer<'_>], anchors: &[Vec<u8>]) -> bool
 }
 
 /// The TLS server name for a `cis` host: an IP literal as such (no SNI is sent for it), else a
-/// DNS name. Neither is matched against the certificate (see [`CloudVerifier`]).
+/// DNS name. Neither is matched against the certificate (see [`cloud_verifier`]).
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ServerName::IpAddress(ip.into()));
@@ -239,32 +230,49 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_owned()).map_err(|_| format!("{host:?} is not a valid host name"))
 }
 
-/// Accepts the cloud's certificate if its chain validates for server authentication against
-/// the trust anchors and its leaf's subject CN is `uuid:<sid>` (OCF-PROTOCOL.md §8.3, §8.4).
-/// The host name is not matched (iotivity-lite and plgd do not either).
-pub struct CloudVerifier {
+/// The cloud's certificate check (OCF-PROTOCOL.md §8.3, §8.4): its chain validates for server
+/// authentication against the trust anchors, and its leaf's subject CN is `uuid:<sid>`. The
+/// host name is not matched (iotivity-lite and plgd do not either). The handshake signature is
+/// checked by [`ServerVerifier`] around it.
+pub fn cloud_verifier(
     roots: Arc<RootCertStore>,
-    sid: String,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl CloudVerifier {
-    pub fn new(roots: Arc<RootCertStore>, sid: &str, provider: &CryptoProvider) -> CloudVerifier {
-        CloudVerifier {
-            roots,
-            sid: sid.to_owned(),
-            algorithms: provider.signature_verification_algorithms,
-        }
-    }
-}
-
-impl fmt::Debug for CloudVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CloudVerifier")
-            .field("sid", &self.sid)
-            .field("anchors", &self.roots.len())
-            .finish()
-    }
+    sid: &str,
+    provider: &CryptoProvider,
+) -> ServerVerifier {
+    let algorithms = provider.signature_verification_algorithms.all;
+    let what = format!("cloud uuid:{sid}, {} trust anchors", roots.len());
+    let sid = sid.to_owned();
+    ServerVerifier::checked(
+        provider,
+        what,
+        Box::new(move |end_entity, intermediates, now| {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            // The one X.509 reader names the cloud and dates it; webpki validates the chain.
+            let leaf = x509::Certificate::from_der(end_entity)
+                .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                &roots,
+                intermediates,
+                now,
+                algorithms,
+            )
+            .map_err(|e| not_valid_yet_context(e, &leaf, now))?;
+            match leaf.subject_cn() {
+                Some(cn) if x509::cn_is_uuid(cn, &sid) => Ok(()),
+                _ => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                    OtherError(Arc::new(WrongCloudIdentity(format!(
+                        "the cloud certificate's CN is {} instead of uuid:{sid}",
+                        if leaf.subject_cns.is_empty() {
+                            "missing".to_owned()
+                        } else {
+                            leaf.subject_cns.join(", ")
+                        },
+                    )))),
+                ))),
+            }
+        }),
+    )
 }
 
 /// The CN check failed.
@@ -278,66 +286,6 @@ impl fmt::Display for WrongCloudIdentity {
 }
 
 impl std::error::Error for WrongCloudIdentity {}
-
-impl ServerCertVerifier for CloudVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        let names = webpki::EndEntityCert::try_from(end_entity)
-            .ok()
-            .map(|c| common_names(c.subject()))
-            .unwrap_or_default();
-        match names.as_slice() {
-            [cn] if cn_is_uuid(cn, &self.sid) => Ok(ServerCertVerified::assertion()),
-            _ => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(WrongCloudIdentity(format!(
-                    "the cloud certificate's CN is {} instead of uuid:{}",
-                    if names.is_empty() {
-                        "missing".to_owned()
-                    } else {
-                        names.join(", ")
-                    },
-                    self.sid
-                )))),
-            ))),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
 
 /// A TLS handshake failed because the peer's certificate is not valid yet by our clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,6 +339,30 @@ pub fn not_valid_yet(error: &std::io::Error) -> Option<NotValidYet> {
     }
 }
 
+/// A leaf that is not valid yet by `now` (RFC 5280 §4.1.2.5) gets its notBefore into the error,
+/// so that the cloud link can tell a clock that is behind from a bad certificate.
+fn not_valid_yet_context(
+    e: rustls::Error,
+    leaf: &x509::Certificate,
+    now: UnixTime,
+) -> rustls::Error {
+    let at = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    match (&e, leaf.validity_at(at)) {
+        (
+            rustls::Error::InvalidCertificate(
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+            ),
+            x509::Validity::NotYetValid { not_before },
+        ) => rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext {
+            time: now,
+            not_before: UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                u64::try_from(not_before).unwrap_or(0),
+            )),
+        }),
+        _ => e,
+    }
+}
+
 /// `secs` since the Unix epoch as an RFC 3339 UTC time (`1970-01-01T00:00:00Z`), without a
 /// date crate: the civil-from-days algorithm of H. Hinnant, "chrono-Compatible Low-Level Date
 /// Algorithms".
@@ -413,74 +385,6 @@ pub fn utc(secs: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-/// `uuid:<uuid>` with the prefix matched case-insensitively (as plgd does, §8.2) and the UUID
-/// compared ignoring case.
-pub fn cn_is_uuid(cn: &str, uuid: &str) -> bool {
-    cn.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("uuid:"))
-        && cn
-            .get(5..)
-            .is_some_and(|u| !u.is_empty() && u.eq_ignore_ascii_case(uuid))
-}
-
-/// The commonName values of a DER Name's contents (the RDNSequence without its outer SEQUENCE
-/// header, as webpki hands it out). Values that are not text, or a malformed encoding, give no
-/// name; nothing here can panic or read out of bounds.
-pub fn common_names(rdn_sequence: &[u8]) -> Vec<String> {
-    const OID_CN: &[u8] = &[0x55, 0x04, 0x03]; // 2.5.4.3
-    let mut out = Vec::new();
-    let mut rdns = rdn_sequence;
-    while !rdns.is_empty() {
-        let Some((0x31, mut set, rest)) = der_tlv(rdns) else {
-            return out;
-        };
-        rdns = rest;
-        while !set.is_empty() {
-            let Some((0x30, atv, rest)) = der_tlv(set) else {
-                return out;
-            };
-            set = rest;
-            let Some((0x06, oid, value)) = der_tlv(atv) else {
-                continue;
-            };
-            if oid != OID_CN {
-                continue;
-            }
-            // UTF8String, PrintableString, IA5String.
-            if let Some((0x0C | 0x13 | 0x16, text, _)) = der_tlv(value) {
-                if let Ok(s) = std::str::from_utf8(text) {
-                    out.push(s.to_owned());
-                }
-            }
-        }
-    }
-    out
-}
-
-/// One DER TLV from the front of `input`: (tag, contents, rest). `None` if it is malformed or
-/// longer than the input. Only single-byte tags (all that a Name uses).
-fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    if tag & 0x1f == 0x1f {
-        return None;
-    }
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let (bytes, r) = rest.split_at_checked(n)?;
-        rest = r;
-        bytes
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
-    };
-    let (contents, rest) = rest.split_at_checked(len)?;
-    Some((tag, contents, rest))
 }
 
 #[cfg(test)]
@@ -601,38 +505,12 @@ pub(crate) mod tests {
             csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"),
             "{csr}"
         );
-        let der = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr.as_bytes())
-            .unwrap();
-        let needle = format!("uuid:{DI}");
-        assert!(der
-            .as_ref()
-            .windows(needle.len())
-            .any(|w| w == needle.as_bytes()));
-    }
-
-    #[test]
-    fn common_name_extraction() {
-        let ca = ca();
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = leaf(&format!("uuid:{SID}"), &ca, &key);
-        let ee = webpki::EndEntityCert::try_from(cert.der()).unwrap();
-        assert_eq!(common_names(ee.subject()), vec![format!("uuid:{SID}")]);
-        // Every truncation and corruption of the subject is handled without a panic.
-        let subject = ee.subject().to_vec();
-        for i in 0..subject.len() {
-            let _ = common_names(&subject[..i]);
-            let mut bad = subject.clone();
-            bad[i] ^= 0xff;
-            let _ = common_names(&bad);
-        }
-        assert!(cn_is_uuid(&format!("UUID:{}", SID.to_uppercase()), SID));
-        assert!(!cn_is_uuid("uuid:", SID));
-        assert!(!cn_is_uuid(SID, SID));
-        assert!(!cn_is_uuid(
-            "uuid:5a3d0b1c-9e8f-4a7b-8c6d-5e4f3a2b1c0e",
-            SID
-        ));
-        assert!(!cn_is_uuid("uu\u{e9}d:x", SID));
+        let csr = x509::Csr::from_pem(&csr).unwrap();
+        assert_eq!(csr.subject_cns, [format!("uuid:{DI}")]);
+        assert_eq!(
+            csr.spki_der,
+            rcgen::PublicKeyData::subject_public_key_info(&key)
+        );
     }
 
     /// A TLS handshake over an in-memory pipe against a server requiring a client certificate.

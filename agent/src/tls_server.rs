@@ -6,7 +6,7 @@
 //!   `uuid:<di>` ([`self_signed`]). The Mediator does not verify it: the ownership transfer
 //!   authenticates the device by the PIN, bound to this TLS session (see `ocf::security::otm`).
 //! - **Client certificates** are requested but optional, and any is accepted at the TLS layer
-//!   ([`AnyClientCertificate`]: the Mediator's is self-signed). The handshake still proves that
+//!   ([`ocf_rustls::AnyClientCertificate`]: the Mediator's is self-signed). The handshake still proves that
 //!   the client holds the certificate's key. What a certificate is worth is decided afterwards
 //!   by the access control: [`chain_verifies`] against the trust anchors of `/oic/sec/cred`, or
 //!   the owner's key recorded at the ownership transfer.
@@ -22,14 +22,11 @@ use std::sync::Arc;
 
 use ocf::security::otm;
 use ocf::server::Peer;
+use ocf_rustls::AnyClientCertificate;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::NoServerSessionStorage;
-use rustls::{DigitallySignedStruct, DistinguishedName as TlsName, ServerConfig, SignatureScheme};
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -110,16 +107,13 @@ pub fn load_manufacturer(
             }
         }
     };
-    let read =
-        |p: &Path| std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()));
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&cert_path)?)
-        .collect::<Result<_, _>>()
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read: {e}", p.display()))
+    };
+    let chain = ocf::x509::certificates_from_pem(&read(&cert_path)?)
         .map_err(|e| format!("{}: {e}", cert_path.display()))?;
-    if chain.is_empty() {
-        return Err(format!("{}: no certificate", cert_path.display()));
-    }
     // The key's text never goes into a message.
-    let key = PrivateKeyDer::from_pem_slice(&read(&key_path)?)
+    let key = ocf::x509::private_key_from_pem(read(&key_path)?.as_bytes())
         .map_err(|_| format!("{}: not a usable PEM private key", key_path.display()))?;
     let identity = ServerIdentity {
         chain,
@@ -135,9 +129,7 @@ pub fn load_manufacturer(
 /// The rustls server configuration of the secure endpoint (see the module docs).
 pub fn server_config(identity: &ServerIdentity) -> Result<Arc<ServerConfig>, String> {
     let provider = tls::provider();
-    let verifier = AnyClientCertificate {
-        algorithms: provider.signature_verification_algorithms,
-    };
+    let verifier = AnyClientCertificate::new(&provider);
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS: {e}"))?
@@ -148,59 +140,6 @@ pub fn server_config(identity: &ServerIdentity) -> Result<Arc<ServerConfig>, Str
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
-}
-
-/// Accepts every client certificate, or none: which one it is matters to the access control,
-/// not to the handshake. The handshake signature is still verified, so the peer holds the
-/// certificate's key.
-#[derive(Debug)]
-pub struct AnyClientCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ClientCertVerifier for AnyClientCertificate {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[TlsName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 /// Serves the secure endpoint until shutdown. A TLS handshake that does not finish within
@@ -291,47 +230,12 @@ mod tests {
         client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
         version: &'static rustls::SupportedProtocolVersion,
     ) -> Result<([u8; 32], [u8; 32], usize), String> {
-        #[derive(Debug)]
-        struct NoCheck(WebPkiSupportedAlgorithms);
-        impl rustls::client::danger::ServerCertVerifier for NoCheck {
-            fn verify_server_cert(
-                &self,
-                _: &CertificateDer<'_>,
-                _: &[CertificateDer<'_>],
-                _: &rustls::pki_types::ServerName<'_>,
-                _: &[u8],
-                _: UnixTime,
-            ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-                Ok(rustls::client::danger::ServerCertVerified::assertion())
-            }
-            fn verify_tls12_signature(
-                &self,
-                m: &[u8],
-                c: &CertificateDer<'_>,
-                d: &DigitallySignedStruct,
-            ) -> Result<HandshakeSignatureValid, rustls::Error> {
-                rustls::crypto::verify_tls12_signature(m, c, d, &self.0)
-            }
-            fn verify_tls13_signature(
-                &self,
-                m: &[u8],
-                c: &CertificateDer<'_>,
-                d: &DigitallySignedStruct,
-            ) -> Result<HandshakeSignatureValid, rustls::Error> {
-                rustls::crypto::verify_tls13_signature(m, c, d, &self.0)
-            }
-            fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-                self.0.supported_schemes()
-            }
-        }
         let provider = tls::provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[version])
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoCheck(
-                provider.signature_verification_algorithms,
-            )));
+            .with_custom_certificate_verifier(Arc::new(ocf_rustls::ServerVerifier::any(&provider)));
         let client = match client_cert {
             Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
             None => builder.with_no_client_auth(),
@@ -393,17 +297,17 @@ mod tests {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
         let cert = leaf("uuid:5a3d0b1c-9e8f-4a7b-8c6d-5e4f3a2b1c0d", &ca, &key);
         let chain = [cert.der().clone()];
-        assert!(chain_verifies(&chain, &[ca.der().to_vec()]));
+        assert!(chain_verifies(&chain, &[ca.der().clone()]));
         assert!(!chain_verifies(&chain, &[]));
         assert!(
-            !chain_verifies(&chain, &[other.der().to_vec()]),
+            !chain_verifies(&chain, &[other.der().clone()]),
             "another CA"
         );
-        assert!(!chain_verifies(&[], &[ca.der().to_vec()]));
-        assert!(!chain_verifies(&chain, &[b"junk".to_vec()]));
+        assert!(!chain_verifies(&[], &[ca.der().clone()]));
+        assert!(!chain_verifies(&chain, &[b"junk".to_vec().into()]));
         // A self-signed certificate is not its own trust anchor's child.
         let me = self_signed(&key, DI).unwrap();
-        assert!(!chain_verifies(&me.chain, &[ca.der().to_vec()]));
+        assert!(!chain_verifies(&me.chain, &[ca.der().clone()]));
     }
 
     #[test]

@@ -13,3 +13,4 @@ pub mod model;
 pub mod resource;
 pub mod security;
 pub mod server;
+pub mod x509;

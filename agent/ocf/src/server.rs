@@ -268,7 +268,7 @@ impl Server {
     }
 
     /// Every trust anchor of `/oic/sec/cred` (DER), to verify client chains against.
-    pub fn trust_anchors(&self) -> Vec<Vec<u8>> {
+    pub fn trust_anchors(&self) -> Vec<crate::x509::CertificateDer<'static>> {
         self.security
             .borrow()
             .creds()

@@ -11,18 +11,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
 
+use ocf::x509::{self, Certificate, Csr, EKU_CLIENT_AUTH, EKU_OCF_IDENTITY, EKU_SERVER_AUTH};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer};
 use time::OffsetDateTime;
-use x509_parser::prelude::FromDer;
 
 /// The OCF identity EKU, 1.3.6.1.4.1.44924.1.6.
 pub const OCF_IDENTITY_EKU: &[u64] = &[1, 3, 6, 1, 4, 1, 44924, 1, 6];
-const OCF_IDENTITY_EKU_STR: &str = "1.3.6.1.4.1.44924.1.6";
 
 /// Validity of an identity certificate issued from a CSR.
 pub const DEVICE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -105,16 +103,18 @@ impl Pki {
             let _ = fs::remove_file(dir.join("server.crt"));
             (key, cert.pem())
         };
-        let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
-            .map_err(|e| format!("ca.crt: {e}"))?;
+        let ca_der = x509::certificates_from_pem(&ca_pem)
+            .map_err(|e| format!("ca.crt: {e}"))?
+            .remove(0);
         let issuer =
             Issuer::from_ca_cert_der(&ca_der, ca_key).map_err(|e| format!("ca.crt: {e}"))?;
 
         let (srv_key_path, srv_crt_path) = (dir.join("server.key"), dir.join("server.crt"));
         let existing = if srv_key_path.exists() && srv_crt_path.exists() {
             let crt = read(&srv_crt_path)?;
-            let der = CertificateDer::from_pem_slice(crt.as_bytes())
-                .map_err(|e| format!("server.crt: {e}"))?;
+            let der = x509::certificates_from_pem(&crt)
+                .map_err(|e| format!("server.crt: {e}"))?
+                .remove(0);
             let cn_ok =
                 common_name(&der).is_some_and(|cn| cn.eq_ignore_ascii_case(&format!("uuid:{sid}")));
             cn_ok.then_some((read(&srv_key_path)?, der))
@@ -155,7 +155,7 @@ impl Pki {
 
     /// The server's private key.
     pub fn server_key(&self) -> Result<PrivateKeyDer<'static>, String> {
-        PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())
+        x509::private_key_from_pem(self.server_key_pem.as_bytes())
             .map_err(|e| format!("server.key: {e}"))
     }
 
@@ -164,25 +164,20 @@ impl Pki {
     /// serverAuth, clientAuth and 1.3.6.1.4.1.44924.1.6, KeyUsage digitalSignature and
     /// keyAgreement, and one year of validity. Extensions requested in the CSR are ignored.
     pub fn sign_csr(&self, csr_pem: &str) -> Result<String, String> {
-        let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
-            .map_err(|e| format!("not a PEM certificate request: {e}"))?;
-        let (_, csr) =
-            x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
-                .map_err(|e| format!("malformed certificate request: {e}"))?;
-        csr.verify_signature()
-            .map_err(|e| format!("the certificate request's signature does not verify: {e}"))?;
-        let info = &csr.certification_request_info;
-        let cn = info
-            .subject
-            .iter_common_name()
-            .next()
-            .and_then(|a| a.as_str().ok())
-            .ok_or("the certificate request has no subject CN")?;
-        let uuid = strip_uuid_prefix(cn).ok_or("the subject CN must be uuid:<UUID>")?;
-        if !ocf::cloud::payload::is_uuid(uuid) {
+        let csr = Csr::from_pem(csr_pem).map_err(|e| format!("certificate request: {e}"))?;
+        let cn = csr
+            .subject_cn()
+            .ok_or("the certificate request has no single subject CN")?;
+        if csr.cn_uuid().is_none() {
             return Err("the subject CN must be uuid:<UUID>".into());
         }
-        let key = CsrPublicKey::from_spki(&info.subject_pki)?;
+        // rcgen checks the request's signature (RFC 2986 §4.2: proof of possession) and hands
+        // out its public key for signing.
+        let key = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
+            csr.der.as_slice(),
+        ))
+        .map_err(|e| format!("the certificate request's signature does not verify: {e}"))?
+        .public_key;
 
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -269,8 +264,7 @@ impl Pki {
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|e| format!("cannot create the HTTPS certificate: {e}"))?;
-        let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
-            .map_err(|e| format!("HTTPS key: {e}"))?;
+        let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
         Ok((vec![cert.der().clone(), self.ca_der.clone()], key))
     }
 }
@@ -315,94 +309,33 @@ fn server_certificate(
     Ok((key.serialize_pem(), cert))
 }
 
-/// The public key of a CSR, for rcgen.
-struct CsrPublicKey {
-    raw: Vec<u8>,
-    alg: &'static SignatureAlgorithm,
-}
-
-impl CsrPublicKey {
-    fn from_spki(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<Self, String> {
-        let alg_oid = spki.algorithm.algorithm.to_id_string();
-        let param_oid = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok())
-            .map(|o| o.to_id_string());
-        let alg: &'static SignatureAlgorithm = match (alg_oid.as_str(), param_oid.as_deref()) {
-            ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7")) => &rcgen::PKCS_ECDSA_P256_SHA256,
-            ("1.2.840.10045.2.1", Some("1.3.132.0.34")) => &rcgen::PKCS_ECDSA_P384_SHA384,
-            ("1.3.101.112", _) => &rcgen::PKCS_ED25519,
-            ("1.2.840.113549.1.1.1", _) => &rcgen::PKCS_RSA_SHA256,
-            _ => return Err(format!("unsupported public key algorithm {alg_oid}")),
-        };
-        Ok(CsrPublicKey {
-            raw: spki.subject_public_key.data.to_vec(),
-            alg,
-        })
-    }
-}
-
-impl PublicKeyData for CsrPublicKey {
-    fn der_bytes(&self) -> &[u8] {
-        &self.raw
-    }
-
-    fn algorithm(&self) -> &'static SignatureAlgorithm {
-        self.alg
-    }
-}
-
 /// What hub checks in a device certificate after the chain has been validated
 /// (OCF-PROTOCOL.md §8.2): EKUs serverAuth, clientAuth and 1.3.6.1.4.1.44924.1.6, and subject
 /// CN `uuid:<di>`. Returns the `di` (lower case).
 pub fn device_id_from_cert(der: &[u8]) -> Result<String, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("malformed certificate: {e}"))?;
-    let eku = cert
-        .extended_key_usage()
-        .map_err(|e| format!("malformed extended key usage: {e}"))?
-        .ok_or("the certificate has no extended key usage")?
-        .value;
-    if !eku.server_auth || !eku.client_auth {
+    let cert = Certificate::from_der(der).map_err(|e| format!("malformed certificate: {e}"))?;
+    if cert.ext_key_usage.is_none() {
+        return Err("the certificate has no extended key usage".into());
+    }
+    if !cert.has_ext_key_usage(EKU_SERVER_AUTH) || !cert.has_ext_key_usage(EKU_CLIENT_AUTH) {
         return Err("the certificate lacks EKU serverAuth or clientAuth".into());
     }
-    if !eku
-        .other
-        .iter()
-        .any(|o| o.to_id_string() == OCF_IDENTITY_EKU_STR)
-    {
-        return Err(format!("the certificate lacks EKU {OCF_IDENTITY_EKU_STR}"));
+    if !cert.has_ext_key_usage(EKU_OCF_IDENTITY) {
+        return Err(format!("the certificate lacks EKU {EKU_OCF_IDENTITY}"));
     }
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|a| a.as_str().ok())
-        .ok_or("the certificate has no subject CN")?;
-    let di = strip_uuid_prefix(cn).ok_or("the subject CN is not uuid:<di>")?;
-    if !ocf::cloud::payload::is_uuid(di) {
-        return Err("the subject CN is not uuid:<di>".into());
+    if cert.subject_cn().is_none() {
+        return Err("the certificate has no single subject CN".into());
     }
-    Ok(di.to_ascii_lowercase())
+    cert.cn_uuid()
+        .ok_or_else(|| "the subject CN is not uuid:<di>".into())
 }
 
 /// The subject CN of a certificate.
 pub fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|a| a.as_str().ok())?;
-    Some(cn.to_owned())
-}
-
-/// `uuid:` prefix, matched case-insensitively as hub does.
-fn strip_uuid_prefix(cn: &str) -> Option<&str> {
-    let prefix = cn.get(..5)?;
-    prefix.eq_ignore_ascii_case("uuid:").then(|| &cn[5..])
+    Certificate::from_der(der)
+        .ok()?
+        .subject_cn()
+        .map(str::to_owned)
 }
 
 fn random_serial() -> Result<SerialNumber, String> {
@@ -476,9 +409,12 @@ mod tests {
             common_name(&a.server_chain[0]).unwrap(),
             format!("uuid:{sid}")
         );
+        let parsed = Certificate::from_der(&a.server_chain[0]).unwrap();
+        assert!(
+            parsed.has_ext_key_usage(EKU_SERVER_AUTH) && parsed.has_ext_key_usage(EKU_CLIENT_AUTH)
+        );
+        // SANs and key usages are not read in production; x509-parser checks them here.
         let (_, srv) = x509_parser::parse_x509_certificate(&a.server_chain[0]).unwrap();
-        let eku = srv.extended_key_usage().unwrap().unwrap().value;
-        assert!(eku.server_auth && eku.client_auth);
         let san = srv.subject_alternative_name().unwrap().unwrap().value;
         let names: Vec<String> = san.general_names.iter().map(|n| n.to_string()).collect();
         assert_eq!(
@@ -513,8 +449,8 @@ mod tests {
         let pki = pki
             .with_server_not_before(Duration::from_secs(3600))
             .unwrap();
-        let (_, cert) = x509_parser::parse_x509_certificate(&pki.server_chain[0]).unwrap();
-        let starts = cert.validity().not_before.timestamp();
+        let cert = Certificate::from_der(&pki.server_chain[0]).unwrap();
+        let starts = cert.not_before;
         let now = OffsetDateTime::now_utc().unix_timestamp();
         assert!(
             (now + 3500..=now + 3700).contains(&starts),
@@ -537,14 +473,15 @@ mod tests {
         let di = "9f0a6b1e-3c2d-4e5f-8a9b-0c1d2e3f4a5b";
         let (_key, pem) = csr(&format!("uuid:{di}"));
         let cert_pem = pki.sign_csr(&pem).unwrap();
-        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let der = x509::certificates_from_pem(&cert_pem).unwrap().remove(0);
         assert_eq!(device_id_from_cert(&der).unwrap(), di);
+        let parsed = Certificate::from_der(&der).unwrap();
+        assert!(!parsed.is_ca);
+        let days = (parsed.not_after - OffsetDateTime::now_utc().unix_timestamp()) / 86_400;
+        assert!((364..=366).contains(&days), "{days}");
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         let ku = cert.key_usage().unwrap().unwrap().value;
         assert!(ku.digital_signature() && ku.key_agreement());
-        assert!(!cert.is_ca());
-        let validity = cert.validity().time_to_expiration().unwrap();
-        assert!(validity.whole_days() >= 364 && validity.whole_days() <= 366);
         // Chained to the CA: its signature verifies with the CA key.
         let (_, ca) = x509_parser::parse_x509_certificate(&pki.ca_der).unwrap();
         cert.verify_signature(Some(ca.public_key())).unwrap();
@@ -567,8 +504,7 @@ mod tests {
             .is_err());
         // A tampered CSR: its signature no longer verifies.
         let (_k, pem) = csr("uuid:9f0a6b1e-3c2d-4e5f-8a9b-0c1d2e3f4a5b");
-        let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap();
-        let mut bytes = der.as_ref().to_vec();
+        let mut bytes = Csr::from_pem(&pem).unwrap().der;
         let pos = bytes.windows(4).position(|w| w == b"9f0a").unwrap();
         bytes[pos] = b'8';
         let tampered = pem_encode("CERTIFICATE REQUEST", &bytes);
@@ -586,30 +522,27 @@ mod tests {
             .unwrap_err()
             .contains("44924"));
         assert!(device_id_from_cert(b"junk").is_err());
-        assert_eq!(strip_uuid_prefix("UUID:abc"), Some("abc"));
-        assert_eq!(strip_uuid_prefix("uuid"), None);
-        assert_eq!(strip_uuid_prefix("é"), None);
+        // A CA-issued certificate with the EKUs but a CN that is not uuid:<di>.
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "device-1");
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::Other(OCF_IDENTITY_EKU.to_vec()),
+        ];
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.signed_by(&key, &pki.issuer).unwrap();
+        assert!(device_id_from_cert(cert.der())
+            .unwrap_err()
+            .contains("uuid:<di>"));
         let _ = fs::remove_dir_all(&dir);
     }
 
     fn pem_encode(label: &str, der: &[u8]) -> String {
-        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut b64 = String::new();
-        for chunk in der.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    b64.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    b64.push('=');
-                }
-            }
-        }
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
         let mut out = format!("-----BEGIN {label}-----\n");
         for line in b64.as_bytes().chunks(64) {
             out.push_str(std::str::from_utf8(line).unwrap());

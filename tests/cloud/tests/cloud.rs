@@ -14,9 +14,9 @@ use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use ocf::cloud::payload::{from_cbor, to_cbor};
 use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
 use ocf::resource::{encode_uint, Method, Request};
+use ocf::x509::certificates_from_pem;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
 
 mod contract;
@@ -447,7 +447,7 @@ fn client_config(id: &Identity, tls12_only: bool) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(CertificateDer::from_pem_slice(id.ca_pem.as_bytes()).unwrap())
+        .add(certificates_from_pem(&id.ca_pem).unwrap().remove(0))
         .unwrap();
     let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
         &[&rustls::version::TLS12]
@@ -464,7 +464,7 @@ fn client_config(id: &Identity, tls12_only: bool) -> Arc<rustls::ClientConfig> {
     } else {
         provider
     };
-    let chain = vec![CertificateDer::from_pem_slice(id.cert_pem.as_bytes()).unwrap()];
+    let chain = vec![certificates_from_pem(&id.cert_pem).unwrap().remove(0)];
     let key = PrivateKeyDer::Pkcs8(id.key.serialize_der().into());
     Arc::new(
         rustls::ClientConfig::builder_with_provider(provider)

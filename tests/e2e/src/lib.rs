@@ -402,6 +402,75 @@ impl Drop for Agent {
     }
 }
 
+/// Reads once from `stream` through `conn`, queueing the messages that arrive in `pending` and
+/// writing what the connection answers by itself (Pong, CSM); false when the connection is gone
+/// (closed, Release/Abort, error, read timeout).
+pub(crate) fn read_messages(
+    stream: &mut dyn ReadWrite,
+    conn: &mut TcpConnection,
+    pending: &mut Vec<Packet>,
+) -> bool {
+    let mut buf = [0u8; 4096];
+    let n = match stream.read(&mut buf) {
+        Ok(0) | Err(_) => return false,
+        Ok(n) => n,
+    };
+    for ev in conn.receive(&buf[..n]) {
+        match ev {
+            ConnEvent::Message(p) => pending.push(p),
+            ConnEvent::Transmit(bytes) => {
+                let _ = stream.write_all(&bytes);
+                let _ = stream.flush();
+            }
+            ConnEvent::Close { .. } => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Receiving on a CoAP-over-TCP client, plain ([`TcpClient`]) or TLS
+/// ([`tls_client::TlsClient`]).
+pub trait Receive: Sized {
+    /// The stream, the connection state and the messages read but not taken yet.
+    fn parts(&mut self) -> (&mut dyn ReadWrite, &mut TcpConnection, &mut Vec<Packet>);
+
+    /// Waits for the next application message (request, response or notification).
+    fn recv(&mut self) -> Option<Packet> {
+        self.recv_matching(|_| true)
+    }
+
+    /// Waits for the message with `token`, keeping others for later `recv` calls.
+    fn recv_token(&mut self, token: &[u8]) -> Option<Packet> {
+        self.recv_matching(|p| p.get_token() == token)
+    }
+
+    /// The first message that `pick` takes, reading while there is none; `None` when the
+    /// connection is gone.
+    fn recv_matching(&mut self, pick: impl Fn(&Packet) -> bool) -> Option<Packet> {
+        let (stream, conn, pending) = self.parts();
+        loop {
+            if let Some(i) = pending.iter().position(&pick) {
+                return Some(pending.remove(i));
+            }
+            if !read_messages(stream, conn, pending) {
+                return None;
+            }
+        }
+    }
+}
+
+/// A byte stream in both directions.
+pub trait ReadWrite: Read + Write {}
+
+impl<T: Read + Write> ReadWrite for T {}
+
+impl Receive for TcpClient {
+    fn parts(&mut self) -> (&mut dyn ReadWrite, &mut TcpConnection, &mut Vec<Packet>) {
+        (&mut self.stream, &mut self.conn, &mut self.pending)
+    }
+}
+
 /// A blocking CoAP-over-TCP client built on the project's sans-IO connection.
 pub struct TcpClient {
     pub stream: TcpStream,
@@ -448,48 +517,6 @@ impl TcpClient {
     pub fn send(&mut self, packet: &Packet) {
         let bytes = self.conn.encode(packet).expect("encode");
         self.stream.write_all(&bytes).expect("write");
-    }
-
-    /// Reads once from the socket; false when the connection is gone.
-    fn fill(&mut self) -> bool {
-        let mut buf = [0u8; 4096];
-        let n = match self.stream.read(&mut buf) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => n,
-        };
-        for ev in self.conn.receive(&buf[..n]) {
-            match ev {
-                ConnEvent::Message(p) => self.pending.push(p),
-                ConnEvent::Transmit(bytes) => {
-                    let _ = self.stream.write_all(&bytes);
-                }
-                ConnEvent::Close { .. } => return false,
-                _ => {}
-            }
-        }
-        true
-    }
-
-    /// Waits for the next application message (request, response or notification).
-    pub fn recv(&mut self) -> Option<Packet> {
-        while self.pending.is_empty() {
-            if !self.fill() {
-                return None;
-            }
-        }
-        Some(self.pending.remove(0))
-    }
-
-    /// Waits for the message with `token`, keeping others for later `recv` calls.
-    pub fn recv_token(&mut self, token: &[u8]) -> Option<Packet> {
-        loop {
-            if let Some(i) = self.pending.iter().position(|p| p.get_token() == token) {
-                return Some(self.pending.remove(i));
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
     }
 
     /// Sends a request and waits for the response with its token.

@@ -23,6 +23,7 @@ use ocf::resource::{Method, Request};
 use crate::cloud::{Api, DevCloud};
 use crate::mediator::{pin_file, secure_agent_args, Mediator, SecureAgent};
 use crate::tls_client::TlsClient;
+use crate::Receive;
 use crate::Spawn;
 
 const PIN: &str = "16180339";

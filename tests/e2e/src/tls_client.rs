@@ -14,14 +14,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::Receive;
 use coap_lite::Packet;
 use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
 use ocf::resource::{Request, Response};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{ring, CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use ocf_rustls::ServerVerifier;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 /// TLS exporter label of the ownership transfer (`ocf::security::otm::EXPORTER_LABEL`).
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-ocfpi-otm";
@@ -62,21 +61,17 @@ impl TlsClient {
         client_cert: Option<ClientCertPem>,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> Result<TlsClient, String> {
-        let provider = Arc::new(ring::default_provider());
+        let provider = provider();
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(|e| format!("TLS versions: {e}"))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServer(
-                provider.signature_verification_algorithms,
-            )));
+            .with_custom_certificate_verifier(Arc::new(ServerVerifier::any(&provider)));
         let config = match client_cert {
             Some((chain_pem, key_pem)) => {
-                let chain: Vec<CertificateDer<'static>> =
-                    CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-                        .collect::<Result<_, _>>()
-                        .map_err(|e| format!("client certificate PEM: {e}"))?;
-                let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+                let chain = ocf::x509::certificates_from_pem(&chain_pem)
+                    .map_err(|e| format!("client certificate PEM: {e}"))?;
+                let key = ocf::x509::private_key_from_pem(key_pem.as_bytes())
                     .map_err(|e| format!("client key PEM: {e}"))?;
                 builder
                     .with_client_auth_cert(chain, key)
@@ -155,49 +150,6 @@ impl TlsClient {
         self.stream.flush().map_err(|e| format!("send: {e}"))
     }
 
-    /// Reads once; false when the connection is gone (closed, Release/Abort, error, timeout).
-    fn fill(&mut self) -> bool {
-        let mut buf = [0u8; 4096];
-        let n = match self.stream.read(&mut buf) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => n,
-        };
-        for ev in self.conn.receive(&buf[..n]) {
-            match ev {
-                ConnEvent::Message(p) => self.pending.push(p),
-                ConnEvent::Transmit(bytes) => {
-                    let _ = self.stream.write_all(&bytes);
-                    let _ = self.stream.flush();
-                }
-                ConnEvent::Close { .. } => return false,
-                _ => {}
-            }
-        }
-        true
-    }
-
-    /// Waits for the next application message.
-    pub fn recv(&mut self) -> Option<Packet> {
-        while self.pending.is_empty() {
-            if !self.fill() {
-                return None;
-            }
-        }
-        Some(self.pending.remove(0))
-    }
-
-    /// Waits for the message with `token`, keeping others for later.
-    pub fn recv_token(&mut self, token: &[u8]) -> Option<Packet> {
-        loop {
-            if let Some(i) = self.pending.iter().position(|p| p.get_token() == token) {
-                return Some(self.pending.remove(i));
-            }
-            if !self.fill() {
-                return None;
-            }
-        }
-    }
-
     /// Whether the device closes the connection within `timeout` (messages that arrive first
     /// are kept for [`TlsClient::recv`]).
     pub fn wait_closed(&mut self, timeout: Duration) -> bool {
@@ -267,47 +219,17 @@ fn method_name(req: &Request) -> String {
     format!("{:?}", req.method).to_uppercase()
 }
 
-/// Accepts the device's certificate without a trust anchor, still verifying the handshake
-/// signature with its key.
-#[derive(Debug)]
-struct AnyServer(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
+impl crate::Receive for TlsClient {
+    fn parts(
+        &mut self,
+    ) -> (
+        &mut dyn crate::ReadWrite,
+        &mut TcpConnection,
+        &mut Vec<Packet>,
+    ) {
+        (&mut self.stream, &mut self.conn, &mut self.pending)
     }
 }
 
 /// The *ring* provider, for callers that build their own configurations.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(ring::default_provider())
-}
+pub use ocf_rustls::ring_provider as provider;

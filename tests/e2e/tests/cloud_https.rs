@@ -17,8 +17,7 @@ use std::time::Duration;
 use ocf_e2e::cloud::*;
 use ocf_e2e::mediator::*;
 use ocf_e2e::*;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 
 const PIN: &str = "27182818";
 
@@ -26,8 +25,8 @@ const PIN: &str = "27182818";
 fn https_get(cloud: &DevCloud, path: &str) -> (String, String) {
     let pem = std::fs::read(cloud.ca_file()).expect("ca.crt");
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&pem) {
-        roots.add(c.expect("PEM")).expect("CA");
+    for c in ocf::x509::certificate_bundle_from_pem(&pem).expect("PEM") {
+        roots.add(c).expect("CA");
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::Value as Json;
 
@@ -226,8 +225,9 @@ impl CloudTrust {
         let pem = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
         let mut roots = RootCertStore::empty();
         let mut bad = 0;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("{what}: {e}"))?;
+        for cert in
+            ocf::x509::certificate_bundle_from_pem(&pem).map_err(|e| format!("{what}: {e}"))?
+        {
             // A system bundle may hold a certificate webpki cannot use as an anchor; skip it
             // rather than distrust the whole store.
             if roots.add(cert).is_err() {

@@ -1,14 +1,8 @@
 //! Checks on the device's CSR and on the certificate the cloud issues for it: the CSR's subject
 //! must be CN `uuid:<di>` of the device being onboarded, and the certificate must be for the
-//! same key and name. (PKCS#10, RFC 2986: `CertificationRequest` = SEQUENCE {
-//! `certificationRequestInfo` SEQUENCE { version, subject Name, subjectPKInfo, [0] attributes },
-//! signatureAlgorithm, signature }.)
+//! same key and name. Both are read through [`ocf::x509`] (PKCS#10 is RFC 2986).
 
-use ocf::security::pem::{certificate_info, hex, parse_certificates};
-use ocf::security::uuid_from_cn;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateSigningRequestDer;
-use sha2::{Digest, Sha256};
+use ocf::x509::{self, Certificate, Csr};
 
 /// What the Mediator needs to know about a CSR.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,94 +12,19 @@ pub struct CsrInfo {
     pub spki_sha256: String,
 }
 
-type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
-
-/// One DER element: (tag, content, whole element, rest).
-fn tlv(input: &[u8]) -> Result<Tlv<'_>, String> {
-    let (&tag, rest) = input.split_first().ok_or("DER: truncated")?;
-    let (&first, mut rest) = rest.split_first().ok_or("DER: truncated")?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return Err("DER: bad length".into());
-        }
-        let (len_bytes, r) = rest.split_at(n);
-        rest = r;
-        len_bytes
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
-    };
-    if rest.len() < len {
-        return Err("DER: truncated".into());
-    }
-    let header = input.len() - rest.len();
-    let (content, after) = rest.split_at(len);
-    Ok((tag, content, &input[..header + len], after))
-}
-
-/// The last CN of an X.501 Name (content of the SEQUENCE).
-fn common_name(mut name: &[u8]) -> Result<Option<String>, String> {
-    const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
-    let mut cn = None;
-    while !name.is_empty() {
-        let (tag, set, _, rest) = tlv(name)?;
-        name = rest;
-        if tag != 0x31 {
-            return Err("DER: a name component is not a SET".into());
-        }
-        let mut atvs = set;
-        while !atvs.is_empty() {
-            let (_, atv, _, r) = tlv(atvs)?;
-            atvs = r;
-            let (otag, oid, _, after) = tlv(atv)?;
-            if otag == 0x06 && oid == CN_OID {
-                let (vtag, value, _, _) = tlv(after)?;
-                // UTF8String, PrintableString, IA5String, TeletexString.
-                if matches!(vtag, 0x0c | 0x13 | 0x16 | 0x14) {
-                    cn = Some(String::from_utf8_lossy(value).into_owned());
-                }
-            }
-        }
-    }
-    Ok(cn)
-}
-
 /// Reads the subject CN and key fingerprint of a PEM CSR.
 pub fn csr_info(pem: &str) -> Result<CsrInfo, String> {
-    let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| format!("not a PEM certificate request: {e}"))?;
-    let (tag, req, _, _) = tlv(der.as_ref())?;
-    if tag != 0x30 {
-        return Err("CSR: not a SEQUENCE".into());
-    }
-    let (tag, info, _, _) = tlv(req)?;
-    if tag != 0x30 {
-        return Err("CSR: certificationRequestInfo is not a SEQUENCE".into());
-    }
-    let (tag, _, _, rest) = tlv(info)?;
-    if tag != 0x02 {
-        return Err("CSR: no version".into());
-    }
-    let (tag, subject, _, rest) = tlv(rest)?;
-    if tag != 0x30 {
-        return Err("CSR: the subject is not a Name".into());
-    }
-    let (tag, _, spki, _) = tlv(rest)?;
-    if tag != 0x30 {
-        return Err("CSR: no SubjectPublicKeyInfo".into());
-    }
+    let csr = Csr::from_pem(pem).map_err(|e| format!("the device's CSR: {e}"))?;
     Ok(CsrInfo {
-        subject_cn: common_name(subject)?,
-        spki_sha256: hex(&Sha256::digest(spki)),
+        subject_cn: csr.subject_cn().map(str::to_owned),
+        spki_sha256: x509::hex(&csr.spki_sha256()),
     })
 }
 
 /// Checks that the device's CSR is for `di` (CN `uuid:<di>`); returns its info.
 pub fn check_csr(pem: &str, di: &str) -> Result<CsrInfo, String> {
     let info = csr_info(pem)?;
-    match info.subject_cn.as_deref().and_then(uuid_from_cn) {
+    match info.subject_cn.as_deref().and_then(x509::uuid_from_cn) {
         Some(u) if u.eq_ignore_ascii_case(di) => Ok(info),
         _ => Err(format!(
             "the device's CSR is for {:?}, not uuid:{di}",
@@ -116,20 +35,18 @@ pub fn check_csr(pem: &str, di: &str) -> Result<CsrInfo, String> {
 
 /// Checks that the certificate the cloud issued is for the CSR's key and for `di`.
 pub fn check_issued(cert_pem: &str, csr: &CsrInfo, di: &str) -> Result<(), String> {
-    let der = parse_certificates(cert_pem)
+    let der = x509::certificates_from_pem(cert_pem)
         .map_err(|e| format!("the cloud's certificate: {e}"))?
-        .into_iter()
-        .next()
-        .ok_or("the cloud sent no certificate")?;
-    let info = certificate_info(&der).map_err(|e| format!("the cloud's certificate: {e}"))?;
-    if hex(&info.spki_sha256) != csr.spki_sha256 {
+        .remove(0);
+    let info = Certificate::from_der(&der).map_err(|e| format!("the cloud's certificate: {e}"))?;
+    if x509::hex(&info.spki_sha256()) != csr.spki_sha256 {
         return Err("the cloud's certificate is not for the device's key".into());
     }
-    match info.subject_cn.as_deref().and_then(uuid_from_cn) {
+    match info.cn_uuid() {
         Some(u) if u.eq_ignore_ascii_case(di) => Ok(()),
         _ => Err(format!(
             "the cloud's certificate has CN {:?}, not uuid:{di}",
-            info.subject_cn
+            info.subject_cns
         )),
     }
 }

@@ -1257,7 +1257,7 @@ pub fn cbor_to_json(v: &Value) -> serde_json::Value {
             .map(J::Number)
             .unwrap_or(J::Null),
         Value::Text(s) => J::String(s.clone()),
-        Value::Bytes(b) => J::String(ocf::security::pem::hex(b)),
+        Value::Bytes(b) => J::String(ocf::x509::hex(b)),
         Value::Array(a) => J::Array(a.iter().map(cbor_to_json).collect()),
         Value::Map(m) => J::Object(
             m.iter()

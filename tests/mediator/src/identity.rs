@@ -18,8 +18,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use ocf::security::pem::{certificate_info, hex, parse_certificates};
-use ocf::security::uuid_from_cn;
+use ocf::x509;
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
     KeyUsagePurpose, PublicKeyData, PKCS_ECDSA_P256_SHA256,
@@ -67,7 +66,7 @@ pub fn random_uuid() -> Result<String, String> {
     getrandom::fill(&mut b).map_err(|e| format!("no randomness from the OS: {e}"))?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
+    let h = x509::hex(&b);
     Ok(format!(
         "{}-{}-{}-{}-{}",
         &h[..8],
@@ -113,20 +112,16 @@ impl Identity {
         }
         let cert_pem =
             fs::read_to_string(&cert_path).map_err(|e| format!("{}: {e}", cert_path.display()))?;
-        let cert_der = parse_certificates(&cert_pem)
+        let cert_der = x509::certificates_from_pem(&cert_pem)
             .map_err(|e| format!("{}: {e}", cert_path.display()))?
-            .into_iter()
-            .next()
-            .ok_or_else(|| format!("{}: no certificate", cert_path.display()))?;
-        let info =
-            certificate_info(&cert_der).map_err(|e| format!("{}: {e}", cert_path.display()))?;
+            .remove(0);
+        let info = x509::Certificate::from_der(&cert_der)
+            .map_err(|e| format!("{}: {e}", cert_path.display()))?;
         let uuid = info
-            .subject_cn
-            .as_deref()
-            .and_then(uuid_from_cn)
+            .cn_uuid()
             .ok_or_else(|| format!("{}: the subject CN is not uuid:<UUID>", cert_path.display()))?;
         let key_spki = sha256_hex(&key.subject_public_key_info());
-        if key_spki != hex(&info.spki_sha256) {
+        if key_spki != x509::hex(&info.spki_sha256()) {
             return Err(format!(
                 "{} is not the certificate of {}; remove it and a new one is made",
                 cert_path.display(),
@@ -138,7 +133,7 @@ impl Identity {
                 dir: dir.to_path_buf(),
                 uuid,
                 cert_pem,
-                cert_der,
+                cert_der: cert_der.to_vec(),
                 key_pem: key.serialize_pem(),
                 spki_sha256: key_spki,
             },
@@ -186,7 +181,7 @@ fn self_signed(key: &KeyPair, uuid: &str) -> Result<String, String> {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    hex(&Sha256::digest(bytes))
+    x509::hex(&Sha256::digest(bytes))
 }
 
 /// Creates `dir` with mode 0700 if missing; warns about an existing one others can read.
@@ -345,9 +340,9 @@ mod tests {
         assert_eq!(mode(&id.cert_path()), 0o600);
         assert!(id.key_pem().starts_with("-----BEGIN PRIVATE KEY-----"));
         assert!(id.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
-        let info = certificate_info(&id.cert_der).unwrap();
+        let info = x509::Certificate::from_der(&id.cert_der).unwrap();
         assert_eq!(
-            info.subject_cn.as_deref(),
+            info.subject_cn(),
             Some(format!("uuid:{}", id.uuid).as_str())
         );
         // The Debug form has neither the key nor the certificate.

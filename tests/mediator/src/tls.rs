@@ -1,7 +1,7 @@
 //! CoAP over TLS over TCP (RFC 8323) to a device's secure endpoint, blocking.
 //!
 //! The device's certificate is self-signed (or a manufacturer's the Mediator has no CA for), so
-//! it cannot be verified on first contact: [`AnyServerCertificate`] accepts any certificate at
+//! it cannot be verified on first contact: [`ServerVerifier::any`] accepts any certificate at
 //! the TLS layer, still checking that the server holds its key (the handshake signature). What
 //! authenticates the device is the ownership transfer's key confirmation, which is bound to this
 //! TLS session's exporter; after it the device's key is pinned (see [`crate::identity`]) and
@@ -21,13 +21,10 @@ use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
 use ocf::model::{decode_payload, ContentFormat};
 use ocf::resource::{Request, Response};
 use ocf::security::otm::{EXPORTER_LABEL, EXPORTER_LEN};
-use ocf::security::pem::{certificate_info, hex};
-use ocf::security::uuid_from_cn;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{ring, CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use ocf::x509;
+use ocf_rustls::ServerVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use crate::identity::{sha256_hex, Identity};
 
@@ -35,73 +32,17 @@ use crate::identity::{sha256_hex, Identity};
 pub const MAX_MESSAGE_SIZE: u32 = 1 << 20;
 
 /// The ring provider, the only one compiled in (OCF-PROTOCOL.md §8.4).
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(ring::default_provider())
-}
-
-/// Accepts any server certificate, but verifies the handshake signatures with it (so the
-/// server holds the key of the certificate it presented, whose fingerprint the caller checks).
-#[derive(Debug)]
-pub struct AnyServerCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl AnyServerCertificate {
-    pub fn new(provider: &CryptoProvider) -> AnyServerCertificate {
-        AnyServerCertificate {
-            algorithms: provider.signature_verification_algorithms,
-        }
-    }
-}
-
-impl ServerCertVerifier for AnyServerCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
+pub use ocf_rustls::ring_provider as provider;
 
 /// Parses a PEM certificate chain and key for rustls.
 pub fn cert_and_key(
     cert_pem: &str,
     key_pem: &str,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate PEM: {e}"))?;
-    if chain.is_empty() {
-        return Err("no certificate in the PEM".into());
-    }
+    let chain =
+        x509::certificates_from_pem(cert_pem).map_err(|e| format!("certificate PEM: {e}"))?;
     let key =
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("key PEM: {e}"))?;
+        x509::private_key_from_pem(key_pem.as_bytes()).map_err(|e| format!("key PEM: {e}"))?;
     Ok((chain, key))
 }
 
@@ -119,7 +60,7 @@ pub fn client_config_with(cert_pem: &str, key_pem: &str) -> Result<Arc<ClientCon
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS configuration: {e}"))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServerCertificate::new(&provider)))
+        .with_custom_certificate_verifier(Arc::new(ServerVerifier::any(&provider)))
         .with_client_auth_cert(chain, key)
         .map_err(|e| format!("TLS client certificate: {e}"))?;
     Ok(Arc::new(config))
@@ -314,7 +255,9 @@ impl SecureClient {
     /// SHA-256 of the device certificate's SubjectPublicKeyInfo (its key), lower-case hex.
     pub fn peer_spki_sha256(&self) -> Option<String> {
         let der = self.peer_certificate()?;
-        certificate_info(&der).ok().map(|i| hex(&i.spki_sha256))
+        x509::Certificate::from_der(&der)
+            .ok()
+            .map(|c| x509::hex(&c.spki_sha256()))
     }
 
     /// SHA-256 of the device's whole DER certificate.
@@ -324,17 +267,17 @@ impl SecureClient {
 
     /// The UUID of the device certificate's CN `uuid:<di>`, if it has one.
     pub fn peer_cn_uuid(&self) -> Option<String> {
-        let der = self.peer_certificate()?;
-        certificate_info(&der)
+        x509::Certificate::from_der(&self.peer_certificate()?)
             .ok()?
-            .subject_cn
-            .as_deref()
-            .and_then(uuid_from_cn)
+            .cn_uuid()
     }
 
     /// The subject CN of the device's certificate.
     pub fn peer_cn(&self) -> Option<String> {
-        certificate_info(&self.peer_certificate()?).ok()?.subject_cn
+        x509::Certificate::from_der(&self.peer_certificate()?)
+            .ok()?
+            .subject_cn()
+            .map(str::to_owned)
     }
 
     /// `TLS 1.3, TLS13_AES_128_GCM_SHA256`.

@@ -9,7 +9,7 @@
 //!   `oic.sec.cred.cert`, `oic.sec.cred.mfgtrustca`, `oic.sec.cred.mfgcert`), `subjectuuid`
 //!   (required; a UUID or `*` for trust anchors, and the device's own `di` for `cert` /
 //!   `mfgcert`), `publicdata` `{"encoding":"oic.sec.encoding.pem","data":"-----BEGIN
-//!   CERTIFICATE-----…"}` (required; only `CERTIFICATE` blocks, see [`super::pem`]), and
+//!   CERTIFICATE-----…"}` (required; only `CERTIFICATE` blocks, see [`crate::x509`]), and
 //!   optionally `credid` (an existing id replaces that credential). `privatedata` is refused:
 //!   no secret is ever accepted over the network, so none can ever be returned. Role
 //!   certificates, `optionaldata` and other keys are refused too. The whole body is checked
@@ -21,12 +21,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::pem;
 use super::util::{
     as_array, as_text, as_uint, bad, echo, map, only_keys, only_props, parse_uuid, text, text_map,
     uint, NIL_UUID,
 };
 use crate::resource::{Props, ResourceError, Value};
+use crate::x509::{self, CertificateDer};
 
 /// `credtype` 8: asymmetric signing key with certificate.
 pub const CREDTYPE_SIGNED_ASYMMETRIC: u8 = 8;
@@ -91,8 +91,8 @@ pub struct Cred {
 
 impl Cred {
     /// The DER certificates of `publicdata` (leaf first for `cert`, as provisioned).
-    pub fn certificates_der(&self) -> Vec<Vec<u8>> {
-        pem::parse_certificates(&self.publicdata_pem).unwrap_or_default()
+    pub fn certificates_der(&self) -> Vec<CertificateDer<'static>> {
+        x509::certificates_from_pem(&self.publicdata_pem).unwrap_or_default()
     }
 
     fn to_value(&self) -> Value {
@@ -144,7 +144,7 @@ impl NewCred {
                 credusage.as_str()
             )));
         }
-        pem::parse_certificates(publicdata_pem)
+        x509::certificates_from_pem(publicdata_pem)
             .map_err(|e| bad(format!("`publicdata.data`: {e}")))?;
         Ok(NewCred {
             credid,
@@ -412,8 +412,8 @@ fn parse_cred(v: &Value, di: &str) -> Result<NewCred, ResourceError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::pem::tests::{CA_CERT, OWNER_CERT};
     use super::*;
+    use crate::x509::tests::{CA_CERT, OWNER_CERT};
 
     const DI: &str = "aaaaaaaa-0000-0000-0000-000000000001";
     const SID: &str = "cccccccc-0000-0000-0000-000000000003";

@@ -7,7 +7,6 @@
 //! - [`acl`]: ACEs and [`acl::evaluate`], the access decision with the default policy.
 //! - [`csr`]: `/oic/sec/csr` over a [`csr::CsrSource`] the daemon implements.
 //! - [`otm`]: the ownership transfer (SPAKE2 + TLS-exporter key confirmation), both sides.
-//! - [`pem`]: certificate PEM checks, and the CN / key fingerprint of a peer certificate.
 //!
 //! [`SecurityState`] bundles what is persisted (versioned, serde); [`resources`] builds the
 //! `/oic/sec/*` resources over one shared `Rc<RefCell<SecurityState>>`; [`OtmHandler`] and
@@ -42,7 +41,6 @@ pub mod cred;
 pub mod csr;
 pub mod doxm;
 pub mod otm;
-pub mod pem;
 pub mod pstat;
 mod resources;
 mod util;
@@ -64,6 +62,8 @@ pub use resources::{
 pub use util::{is_uuid, NIL_UUID};
 
 use crate::resource::{Request, ResourceError};
+use crate::x509;
+pub use crate::x509::uuid_from_cn;
 use cred::NewCred;
 use pstat::TransitionError;
 
@@ -107,11 +107,11 @@ impl PeerIdentity {
     pub fn from_certificate_der(
         der: &[u8],
         chain_verified: bool,
-    ) -> Result<PeerIdentity, pem::PemError> {
-        let info = pem::certificate_info(der)?;
+    ) -> Result<PeerIdentity, x509::Error> {
+        let cert = x509::Certificate::from_der(der)?;
         Ok(PeerIdentity {
-            uuid: info.subject_cn.as_deref().and_then(uuid_from_cn),
-            spki_sha256: info.spki_sha256,
+            uuid: cert.cn_uuid(),
+            spki_sha256: cert.spki_sha256(),
             chain_verified,
         })
     }
@@ -121,17 +121,10 @@ impl fmt::Debug for PeerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PeerIdentity")
             .field("uuid", &self.uuid)
-            .field("spki_sha256", &pem::hex(&self.spki_sha256))
+            .field("spki_sha256", &x509::hex(&self.spki_sha256))
             .field("chain_verified", &self.chain_verified)
             .finish()
     }
-}
-
-/// The UUID in a CN of the form `uuid:<uuid>` (OCF-PROTOCOL.md §8.2), lower case.
-pub fn uuid_from_cn(cn: &str) -> Option<String> {
-    let prefix = cn.get(..5)?;
-    let rest = cn.get(5..)?;
-    (prefix.eq_ignore_ascii_case("uuid:") && is_uuid(rest)).then(|| rest.to_ascii_lowercase())
 }
 
 /// The owner, as recorded at the ownership transfer.
@@ -294,7 +287,7 @@ impl SecurityState {
     pub fn is_owner(&self, peer: &PeerIdentity) -> bool {
         self.owner
             .as_ref()
-            .is_some_and(|o| o.spki_sha256 == pem::hex(&peer.spki_sha256))
+            .is_some_and(|o| o.spki_sha256 == x509::hex(&peer.spki_sha256))
     }
 
     /// The requester for the ACL from a connection: `peer` is `None` without a client
@@ -347,7 +340,7 @@ impl SecurityState {
         self.acl.rowneruuid = uuid.clone();
         self.owner = Some(OwnerIdentity {
             uuid: uuid.clone(),
-            spki_sha256: pem::hex(&peer.spki_sha256),
+            spki_sha256: x509::hex(&peer.spki_sha256),
         });
         let from = self.pstat.state;
         // RFOTM → RFPRO is allowed once owned.

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use coap_lite::{CoapOption, ResponseType};
 
 use super::otm::tests::test_rng;
-use super::pem::tests::{CA_CERT, OWNER_CERT};
 use super::*;
 use crate::model::{decode_payload, encode_payload, ContentFormat};
 use crate::resource::{
     Backend, Device, DeviceInfo, Interface, Method, Origin, PlatformInfo, Policy, Props, Request,
     Resource, Response, Value,
 };
+use crate::x509::tests::{CA_CERT, OWNER_CERT};
 
 const DI: &str = "aaaaaaaa-0000-0000-0000-000000000001";
 const SID: &str = "cccccccc-0000-0000-0000-000000000003";
@@ -45,7 +45,9 @@ struct Peer {
 }
 
 fn owner_peer(conn: u64) -> Peer {
-    let der = pem::parse_certificates(OWNER_CERT).unwrap().remove(0);
+    let der = crate::x509::certificates_from_pem(OWNER_CERT)
+        .unwrap()
+        .remove(0);
     Peer {
         conn,
         exporter: [conn as u8; 32],
@@ -314,7 +316,7 @@ fn first_boot_flow_end_to_end() {
         assert_eq!(s.doxm().devowneruuid, OWNER_UUID);
         assert_eq!(
             s.owner().unwrap().spki_sha256,
-            pem::tests::OWNER_SPKI_SHA256
+            crate::x509::tests::OWNER_SPKI_SHA256
         );
         assert_eq!(s.creds().identity_chain(DI).unwrap().credid, 1);
         assert_eq!(s.creds().trust_anchors_for(SID).count(), 1);
@@ -688,7 +690,9 @@ fn peer_identity_from_a_certificate() {
     assert_eq!(uuid_from_cn("uuid:nope"), None);
     assert_eq!(uuid_from_cn("11111111-2222-3333-4444-555555555555"), None);
     assert_eq!(uuid_from_cn("ü"), None);
-    let ca = pem::parse_certificates(CA_CERT).unwrap().remove(0);
+    let ca = crate::x509::certificates_from_pem(CA_CERT)
+        .unwrap()
+        .remove(0);
     let p = PeerIdentity::from_certificate_der(&ca, true).unwrap();
     assert_eq!(p.uuid, None);
     assert!(PeerIdentity::from_certificate_der(&ca[..40], true).is_err());
@@ -782,7 +786,7 @@ mod hostile {
         fn certificate_parsing_survives_any_bytes(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = PeerIdentity::from_certificate_der(&raw, false);
             let text = String::from_utf8_lossy(&raw);
-            let _ = pem::parse_certificates(&format!("-----BEGIN CERTIFICATE-----\n{text}\n-----END CERTIFICATE-----"));
+            let _ = crate::x509::certificates_from_pem(&format!("-----BEGIN CERTIFICATE-----\n{text}\n-----END CERTIFICATE-----"));
         }
     }
 }

@@ -23,7 +23,7 @@ use ocf::coap::tcp_conn::TcpConnection;
 use ocf::resource::{Device, DeviceInfo, Origin, PlatformInfo, Props, Resource};
 use ocf_drivers::board::Board;
 use ocf_drivers::device::{Device as LiveDevice, HardwareEnv, LiveDriver};
-use ocf_e2e::{get, map, post_cbor, Agent, TcpClient, TempDir};
+use ocf_e2e::{get, map, post_cbor, Agent, Receive, TcpClient, TempDir};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

@@ -17,66 +17,10 @@ use std::time::{Duration, Instant};
 
 use ocf_mediator::identity::random_uuid;
 use ocf_mediator::tls::{cert_and_key, client_config_with, provider};
+use ocf_rustls::AnyClientCertificate;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    ClientConnection, Connection, DigitallySignedStruct, DistinguishedName as TlsDn, ServerConfig,
-    ServerConnection, SignatureScheme,
-};
-
-/// Accepts any client certificate (or none), checking only the handshake signature.
-#[derive(Debug)]
-struct AnyClientCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ClientCertVerifier for AnyClientCertificate {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[TlsDn] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, Connection, ServerConfig, ServerConnection};
 
 /// A fresh key and self-signed certificate with subject CN `cn`: (cert PEM, key PEM).
 fn self_signed(cn: &str) -> Result<(String, String), String> {
@@ -150,8 +94,8 @@ fn relay(id: u32, inbound: TcpStream, target: SocketAddr) -> Result<(), String> 
     let device_cn = out
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(|c| ocf::security::pem::certificate_info(c.as_ref()).ok())
-        .and_then(|i| i.subject_cn)
+        .and_then(|c| ocf::x509::Certificate::from_der(c).ok())
+        .and_then(|c| c.subject_cn().map(str::to_owned))
         .unwrap_or_else(|| "device".into());
 
     // Towards the Mediator: a certificate with the device's CN and our key.
@@ -161,9 +105,7 @@ fn relay(id: u32, inbound: TcpStream, target: SocketAddr) -> Result<(), String> 
     let scfg = ServerConfig::builder_with_provider(p.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(Arc::new(AnyClientCertificate {
-            algorithms: p.signature_verification_algorithms,
-        }))
+        .with_client_cert_verifier(Arc::new(AnyClientCertificate::new(&p)))
         .with_single_cert(chain, key)
         .map_err(|e| e.to_string())?;
     let inn = ServerConnection::new(Arc::new(scfg)).map_err(|e| e.to_string())?;
