@@ -304,7 +304,7 @@ impl Csr {
 pub fn uuid_from_cn(cn: &str) -> Option<String> {
     let prefix = cn.get(..5)?;
     let rest = cn.get(5..)?;
-    (prefix.eq_ignore_ascii_case("uuid:") && crate::security::is_uuid(rest))
+    (prefix.eq_ignore_ascii_case("uuid:") && crate::model::is_uuid(rest))
         .then(|| rest.to_ascii_lowercase())
 }
 

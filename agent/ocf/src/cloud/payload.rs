@@ -363,15 +363,7 @@ impl CloudConf {
     }
 }
 
-/// `true` if `s` is a hyphenated UUID (8-4-4-4-12 hex digits, any case).
-pub fn is_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
-}
+pub use crate::model::is_uuid;
 
 // ---------------------------------------------------------------------------------------------
 // /oic/sec/account (OCF-PROTOCOL.md §5.1)

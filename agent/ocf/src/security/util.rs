@@ -24,15 +24,7 @@ pub(crate) fn bad(msg: impl Into<String>) -> ResourceError {
     ResourceError::BadRequest(msg.into())
 }
 
-/// Whether `s` is a UUID in the 8-4-4-4-12 hex form (either case).
-pub fn is_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
-}
+pub use crate::model::is_uuid;
 
 /// A UUID from the network, lower-cased; `what` names the property in the diagnostic.
 pub(crate) fn parse_uuid(s: &str, what: &str) -> Result<String, ResourceError> {

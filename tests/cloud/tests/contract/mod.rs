@@ -71,18 +71,9 @@ fn type_ok(t: &str, v: &Value) -> bool {
     }
 }
 
-fn is_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
-}
-
 fn format_ok(format: &str, s: &str) -> bool {
     match format {
-        "uuid" => is_uuid(s),
+        "uuid" => ocf::model::is_uuid(s),
         "int64" => {
             let digits = s.strip_prefix('-').unwrap_or(s);
             !digits.is_empty()
