@@ -769,30 +769,11 @@ fn openssl(args: &[&str]) {
 }
 
 fn cbor_file(dir: &Path, name: &str, v: &Json) -> String {
-    let cbor = json_to_cbor(v);
+    let cbor = ocf::model::content::json_to_cbor(v).unwrap();
     let path = dir.join(name);
-    let mut bytes = Vec::new();
-    ciborium::ser::into_writer(&cbor, &mut bytes).unwrap();
+    let bytes = ocf::model::encode_payload(ocf::model::ContentFormat::Cbor, &cbor).unwrap();
     std::fs::write(&path, bytes).unwrap();
     path.display().to_string()
-}
-
-fn json_to_cbor(v: &Json) -> Value {
-    match v {
-        Json::Null => Value::Null,
-        Json::Bool(b) => Value::Bool(*b),
-        Json::Number(n) => match n.as_i64() {
-            Some(i) => Value::Integer(i.into()),
-            None => Value::Float(n.as_f64().unwrap_or_default()),
-        },
-        Json::String(s) => Value::Text(s.clone()),
-        Json::Array(a) => Value::Array(a.iter().map(json_to_cbor).collect()),
-        Json::Object(o) => Value::Map(
-            o.iter()
-                .map(|(k, v)| (Value::Text(k.clone()), json_to_cbor(v)))
-                .collect(),
-        ),
-    }
 }
 
 /// One coap-client request over coaps+tcp with the client certificate; the CBOR answer.
