@@ -34,6 +34,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use coap_lite::option_value::OptionValueU32;
 use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use ocf::model::{decode_payload, encode_payload, ContentFormat};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -848,15 +849,15 @@ fn request_packet(
         packet.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
     }
     if let Some(p) = payload {
-        packet.add_option(
+        packet.add_option_as(
             CoapOption::ContentFormat,
-            ocf::resource::encode_uint(u32::from(ContentFormat::OCF_CBOR_NUMBER)),
+            OptionValueU32(u32::from(ContentFormat::OCF_CBOR_NUMBER)),
         );
         packet.payload = p;
     }
-    packet.add_option(
+    packet.add_option_as(
         CoapOption::Accept,
-        ocf::resource::encode_uint(u32::from(ContentFormat::OCF_CBOR_NUMBER)),
+        OptionValueU32(u32::from(ContentFormat::OCF_CBOR_NUMBER)),
     );
     packet
 }
