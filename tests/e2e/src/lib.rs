@@ -5,6 +5,7 @@ pub mod cloud;
 pub mod mediator;
 pub mod provision;
 pub mod qemu;
+pub mod signals;
 pub mod soak;
 pub mod tls_client;
 
