@@ -202,17 +202,7 @@ mod tests {
 
     #[test]
     fn chip_errors_read_as_diagnostics() {
-        let mut tx = vec![T::write_read(A, vec![reg::ID], vec![0x58])];
-        tx.extend([
-            T::write_read(A, vec![reg::ID], vec![0x60]),
-            T::write_read(A, vec![reg::STATUS], vec![0x01]),
-            T::write_read(A, vec![reg::ID], vec![0x60]),
-            T::write_read(A, vec![reg::STATUS], vec![0x00]),
-            T::write_read(A, vec![reg::CALIB_00], vec![0; 26]),
-            T::write_read(A, vec![reg::CALIB_26], vec![0; 7]),
-        ]);
-        tx.extend(init_transactions());
-        tx.push(T::write_read(A, vec![reg::DATA], vec![0xFF; 8]));
+        let tx = faulty_chip_transactions();
         let shared = Arc::new(Mutex::new(Bme280::new(Mock::new(&tx), A)));
         let mut p = Bme280Channel::new(shared.clone(), ResourceKind::Pressure, "bus").unwrap();
         assert_eq!(

@@ -494,19 +494,7 @@ mod tests {
 
     #[test]
     fn wrong_chip_blank_calibration_and_implausible_data() {
-        let mut tx = vec![T::write_read(A, vec![reg::ID], vec![0x58])];
-        // Calibration still being copied from NVM, then blank.
-        tx.extend([
-            T::write_read(A, vec![reg::ID], vec![0x60]),
-            T::write_read(A, vec![reg::STATUS], vec![0x01]),
-            T::write_read(A, vec![reg::ID], vec![0x60]),
-            T::write_read(A, vec![reg::STATUS], vec![0x00]),
-            T::write_read(A, vec![reg::CALIB_00], vec![0; 26]),
-            T::write_read(A, vec![reg::CALIB_26], vec![0; 7]),
-        ]);
-        // All-ones data (a bus that floats high) is refused, not returned.
-        tx.extend(init_transactions());
-        tx.push(T::write_read(A, vec![reg::DATA], vec![0xFF; 8]));
+        let tx = faulty_chip_transactions();
         let mut dev = Bme280::new(Mock::new(&tx), A);
         assert_eq!(dev.init(), Err(Error::WrongChip(0x58)));
         assert_eq!(dev.init(), Err(Error::CalibrationPending));

@@ -60,6 +60,25 @@ pub fn init_transactions() -> Vec<Transaction> {
     ]
 }
 
+/// A chip that fails every way `init` and `measure` check, in order: the wrong chip ID (a
+/// BMP280), calibration still being copied from NVM, then blank calibration, then a good `init`
+/// and all-ones data (a bus that floats high).
+pub fn faulty_chip_transactions() -> Vec<Transaction> {
+    const A: u8 = PRIMARY_ADDRESS;
+    let mut tx = vec![
+        Transaction::write_read(A, vec![reg::ID], vec![0x58]),
+        Transaction::write_read(A, vec![reg::ID], vec![0x60]),
+        Transaction::write_read(A, vec![reg::STATUS], vec![0x01]),
+        Transaction::write_read(A, vec![reg::ID], vec![0x60]),
+        Transaction::write_read(A, vec![reg::STATUS], vec![0x00]),
+        Transaction::write_read(A, vec![reg::CALIB_00], vec![0; 26]),
+        Transaction::write_read(A, vec![reg::CALIB_26], vec![0; 7]),
+    ];
+    tx.extend(init_transactions());
+    tx.push(Transaction::write_read(A, vec![reg::DATA], vec![0xFF; 8]));
+    tx
+}
+
 /// The datasheet's double-precision humidity formula, written out independently.
 pub fn reference_humidity(c: &Calibration, adc_h: f64, t_fine: f64) -> f64 {
     let x = t_fine - 76800.0;
