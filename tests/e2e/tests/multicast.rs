@@ -11,10 +11,6 @@ use std::process::Command;
 use ciborium::Value;
 use ocf_e2e::*;
 
-fn coap_client() -> String {
-    std::env::var("OCF_COAP_CLIENT").unwrap_or_else(|_| "coap-client-openssl".into())
-}
-
 /// Every `ep` of every link.
 fn endpoints(links: &Value) -> Vec<String> {
     links
@@ -25,21 +21,6 @@ fn endpoints(links: &Value) -> Vec<String> {
         .flatten()
         .filter_map(|e| Some(key(e, "ep")?.as_text()?.to_string()))
         .collect()
-}
-
-fn python() -> std::path::PathBuf {
-    let p = std::env::var("OCF_INTEROP_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/interop-venv/bin/python")
-        });
-    assert!(
-        p.exists(),
-        "{} not found: run `cargo xtask test`, which creates the aiocoap venv",
-        p.display()
-    );
-    p
 }
 
 /// Shell lines that make a second host: its own namespace (`$peer`), joined to ours by a veth
@@ -77,11 +58,16 @@ grep -q 'ocf-agent: ready' '{d}/out'
     )
 }
 
-/// Runs `script` in a new network namespace and fails with its output and the agent's log
-/// unless it succeeds; returns the agent's log.
+/// Runs `script` in a new network namespace, after bringing its loopback up and turning
+/// duplicate address detection off (so link-local addresses are usable at once), and fails with
+/// its output and the agent's log unless it succeeds; returns the agent's log.
 fn in_namespace(dir: &TempDir, script: &str) -> String {
+    let script = format!(
+        "set -eu\nip link set lo up\n\
+         sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0\n{script}"
+    );
     let out = Command::new("unshare")
-        .args(["--net", "--", "sh", "-c", script])
+        .args(["--net", "--", "sh", "-c", &script])
         .output()
         .expect("run unshare (util-linux)");
     let err = std::fs::read_to_string(dir.path().join("err")).unwrap_or_default();
@@ -100,11 +86,8 @@ fn multicast_discovery_in_a_network_namespace() {
     let d = dir.path().display().to_string();
     let script = format!(
         r#"
-set -eu
-ip link set lo up
 ip link set lo multicast on
 ip route add 224.0.0.0/4 dev lo
-sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
 {peer}
 {agent}
 '{client}' -N -B 2 -m get -o '{d}/v4.cbor' 'coap://224.0.1.187/oic/res'
@@ -180,9 +163,6 @@ fn an_interface_that_comes_up_later_is_joined_and_listed() {
     let d = dir.path().display().to_string();
     let script = format!(
         r#"
-set -eu
-ip link set lo up
-sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
 {agent}
 cat /proc/net/igmp >'{d}/igmp-before'
 # The "LAN" appears: a veth pair, up, with an address on our end.
@@ -266,9 +246,6 @@ fn a_link_local_only_lan_gets_a_usable_ipv6_endpoint() {
     let d = dir.path().display().to_string();
     let script = format!(
         r#"
-set -eu
-ip link set lo up
-sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
 {peer}
 ip -6 -o addr show dev ocf0 scope link | awk '{{print $4}}' | cut -d/ -f1 >'{d}/agent-address'
 {agent}
@@ -278,7 +255,7 @@ wait $pid
 "#,
         peer = PEER,
         agent = start_agent(&d, ""),
-        python = python().display(),
+        python = interop_python().display(),
         script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/interop/aiocoap_first_endpoint.py"
