@@ -43,9 +43,9 @@ for i in $(seq 100); do
 done
 "#;
 
-/// Shell lines that start the agent (sim board, `args` added, its output in `d`), kill it and
+/// Shell lines that start the agent (sim board, `args` added, its output in `dir`), kill it and
 /// any `$peer` on exit, and wait for its ready line.
-fn start_agent(d: &str, args: &str) -> String {
+fn start_agent(dir: &TempDir, args: &str) -> String {
     format!(
         r#"
 '{agent}' --board sim --state-dir '{d}/state' {args} --insecure-dev >'{d}/out' 2>'{d}/err' &
@@ -55,16 +55,19 @@ for i in $(seq 200); do grep -q 'ocf-agent: ready' '{d}/out' && break; sleep 0.0
 grep -q 'ocf-agent: ready' '{d}/out'
 "#,
         agent = binary("ocf-agent").display(),
+        d = dir.path().display(),
     )
 }
 
 /// Runs `script` in a new network namespace, after bringing its loopback up and turning
-/// duplicate address detection off (so link-local addresses are usable at once), and fails with
-/// its output and the agent's log unless it succeeds; returns the agent's log.
+/// duplicate address detection off (so link-local addresses are usable at once); then stops the
+/// agent it started with SIGTERM, which must end it cleanly. Fails with the script's output and
+/// the agent's log unless all of it succeeds; returns the agent's log.
 fn in_namespace(dir: &TempDir, script: &str) -> String {
     let script = format!(
         "set -eu\nip link set lo up\n\
-         sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0\n{script}"
+         sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0\n\
+         {script}\nkill -TERM $pid\nwait $pid\n"
     );
     let out = Command::new("unshare")
         .args(["--net", "--", "sh", "-c", &script])
@@ -83,7 +86,6 @@ fn in_namespace(dir: &TempDir, script: &str) -> String {
 #[test]
 fn multicast_discovery_in_a_network_namespace() {
     let dir = TempDir::new("multicast");
-    let d = dir.path().display().to_string();
     let script = format!(
         r#"
 ip link set lo multicast on
@@ -95,11 +97,10 @@ ip route add 224.0.0.0/4 dev lo
 nsenter -t $peer -n '{client}' -N -B 2 -m get -o '{d}/v6.cbor' 'coap://[ff02::158%ocf1]/oic/res'
 '{mediator}' discover --wait 1.5 >'{d}/discover-local.txt'
 nsenter -t $peer -n '{mediator}' discover --wait 1.5 >'{d}/discover-peer.txt'
-kill -TERM $pid
-wait $pid
 "#,
         peer = PEER,
-        agent = start_agent(&d, "--tcp 127.0.0.1:0"),
+        agent = start_agent(&dir, "--tcp 127.0.0.1:0"),
+        d = dir.path().display(),
         mediator = binary("ocf-mediator").display(),
         client = coap_client(),
     );
@@ -160,7 +161,6 @@ wait $pid
 #[test]
 fn an_interface_that_comes_up_later_is_joined_and_listed() {
     let dir = TempDir::new("late-iface");
-    let d = dir.path().display().to_string();
     let script = format!(
         r#"
 {agent}
@@ -179,10 +179,9 @@ cat /proc/net/igmp >'{d}/igmp'
 cat /proc/net/igmp6 >'{d}/igmp6'
 ip -o link show ocf0 | cut -d: -f1 >'{d}/ifindex'
 '{client}' -B 5 -m get -o '{d}/res.cbor' 'coap://127.0.0.1/oic/res'
-kill -TERM $pid
-wait $pid
 "#,
-        agent = start_agent(&d, "--tcp 127.0.0.1:0"),
+        agent = start_agent(&dir, "--tcp 127.0.0.1:0"),
+        d = dir.path().display(),
         client = coap_client(),
     );
     let err = in_namespace(&dir, &script);
@@ -243,23 +242,21 @@ wait $pid
 #[test]
 fn a_link_local_only_lan_gets_a_usable_ipv6_endpoint() {
     let dir = TempDir::new("link-local");
-    let d = dir.path().display().to_string();
     let script = format!(
         r#"
 {peer}
 ip -6 -o addr show dev ocf0 scope link | awk '{{print $4}}' | cut -d/ -f1 >'{d}/agent-address'
 {agent}
 nsenter -t $peer -n '{python}' '{script}' ocf1 >'{d}/client.json'
-kill -TERM $pid
-wait $pid
 "#,
-        peer = PEER,
-        agent = start_agent(&d, ""),
         python = interop_python().display(),
         script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/interop/aiocoap_first_endpoint.py"
         ),
+        peer = PEER,
+        agent = start_agent(&dir, ""),
+        d = dir.path().display(),
     );
     in_namespace(&dir, &script);
     let address = std::fs::read_to_string(dir.path().join("agent-address")).unwrap();
