@@ -89,21 +89,7 @@ async fn run(cli: Cli) -> Result<Stop, String> {
         )
     })?;
     // Held until the process ends: one agent per state directory.
-    let _lock = match state::StateLock::try_acquire(&cli.state_dir) {
-        Ok(Some(lock)) => lock,
-        Ok(None) => {
-            return Err(format!(
-                "{}: another ocf-agent uses this state directory",
-                cli.state_dir.display()
-            ))
-        }
-        Err(e) => {
-            return Err(format!(
-                "{}: {e}",
-                cli.state_dir.join(state::LOCK_FILE).display()
-            ))
-        }
-    };
+    let _lock = state::StateLock::acquire(&cli.state_dir)?;
     let boot = boot::prepare(&cli.state_dir, cli.insecure_dev)?;
     let identity = boot.identity.clone();
     if boot.identity_created {

@@ -215,7 +215,6 @@ pub const CLOUD_FILE: &str = "cloud.cbor";
 impl StateLock {
     /// Takes the lock; `Ok(None)` if another process holds it.
     pub fn try_acquire(dir: &Path) -> io::Result<Option<StateLock>> {
-        use std::os::fd::AsRawFd;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -223,16 +222,24 @@ impl StateLock {
             .truncate(false)
             .mode(0o600)
             .open(dir.join(LOCK_FILE))?;
-        // SAFETY: flock(2) on a descriptor we own.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r == 0 {
-            return Ok(Some(StateLock { _file: file }));
+        // flock(2) on Linux: the kernel drops it when the process ends, however it ends.
+        match file.try_lock() {
+            Ok(()) => Ok(Some(StateLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Ok(None)
-        } else {
-            Err(e)
+    }
+
+    /// Takes the lock for a starting agent; the error says which directory is taken, or which
+    /// file could not be locked and why.
+    pub fn acquire(dir: &Path) -> Result<StateLock, String> {
+        match Self::try_acquire(dir) {
+            Ok(Some(lock)) => Ok(lock),
+            Ok(None) => Err(format!(
+                "{}: another ocf-agent uses this state directory",
+                dir.display()
+            )),
+            Err(e) => Err(format!("{}: {e}", dir.join(LOCK_FILE).display())),
         }
     }
 }
@@ -360,6 +367,36 @@ mod tests {
         let d = std::env::temp_dir().join(format!("ocf-state-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn a_second_lock_on_the_state_directory_is_refused_with_a_clear_message() {
+        let dir = tempdir("lock");
+        ensure_dir(&dir).unwrap();
+        let first = StateLock::acquire(&dir).unwrap();
+        assert!(StateLock::try_acquire(&dir).unwrap().is_none());
+        match StateLock::acquire(&dir) {
+            Ok(_) => panic!("a second lock was granted"),
+            Err(e) => assert_eq!(
+                e,
+                format!(
+                    "{}: another ocf-agent uses this state directory",
+                    dir.display()
+                )
+            ),
+        }
+        drop(first);
+        assert!(StateLock::try_acquire(&dir).unwrap().is_some());
+        // A lock file that cannot be opened is an I/O error naming it.
+        let other = tempdir("lock-unusable");
+        fs::create_dir_all(other.join(LOCK_FILE)).unwrap();
+        let e = StateLock::acquire(&other).err().unwrap();
+        assert!(
+            e.starts_with(&format!("{}: ", other.join(LOCK_FILE).display())),
+            "{e}"
+        );
+        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(&other);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use coap_lite::{MessageClass, Packet};
+use nix::net::if_::InterfaceFlags;
 use ocf::coap::block;
 use ocf::coap::udp::{UdpInbound, UdpMessageLayer, UdpTimeout};
 use ocf::resource::Origin;
@@ -235,7 +236,7 @@ impl Groups {
 pub fn interfaces() -> Vec<(String, u32, Option<IpAddr>)> {
     interface_list()
         .into_iter()
-        .filter(|i| i.flags & (libc::IFF_MULTICAST as u32) != 0)
+        .filter(|i| i.flags.contains(InterfaceFlags::IFF_MULTICAST))
         .map(|i| (i.name, i.index, i.addr))
         .collect()
 }
@@ -244,67 +245,43 @@ pub fn interfaces() -> Vec<(String, u32, Option<IpAddr>)> {
 pub fn interface_addresses() -> Vec<(u32, IpAddr, bool)> {
     interface_list()
         .into_iter()
-        .filter_map(|i| Some((i.index, i.addr?, i.flags & (libc::IFF_LOOPBACK as u32) != 0)))
+        .filter_map(|i| {
+            let lo = i.flags.contains(InterfaceFlags::IFF_LOOPBACK);
+            Some((i.index, i.addr?, lo))
+        })
         .collect()
 }
 
 struct InterfaceEntry {
     name: String,
     index: u32,
-    flags: u32,
+    flags: InterfaceFlags,
     addr: Option<IpAddr>,
 }
 
 /// getifaddrs(3): one entry per interface address (and one per interface without one), of the
-/// interfaces that are up.
+/// interfaces that are up; index 0 where the interface went away meanwhile.
 fn interface_list() -> Vec<InterfaceEntry> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs; we only read
-    // the fields while the list is alive.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut cur = head;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            cur = ifa.ifa_next;
-            let flags = ifa.ifa_flags;
-            if flags & (libc::IFF_UP as u32) == 0 {
-                continue;
-            }
-            let name = std::ffi::CStr::from_ptr(ifa.ifa_name)
-                .to_string_lossy()
-                .into_owned();
-            let index = libc::if_nametoindex(ifa.ifa_name);
-            let addr = if ifa.ifa_addr.is_null() {
-                None
-            } else {
-                match i32::from((*ifa.ifa_addr).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                            sin.sin_addr.s_addr,
-                        ))))
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                        Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
-                    }
-                    _ => None,
-                }
-            };
-            out.push(InterfaceEntry {
-                name,
-                index,
-                flags,
-                addr,
-            });
-        }
-        libc::freeifaddrs(head);
+    let Ok(list) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    list.filter(|i| i.flags.contains(InterfaceFlags::IFF_UP))
+        .map(|i| InterfaceEntry {
+            index: nix::net::if_::if_nametoindex(i.interface_name.as_str()).unwrap_or(0),
+            addr: i.address.as_ref().and_then(ip_of),
+            flags: i.flags,
+            name: i.interface_name,
+        })
+        .collect()
+}
+
+/// The IP address of a socket address, if it is one.
+fn ip_of(addr: &nix::sys::socket::SockaddrStorage) -> Option<IpAddr> {
+    match (addr.as_sockaddr_in(), addr.as_sockaddr_in6()) {
+        (Some(v4), _) => Some(IpAddr::V4(v4.ip())),
+        (_, Some(v6)) => Some(IpAddr::V6(v6.ip())),
+        _ => None,
     }
-    out
 }
 
 /// Serves one unicast socket until shutdown.
@@ -430,6 +407,27 @@ pub async fn serve_multicast(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The loopback interface is up on any machine the tests run on: its addresses are listed
+    /// as loopback, under the kernel's index for `lo`.
+    #[test]
+    fn interface_listing_finds_the_loopback_addresses() {
+        let lo = nix::net::if_::if_nametoindex("lo").expect("lo");
+        let addrs = interface_addresses();
+        assert!(
+            addrs.contains(&(lo, IpAddr::V4(Ipv4Addr::LOCALHOST), true)),
+            "{addrs:?}"
+        );
+        assert!(addrs.iter().filter(|a| a.0 == lo).all(|a| a.2), "{addrs:?}");
+        // Every listed interface is multicast-capable, named, and has its index.
+        for (name, index, _) in interfaces() {
+            assert!(!name.is_empty());
+            assert_eq!(
+                nix::net::if_::if_nametoindex(name.as_str()).ok(),
+                Some(index)
+            );
+        }
+    }
 
     fn seen(list: &[(&str, u32, Option<&str>)]) -> Seen {
         let list: Vec<(String, u32, Option<IpAddr>)> = list

@@ -394,20 +394,9 @@ fn bench(extra: &[String]) -> Result<(), String> {
         Ok("musl-gcc".into())
     }
 
+    build_bench_release(&["ocf-agent", "ocf-dev-cloud", "ocf-e2e"])?;
     let root = workspace_root();
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(&cargo).current_dir(&root).args([
-        "build",
-        "--profile",
-        "bench-release",
-        "--package",
-        "ocf-agent",
-        "--package",
-        "ocf-dev-cloud",
-        "--package",
-        "ocf-e2e",
-        "--bins",
-    ]))?;
     // The shipped, size-tuned builds (the agent alone, so only its own features are on), for
     // their size and their RSS signed in.
     run(Command::new(&cargo).current_dir(&root).args([
@@ -435,8 +424,27 @@ fn bench(extra: &[String]) -> Result<(), String> {
              rustup target add {MUSL} && sudo apt-get install musl-tools   (or set {MUSL_CC}=gcc)"
         )
     })?;
-    run(Command::new(&cargo)
-        .current_dir(&root)
+    run_bench_release("ocf-bench", extra)
+}
+
+/// Builds the binaries of `packages` with the `bench-release` profile (the release build tuned
+/// for speed instead of size, which the bench and soak figures are measured with).
+fn build_bench_release(packages: &[&str]) -> Result<(), String> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root())
+        .args(["build", "--profile", "bench-release"]);
+    for p in packages {
+        cmd.args(["--package", p]);
+    }
+    run(cmd.arg("--bins"))
+}
+
+/// Runs an ocf-e2e binary built with the `bench-release` profile, with `extra` as its arguments.
+fn run_bench_release(bin: &str, extra: &[String]) -> Result<(), String> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo)
+        .current_dir(workspace_root())
         .args([
             "run",
             "--profile",
@@ -444,7 +452,7 @@ fn bench(extra: &[String]) -> Result<(), String> {
             "--package",
             "ocf-e2e",
             "--bin",
-            "ocf-bench",
+            bin,
             "--",
         ])
         .args(extra))

@@ -171,9 +171,9 @@ fn reply(
 ) -> Block1Outcome {
     let mut p = response(token, code);
     if let Some(max) = size1 {
-        p.add_option(
+        p.add_option_as(
             CoapOption::Size1,
-            ocf::resource::encode_uint(u32::try_from(max).unwrap_or(u32::MAX)),
+            coap_lite::option_value::OptionValueU32(u32::try_from(max).unwrap_or(u32::MAX)),
         );
     }
     p.payload = diagnostic.as_bytes().to_vec();

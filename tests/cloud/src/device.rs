@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use coap_lite::option_value::OptionValueU32;
 use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
 use ocf::model::content::cbor_to_json;
@@ -725,9 +726,9 @@ fn get_packet(href: &str, query: &[&str], observe: bool) -> Packet {
     for q in query {
         p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
     }
-    p.add_option(
+    p.add_option_as(
         CoapOption::Accept,
-        ocf::resource::encode_uint(u32::from(ContentFormat::OCF_CBOR_NUMBER)),
+        OptionValueU32(u32::from(ContentFormat::OCF_CBOR_NUMBER)),
     );
     p
 }
@@ -738,10 +739,7 @@ pub fn response_packet(r: &Response, token: &[u8]) -> Packet {
     p.header.code = MessageClass::Response(r.code);
     p.set_token(token.to_vec());
     if let Some(cf) = r.content_format {
-        p.add_option(
-            CoapOption::ContentFormat,
-            ocf::resource::encode_uint(u32::from(cf)),
-        );
+        p.add_option_as(CoapOption::ContentFormat, OptionValueU32(u32::from(cf)));
     }
     p.payload = r.payload.clone();
     p

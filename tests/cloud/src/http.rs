@@ -32,8 +32,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use coap_lite::option_value::OptionValueU32;
 use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use ocf::model::{decode_payload, encode_payload, ContentFormat};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
 use crate::app::{code_string, now_ms, App, ForwardError};
@@ -237,7 +241,16 @@ fn oauth_error(status: StatusCode, error: &str, description: impl Into<String>) 
         .into_response()
 }
 
-/// `application/x-www-form-urlencoded` pairs (RFC 6749 §4.4.2), `+` as space.
+/// RFC 3986 §2.3: everything but the unreserved characters is percent-encoded in a query value.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `application/x-www-form-urlencoded` pairs (RFC 6749 §4.4.2) as the WHATWG URL standard
+/// parses them (§5.1): `+` is a space, then `%XX` is decoded; a `%` not followed by two hex
+/// digits stays as it is. A name or value that is not UTF-8 is an error.
 fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, String> {
     let text = std::str::from_utf8(body).map_err(|_| "the form is not UTF-8".to_owned())?;
     text.split('&')
@@ -245,7 +258,9 @@ fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, String> {
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             let dec = |s: &str| {
-                String::from_utf8(percent_decode(&s.replace('+', " ")))
+                percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8()
+                    .map(|c| c.into_owned())
                     .map_err(|_| "the form is not UTF-8".to_owned())
             };
             Ok((dec(k)?, dec(v)?))
@@ -253,6 +268,8 @@ fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
+/// A URL query's pairs (RFC 3986 §3.4): `%XX` decoded, `+` kept (OCF queries never use it for a
+/// space), a malformed `%` kept as it is, bytes that are not UTF-8 replaced by U+FFFD.
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     query
         .unwrap_or("")
@@ -260,7 +277,7 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let dec = |s: &str| String::from_utf8_lossy(&percent_decode(s)).into_owned();
+            let dec = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
             (dec(k), dec(v))
         })
         .collect()
@@ -418,7 +435,7 @@ async fn authorize(
             let mut target = format!("{uri}{sep}code={code}");
             if let Some(state) = field("state") {
                 target.push_str("&state=");
-                target.push_str(&percent_encode(state));
+                target.extend(utf8_percent_encode(state, QUERY_VALUE));
             }
             match HeaderValue::from_str(&target) {
                 Ok(v) => {
@@ -435,18 +452,6 @@ async fn authorize(
         }
         None => Json(json!({ "code": code })).into_response(),
     }
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// `POST /api/v1/sign/identity-csr` `{"certificateSigningRequest": base64(PEM)}` →
@@ -474,7 +479,11 @@ async fn sign_identity_csr(
     let pem = if csr.contains("-----BEGIN") {
         csr.to_owned()
     } else {
-        match base64_decode(csr).and_then(|b| String::from_utf8(b).ok()) {
+        match LENIENT_BASE64
+            .decode(csr)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+        {
             Some(p) => p,
             None => return bad("certificateSigningRequest is neither base64 nor PEM".into()),
         }
@@ -484,7 +493,7 @@ async fn sign_identity_csr(
             tracing::info!("signed an identity certificate");
             // The chain up to the CA, as plgd's signer returns it.
             let chain = format!("{}{}", cert, app.pki.ca_pem);
-            Json(json!({ "certificate": base64_encode(chain.as_bytes()) })).into_response()
+            Json(json!({ "certificate": BASE64.encode(chain.as_bytes()) })).into_response()
         }
         Err(e) => bad(e),
     }
@@ -840,15 +849,15 @@ fn request_packet(
         packet.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
     }
     if let Some(p) = payload {
-        packet.add_option(
+        packet.add_option_as(
             CoapOption::ContentFormat,
-            ocf::resource::encode_uint(u32::from(ContentFormat::OCF_CBOR_NUMBER)),
+            OptionValueU32(u32::from(ContentFormat::OCF_CBOR_NUMBER)),
         );
         packet.payload = p;
     }
-    packet.add_option(
+    packet.add_option_as(
         CoapOption::Accept,
-        ocf::resource::encode_uint(u32::from(ContentFormat::OCF_CBOR_NUMBER)),
+        OptionValueU32(u32::from(ContentFormat::OCF_CBOR_NUMBER)),
     );
     packet
 }
@@ -964,42 +973,13 @@ async fn log(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     Json(app.log_entries()).into_response()
 }
 
-/// `%XX` decoding (`+` is kept: OCF queries never use it for spaces).
-pub fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
-
-/// Standard base64 with padding, as proto3 JSON writes `bytes` (RFC 4648 §4).
-pub fn base64_encode(data: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
-/// Standard base64, padding optional.
-pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    use base64::Engine;
-    const LENIENT: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
-    LENIENT.decode(s).ok()
-}
+/// Standard base64 (RFC 4648 §4), padding optional: proto3 JSON parsers accept `bytes`
+/// either way, so a client may leave it out.
+const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
 
 #[cfg(test)]
 mod tests {
@@ -1031,26 +1011,31 @@ mod tests {
     }
 
     #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("if=oic.if.baseline"), b"if=oic.if.baseline");
-        assert_eq!(percent_decode("a%3Db"), b"a=b");
-        assert_eq!(percent_decode("x%2"), b"x%2");
-        assert_eq!(percent_decode("%zz"), b"%zz");
-        assert_eq!(percent_decode("%"), b"%");
+    fn query_values_are_percent_decoded_leniently() {
+        let q = |s: &str| query_pairs(Some(s));
+        let pair = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        assert_eq!(q("if=oic.if.baseline"), pair("if", "oic.if.baseline"));
+        assert_eq!(q("a%3Db=%2F%3F%26"), pair("a=b", "/?&"));
+        // `+` is not a space in a URL query; `%2B` is a `+`.
+        assert_eq!(q("x=a+b%2Bc"), pair("x", "a+b+c"));
+        assert_eq!(q("t=%C3%A9t%C3%A9"), pair("t", "\u{e9}t\u{e9}"));
+        // A malformed escape stays as it is; a byte that is not UTF-8 becomes U+FFFD.
+        assert_eq!(q("x=x%2"), pair("x", "x%2"));
+        assert_eq!(q("x=%zz%"), pair("x", "%zz%"));
+        assert_eq!(q("x=%FF"), pair("x", "\u{fffd}"));
+        assert_eq!(q("&&flag&"), pair("flag", ""));
+        assert!(q("").is_empty());
     }
 
     #[test]
-    fn base64_round_trips() {
+    fn base64_of_a_csr_with_or_without_padding() {
         for s in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
-            assert_eq!(
-                base64_decode(&base64_encode(s.as_bytes())).unwrap(),
-                s.as_bytes()
-            );
+            let padded = BASE64.encode(s.as_bytes());
+            assert_eq!(LENIENT_BASE64.decode(&padded).unwrap(), s.as_bytes());
+            let bare = padded.trim_end_matches('=');
+            assert_eq!(LENIENT_BASE64.decode(bare).unwrap(), s.as_bytes());
         }
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_decode("Zm8").unwrap(), b"fo");
-        assert!(base64_decode("a*b").is_none());
+        assert!(LENIENT_BASE64.decode("a*b").is_err());
     }
 
     #[test]
@@ -1081,6 +1066,40 @@ mod tests {
             ]
         );
         assert!(form_pairs(&[0xff]).is_err());
-        assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
+        // WHATWG URL §5.1: `+` is a space, `%2B` a `+`; malformed escapes stay; UTF-8 decodes.
+        assert_eq!(
+            form_pairs(b"a=1+%2B+2&b=%E2%82%AC&c=100%&d=%2").unwrap(),
+            vec![
+                ("a".to_owned(), "1 + 2".to_owned()),
+                ("b".to_owned(), "\u{20ac}".to_owned()),
+                ("c".to_owned(), "100%".to_owned()),
+                ("d".to_owned(), "%2".to_owned())
+            ]
+        );
+        assert!(form_pairs(b"owner=%FF").is_err());
+    }
+
+    #[test]
+    fn query_values_round_trip_through_percent_encoding() {
+        for s in [
+            "a b/c",
+            "x+y%2B",
+            "?&=#[]@!$'()*,;",
+            "\u{e9}\u{20ac}\u{1f600}",
+            "-._~",
+        ] {
+            let enc: String = utf8_percent_encode(s, QUERY_VALUE).collect();
+            assert!(
+                enc.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)),
+                "{enc}"
+            );
+            assert_eq!(query_pairs(Some(&format!("state={enc}")))[0].1, s);
+        }
+        assert_eq!(
+            utf8_percent_encode("a b/c+", QUERY_VALUE).to_string(),
+            "a%20b%2Fc%2B"
+        );
+        assert_eq!(utf8_percent_encode("-._~", QUERY_VALUE).to_string(), "-._~");
     }
 }

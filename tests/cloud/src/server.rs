@@ -130,25 +130,16 @@ impl TlsListener {
     pub fn new(
         listener: TcpListener,
         config: Arc<ServerConfig>,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) -> TlsListener {
         let local = listener.local_addr();
         let acceptor = TlsAcceptor::from(config);
         let (tx, rx) = tokio::sync::mpsc::channel(32);
-        let accepting = tokio::spawn(async move {
-            loop {
-                let (sock, peer) = tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok(v) => v,
-                        Err(e) => {
-                            warn!("accept (HTTPS): {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                    _ = stop.changed() => return,
-                };
-                let _ = sock.set_nodelay(true);
+        let accepting = tokio::spawn(accept_until_stopped(
+            listener,
+            "HTTPS",
+            stop,
+            move |sock, peer| {
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -160,8 +151,8 @@ impl TlsListener {
                         Err(_) => warn!(%peer, "HTTPS: TLS handshake timed out"),
                     }
                 });
-            }
-        });
+            },
+        ));
         TlsListener {
             rx,
             local,
@@ -372,19 +363,20 @@ fn load_or_create_secret(path: &std::path::Path) -> Result<String, String> {
     Ok(secret)
 }
 
-async fn accept_loop(
+/// Accepts TCP connections until `stop` changes and hands each to `on_connection`, with
+/// TCP_NODELAY set; a failed accept (EMFILE and the like) is logged and retried after a pause.
+async fn accept_until_stopped(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    app: Arc<App>,
+    what: &'static str,
     mut stop: watch::Receiver<bool>,
-    tracker: Arc<()>,
+    mut on_connection: impl FnMut(TcpStream, SocketAddr),
 ) {
     loop {
         let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(v) => v,
                 Err(e) => {
-                    warn!("accept: {e}");
+                    warn!("accept ({what}): {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -392,10 +384,29 @@ async fn accept_loop(
             _ = stop.changed() => return,
         };
         if let Err(e) = sock.set_nodelay(true) {
-            warn!("TCP_NODELAY: {e}");
+            warn!(%peer, "TCP_NODELAY ({what}): {e}");
         }
+        on_connection(sock, peer);
+    }
+}
+
+/// Serves the device side (coap+tcp, or coaps+tcp with `tls`) until `stop` changes.
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Arc<App>,
+    stop: watch::Receiver<bool>,
+    tracker: Arc<()>,
+) {
+    let what = if tls.is_some() {
+        "coaps+tcp"
+    } else {
+        "coap+tcp"
+    };
+    let conn_stop = stop.clone();
+    accept_until_stopped(listener, what, stop, move |sock, peer| {
         let app = app.clone();
-        let stop = stop.clone();
+        let stop = conn_stop.clone();
         let tls = tls.clone();
         let guard = tracker.clone();
         tokio::spawn(async move {
@@ -405,7 +416,8 @@ async fn accept_loop(
                 Some(acceptor) => serve_tls(acceptor, sock, peer, app, stop).await,
             }
         });
-    }
+    })
+    .await
 }
 
 async fn serve_tls(

@@ -10,10 +10,11 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use coap_lite::option_value::OptionValueU32;
 use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use ocf::cloud::payload::{from_cbor, to_cbor};
 use ocf::coap::tcp_conn::{ConnEvent, TcpConnection};
-use ocf::resource::{encode_uint, Method, Request};
+use ocf::resource::{Method, Request};
 use ocf::x509::certificates_from_pem;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use rustls::pki_types::{PrivateKeyDer, ServerName};
@@ -641,10 +642,10 @@ impl Device {
         p.header.code = MessageClass::Response(code);
         p.set_token(req.get_token().to_vec());
         if let Some(o) = observe {
-            p.add_option(CoapOption::Observe, encode_uint(o));
+            p.add_option_as(CoapOption::Observe, OptionValueU32(o));
         }
         if let Some(b) = body {
-            p.add_option(CoapOption::ContentFormat, encode_uint(10000));
+            p.add_option_as(CoapOption::ContentFormat, OptionValueU32(10000));
             p.payload = to_cbor(&b).unwrap();
         }
         self.send(&p);
@@ -903,7 +904,7 @@ fn tls_device_registers_publishes_and_is_reachable_over_http() {
     assert_eq!(queries(&req), vec!["if=oic.if.baseline"]);
     assert_eq!(
         req.get_first_option(CoapOption::Accept).cloned(),
-        Some(encode_uint(10000))
+        Some(Vec::from(OptionValueU32(10000)))
     );
     assert!(req.get_option(CoapOption::Unknown(2049)).is_none());
     assert!(req.get_token().len() >= 4);
@@ -930,7 +931,7 @@ fn tls_device_registers_publishes_and_is_reachable_over_http() {
     assert_eq!(req.header.code, MessageClass::Request(RequestType::Post));
     assert_eq!(
         req.get_first_option(CoapOption::ContentFormat).cloned(),
-        Some(encode_uint(10000))
+        Some(Vec::from(OptionValueU32(10000)))
     );
     assert!(req.get_option(CoapOption::Unknown(2053)).is_none());
     assert_eq!(body(&req), json!({"value": true}));
@@ -984,8 +985,8 @@ fn tls_device_registers_publishes_and_is_reachable_over_http() {
     let mut notif = Packet::new();
     notif.header.code = MessageClass::Response(ResponseType::Content);
     notif.set_token(batch.get_token().to_vec());
-    notif.add_option(CoapOption::Observe, encode_uint(2));
-    notif.add_option(CoapOption::ContentFormat, encode_uint(10000));
+    notif.add_option_as(CoapOption::Observe, OptionValueU32(2));
+    notif.add_option_as(CoapOption::ContentFormat, OptionValueU32(10000));
     notif.payload = to_cbor(&json!([
         {"href": format!("ocf://{di}/switch/1"), "rep": {"value": true}},
         {"href": "/oic/d", "rep": {"n": "Test Pi", "di": di}}
@@ -1176,8 +1177,8 @@ fn reference_device_sequence_on_the_plain_listener() {
     let mut notif = Packet::new();
     notif.header.code = MessageClass::Response(ResponseType::Content);
     notif.set_token(light_token);
-    notif.add_option(CoapOption::Observe, encode_uint(2));
-    notif.add_option(CoapOption::ContentFormat, encode_uint(10000));
+    notif.add_option_as(CoapOption::Observe, OptionValueU32(2));
+    notif.add_option_as(CoapOption::ContentFormat, OptionValueU32(10000));
     notif.payload = to_cbor(&json!({"state": true, "power": 10})).unwrap();
     dev.send(&notif);
     let (http_addr, token) = (cloud.http, cloud.token());
@@ -1663,8 +1664,8 @@ fn answers_match_the_plgd_hub_schema() {
     let mut notif = Packet::new();
     notif.header.code = MessageClass::Response(ResponseType::Content);
     notif.set_token(batch.get_token().to_vec());
-    notif.add_option(CoapOption::Observe, encode_uint(2));
-    notif.add_option(CoapOption::ContentFormat, encode_uint(10000));
+    notif.add_option_as(CoapOption::Observe, OptionValueU32(2));
+    notif.add_option_as(CoapOption::ContentFormat, OptionValueU32(10000));
     notif.payload = to_cbor(&json!([{"href": "/switch/1", "rep": {"value": true}}])).unwrap();
     dev.send(&notif);
     let resp = dev.request(delete(

@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value as Json;
 
 use crate::{Spawn, Spawned};
@@ -344,13 +347,13 @@ impl DevCloud {
     /// certificate (the first of the chain it answers) and the CA of `hub-configuration`.
     pub fn try_sign_csr(&self, csr_pem: &str) -> Result<(String, String), String> {
         let body =
-            serde_json::json!({ "certificateSigningRequest": base64_encode(csr_pem.as_bytes()) });
+            serde_json::json!({ "certificateSigningRequest": BASE64.encode(csr_pem.as_bytes()) });
         let j = self
             .try_call("POST", "/api/v1/sign/identity-csr", Some(&body))?
             .expect_ok("sign/identity-csr")?;
         let chain = j["certificate"]
             .as_str()
-            .and_then(base64_decode)
+            .and_then(|b64| BASE64.decode(b64).ok())
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| format!("sign/identity-csr: no base64 certificate in {j}"))?;
         let end = "-----END CERTIFICATE-----";
@@ -666,33 +669,19 @@ pub fn write_private(path: &Path, secret: &str) {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
+/// The application/x-www-form-urlencoded percent-encode set of the WHATWG URL standard (§1.3):
+/// all but ASCII alphanumerics and `*-._`. A space is left out of it: [`form_encode`] writes `+`.
+const FORM: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'*')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b' ');
+
+/// A form name or value as the WHATWG URL standard serialises it (§5.2): a space as `+`, a `+`
+/// as `%2B`.
 fn form_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Standard base64 with padding, as proto3 JSON writes `bytes` (RFC 4648 §4).
-pub fn base64_encode(data: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
-/// Standard base64, padding optional.
-pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    use base64::Engine;
-    const LENIENT: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
-    LENIENT.decode(s).ok()
+    utf8_percent_encode(s, FORM).to_string().replace(' ', "+")
 }
 
 /// A CoAP code from the cloud's log (`"4.01"`, `129`, or `401`), as `class.detail`.
@@ -983,5 +972,27 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
             "timed out after {timeout:?} waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_values_are_encoded_as_the_whatwg_url_standard_says() {
+        assert_eq!(form_encode("alice"), "alice");
+        assert_eq!(form_encode("a b+c"), "a+b%2Bc");
+        assert_eq!(form_encode("*-._~"), "*-._%7E");
+        assert_eq!(form_encode("100%&x=y/"), "100%25%26x%3Dy%2F");
+        assert_eq!(form_encode("\u{e9}"), "%C3%A9");
+        // What a form parser makes of it: `+` a space, then `%XX` decoded.
+        for s in ["a b+c %2B", "?&=#\u{e9}\u{1f600}", "%zz %"] {
+            let back = percent_encoding::percent_decode_str(&form_encode(s).replace('+', " "))
+                .decode_utf8()
+                .unwrap()
+                .into_owned();
+            assert_eq!(back, s);
+        }
     }
 }

@@ -5,6 +5,7 @@ pub mod cloud;
 pub mod mediator;
 pub mod provision;
 pub mod qemu;
+pub mod signals;
 pub mod soak;
 pub mod tls_client;
 
@@ -48,6 +49,37 @@ pub fn try_binary(dir: &Path, name: &str) -> Result<PathBuf, String> {
             path.display()
         ))
     }
+}
+
+/// libcoap's client for the interop tests (`$OCF_COAP_CLIENT`, default `coap-client-openssl`),
+/// failing with how to install it when it is missing.
+pub fn coap_client() -> String {
+    let tool = std::env::var("OCF_COAP_CLIENT").unwrap_or_else(|_| "coap-client-openssl".into());
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output();
+    assert!(
+        found.map(|o| o.status.success()).unwrap_or(false),
+        "{tool} not found: run `cargo xtask test`, or `apt-get install libcoap3-bin`"
+    );
+    tool
+}
+
+/// The Python with aiocoap for the interop tests (`$OCF_INTEROP_PYTHON`, default the venv
+/// `cargo xtask test` makes in `target/interop-venv`), failing with how to make it when missing.
+pub fn interop_python() -> PathBuf {
+    let p = std::env::var("OCF_INTEROP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/interop-venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo xtask test`, which creates the aiocoap venv",
+        p.display()
+    );
+    p
 }
 
 /// How the harness starts `ocf-agent` and `ocf-dev-cloud`. The default is what the tests

@@ -743,19 +743,6 @@ fn a_cloud_certificate_for_another_sid_is_refused() {
 // Interop: libcoap's coap-client with TLS against the development cloud.
 // ---------------------------------------------------------------------------------------------
 
-fn coap_client() -> String {
-    let tool = std::env::var("OCF_COAP_CLIENT").unwrap_or_else(|_| "coap-client-openssl".into());
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output();
-    assert!(
-        found.map(|o| o.status.success()).unwrap_or(false),
-        "{tool} not found: run `cargo xtask test`, or `apt-get install libcoap3-bin`"
-    );
-    tool
-}
-
 fn openssl(args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
@@ -769,30 +756,11 @@ fn openssl(args: &[&str]) {
 }
 
 fn cbor_file(dir: &Path, name: &str, v: &Json) -> String {
-    let cbor = json_to_cbor(v);
+    let cbor = ocf::model::content::json_to_cbor(v).unwrap();
     let path = dir.join(name);
-    let mut bytes = Vec::new();
-    ciborium::ser::into_writer(&cbor, &mut bytes).unwrap();
+    let bytes = ocf::model::encode_payload(ocf::model::ContentFormat::Cbor, &cbor).unwrap();
     std::fs::write(&path, bytes).unwrap();
     path.display().to_string()
-}
-
-fn json_to_cbor(v: &Json) -> Value {
-    match v {
-        Json::Null => Value::Null,
-        Json::Bool(b) => Value::Bool(*b),
-        Json::Number(n) => match n.as_i64() {
-            Some(i) => Value::Integer(i.into()),
-            None => Value::Float(n.as_f64().unwrap_or_default()),
-        },
-        Json::String(s) => Value::Text(s.clone()),
-        Json::Array(a) => Value::Array(a.iter().map(json_to_cbor).collect()),
-        Json::Object(o) => Value::Map(
-            o.iter()
-                .map(|(k, v)| (Value::Text(k.clone()), json_to_cbor(v)))
-                .collect(),
-        ),
-    }
 }
 
 /// One coap-client request over coaps+tcp with the client certificate; the CBOR answer.
@@ -893,21 +861,6 @@ fn libcoap_client_with_tls_signs_up_and_signs_in() {
     assert_eq!(coap_code(&published[0]["code"]), "4.01", "{published:?}");
 }
 
-fn python() -> std::path::PathBuf {
-    let p = std::env::var("OCF_INTEROP_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/interop-venv/bin/python")
-        });
-    assert!(
-        p.exists(),
-        "{} not found: run `cargo xtask test`, which creates the aiocoap venv",
-        p.display()
-    );
-    p
-}
-
 /// A CoAP stack nobody here wrote (aiocoap) as a device: sign-up, sign-in and publish on one
 /// mutually authenticated coaps+tcp connection; the cloud then lists the published link.
 #[test]
@@ -939,7 +892,7 @@ fn aiocoap_device_with_tls_signs_in_and_publishes() {
     let code = cloud.auth_code("aiocoap");
     let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("interop/aiocoap_cloud_device.py");
-    let out = Command::new(python())
+    let out = Command::new(interop_python())
         .arg(script)
         .arg(format!("coaps+tcp://{}", cloud.coaps))
         .args([

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ocf_e2e::cloud::{base64_decode, DevCloud};
+use base64::Engine;
+use ocf_e2e::cloud::DevCloud;
 use ocf_e2e::mediator::{pin_file, Mediator, SecureAgent};
 use ocf_e2e::TempDir;
 use serde_json::{json, Value as Json};
@@ -330,7 +331,9 @@ fn the_console_shows_the_device_live_and_drives_it() {
 
     // The screenshot, for a person (and the README).
     let png = s.cmd("GET", "/screenshot", None).unwrap();
-    let png = base64_decode(png.as_str().unwrap()).expect("base64 PNG");
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(png.as_str().unwrap())
+        .expect("base64 PNG");
     assert!(png.starts_with(b"\x89PNG"));
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .parent()

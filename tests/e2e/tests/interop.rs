@@ -8,33 +8,6 @@ use std::process::{Command, Output};
 use ciborium::Value;
 use ocf_e2e::*;
 
-fn coap_client() -> String {
-    let tool = std::env::var("OCF_COAP_CLIENT").unwrap_or_else(|_| "coap-client-openssl".into());
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output();
-    assert!(
-        found.map(|o| o.status.success()).unwrap_or(false),
-        "{tool} not found: run `cargo xtask test`, or `apt-get install libcoap3-bin`"
-    );
-    tool
-}
-
-fn python() -> PathBuf {
-    let p = std::env::var("OCF_INTEROP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/interop-venv/bin/python")
-        });
-    assert!(
-        p.exists(),
-        "{} not found: run `cargo xtask test`, which creates the aiocoap venv",
-        p.display()
-    );
-    p
-}
-
 fn libcoap(args: &[&str]) -> Output {
     let out = Command::new(coap_client())
         .args(args)
@@ -162,7 +135,7 @@ fn aiocoap_against(scheme: &str) {
         agent.tcp()
     };
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/aiocoap_client.py");
-    let out = Command::new(python())
+    let out = Command::new(interop_python())
         .arg(&script)
         .arg(format!("{scheme}://{addr}"))
         .output()

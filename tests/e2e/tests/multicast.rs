@@ -11,10 +11,6 @@ use std::process::Command;
 use ciborium::Value;
 use ocf_e2e::*;
 
-fn coap_client() -> String {
-    std::env::var("OCF_COAP_CLIENT").unwrap_or_else(|_| "coap-client-openssl".into())
-}
-
 /// Every `ep` of every link.
 fn endpoints(links: &Value) -> Vec<String> {
     links
@@ -27,63 +23,51 @@ fn endpoints(links: &Value) -> Vec<String> {
         .collect()
 }
 
-fn python() -> std::path::PathBuf {
-    let p = std::env::var("OCF_INTEROP_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/interop-venv/bin/python")
-        });
-    assert!(
-        p.exists(),
-        "{} not found: run `cargo xtask test`, which creates the aiocoap venv",
-        p.display()
-    );
-    p
-}
-
-#[test]
-fn multicast_discovery_in_a_network_namespace() {
-    let dir = TempDir::new("multicast");
-    let agent = binary("ocf-agent");
-    let d = dir.path().display().to_string();
-    let script = format!(
-        r#"
-set -eu
-ip link set lo up
-ip link set lo multicast on
-ip route add 224.0.0.0/4 dev lo
-sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
-# A second host for the IPv6 client: its own namespace, joined to ours by a veth pair.
-unshare --net sleep 60 &
+/// Shell lines that make a second host: its own namespace (`$peer`), joined to ours by a veth
+/// pair (`ocf0` here, `ocf1` there), both ends up with link-local IPv6 addresses usable at once
+/// (no duplicate address detection).
+const PEER: &str = r#"
+unshare --net sleep 120 &
 peer=$!
 trap 'kill $peer 2>/dev/null || true' EXIT
 sleep 0.2
 ip link add ocf0 type veth peer name ocf1
 ip link set ocf1 netns $peer
+sysctl -qw net.ipv6.conf.ocf0.accept_dad=0
 ip link set ocf0 up
-nsenter -t $peer -n sh -c 'sysctl -qw net.ipv6.conf.all.accept_dad=0; ip link set lo up; ip link set ocf1 up'
+nsenter -t $peer -n sh -c 'sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.ocf1.accept_dad=0; ip link set lo up; ip link set ocf1 up'
 for i in $(seq 100); do
-  ip -6 addr show dev ocf0 | grep -q fe80 && nsenter -t $peer -n ip -6 addr show dev ocf1 | grep -q fe80 && break
+  ip -6 addr show dev ocf0 | grep fe80 | grep -vq tentative \
+    && nsenter -t $peer -n ip -6 addr show dev ocf1 | grep fe80 | grep -vq tentative && break
   sleep 0.05
 done
-'{agent}' --board sim --state-dir '{d}/state' --tcp 127.0.0.1:0 --insecure-dev >'{d}/out' 2>'{d}/err' &
+"#;
+
+/// Shell lines that start the agent (sim board, `args` added, its output in `dir`), kill it and
+/// any `$peer` on exit, and wait for its ready line.
+fn start_agent(dir: &TempDir, args: &str) -> String {
+    format!(
+        r#"
+'{agent}' --board sim --state-dir '{d}/state' {args} --insecure-dev >'{d}/out' 2>'{d}/err' &
 pid=$!
-trap 'kill $pid $peer 2>/dev/null || true' EXIT
+trap 'kill $pid ${{peer:-}} 2>/dev/null || true' EXIT
 for i in $(seq 200); do grep -q 'ocf-agent: ready' '{d}/out' && break; sleep 0.05; done
 grep -q 'ocf-agent: ready' '{d}/out'
-'{client}' -N -B 2 -m get -o '{d}/v4.cbor' 'coap://224.0.1.187/oic/res'
-'{client}' -N -B 2 -m get -o '{d}/v4-miss.cbor' 'coap://224.0.1.187/oic/res?rt=oic.r.nothing' || true
-nsenter -t $peer -n '{client}' -N -B 2 -m get -o '{d}/v6.cbor' 'coap://[ff02::158%ocf1]/oic/res'
-'{mediator}' discover --wait 1.5 >'{d}/discover-local.txt'
-nsenter -t $peer -n '{mediator}' discover --wait 1.5 >'{d}/discover-peer.txt'
-kill -TERM $pid
-wait $pid
 "#,
-        agent = agent.display(),
-        mediator = binary("ocf-mediator").display(),
-        d = d,
-        client = coap_client(),
+        agent = binary("ocf-agent").display(),
+        d = dir.path().display(),
+    )
+}
+
+/// Runs `script` in a new network namespace, after bringing its loopback up and turning
+/// duplicate address detection off (so link-local addresses are usable at once); then stops the
+/// agent it started with SIGTERM, which must end it cleanly. Fails with the script's output and
+/// the agent's log unless all of it succeeds; returns the agent's log.
+fn in_namespace(dir: &TempDir, script: &str) -> String {
+    let script = format!(
+        "set -eu\nip link set lo up\n\
+         sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0\n\
+         {script}\nkill -TERM $pid\nwait $pid\n"
     );
     let out = Command::new("unshare")
         .args(["--net", "--", "sh", "-c", &script])
@@ -96,6 +80,31 @@ wait $pid
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    err
+}
+
+#[test]
+fn multicast_discovery_in_a_network_namespace() {
+    let dir = TempDir::new("multicast");
+    let script = format!(
+        r#"
+ip link set lo multicast on
+ip route add 224.0.0.0/4 dev lo
+{peer}
+{agent}
+'{client}' -N -B 2 -m get -o '{d}/v4.cbor' 'coap://224.0.1.187/oic/res'
+'{client}' -N -B 2 -m get -o '{d}/v4-miss.cbor' 'coap://224.0.1.187/oic/res?rt=oic.r.nothing' || true
+nsenter -t $peer -n '{client}' -N -B 2 -m get -o '{d}/v6.cbor' 'coap://[ff02::158%ocf1]/oic/res'
+'{mediator}' discover --wait 1.5 >'{d}/discover-local.txt'
+nsenter -t $peer -n '{mediator}' discover --wait 1.5 >'{d}/discover-peer.txt'
+"#,
+        peer = PEER,
+        agent = start_agent(&dir, "--tcp 127.0.0.1:0"),
+        d = dir.path().display(),
+        mediator = binary("ocf-mediator").display(),
+        client = coap_client(),
+    );
+    let err = in_namespace(&dir, &script);
     for file in ["v4.cbor", "v6.cbor"] {
         let bytes = std::fs::read(dir.path().join(file)).unwrap_or_default();
         let links: Value = ciborium::de::from_reader(bytes.as_slice()).unwrap_or_else(|e| {
@@ -152,18 +161,9 @@ wait $pid
 #[test]
 fn an_interface_that_comes_up_later_is_joined_and_listed() {
     let dir = TempDir::new("late-iface");
-    let agent = binary("ocf-agent");
-    let d = dir.path().display().to_string();
     let script = format!(
         r#"
-set -eu
-ip link set lo up
-sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
-'{agent}' --board sim --state-dir '{d}/state' --tcp 127.0.0.1:0 --insecure-dev >'{d}/out' 2>'{d}/err' &
-pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
-for i in $(seq 200); do grep -q 'ocf-agent: ready' '{d}/out' && break; sleep 0.05; done
-grep -q 'ocf-agent: ready' '{d}/out'
+{agent}
 cat /proc/net/igmp >'{d}/igmp-before'
 # The "LAN" appears: a veth pair, up, with an address on our end.
 ip link add ocf0 type veth peer name ocf1
@@ -179,24 +179,12 @@ cat /proc/net/igmp >'{d}/igmp'
 cat /proc/net/igmp6 >'{d}/igmp6'
 ip -o link show ocf0 | cut -d: -f1 >'{d}/ifindex'
 '{client}' -B 5 -m get -o '{d}/res.cbor' 'coap://127.0.0.1/oic/res'
-kill -TERM $pid
-wait $pid
 "#,
-        agent = agent.display(),
-        d = d,
+        agent = start_agent(&dir, "--tcp 127.0.0.1:0"),
+        d = dir.path().display(),
         client = coap_client(),
     );
-    let out = Command::new("unshare")
-        .args(["--net", "--", "sh", "-c", &script])
-        .output()
-        .expect("run unshare (util-linux)");
-    let err = std::fs::read_to_string(dir.path().join("err")).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "namespace script failed: {}\n{}\nagent log:\n{err}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = in_namespace(&dir, &script);
     let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
     // Not there at the start: the interface did not exist.
     assert!(
@@ -254,55 +242,23 @@ wait $pid
 #[test]
 fn a_link_local_only_lan_gets_a_usable_ipv6_endpoint() {
     let dir = TempDir::new("link-local");
-    let d = dir.path().display().to_string();
     let script = format!(
         r#"
-set -eu
-ip link set lo up
-sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
-unshare --net sleep 120 &
-peer=$!
-trap 'kill $peer 2>/dev/null || true' EXIT
-sleep 0.2
-ip link add ocf0 type veth peer name ocf1
-ip link set ocf1 netns $peer
-sysctl -qw net.ipv6.conf.ocf0.accept_dad=0
-ip link set ocf0 up
-nsenter -t $peer -n sh -c 'sysctl -qw net.ipv6.conf.ocf1.accept_dad=0; ip link set lo up; ip link set ocf1 up'
-# Usable once not tentative (no duplicate address detection here, so at once).
-for i in $(seq 100); do
-  ip -6 addr show dev ocf0 | grep fe80 | grep -vq tentative \
-    && nsenter -t $peer -n ip -6 addr show dev ocf1 | grep fe80 | grep -vq tentative && break
-  sleep 0.05
-done
+{peer}
 ip -6 -o addr show dev ocf0 scope link | awk '{{print $4}}' | cut -d/ -f1 >'{d}/agent-address'
-'{agent}' --board sim --state-dir '{d}/state' --insecure-dev >'{d}/out' 2>'{d}/err' &
-pid=$!
-trap 'kill $pid $peer 2>/dev/null || true' EXIT
-for i in $(seq 200); do grep -q 'ocf-agent: ready' '{d}/out' && break; sleep 0.05; done
-grep -q 'ocf-agent: ready' '{d}/out'
+{agent}
 nsenter -t $peer -n '{python}' '{script}' ocf1 >'{d}/client.json'
-kill -TERM $pid
-wait $pid
 "#,
-        agent = binary("ocf-agent").display(),
-        python = python().display(),
+        python = interop_python().display(),
         script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/interop/aiocoap_first_endpoint.py"
         ),
+        peer = PEER,
+        agent = start_agent(&dir, ""),
+        d = dir.path().display(),
     );
-    let out = std::process::Command::new("unshare")
-        .args(["--net", "--", "sh", "-c", &script])
-        .output()
-        .expect("run unshare (util-linux)");
-    let err = std::fs::read_to_string(dir.path().join("err")).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "namespace script failed: {}\n{}\nagent log:\n{err}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    in_namespace(&dir, &script);
     let address = std::fs::read_to_string(dir.path().join("agent-address")).unwrap();
     let address = address.trim();
     assert!(address.starts_with("fe80:"), "{address}");

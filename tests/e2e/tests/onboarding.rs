@@ -174,19 +174,6 @@ fn assert_no_secret(what: &str, text: &str, secrets: &[String]) {
     }
 }
 
-fn coap_client() -> String {
-    let tool = std::env::var("OCF_COAP_CLIENT").unwrap_or_else(|_| "coap-client-openssl".into());
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output();
-    assert!(
-        found.map(|o| o.status.success()).unwrap_or(false),
-        "{tool} not found: run `cargo xtask test`, or `apt-get install libcoap3-bin`"
-    );
-    tool
-}
-
 /// A deterministic random source for protocol runs in tests (never for real keys).
 fn test_rng(seed: u64) -> impl FnMut(&mut [u8]) {
     let mut s = seed | 1;

@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::Value as Json;
@@ -328,7 +331,7 @@ impl CloudApi {
         let server = self.service(&info.authority, "authority")?;
         let path = format!(
             "/authorize?response_type=code&client_id={}",
-            query_escape(&info.device_client_id)
+            utf8_percent_encode(&info.device_client_id, QUERY_VALUE)
         );
         let what = format!("GET {}/authorize", server.url);
         let r = server.call("GET", &path, None)?;
@@ -360,14 +363,14 @@ impl CloudApi {
         let what = format!("POST {}/api/v1/sign/identity-csr", ca.url);
         // proto3 JSON carries `bytes` as base64.
         let body =
-            serde_json::json!({ "certificateSigningRequest": base64_encode(csr_pem.as_bytes()) });
+            serde_json::json!({ "certificateSigningRequest": BASE64.encode(csr_pem.as_bytes()) });
         let j = ca
             .call("POST", "/api/v1/sign/identity-csr", Some(&body))?
             .json(&what)?;
         let chain = j
             .get("certificate")
             .and_then(Json::as_str)
-            .and_then(base64_decode)
+            .and_then(|b64| BASE64.decode(b64).ok())
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| format!("{what}: no base64 `certificate` in the answer"))?;
         let end = "-----END CERTIFICATE-----";
@@ -589,34 +592,12 @@ fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
-fn query_escape(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Standard base64 with padding, as proto3 JSON writes `bytes` (RFC 4648 §4).
-pub fn base64_encode(data: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
-/// Standard base64, padding optional.
-pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    use base64::Engine;
-    const LENIENT: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
-    LENIENT.decode(s).ok()
-}
+/// RFC 3986 §2.3: everything but the unreserved characters is percent-encoded in a query value.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 #[cfg(test)]
 mod tests {
@@ -738,15 +719,13 @@ mod tests {
     }
 
     #[test]
-    fn base64() {
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        for s in ["", "f", "fo", "foo", "-----BEGIN CERTIFICATE-----\n"] {
-            assert_eq!(
-                base64_decode(&base64_encode(s.as_bytes())).unwrap(),
-                s.as_bytes()
-            );
-        }
-        assert!(base64_decode("a*").is_none());
+    fn query_values_keep_only_unreserved_characters() {
+        let q = |s: &str| utf8_percent_encode(s, QUERY_VALUE).to_string();
+        assert_eq!(q("ocf-device_1.x~"), "ocf-device_1.x~");
+        assert_eq!(q("a b+c%2B&d=e/f?"), "a%20b%2Bc%252B%26d%3De%2Ff%3F");
+        assert_eq!(q("\u{e9}\u{20ac}"), "%C3%A9%E2%82%AC");
+        let encoded = q("x+%zz \u{e9}");
+        let decoded = percent_encoding::percent_decode_str(&encoded).decode_utf8();
+        assert_eq!(decoded.unwrap(), "x+%zz \u{e9}");
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use ciborium::Value;
 use coap_lite::{CoapOption, MessageType, Packet};
+use nix::net::if_::InterfaceFlags;
 use ocf::coap::block::Block;
 use ocf::model::{decode_payload, ContentFormat};
 use ocf::resource::{Method, Request, Response};
@@ -41,28 +42,17 @@ fn discovery_request(token: &[u8], message_id: u16, block: Option<Block>) -> Vec
     p.to_bytes().unwrap_or_default()
 }
 
-/// Interface indexes of multicast-capable interfaces that are up.
+/// Interface indexes of multicast-capable interfaces that are up (getifaddrs(3)).
 fn ipv6_interfaces() -> Vec<u32> {
+    let up_mc = InterfaceFlags::IFF_UP | InterfaceFlags::IFF_MULTICAST;
     let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list we only read and then free with freeifaddrs.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut cur = head;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            cur = ifa.ifa_next;
-            let up_mc = libc::IFF_UP as u32 | libc::IFF_MULTICAST as u32;
-            if ifa.ifa_flags & up_mc == up_mc {
-                let index = libc::if_nametoindex(ifa.ifa_name);
-                if index != 0 && !out.contains(&index) {
-                    out.push(index);
-                }
+    for ifa in nix::ifaddrs::getifaddrs().into_iter().flatten() {
+        if ifa.flags.contains(up_mc) {
+            match nix::net::if_::if_nametoindex(ifa.interface_name.as_str()) {
+                Ok(index) if index != 0 && !out.contains(&index) => out.push(index),
+                _ => {}
             }
         }
-        libc::freeifaddrs(head);
     }
     out
 }
@@ -216,6 +206,16 @@ pub fn answered_from(f: &Found) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_interfaces_are_listed_once_each_by_index() {
+        let list = ipv6_interfaces();
+        let mut unique = list.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), list.len(), "{list:?}");
+        assert!(!list.contains(&0), "{list:?}");
+    }
 
     #[test]
     fn links_are_grouped_by_anchor_with_their_endpoints() {

@@ -78,10 +78,9 @@ fn zone_index(zone: &str) -> Option<u32> {
     if let Ok(n) = zone.parse::<u32>() {
         return Some(n);
     }
-    let name = std::ffi::CString::new(zone).ok()?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (index != 0).then_some(index)
+    nix::net::if_::if_nametoindex(zone)
+        .ok()
+        .filter(|&index| index != 0)
 }
 
 /// Formats an address as an endpoint URI.

@@ -203,12 +203,11 @@ fn read_pin(pin: Option<String>, pin_file: Option<PathBuf>) -> Result<Pin, Strin
 fn print_reply(reply: &tls::Reply) {
     println!("{} {:?}", reply.code_text(), reply.code());
     match reply.body() {
-        Some(v) if reply.is_success() => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&flow::cbor_to_json(&v)).unwrap_or_default()
-            )
-        }
+        Some(v) if reply.is_success() => match ocf::model::content::cbor_to_json(&v) {
+            Ok(j) => println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default()),
+            // No JSON form (a map key that is not text, say): the CBOR value as it is.
+            Err(_) => println!("{v:?}"),
+        },
         _ if !reply.response.payload.is_empty() => println!("{}", reply.diagnostic()),
         _ => {}
     }

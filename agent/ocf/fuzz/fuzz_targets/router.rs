@@ -32,6 +32,7 @@ use std::time::Instant;
 use ciborium::Value;
 use std::collections::LinkedList;
 
+use coap_lite::option_value::OptionValueU32;
 use coap_lite::{CoapOption, MessageType, Packet};
 use libfuzzer_sys::fuzz_target;
 use ocf::cloud::session::{self, CloudSession, Timing};
@@ -39,7 +40,7 @@ use ocf::coap::block;
 use ocf::coap::tcp::{self, FrameDecoder};
 use ocf::resource::endpoint::Endpoint;
 use ocf::resource::{
-    encode_uint, Backend, Device, DeviceInfo, Interface, Origin, PlatformInfo, Policy, Props,
+    Backend, Device, DeviceInfo, Interface, Origin, PlatformInfo, Policy, Props,
     Resource, ResourceError, OCF_ACCEPT_VERSION, OCF_CONTENT_VERSION,
 };
 use ocf::security::{AclBackend, PeerIdentity, Pin, SecurityState};
@@ -248,20 +249,21 @@ fn shape(packet: &mut Packet, shape: u8) {
     if let Some(query) = usize::from((shape >> 3) & 7).checked_sub(1) {
         packet.set_option(CoapOption::UriQuery, list(QUERIES[query]));
     }
-    let version = || encode_uint(0x0800);
+    let uint = |v: u32| -> Vec<u8> { OptionValueU32(v).into() };
+    let version = || uint(0x0800);
     match shape >> 6 {
         1 => {
-            packet.set_option(CoapOption::ContentFormat, [encode_uint(10000)].into());
+            packet.set_option(CoapOption::ContentFormat, [uint(10000)].into());
             packet.set_option(CoapOption::Unknown(OCF_ACCEPT_VERSION), [version()].into());
             packet.set_option(CoapOption::Unknown(OCF_CONTENT_VERSION), [version()].into());
         }
         2 => {
-            packet.set_option(CoapOption::ContentFormat, [encode_uint(50)].into());
-            packet.set_option(CoapOption::Accept, [encode_uint(50)].into());
+            packet.set_option(CoapOption::ContentFormat, [uint(50)].into());
+            packet.set_option(CoapOption::Accept, [uint(50)].into());
         }
         3 => {
-            packet.set_option(CoapOption::ContentFormat, [encode_uint(60)].into());
-            packet.set_option(CoapOption::Accept, [encode_uint(10000)].into());
+            packet.set_option(CoapOption::ContentFormat, [uint(60)].into());
+            packet.set_option(CoapOption::Accept, [uint(10000)].into());
         }
         _ => {}
     }

@@ -233,9 +233,9 @@ impl Upload {
         );
         if self.num == 0 {
             // RFC 7959 §4: the size of the whole body, so the cloud can refuse it at once.
-            p.add_option(
+            p.add_option_as(
                 CoapOption::Size1,
-                crate::resource::encode_uint(u32::try_from(total).unwrap_or(u32::MAX)),
+                coap_lite::option_value::OptionValueU32(u32::try_from(total).unwrap_or(u32::MAX)),
             );
         }
         p

@@ -622,7 +622,7 @@ proptest! {
                     p.header.code = MessageClass::from(code);
                     p.set_token(if to_last { last_token.clone() } else { vec![9; 8] });
                     if let Some(v) = block1 {
-                        p.add_option(CoapOption::Block1, crate::resource::encode_uint(v));
+                        p.add_option_as(CoapOption::Block1, coap_lite::option_value::OptionValueU32(v));
                     }
                     if let Ok(bytes) = tcp::encode(&p) {
                         link.receive(&bytes, now);

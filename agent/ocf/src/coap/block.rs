@@ -6,6 +6,7 @@
 //! accept; over TCP it is used when a response exceeds the peer's Max-Message-Size (RFC 8323
 //! §5.3.1: 1152 bytes until the peer's CSM says otherwise).
 
+use coap_lite::option_value::OptionValueU32;
 use coap_lite::{CoapOption, MessageClass, Packet, ResponseType};
 
 /// The Block2/Block1 option value (RFC 7959 §2.2).
@@ -40,7 +41,7 @@ impl Block {
 
     pub fn encode(self) -> Vec<u8> {
         let v = (self.num << 4) | (u32::from(self.more) << 3) | u32::from(self.szx);
-        crate::resource::encode_uint(v)
+        OptionValueU32(v).into()
     }
 }
 
@@ -101,10 +102,7 @@ pub fn apply_block2(request: &Packet, response: &mut Packet, max_szx: u8) {
     response.payload = response.payload[start..end].to_vec();
     response.add_option(CoapOption::Block2, Block { num, more, szx }.encode());
     if num == 0 {
-        response.add_option(
-            CoapOption::Size2,
-            crate::resource::encode_uint(total as u32),
-        );
+        response.add_option_as(CoapOption::Size2, OptionValueU32(total as u32));
     }
     if num > 0 {
         // Notifications are only the first block (RFC 7959 §2.6); later blocks are plain GETs.
@@ -174,8 +172,12 @@ mod tests {
             assert_eq!(b.num, num);
             if num == 0 {
                 assert_eq!(
+                    resp.get_first_option_as(CoapOption::Size2),
+                    Some(Ok(OptionValueU32(2500)))
+                );
+                assert_eq!(
                     resp.get_first_option(CoapOption::Size2),
-                    Some(&crate::resource::encode_uint(2500))
+                    Some(&vec![0x09, 0xc4])
                 );
             }
             got.extend_from_slice(&resp.payload);

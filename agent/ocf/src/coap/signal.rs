@@ -21,6 +21,7 @@
 
 use std::fmt;
 
+use coap_lite::option_value::OptionValueU32;
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 
 /// Signalling codes (RFC 8323 §11.1).
@@ -178,7 +179,7 @@ impl Signal {
                 block_wise_transfer,
             } => {
                 if let Some(size) = max_message_size {
-                    add(option::MAX_MESSAGE_SIZE, uint_bytes(*size));
+                    add(option::MAX_MESSAGE_SIZE, OptionValueU32(*size).into());
                 }
                 if *block_wise_transfer {
                     add(option::BLOCK_WISE_TRANSFER, Vec::new());
@@ -198,7 +199,10 @@ impl Signal {
                     add(option::ALTERNATIVE_ADDRESS, address.as_bytes().to_vec());
                 }
                 if let Some(seconds) = hold_off {
-                    add(option::HOLD_OFF, uint_bytes((*seconds).min(MAX_HOLD_OFF)));
+                    add(
+                        option::HOLD_OFF,
+                        OptionValueU32((*seconds).min(MAX_HOLD_OFF)).into(),
+                    );
                 }
                 packet.payload = diagnostic.as_bytes().to_vec();
             }
@@ -207,7 +211,10 @@ impl Signal {
                 diagnostic,
             } => {
                 if let Some(number) = bad_csm_option {
-                    add(option::BAD_CSM_OPTION, uint_bytes(u32::from(*number)));
+                    add(
+                        option::BAD_CSM_OPTION,
+                        OptionValueU32(u32::from(*number)).into(),
+                    );
                 }
                 packet.payload = diagnostic.as_bytes().to_vec();
             }
@@ -278,13 +285,6 @@ impl Signal {
         };
         Ok(Some(signal))
     }
-}
-
-/// A uint option value in the fewest bytes (RFC 7252 §3.2): zero is empty.
-pub(crate) fn uint_bytes(value: u32) -> Vec<u8> {
-    let bytes = value.to_be_bytes();
-    let skip = bytes.iter().take_while(|&&b| b == 0).count();
-    bytes[skip..].to_vec()
 }
 
 /// A uint option value of at most `max_len` bytes; leading zeros are allowed.

@@ -73,7 +73,7 @@ pub fn decode_payload(format: ContentFormat, bytes: &[u8]) -> Result<Value, Payl
         ContentFormat::Json => {
             let json: serde_json::Value = serde_json::from_slice(bytes)
                 .map_err(|e| PayloadError(format!("invalid JSON: {e}")))?;
-            json_to_cbor(&json, 0)
+            json_to_cbor(&json)
         }
     }
 }
@@ -90,7 +90,13 @@ pub fn encode_payload(format: ContentFormat, value: &Value) -> Result<Vec<u8>, P
     }
 }
 
-fn json_to_cbor(json: &serde_json::Value, depth: usize) -> Result<Value, PayloadError> {
+/// Converts JSON to a CBOR value: integral numbers become integers, others doubles. Nesting
+/// deeper than a payload may have is an error, as in [`decode_payload`].
+pub fn json_to_cbor(json: &serde_json::Value) -> Result<Value, PayloadError> {
+    json_to_cbor_at(json, 0)
+}
+
+fn json_to_cbor_at(json: &serde_json::Value, depth: usize) -> Result<Value, PayloadError> {
     if depth > MAX_DEPTH {
         return Err(PayloadError("invalid JSON: nested too deeply".into()));
     }
@@ -110,12 +116,12 @@ fn json_to_cbor(json: &serde_json::Value, depth: usize) -> Result<Value, Payload
         serde_json::Value::Array(items) => Value::Array(
             items
                 .iter()
-                .map(|v| json_to_cbor(v, depth + 1))
+                .map(|v| json_to_cbor_at(v, depth + 1))
                 .collect::<Result<_, _>>()?,
         ),
         serde_json::Value::Object(map) => Value::Map(
             map.iter()
-                .map(|(k, v)| Ok((Value::Text(k.clone()), json_to_cbor(v, depth + 1)?)))
+                .map(|(k, v)| Ok((Value::Text(k.clone()), json_to_cbor_at(v, depth + 1)?)))
                 .collect::<Result<_, PayloadError>>()?,
         ),
     })
@@ -198,6 +204,38 @@ mod tests {
         assert!(decode_payload(ContentFormat::Json, deep.as_bytes()).is_err());
         let deep = [vec![0x81; 200], vec![0x00]].concat();
         assert!(decode_payload(ContentFormat::Cbor, &deep).is_err());
+    }
+
+    #[test]
+    fn json_values_convert_with_integers_kept_and_depth_bounded() {
+        let j = serde_json::json!([-3, u64::MAX, 1.5, null, "x", false, {"k": true}]);
+        let v = json_to_cbor(&j).unwrap();
+        assert_eq!(
+            v,
+            Value::Array(vec![
+                Value::Integer((-3).into()),
+                Value::Integer(u64::MAX.into()),
+                Value::Float(1.5),
+                Value::Null,
+                Value::Text("x".into()),
+                Value::Bool(false),
+                Value::Map(vec![(Value::Text("k".into()), Value::Bool(true))]),
+            ])
+        );
+        assert_eq!(cbor_to_json(&v).unwrap(), j);
+        // A value built in memory has no parser's recursion limit: the depth bound still holds.
+        let mut deep = serde_json::Value::Null;
+        for _ in 0..=MAX_DEPTH {
+            deep = serde_json::Value::Array(vec![deep]);
+        }
+        assert!(json_to_cbor(&deep)
+            .unwrap_err()
+            .0
+            .contains("nested too deeply"));
+        let serde_json::Value::Array(mut inner) = deep else {
+            unreachable!()
+        };
+        assert!(json_to_cbor(&inner.remove(0)).is_ok());
     }
 
     #[test]

@@ -16,8 +16,7 @@ pub use device::{
 };
 pub use interface::{Interface, Policy};
 pub use request::{
-    encode_uint, Method, Request, Response, OCF_ACCEPT_VERSION, OCF_CONTENT_VERSION,
-    OCF_VERSION_1_0,
+    Method, Request, Response, OCF_ACCEPT_VERSION, OCF_CONTENT_VERSION, OCF_VERSION_1_0,
 };
 
 #[cfg(test)]

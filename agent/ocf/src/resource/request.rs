@@ -1,6 +1,7 @@
 //! The request and response as the resource layer sees them, and their conversion from and to
 //! CoAP messages (RFC 7252 §5, OCF-PROTOCOL.md §2.5-§2.6 for the OCF options).
 
+use coap_lite::option_value::OptionValueU32;
 use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 
 use crate::model::ContentFormat;
@@ -199,26 +200,26 @@ impl Request {
             p.add_option(CoapOption::UriQuery, item.into_bytes());
         }
         if let Some(obs) = self.observe {
-            p.add_option(CoapOption::Observe, encode_uint(obs));
+            p.add_option_as(CoapOption::Observe, OptionValueU32(obs));
         }
         for etag in &self.etags {
             p.add_option(CoapOption::ETag, etag.clone());
         }
         if let Some(cf) = self.content_format {
-            p.add_option(CoapOption::ContentFormat, encode_uint(u32::from(cf)));
+            p.add_option_as(CoapOption::ContentFormat, OptionValueU32(u32::from(cf)));
             if cf == ContentFormat::OCF_CBOR_NUMBER {
-                p.add_option(
+                p.add_option_as(
                     CoapOption::Unknown(OCF_CONTENT_VERSION),
-                    encode_uint(u32::from(self.content_version.unwrap_or(OCF_VERSION_1_0))),
+                    OptionValueU32(u32::from(self.content_version.unwrap_or(OCF_VERSION_1_0))),
                 );
             }
         }
         if let Some(accept) = self.accept {
-            p.add_option(CoapOption::Accept, encode_uint(u32::from(accept)));
+            p.add_option_as(CoapOption::Accept, OptionValueU32(u32::from(accept)));
             if accept == ContentFormat::OCF_CBOR_NUMBER {
-                p.add_option(
+                p.add_option_as(
                     CoapOption::Unknown(OCF_ACCEPT_VERSION),
-                    encode_uint(u32::from(self.accept_version.unwrap_or(OCF_VERSION_1_0))),
+                    OptionValueU32(u32::from(self.accept_version.unwrap_or(OCF_VERSION_1_0))),
                 );
             }
         }
@@ -290,30 +291,23 @@ impl Response {
         p.header.code = MessageClass::Response(self.code);
         p.set_token(token.to_vec());
         if let Some(obs) = self.observe {
-            p.add_option(CoapOption::Observe, encode_uint(obs));
+            p.add_option_as(CoapOption::Observe, OptionValueU32(obs));
         }
         if let Some(etag) = &self.etag {
             p.add_option(CoapOption::ETag, etag.clone());
         }
         if let Some(cf) = self.content_format {
-            p.add_option(CoapOption::ContentFormat, encode_uint(u32::from(cf)));
+            p.add_option_as(CoapOption::ContentFormat, OptionValueU32(u32::from(cf)));
             if cf == ContentFormat::OCF_CBOR_NUMBER {
-                p.add_option(
+                p.add_option_as(
                     CoapOption::Unknown(OCF_CONTENT_VERSION),
-                    encode_uint(u32::from(OCF_VERSION_1_0)),
+                    OptionValueU32(u32::from(OCF_VERSION_1_0)),
                 );
             }
         }
         p.payload = self.payload.clone();
         p
     }
-}
-
-/// Minimal big-endian encoding of a CoAP uint option (RFC 7252 §3.2): zero is the empty string.
-pub fn encode_uint(v: u32) -> Vec<u8> {
-    let bytes = v.to_be_bytes();
-    let skip = bytes.iter().take_while(|b| **b == 0).count();
-    bytes[skip..].to_vec()
 }
 
 #[cfg(test)]
@@ -352,10 +346,15 @@ mod tests {
         assert!(Request::from_packet(&p).is_ok());
     }
 
+    /// coap-lite writes uint option values in the fewest bytes, as RFC 7252 §3.2 asks.
     #[test]
     fn uint_options_are_minimal() {
-        assert_eq!(encode_uint(0), Vec::<u8>::new());
-        assert_eq!(encode_uint(0x0800), vec![0x08, 0x00]);
-        assert_eq!(encode_uint(10000), vec![0x27, 0x10]);
+        let enc = |v: u32| Vec::<u8>::from(OptionValueU32(v));
+        assert_eq!(enc(0), Vec::<u8>::new());
+        assert_eq!(enc(1), vec![1]);
+        assert_eq!(enc(0x0800), vec![0x08, 0x00]);
+        assert_eq!(enc(10000), vec![0x27, 0x10]);
+        assert_eq!(enc(0x01_0000), vec![1, 0, 0]);
+        assert_eq!(enc(u32::MAX), vec![0xff; 4]);
     }
 }

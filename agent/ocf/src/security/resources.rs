@@ -10,6 +10,7 @@ use std::fmt;
 use std::rc::Rc;
 use std::time::Instant;
 
+use coap_lite::option_value::OptionValueU32;
 use coap_lite::{CoapOption, Packet, ResponseType};
 
 use super::csr::{CsrBackend, CsrSource};
@@ -21,8 +22,7 @@ use super::{
     PeerIdentity, Rowner, SecurityState, ACL2_HREF, CRED_HREF, CSR_HREF, DOXM_HREF, PSTAT_HREF,
 };
 use crate::resource::{
-    encode_uint, Backend, Interface, Method, Policy, Props, Request, Resource, ResourceError,
-    Response, Value,
+    Backend, Interface, Method, Policy, Props, Request, Resource, ResourceError, Response, Value,
 };
 
 /// The state shared by the security resources and the daemon.
@@ -355,7 +355,7 @@ impl OtmReply {
     pub fn to_packet(&self, token: &[u8]) -> Packet {
         let mut p = self.response.to_packet(token);
         if let Some(secs) = self.max_age {
-            p.add_option(CoapOption::MaxAge, encode_uint(secs));
+            p.add_option_as(CoapOption::MaxAge, OptionValueU32(secs));
         }
         p
     }

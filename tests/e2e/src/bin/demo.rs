@@ -32,11 +32,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitCode, ExitStatus};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use ocf_e2e::cloud::{online, write_private, DevCloud};
-use ocf_e2e::{bin_dir, log_tail, Agent, Spawn, Spawned};
+use ocf_e2e::{bin_dir, log_tail, signals, Agent, Spawn, Spawned};
 use serde_json::{json, Value as Json};
 
 const USAGE: &str = "usage: ocf-demo [--dir DIR] [--keep] [--readings N]";
@@ -53,27 +52,8 @@ const ONBOARD_TIMEOUT: u64 = 30;
 // Signals: Ctrl-C (SIGINT), SIGTERM and SIGHUP only set a flag; every wait checks it.
 // -------------------------------------------------------------------------------------------
 
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    SIGNAL.store(sig, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction with a handler that only stores to an atomic.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
 fn interrupted() -> bool {
-    SIGNAL.load(Ordering::SeqCst) != 0
+    signals::caught().is_some()
 }
 
 // -------------------------------------------------------------------------------------------
@@ -1029,7 +1009,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    install_signal_handlers();
+    signals::install();
     let mut demo = Demo {
         args,
         cloud: None,
@@ -1049,9 +1029,9 @@ fn main() -> ExitCode {
         }
         Err(Stop::Interrupted) => {
             println!();
-            let what = match SIGNAL.load(Ordering::SeqCst) {
-                libc::SIGINT => "Ctrl-C",
-                libc::SIGTERM => "SIGTERM",
+            let what = match signals::caught() {
+                Some(libc::SIGINT) => "Ctrl-C",
+                Some(libc::SIGTERM) => "SIGTERM",
                 _ => "SIGHUP",
             };
             println!("{what}: stopping the agent and the cloud");

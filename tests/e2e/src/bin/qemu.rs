@@ -9,31 +9,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use ocf_e2e::cloud::DevCloud;
 use ocf_e2e::qemu::{fresh_card, Boot, Guest, GUEST_CLOUD_CIS};
-use ocf_e2e::{bin_dir, Spawn};
-
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    SIGNAL.store(sig, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction with a handler that only stores to an atomic.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
+use ocf_e2e::{bin_dir, signals, Spawn};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -47,7 +27,7 @@ fn main() -> ExitCode {
         eprintln!("usage: ocf-qemu --image DIR --dir DIR [--fresh]");
         return ExitCode::from(2);
     };
-    install_signal_handlers();
+    signals::install();
     match run(image, dir, args.iter().any(|a| a == "--fresh")) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -155,7 +135,7 @@ fn run(image: PathBuf, dir: PathBuf, fresh: bool) -> Result<(), String> {
         println!("\nCtrl-C stops QEMU and the cloud.");
         let since = Instant::now();
         loop {
-            if SIGNAL.load(Ordering::SeqCst) != 0 {
+            if signals::caught().is_some() {
                 guest.kill();
                 return Ok(());
             }
