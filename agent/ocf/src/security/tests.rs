@@ -720,6 +720,7 @@ mod hostile {
             Just("credusage"),
             Just("subjectuuid"),
             Just("publicdata"),
+            Just("privatedata"),
             Just("data"),
             Just("encoding"),
             Just("dos"),
