@@ -5,6 +5,8 @@
 //! - [`doxm`]: ownership (`owned`, `devowneruuid`, our one OTM id).
 //! - [`cred`]: trust anchors and the identity certificate (public parts only), and PSKs for
 //!   DTLS peers (kept, never shown).
+//! - [`dtls_keys`]: the keys of OCF's DTLS ownership transfer methods (Random PIN PSK, owner
+//!   PSK) and the PSK lookup of owned DTLS sessions.
 //! - [`acl`]: ACEs and [`acl::evaluate`], the access decision with the default policy.
 //! - [`csr`]: `/oic/sec/csr` over a [`csr::CsrSource`] the daemon implements.
 //! - [`otm`]: the ownership transfer (SPAKE2 + TLS-exporter key confirmation), both sides.
@@ -41,6 +43,7 @@ pub mod acl;
 pub mod cred;
 pub mod csr;
 pub mod doxm;
+pub mod dtls_keys;
 pub mod otm;
 pub mod pstat;
 mod resources;
