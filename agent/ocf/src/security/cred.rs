@@ -1,37 +1,58 @@
 //! `/oic/sec/cred` (rt `oic.r.cred`): the credential store.
 //!
-//! Only certificate credentials (`credtype` 8, asymmetric signing key with certificate) exist on
-//! this device, and only their public part: the device's private key stays in the daemon's state
-//! directory and is never a credential here. So:
+//! Two kinds of credentials exist on this device:
+//!
+//! - certificates (`credtype` 8, asymmetric signing key with certificate), public part only:
+//!   the device's private key stays in the daemon's state directory and is never a credential;
+//! - symmetric pair-wise keys (`credtype` 1, PSKs): the key a DTLS-PSK peer (the owner after a
+//!   DTLS ownership transfer) authenticates with, see [`super::dtls_keys::psk_for_identity`].
 //!
 //! - **POST** `{"creds":[…], "rowneruuid"?}` adds credentials (OCF-PROTOCOL.md §8.5). Each
-//!   entry: `credtype` 8 (required), `credusage` (required; `oic.sec.cred.trustca`,
-//!   `oic.sec.cred.cert`, `oic.sec.cred.mfgtrustca`, `oic.sec.cred.mfgcert`), `subjectuuid`
-//!   (required; a UUID or `*` for trust anchors, and the device's own `di` for `cert` /
-//!   `mfgcert`), `publicdata` `{"encoding":"oic.sec.encoding.pem","data":"-----BEGIN
-//!   CERTIFICATE-----…"}` (required; only `CERTIFICATE` blocks, see [`crate::x509`]), and
-//!   optionally `credid` (an existing id replaces that credential). `privatedata` is refused:
-//!   no secret is ever accepted over the network, so none can ever be returned. Role
-//!   certificates, `optionaldata` and other keys are refused too. The whole body is checked
+//!   entry has `credtype` (required) and optionally `credid` (an existing id replaces that
+//!   credential).
+//!   - `credtype` 8: `credusage` (required; `oic.sec.cred.trustca`, `oic.sec.cred.cert`,
+//!     `oic.sec.cred.mfgtrustca`, `oic.sec.cred.mfgcert`), `subjectuuid` (required; a UUID or
+//!     `*` for trust anchors, and the device's own `di` for `cert` / `mfgcert`), `publicdata`
+//!     `{"encoding":"oic.sec.encoding.pem","data":"-----BEGIN CERTIFICATE-----…"}` (required;
+//!     only `CERTIFICATE` blocks, see [`crate::x509`]). `privatedata` is refused: a
+//!     certificate's private key never comes over the network.
+//!   - `credtype` 1: `subjectuuid` (required; the peer's UUID) and `privatedata`
+//!     `{"encoding":"oic.sec.encoding.raw","data":h'…'}` or `{"encoding":
+//!     "oic.sec.encoding.base64","data":"…"}` (required; a 16- or 32-byte key, OCF Security
+//!     Specification §13.3.3.1). No `credusage`, no `publicdata`. An empty key (iotivity-lite's
+//!     "derive the owner PSK from this session") is refused for now.
+//!
+//!   Role certificates, `optionaldata` and other keys are refused. The whole body is checked
 //!   before anything is stored; any fault → 4.00 naming it.
-//! - **GET** shows `creds` (with `credid`, `subjectuuid`, `credtype`, `credusage`,
-//!   `publicdata`) and `rowneruuid`. There is no private data to leave out.
+//! - **GET** shows `creds` (with `credid`, `subjectuuid`, `credtype`, and `credusage` and
+//!   `publicdata` for certificates) and `rowneruuid`. `privatedata` is never shown: no GET ever
+//!   returns a key. PSKs are kept only in the state file (mode 0600).
 //! - **DELETE** `?credid=<n>` removes one credential; without a query, all of them (OCF
 //!   semantics) — see [`CredStore::delete`].
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use super::util::{
     as_array, as_text, as_uint, bad, echo, map, only_keys, only_props, parse_uuid, text, text_map,
-    uint, NIL_UUID,
+    uint, wipe, NIL_UUID,
 };
 use crate::resource::{Props, ResourceError, Value};
 use crate::x509::{self, CertificateDer};
 
+/// `credtype` 1: symmetric pair-wise key (PSK).
+pub const CREDTYPE_SYMMETRIC_PAIR_WISE: u8 = 1;
 /// `credtype` 8: asymmetric signing key with certificate.
 pub const CREDTYPE_SIGNED_ASYMMETRIC: u8 = 8;
 /// The only `publicdata.encoding` accepted.
 pub const ENCODING_PEM: &str = "oic.sec.encoding.pem";
+/// `privatedata.encoding` of a key given as a byte string.
+pub const ENCODING_RAW: &str = "oic.sec.encoding.raw";
+/// `privatedata.encoding` of a key given as base64 text (RFC 4648 §4, padded).
+pub const ENCODING_BASE64: &str = "oic.sec.encoding.base64";
+/// The PSK lengths accepted (OCF Security Specification §13.3.3.1: 128 or 256 bits).
+pub const PSK_LENGTHS: [usize; 2] = [16, 32];
 /// Most credentials the store holds.
 pub const MAX_CREDS: usize = 16;
 /// Largest `credid`.
@@ -77,16 +98,55 @@ impl CredUsage {
     }
 }
 
-/// One credential: public data only.
+/// A pre-shared key. Its `Debug` shows only the length; dropping it wipes the bytes.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Psk(Vec<u8>);
+
+impl Psk {
+    /// A key of one of the [`PSK_LENGTHS`].
+    pub fn new(key: &[u8]) -> Result<Psk, ResourceError> {
+        if PSK_LENGTHS.contains(&key.len()) {
+            Ok(Psk(key.to_vec()))
+        } else {
+            Err(bad(format!(
+                "a PSK must be 16 or 32 bytes long, this one has {}",
+                key.len()
+            )))
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Psk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Psk(<{} bytes>)", self.0.len())
+    }
+}
+
+impl Drop for Psk {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
+    }
+}
+
+/// One credential: a certificate's public data, or a PSK.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cred {
     pub credid: u32,
     /// A UUID (lower case) or `*`.
     pub subjectuuid: String,
     pub credtype: u8,
-    pub credusage: CredUsage,
-    /// The certificate(s), PEM, as validated on the way in.
+    /// `None` for a PSK.
+    pub credusage: Option<CredUsage>,
+    /// The certificate(s), PEM, as validated on the way in; empty for a PSK.
+    #[serde(default)]
     pub publicdata_pem: String,
+    /// The key of a PSK (`credtype` 1). Persisted, never shown by a GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk: Option<Psk>,
 }
 
 impl Cred {
@@ -95,20 +155,24 @@ impl Cred {
         x509::certificates_from_pem(&self.publicdata_pem).unwrap_or_default()
     }
 
+    /// The GET form: never `privatedata`.
     fn to_value(&self) -> Value {
-        map(vec![
+        let mut entries = vec![
             ("credid", uint(self.credid.into())),
             ("subjectuuid", text(&self.subjectuuid)),
             ("credtype", uint(self.credtype.into())),
-            ("credusage", text(self.credusage.as_str())),
-            (
+        ];
+        if let Some(usage) = self.credusage {
+            entries.push(("credusage", text(usage.as_str())));
+            entries.push((
                 "publicdata",
                 map(vec![
                     ("encoding", text(ENCODING_PEM)),
                     ("data", text(&self.publicdata_pem)),
                 ]),
-            ),
-        ])
+            ));
+        }
+        map(entries)
     }
 }
 
@@ -117,12 +181,31 @@ impl Cred {
 pub struct NewCred {
     pub credid: Option<u32>,
     pub subjectuuid: String,
-    pub credusage: CredUsage,
+    /// `None` for a PSK.
+    pub credusage: Option<CredUsage>,
     pub publicdata_pem: String,
+    pub psk: Option<Psk>,
 }
 
 impl NewCred {
-    /// Validates the fields (see the module docs). `di` is the device's own UUID.
+    /// A PSK (`credtype` 1) for peer `subjectuuid`.
+    pub fn psk(
+        credid: Option<u32>,
+        subjectuuid: &str,
+        key: &[u8],
+    ) -> Result<NewCred, ResourceError> {
+        check_credid(credid)?;
+        Ok(NewCred {
+            credid,
+            subjectuuid: parse_uuid(subjectuuid, "subjectuuid")?,
+            credusage: None,
+            publicdata_pem: String::new(),
+            psk: Some(Psk::new(key)?),
+        })
+    }
+
+    /// A certificate credential; validates the fields (see the module docs). `di` is the
+    /// device's own UUID.
     pub fn new(
         credid: Option<u32>,
         subjectuuid: &str,
@@ -130,9 +213,7 @@ impl NewCred {
         publicdata_pem: &str,
         di: &str,
     ) -> Result<NewCred, ResourceError> {
-        if credid.is_some_and(|id| id == 0 || id > MAX_CREDID) {
-            return Err(bad(format!("`credid` must be between 1 and {MAX_CREDID}")));
-        }
+        check_credid(credid)?;
         let subjectuuid = if credusage.is_trust_anchor() && subjectuuid == "*" {
             "*".to_owned()
         } else {
@@ -149,10 +230,18 @@ impl NewCred {
         Ok(NewCred {
             credid,
             subjectuuid,
-            credusage,
+            credusage: Some(credusage),
             publicdata_pem: publicdata_pem.to_owned(),
+            psk: None,
         })
     }
+}
+
+fn check_credid(credid: Option<u32>) -> Result<(), ResourceError> {
+    if credid.is_some_and(|id| id == 0 || id > MAX_CREDID) {
+        return Err(bad(format!("`credid` must be between 1 and {MAX_CREDID}")));
+    }
+    Ok(())
 }
 
 /// The credential store.
@@ -194,12 +283,18 @@ impl CredStore {
             None => self.next_id()?,
         };
         self.creds.retain(|c| c.credid != credid);
+        let credtype = if new.psk.is_some() {
+            CREDTYPE_SYMMETRIC_PAIR_WISE
+        } else {
+            CREDTYPE_SIGNED_ASYMMETRIC
+        };
         self.creds.push(Cred {
             credid,
             subjectuuid: new.subjectuuid,
-            credtype: CREDTYPE_SIGNED_ASYMMETRIC,
+            credtype,
             credusage: new.credusage,
             publicdata_pem: new.publicdata_pem,
+            psk: new.psk,
         });
         Ok(credid)
     }
@@ -233,14 +328,26 @@ impl CredStore {
         subject: &'a str,
     ) -> impl Iterator<Item = &'a Cred> + 'a {
         self.creds.iter().filter(move |c| {
-            c.credusage == CredUsage::TrustCa
+            c.credusage == Some(CredUsage::TrustCa)
                 && (c.subjectuuid == "*" || c.subjectuuid.eq_ignore_ascii_case(subject))
         })
     }
 
     /// Every trust anchor (`trustca` and `mfgtrustca`), for a verifier that accepts any of them.
     pub fn trust_anchors(&self) -> impl Iterator<Item = &Cred> {
-        self.creds.iter().filter(|c| c.credusage.is_trust_anchor())
+        self.creds
+            .iter()
+            .filter(|c| c.credusage.is_some_and(CredUsage::is_trust_anchor))
+    }
+
+    /// The key of the newest PSK credential for peer `subject` (a lower-case UUID).
+    pub fn psk_for(&self, subject: &str) -> Option<&[u8]> {
+        self.creds
+            .iter()
+            .rev()
+            .filter(|c| c.subjectuuid == subject)
+            .find_map(|c| c.psk.as_ref())
+            .map(Psk::as_bytes)
     }
 
     /// The device's identity certificate chain for `di`: the newest `cert`, else the newest
@@ -250,7 +357,7 @@ impl CredStore {
             self.creds
                 .iter()
                 .rev()
-                .find(|c| c.credusage == usage && c.subjectuuid.eq_ignore_ascii_case(di))
+                .find(|c| c.credusage == Some(usage) && c.subjectuuid.eq_ignore_ascii_case(di))
         };
         newest(CredUsage::Cert).or_else(|| newest(CredUsage::MfgCert))
     }
@@ -318,7 +425,7 @@ impl CredStore {
         }
     }
 
-    /// The properties for GET (no `privatedata`: none is ever stored).
+    /// The properties for GET (never `privatedata`).
     pub fn representation(&self) -> Props {
         let mut p = Props::new();
         p.insert(
@@ -339,11 +446,6 @@ fn prefix(e: ResourceError, i: usize) -> ResourceError {
 
 fn parse_cred(v: &Value, di: &str) -> Result<NewCred, ResourceError> {
     let entries = text_map(v, "cred")?;
-    if entries.iter().any(|(k, _)| *k == "privatedata") {
-        return Err(bad(
-            "`privatedata` is not accepted: only public certificates can be provisioned",
-        ));
-    }
     only_keys(
         entries.iter().map(|(k, _)| *k),
         &[
@@ -352,6 +454,7 @@ fn parse_cred(v: &Value, di: &str) -> Result<NewCred, ResourceError> {
             "credtype",
             "credusage",
             "publicdata",
+            "privatedata",
         ],
         "a credential",
     )?;
@@ -365,10 +468,20 @@ fn parse_cred(v: &Value, di: &str) -> Result<NewCred, ResourceError> {
         "credtype",
         255,
     )?;
+    if credtype == u64::from(CREDTYPE_SYMMETRIC_PAIR_WISE) {
+        return parse_psk(&get, credid);
+    }
     if credtype != u64::from(CREDTYPE_SIGNED_ASYMMETRIC) {
         return Err(bad(format!(
-            "`credtype` {credtype} is not supported; only 8 (certificate) is"
+            "`credtype` {credtype} is not supported; only 1 (symmetric pair-wise key) and 8 \
+             (certificate) are"
         )));
+    }
+    if get("privatedata").is_some() {
+        return Err(bad(
+            "`privatedata` is not accepted for a certificate: its private key never comes \
+             over the network",
+        ));
     }
     let usage = as_text(
         get("credusage").ok_or_else(|| bad("`credusage` is required"))?,
@@ -408,6 +521,85 @@ fn parse_cred(v: &Value, di: &str) -> Result<NewCred, ResourceError> {
         None => return Err(bad("`publicdata.data` is required")),
     };
     NewCred::new(credid, subject, credusage, data, di)
+}
+
+/// The rest of a `credtype` 1 entry: `subjectuuid` and `privatedata` only.
+fn parse_psk<'a>(
+    get: &impl Fn(&str) -> Option<&'a Value>,
+    credid: Option<u32>,
+) -> Result<NewCred, ResourceError> {
+    for key in ["credusage", "publicdata"] {
+        if get(key).is_some() {
+            return Err(bad(format!(
+                "`{key}` does not belong to a symmetric key (credtype 1)"
+            )));
+        }
+    }
+    let subject = as_text(
+        get("subjectuuid").ok_or_else(|| bad("`subjectuuid` is required"))?,
+        "subjectuuid",
+    )?;
+    let pd = text_map(
+        get("privatedata").ok_or_else(|| bad("`privatedata` is required for credtype 1"))?,
+        "privatedata",
+    )?;
+    only_keys(
+        pd.iter().map(|(k, _)| *k),
+        &["encoding", "data"],
+        "privatedata",
+    )?;
+    let pd_get = |key: &str| pd.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    let encoding = as_text(
+        pd_get("encoding").ok_or_else(|| bad("`privatedata.encoding` is required"))?,
+        "privatedata.encoding",
+    )?;
+    let data = pd_get("data").ok_or_else(|| bad("`privatedata.data` is required"))?;
+    let mut key = match (encoding, data) {
+        (ENCODING_RAW, Value::Bytes(b)) => b.clone(),
+        (ENCODING_RAW, _) => {
+            return Err(bad(format!(
+                "`privatedata.data` must be a byte string with {ENCODING_RAW}"
+            )))
+        }
+        (ENCODING_BASE64, Value::Text(t)) => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .map_err(|_| bad("`privatedata.data` is not valid base64"))?
+        }
+        (ENCODING_BASE64, _) => {
+            return Err(bad(format!(
+                "`privatedata.data` must be text with {ENCODING_BASE64}"
+            )))
+        }
+        (other, _) => {
+            return Err(bad(format!(
+                "`privatedata.encoding` {:?} is not supported; use {ENCODING_RAW} or \
+                 {ENCODING_BASE64}",
+                echo(other)
+            )))
+        }
+    };
+    let psk = if key.is_empty() {
+        Err(bad(
+            "an empty `privatedata.data` (derive the owner PSK from the DTLS session) is not \
+             supported; send the key",
+        ))
+    } else {
+        Psk::new(&key).map_err(|e| match e {
+            ResourceError::BadRequest(m) => bad(format!("`privatedata.data`: {m}")),
+            other => other,
+        })
+    };
+    wipe(&mut key);
+    check_credid(credid)?;
+    Ok(NewCred {
+        credid,
+        subjectuuid: parse_uuid(subject, "subjectuuid")?,
+        credusage: None,
+        publicdata_pem: String::new(),
+        psk: Some(psk?),
+    })
 }
 
 #[cfg(test)]
@@ -462,7 +654,7 @@ mod tests {
         assert_eq!(s.identity_chain(DI).map(|c| c.credid), Some(1));
         assert!(s.remove(1));
         assert_eq!(
-            s.identity_chain(DI).map(|c| c.credusage),
+            s.identity_chain(DI).and_then(|c| c.credusage),
             Some(CredUsage::MfgCert)
         );
     }
@@ -514,7 +706,7 @@ mod tests {
             (cred("not-a-uuid", "oic.sec.cred.trustca", CA_CERT), "UUID"),
             (cred("*", "oic.sec.cred.cert", OWNER_CERT), "UUID"),
             (cred(SID, "oic.sec.cred.rolecert", CA_CERT), "not supported"),
-            (map(vec![("credtype", uint(1))]), "credtype"),
+            (map(vec![("credtype", uint(2))]), "credtype"),
             (text("x"), "must be a map"),
         ];
         for (c, want) in cases {
@@ -543,6 +735,189 @@ mod tests {
             ]);
         }
         assert!(add(&mut s, c).is_err());
+    }
+
+    const OWNER: &str = "bbbbbbbb-0000-0000-0000-000000000002";
+    const KEY: [u8; 16] = *b"0123456789abcdef";
+
+    fn psk_cred(subject: &str, encoding: &str, data: Value) -> Value {
+        map(vec![
+            ("credtype", uint(1)),
+            ("subjectuuid", text(subject)),
+            (
+                "privatedata",
+                map(vec![("encoding", text(encoding)), ("data", data)]),
+            ),
+        ])
+    }
+
+    fn cbor_text(s: &CredStore) -> Vec<u8> {
+        let rep = s.representation();
+        crate::model::encode_payload(
+            crate::model::ContentFormat::OcfCbor,
+            &Value::Map(rep.into_iter().map(|(k, v)| (Value::Text(k), v)).collect()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn psk_is_stored_and_never_shown() {
+        let mut s = CredStore::new();
+        let ids = add(
+            &mut s,
+            psk_cred(OWNER, ENCODING_RAW, Value::Bytes(KEY.to_vec())),
+        )
+        .unwrap();
+        assert_eq!(ids, vec![1]);
+        let c = s.get(1).unwrap();
+        assert_eq!(c.credtype, CREDTYPE_SYMMETRIC_PAIR_WISE);
+        assert_eq!(c.credusage, None);
+        assert_eq!(s.psk_for(OWNER), Some(&KEY[..]));
+        // Not a certificate: neither an identity nor a trust anchor.
+        assert_eq!(s.trust_anchors().count(), 0);
+        assert!(s.identity_chain(OWNER).is_none());
+
+        // base64 (RFC 4648, padded), upper-case subject, 32-byte key; replaces credid 1.
+        let long = [0xA5u8; 32];
+        let mut c = psk_cred(
+            &OWNER.to_ascii_uppercase(),
+            ENCODING_BASE64,
+            text("paWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaU="),
+        );
+        if let Value::Map(m) = &mut c {
+            m.push((text("credid"), uint(1)));
+        }
+        assert_eq!(add(&mut s, c).unwrap(), vec![1]);
+        assert_eq!(s.psk_for(OWNER), Some(&long[..]));
+
+        let bytes = cbor_text(&s);
+        let hay = String::from_utf8_lossy(&bytes);
+        assert!(!hay.contains("privatedata"), "{hay}");
+        assert!(!hay.contains("paWlp"));
+        assert!(!bytes.windows(8).any(|w| w == [0xA5; 8]));
+        assert!(hay.contains(OWNER));
+        assert!(!format!("{s:?}").contains("165, 165"), "Debug shows no key");
+
+        // Persisted (the state file), with the key.
+        let mut file = Vec::new();
+        ciborium::ser::into_writer(&s, &mut file).unwrap();
+        let back: CredStore = ciborium::de::from_reader(&file[..]).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.psk_for(OWNER), Some(&long[..]));
+    }
+
+    #[test]
+    fn state_files_from_before_psks_still_load() {
+        #[derive(Serialize)]
+        struct OldCred {
+            credid: u32,
+            subjectuuid: String,
+            credtype: u8,
+            credusage: CredUsage,
+            publicdata_pem: String,
+        }
+        #[derive(Serialize)]
+        struct OldStore {
+            creds: Vec<OldCred>,
+            rowneruuid: String,
+        }
+        let old = OldStore {
+            creds: vec![OldCred {
+                credid: 3,
+                subjectuuid: SID.into(),
+                credtype: 8,
+                credusage: CredUsage::TrustCa,
+                publicdata_pem: CA_CERT.into(),
+            }],
+            rowneruuid: NIL_UUID.into(),
+        };
+        let mut file = Vec::new();
+        ciborium::ser::into_writer(&old, &mut file).unwrap();
+        let s: CredStore = ciborium::de::from_reader(&file[..]).unwrap();
+        let c = s.get(3).unwrap();
+        assert_eq!(c.credusage, Some(CredUsage::TrustCa));
+        assert_eq!(c.psk, None);
+        assert_eq!(s.trust_anchors_for(SID).count(), 1);
+    }
+
+    #[test]
+    fn malformed_psk_bodies_are_refused_with_a_diagnostic() {
+        let raw = |d: Value| psk_cred(OWNER, ENCODING_RAW, d);
+        let with = |mut c: Value, k: &str, v: Value| {
+            if let Value::Map(m) = &mut c {
+                m.push((text(k), v));
+            }
+            c
+        };
+        let ok = raw(Value::Bytes(KEY.to_vec()));
+        let cases: Vec<(Value, &str)> = vec![
+            (raw(Value::Bytes(vec![1; 15])), "16 or 32 bytes"),
+            (raw(Value::Bytes(vec![1; 64])), "16 or 32 bytes"),
+            (raw(Value::Bytes(Vec::new())), "empty"),
+            (raw(text("0123456789abcdef")), "byte string"),
+            (
+                psk_cred(OWNER, ENCODING_BASE64, text("not base64!")),
+                "base64",
+            ),
+            (
+                psk_cred(OWNER, ENCODING_BASE64, Value::Bytes(KEY.to_vec())),
+                "must be text",
+            ),
+            (
+                psk_cred(OWNER, ENCODING_PEM, Value::Bytes(KEY.to_vec())),
+                "not supported",
+            ),
+            (
+                psk_cred("*", ENCODING_RAW, Value::Bytes(KEY.to_vec())),
+                "UUID",
+            ),
+            (
+                with(ok.clone(), "credusage", text("oic.sec.cred.cert")),
+                "credusage",
+            ),
+            (with(ok.clone(), "publicdata", map(vec![])), "publicdata"),
+            (with(ok.clone(), "period", text("x")), "unknown property"),
+            (
+                map(vec![("credtype", uint(1)), ("subjectuuid", text(OWNER))]),
+                "`privatedata` is required",
+            ),
+            (
+                map(vec![
+                    ("credtype", uint(1)),
+                    ("subjectuuid", text(OWNER)),
+                    ("privatedata", text("k")),
+                ]),
+                "must be a map",
+            ),
+            (
+                map(vec![
+                    ("credtype", uint(1)),
+                    ("subjectuuid", text(OWNER)),
+                    (
+                        "privatedata",
+                        map(vec![
+                            ("encoding", text(ENCODING_RAW)),
+                            ("data", Value::Bytes(KEY.to_vec())),
+                            ("handle", uint(1)),
+                        ]),
+                    ),
+                ]),
+                "unknown property `handle`",
+            ),
+            (with(ok.clone(), "credid", uint(0)), "credid"),
+        ];
+        for (c, want) in cases {
+            let mut s = CredStore::new();
+            match s.apply_update(&body(vec![ok.clone(), c]), DI) {
+                Err(ResourceError::BadRequest(m)) => {
+                    assert!(m.contains(want), "{m:?} lacks {want:?}");
+                    assert!(m.starts_with("creds[1]"), "{m}");
+                    assert!(!m.contains("0123456789abcdef"), "no key in {m}");
+                }
+                other => panic!("expected 4.00 for {want:?}, got {other:?}"),
+            }
+            assert!(s.creds().is_empty(), "nothing stored on a refused body");
+        }
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //!
 //! - [`pstat`]: the onboarding state `dos.s` and its transitions.
 //! - [`doxm`]: ownership (`owned`, `devowneruuid`, our one OTM id).
-//! - [`cred`]: trust anchors and the identity certificate (public parts only).
+//! - [`cred`]: trust anchors and the identity certificate (public parts only), and PSKs for
+//!   DTLS peers (kept, never shown).
+//! - [`dtls_keys`]: the keys of OCF's DTLS ownership transfer methods (Random PIN PSK, owner
+//!   PSK) and the PSK lookup of owned DTLS sessions.
 //! - [`acl`]: ACEs and [`acl::evaluate`], the access decision with the default policy.
 //! - [`csr`]: `/oic/sec/csr` over a [`csr::CsrSource`] the daemon implements.
 //! - [`otm`]: the ownership transfer (SPAKE2 + TLS-exporter key confirmation), both sides.
@@ -40,6 +43,7 @@ pub mod acl;
 pub mod cred;
 pub mod csr;
 pub mod doxm;
+pub mod dtls_keys;
 pub mod otm;
 pub mod pstat;
 mod resources;
@@ -174,8 +178,9 @@ impl fmt::Display for StateError {
 
 impl std::error::Error for StateError {}
 
-/// Everything the device persists about its security (no secrets: the PIN and the private key
-/// live elsewhere).
+/// Everything the device persists about its security. Its only secrets are the PSKs of
+/// `/oic/sec/cred` (the state file is mode 0600, `Debug` hides them); the PIN and the private
+/// key live elsewhere.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SecurityState {
     version: u32,

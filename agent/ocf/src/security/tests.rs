@@ -417,6 +417,30 @@ fn first_boot_flow_end_to_end() {
 fn no_get_returns_secrets() {
     let mut h = Harness::new();
     let owner = onboard(&mut h);
+    // A PSK for a DTLS peer (credtype 1, raw key) is accepted, stored and never shown.
+    let key = b"PSK-never-shown!";
+    let psk = m(vec![(
+        "creds",
+        Value::Array(vec![m(vec![
+            ("credtype", int(1)),
+            ("subjectuuid", t(SID)),
+            (
+                "privatedata",
+                m(vec![
+                    ("encoding", t("oic.sec.encoding.raw")),
+                    ("data", Value::Bytes(key.to_vec())),
+                ]),
+            ),
+        ])]),
+    )]);
+    assert_eq!(
+        h.send(&owner, &post(CRED_HREF, psk)).code,
+        ResponseType::Changed
+    );
+    assert_eq!(
+        dtls_keys::psk_for_identity(SID.as_bytes(), h.state.borrow().creds()),
+        Some(&key[..])
+    );
     let mut all = Vec::new();
     for href in [DOXM_HREF, PSTAT_HREF, CRED_HREF, ACL2_HREF, CSR_HREF] {
         for iface in ["oic.if.rw", "oic.if.baseline"] {
@@ -429,12 +453,15 @@ fn no_get_returns_secrets() {
     }
     let text = String::from_utf8_lossy(&all);
     assert!(!text.contains("privatedata"));
+    assert!(!text.contains("PSK-never-shown!"));
+    assert!(text.contains(SID), "the PSK credential itself is listed");
     assert!(!text.contains(PIN));
     assert!(!text.contains("PRIVATE KEY"));
     assert!(text.contains("oic.r.cred") && text.contains("BEGIN CERTIFICATE"));
     // Nor does Debug of anything the daemon might log.
     let dbg = format!("{:?} {:?} {:?}", h.state.borrow(), h.otm, owner.cert);
     assert!(!dbg.contains(PIN), "{dbg}");
+    assert!(dbg.contains("Psk(<16 bytes>)"), "{dbg}");
 }
 
 #[test]
@@ -720,6 +747,7 @@ mod hostile {
             Just("credusage"),
             Just("subjectuuid"),
             Just("publicdata"),
+            Just("privatedata"),
             Just("data"),
             Just("encoding"),
             Just("dos"),
