@@ -60,8 +60,24 @@ pub fn provider() -> Arc<CryptoProvider> {
             TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
             TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
         ],
+        key_provider: &EcdsaKeys,
         ..ring::default_provider()
     })
+}
+
+/// Loads only ECDSA keys: OCF certificates are ECDSA (P-256), so the device never signs with
+/// RSA, and leaving RSA signing out keeps its big-integer code out of the binary. RSA
+/// signatures of peers are still verified.
+#[derive(Debug)]
+struct EcdsaKeys;
+
+impl rustls::crypto::KeyProvider for EcdsaKeys {
+    fn load_private_key(
+        &self,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+        ring::sign::any_ecdsa_type(&key)
+    }
 }
 
 /// Loads the identity key, creating it (ECDSA P-256, PKCS#8 PEM, mode 0600) if it is missing.
