@@ -19,7 +19,7 @@
 //!
 //! - **Configuration**: CoAPCloudConf is served by [`ocf::server::Server`] over the session it
 //!   shares with the link; a write wakes the task ([`ocf::server::Event::CloudConfChanged`]).
-//! - **Persistence**: every [`Output::Persist`] is written atomically (0600) to `cloud.cbor` in
+//! - **Persistence**: every [`Output::Session(SessionEvent::Persist)`] is written atomically (0600) to `cloud.cbor` in
 //!   the state directory; it is restored at start, so a registered device signs in again after a
 //!   restart without a second sign-up (§7.5).
 //! - **Onboarding gate**: the link runs only in RFNOP; always in the development mode
@@ -49,7 +49,7 @@ use coap_lite::Packet;
 use ocf::cloud::link::{CloseReason, CloudLink, Output};
 use ocf::cloud::resource::{SharedSession, HREF};
 use ocf::cloud::uri::CloudUri;
-use ocf::cloud::{CloudSession, ConnectError, DeviceInfo, PersistedState, Timing};
+use ocf::cloud::{CloudSession, ConnectError, DeviceInfo, PersistedState, SessionEvent, Timing};
 use ocf::security::PeerIdentity;
 use ocf::server::{ConnKind, Peer};
 use rustls::ClientConfig;
@@ -106,14 +106,14 @@ impl From<String> for ConnectFailure {
 pub struct Cloud {
     session: SharedSession,
     timing: Timing,
-    /// A sign-out (before a reboot) finished: [`Output::SignedOut`] was seen.
+    /// A sign-out (before a reboot) finished: [`Output::Session(SessionEvent::SignedOut)`] was seen.
     signed_out: Cell<bool>,
     /// The session was replaced (a factory reset): whatever connection the link task still
     /// holds belongs to the old identity and must be closed, even if the old session's
     /// `Disconnect` had not been executed yet.
     drop_link: Cell<bool>,
     signed_out_notify: Notify,
-    /// A deregistration completed ([`Output::Deregistered`]).
+    /// A deregistration completed ([`Output::Session(SessionEvent::Deregistered)`]).
     deregistered: Notify,
 }
 
@@ -570,24 +570,30 @@ async fn run(
                 Output::Undeliverable { what, error } => {
                     warn!("cannot send {what} to the cloud: {error}")
                 }
-                Output::Persist(state) => persist(&dir, &state),
-                Output::StatusChanged { cps, clec } => {
+                Output::Session(SessionEvent::Persist(state)) => persist(&dir, &state),
+                Output::Session(SessionEvent::StatusChanged { cps, clec }) => {
                     info!(%cps, clec = clec.as_u8(), "cloud status");
                     agent.device().mark_changed(HREF);
                     agent.flush_notifications();
                 }
-                Output::Registered { uid } => info!(%uid, "signed up with the cloud"),
-                Output::SignedIn { expiresin } => info!(expiresin, "signed in to the cloud"),
-                Output::Published { links } => {
+                Output::Session(SessionEvent::Registered { uid }) => {
+                    info!(%uid, "signed up with the cloud")
+                }
+                Output::Session(SessionEvent::SignedIn { expiresin }) => {
+                    info!(expiresin, "signed in to the cloud")
+                }
+                Output::Session(SessionEvent::Published { links }) => {
                     let hrefs: Vec<&str> = links.iter().map(|l| l.href.as_str()).collect();
                     info!(?hrefs, "published to the cloud");
                 }
-                Output::Unpublished { hrefs } => info!(?hrefs, "unpublished from the cloud"),
-                Output::Deregistered => {
+                Output::Session(SessionEvent::Unpublished { hrefs }) => {
+                    info!(?hrefs, "unpublished from the cloud")
+                }
+                Output::Session(SessionEvent::Deregistered) => {
                     info!("deregistered from the cloud");
                     cloud.deregistered.notify_waiters();
                 }
-                Output::ClockBehind => {
+                Output::Session(SessionEvent::ClockBehind) => {
                     let message = clock_behind.take().unwrap_or_else(|| {
                         "the cloud's certificate is not valid yet; the system clock is probably \
                          behind: no time sync yet? retrying"
@@ -595,7 +601,7 @@ async fn run(
                     });
                     warn!("cannot connect to the cloud: {message}");
                 }
-                Output::SignedOut => {
+                Output::Session(SessionEvent::SignedOut) => {
                     info!("signed out of the cloud");
                     cloud.signed_out.set(true);
                     cloud.signed_out_notify.notify_waiters();
@@ -645,7 +651,7 @@ async fn run(
             Event::Connected(Err(e)) => {
                 connecting = None;
                 match e.kind {
-                    // Logged once per run, when the session says so (Output::ClockBehind).
+                    // Logged once per run, when the session says so (Output::Session(SessionEvent::ClockBehind)).
                     ConnectError::ClockBehind => {
                         debug!("cannot connect to the cloud: {}", e.message);
                         clock_behind = Some(e.message);

@@ -34,9 +34,8 @@ use std::time::Instant;
 
 use coap_lite::{CoapOption, MessageClass, Packet, ResponseType};
 
-use super::payload::{Clec, Cps, PublishedLink};
 use super::resource::SharedSession;
-use super::session::{Action, ConnectError, PersistedState};
+use super::session::{Action, ConnectError, SessionEvent};
 use crate::coap::block::{szx_for, Block};
 use crate::coap::tcp::FrameError;
 use crate::coap::tcp_conn::{ConnEvent, TcpConnection};
@@ -78,41 +77,8 @@ pub enum Output {
         /// Why.
         error: String,
     },
-    /// Write this state atomically (0600).
-    Persist(Box<PersistedState>),
-    /// `cps`/`clec` changed: notify the observers of CoAPCloudConf.
-    StatusChanged {
-        /// New provisioning status.
-        cps: Cps,
-        /// New last error code.
-        clec: Clec,
-    },
-    /// The sign-up succeeded.
-    Registered {
-        /// The user id the cloud assigned.
-        uid: String,
-    },
-    /// The sign-in succeeded.
-    SignedIn {
-        /// Token lifetime the cloud reported (`<= 0` = never expires).
-        expiresin: i64,
-    },
-    /// Links were published to the cloud RD.
-    Published {
-        /// Hrefs and their RD-assigned `ins`.
-        links: Vec<PublishedLink>,
-    },
-    /// Links were removed from the cloud RD.
-    Unpublished {
-        /// The removed hrefs.
-        hrefs: Vec<String>,
-    },
-    /// Deregistration finished: the cloud state is wiped.
-    Deregistered,
-    /// Sign-out finished (or there was nothing to sign out from): safe to reboot.
-    SignedOut,
-    /// The cloud's certificate is not valid yet by our clock (first of a run of such failures).
-    ClockBehind,
+    /// What the session reports (state to persist, status, milestones).
+    Session(SessionEvent),
 }
 
 /// Why the link closes a connection.
@@ -173,24 +139,7 @@ impl fmt::Debug for Output {
                 .field("what", what)
                 .field("error", error)
                 .finish(),
-            Self::Persist(s) => f.debug_tuple("Persist").field(s).finish(),
-            Self::StatusChanged { cps, clec } => f
-                .debug_struct("StatusChanged")
-                .field("cps", cps)
-                .field("clec", clec)
-                .finish(),
-            Self::Registered { uid } => f.debug_struct("Registered").field("uid", uid).finish(),
-            Self::SignedIn { expiresin } => f
-                .debug_struct("SignedIn")
-                .field("expiresin", expiresin)
-                .finish(),
-            Self::Published { links } => f.debug_struct("Published").field("links", links).finish(),
-            Self::Unpublished { hrefs } => {
-                f.debug_struct("Unpublished").field("hrefs", hrefs).finish()
-            }
-            Self::Deregistered => f.write_str("Deregistered"),
-            Self::SignedOut => f.write_str("SignedOut"),
-            Self::ClockBehind => f.write_str("ClockBehind"),
+            Self::Session(e) => e.fmt(f),
         }
     }
 }
@@ -485,15 +434,7 @@ impl CloudLink {
                 Some(conn) => Output::Transmit(conn.tcp.ping(&token)),
                 None => return,
             },
-            Action::Persist(state) => Output::Persist(state),
-            Action::StatusChanged { cps, clec } => Output::StatusChanged { cps, clec },
-            Action::Registered { uid } => Output::Registered { uid },
-            Action::SignedIn { expiresin } => Output::SignedIn { expiresin },
-            Action::Published { links } => Output::Published { links },
-            Action::Unpublished { hrefs } => Output::Unpublished { hrefs },
-            Action::Deregistered => Output::Deregistered,
-            Action::SignedOut => Output::SignedOut,
-            Action::ClockBehind => Output::ClockBehind,
+            Action::Event(event) => Output::Session(event),
         };
         self.outputs.push_back(output);
     }

@@ -141,8 +141,12 @@ impl Bench {
                     "Close {reason}{}",
                     if release.is_some() { " +release" } else { "" }
                 )),
-                Output::Published { links } => self.log.push(format!("Published {}", links.len())),
-                Output::StatusChanged { cps, .. } => self.log.push(format!("Status {cps}")),
+                Output::Session(SessionEvent::Published { links }) => {
+                    self.log.push(format!("Published {}", links.len()))
+                }
+                Output::Session(SessionEvent::StatusChanged { cps, .. }) => {
+                    self.log.push(format!("Status {cps}"))
+                }
                 other => self.log.push(format!("{other:?}")),
             }
         }

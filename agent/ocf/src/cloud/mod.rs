@@ -16,6 +16,6 @@ pub mod session;
 pub use payload::{Clec, CloudConf, CloudServer, ConfError, Cps, RdLink, Secret};
 pub use session::{
     Action, CloudSession, ConnectError, DeviceInfo, PersistedState, Registration, RestoreError,
-    Timing,
+    SessionEvent, Timing,
 };
 pub mod uri;

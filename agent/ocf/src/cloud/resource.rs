@@ -19,7 +19,7 @@
 //!   resource layer with 2.04 and the full representation.
 //!
 //! The daemon's backend holds the session in a `RefCell` and calls these two functions; the
-//! session's [`super::Action::StatusChanged`] tells it when to notify observers.
+//! session's [`super::Action::Event(SessionEvent::StatusChanged)`] tells it when to notify observers.
 
 use std::fmt;
 use std::time::Instant;
@@ -260,7 +260,9 @@ impl crate::resource::Backend for ConfBackend {
 mod tests {
     use super::*;
     use crate::cloud::payload::{Clec, Cps};
-    use crate::cloud::session::{Action, DeviceInfo, PersistedState, Registration, Timing};
+    use crate::cloud::session::{
+        Action, DeviceInfo, PersistedState, Registration, SessionEvent, Timing,
+    };
 
     const SID: &str = "9b8c6a0e-1f2d-4e3c-8a7b-6c5d4e3f2a1b";
     const AT: &str = "SECRET-auth-code";
@@ -371,7 +373,7 @@ mod tests {
         // The session persisted the configuration (with `at`: needed for the sign-up).
         let mut persisted = false;
         while let Some(a) = s.poll_action() {
-            if let Action::Persist(state) = a {
+            if let Action::Event(SessionEvent::Persist(state)) = a {
                 assert_eq!(state.conf.as_ref().unwrap().at.expose(), AT);
                 persisted = true;
             }
@@ -531,7 +533,8 @@ mod tests {
         let p = representation(&s);
         assert_eq!(text_of(&p, "cis"), "");
         assert_eq!(text_of(&p, "sid"), NIL_UUID);
-        assert!(std::iter::from_fn(|| s.poll_action()).any(|a| matches!(a, Action::Deregistered)));
+        assert!(std::iter::from_fn(|| s.poll_action())
+            .any(|a| matches!(a, Action::Event(SessionEvent::Deregistered))));
     }
 
     #[test]

@@ -42,8 +42,8 @@
 //!             Action::Disconnect => { conn = None; pending_connect = None; }
 //!             Action::Send(packet) => conn.as_mut().map(|c| c.queue(packet)),
 //!             Action::SendPing { token } => conn.as_mut().map(|c| c.queue_ping(token)),
-//!             Action::Persist(state) => store.save_cloud_atomically(&state)?, // 0600, fsync
-//!             Action::StatusChanged { cps, clec } => cloud_conf_resource.notify(cps, clec),
+//!             Action::Event(SessionEvent::Persist(state)) => store.save_cloud_atomically(&state)?, // 0600, fsync
+//!             Action::Event(SessionEvent::StatusChanged { cps, clec }) => cloud_conf_resource.notify(cps, clec),
 //!             other => tracing::info!(?other, "cloud"),
 //!         }
 //!     }
@@ -73,7 +73,7 @@
 //!             CloudConfWritten(conf) => { reply(session.configure(conf, Instant::now())) }
 //!             LinksChanged(links) => session.set_links(links, Instant::now()),
 //!             PstatChanged(rfnop) => session.set_provisioned(rfnop, Instant::now()),
-//!             Reboot => session.sign_out(Instant::now()),     // reboot after Action::SignedOut
+//!             Reboot => session.sign_out(Instant::now()),     // reboot after SessionEvent::SignedOut
 //!             FactoryReset => session.deregister(Instant::now()), // reset after Deregistered
 //!         },
 //!     }
@@ -226,7 +226,7 @@ pub struct PublishedRecord {
 }
 
 /// Everything that must survive a restart (OCF-PROTOCOL.md §7.5), as one serde value: the driver
-/// writes it atomically with mode 0600 whenever [`Action::Persist`] says so (only emitted when
+/// writes it atomically with mode 0600 whenever [`SessionEvent::Persist`] says so (only emitted when
 /// the content changed).
 ///
 /// CBOR/JSON shape (version 1):
@@ -330,6 +330,12 @@ pub enum Action {
         /// Ping token.
         token: Vec<u8>,
     },
+    /// A report for the driver to act on or log.
+    Event(SessionEvent),
+}
+
+/// What the session reports: state to persist, status changes and milestones (for the log).
+pub enum SessionEvent {
     /// Write this state atomically (0600).
     Persist(Box<PersistedState>),
     /// `cps`/`clec` changed: update CoAPCloudConf and notify its observers.
@@ -401,6 +407,15 @@ impl fmt::Debug for Action {
                 .field("payload_len", &p.payload.len())
                 .finish(),
             Self::SendPing { token } => f.debug_struct("SendPing").field("token", token).finish(),
+            Self::Event(e) => e.fmt(f),
+        }
+    }
+}
+
+impl fmt::Debug for SessionEvent {
+    /// Secrets never appear: the persisted state redacts its tokens.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             Self::Persist(s) => f.debug_tuple("Persist").field(s).finish(),
             Self::StatusChanged { cps, clec } => f
                 .debug_struct("StatusChanged")
@@ -617,7 +632,7 @@ pub struct CloudSession {
     /// The last deregistration reached the cloud (it answered), or there was no registration to
     /// tell it about; `false` if it was wiped without an answer (offline, timeout).
     deregistration_told: bool,
-    /// [`Action::ClockBehind`] was emitted since the last established connection.
+    /// [`SessionEvent::ClockBehind`] was emitted since the last established connection.
     clock_behind_told: bool,
 }
 
@@ -674,7 +689,7 @@ impl CloudSession {
     /// A session resumed from what an earlier run persisted. A registered device signs in again
     /// (refreshing first if its token expires) and never signs up again (§7.5, plgd hub#396). A
     /// state saved in the middle of a deregistration is wiped (boot-time recovery, §9): that
-    /// queues [`Action::Persist`] and [`Action::Deregistered`].
+    /// queues [`SessionEvent::Persist`] and [`SessionEvent::Deregistered`].
     ///
     /// The caller must wipe the state itself instead if pstat is RFOTM or RESET (§9).
     pub fn restore(
@@ -771,7 +786,7 @@ impl CloudSession {
     /// and a registration, `DELETE /oic/sec/account?di=..&uid=..` with the deregistration timeout;
     /// any response, a connection error or the timeout completes it. Without a connection it
     /// completes at once. Completion wipes the cloud state (`cps` uninitialized) and queues
-    /// [`Action::Deregistered`].
+    /// [`SessionEvent::Deregistered`].
     pub fn deregister(&mut self, now: Instant) {
         if self.mode == Mode::Deregistering {
             return;
@@ -796,7 +811,7 @@ impl CloudSession {
 
     /// Signs out (`login: false`, §5.2) before a reboot. A request in flight (a refresh, say) is
     /// completed first so that no rotated token is lost (iotivity-lite#285). Completion (response,
-    /// error or timeout) closes the connection and queues [`Action::SignedOut`]; the session then
+    /// error or timeout) closes the connection and queues [`SessionEvent::SignedOut`]; the session then
     /// stays offline until [`Self::resume`] or a new configuration. `cps` is unchanged: after the
     /// reboot the device signs in again.
     pub fn sign_out(&mut self, now: Instant) {
@@ -806,7 +821,9 @@ impl CloudSession {
                 self.drive(now);
             }
             Mode::SigningOut | Mode::SignedOut => {}
-            _ => self.actions.push_back(Action::SignedOut),
+            _ => self
+                .actions
+                .push_back(Action::Event(SessionEvent::SignedOut)),
         }
     }
 
@@ -902,7 +919,8 @@ impl CloudSession {
             Mode::Active => {
                 if !self.clock_behind_told {
                     self.clock_behind_told = true;
-                    self.actions.push_back(Action::ClockBehind);
+                    self.actions
+                        .push_back(Action::Event(SessionEvent::ClockBehind));
                 }
                 // The usual back-off (it grows with `failures`), but not a failure on this
                 // server: no `failed`, no switch to an alternative server.
@@ -1352,7 +1370,8 @@ impl CloudSession {
         self.set_status(cps, clec);
         self.persist();
         if was_signing_out {
-            self.actions.push_back(Action::SignedOut);
+            self.actions
+                .push_back(Action::Event(SessionEvent::SignedOut));
         }
     }
 
@@ -1374,29 +1393,33 @@ impl CloudSession {
         self.mode = Mode::Unconfigured;
         self.set_status(Cps::Uninitialized, Clec::Ok);
         self.persist();
-        self.actions.push_back(Action::Deregistered);
+        self.actions
+            .push_back(Action::Event(SessionEvent::Deregistered));
     }
 
     fn finish_sign_out(&mut self) {
         self.close();
         self.mode = Mode::SignedOut;
-        self.actions.push_back(Action::SignedOut);
+        self.actions
+            .push_back(Action::Event(SessionEvent::SignedOut));
     }
 
     fn set_status(&mut self, cps: Cps, clec: Clec) {
         if (cps, clec) != (self.cps, self.clec) {
             self.cps = cps;
             self.clec = clec;
-            self.actions.push_back(Action::StatusChanged { cps, clec });
+            self.actions
+                .push_back(Action::Event(SessionEvent::StatusChanged { cps, clec }));
         }
     }
 
-    /// Queues [`Action::Persist`] if the persisted state changed.
+    /// Queues [`SessionEvent::Persist`] if the persisted state changed.
     fn persist(&mut self) {
         let state = self.persisted_state();
         if self.last_persisted.as_ref() != Some(&state) {
             self.last_persisted = Some(state.clone());
-            self.actions.push_back(Action::Persist(Box::new(state)));
+            self.actions
+                .push_back(Action::Event(SessionEvent::Persist(Box::new(state))));
         }
     }
 
@@ -1617,7 +1640,8 @@ impl CloudSession {
         }
         self.set_status(Cps::Registered, Clec::Ok);
         self.persist();
-        self.actions.push_back(Action::Registered { uid });
+        self.actions
+            .push_back(Action::Event(SessionEvent::Registered { uid }));
         if redirect.is_some() {
             // Close here; `drive` connects to the new URI at once and signs in there.
             self.close();
@@ -1643,9 +1667,10 @@ impl CloudSession {
                 }
                 self.set_status(Cps::Registered, Clec::Ok);
                 self.persist();
-                self.actions.push_back(Action::SignedIn {
-                    expiresin: r.expiresin,
-                });
+                self.actions
+                    .push_back(Action::Event(SessionEvent::SignedIn {
+                        expiresin: r.expiresin,
+                    }));
             }
             (Outcome::Unauthorized, _) => self.sign_in_unauthorized(),
             // Other errors, or a 2.xx without `expiresin`: failed, clec 1, then restart
@@ -1741,7 +1766,8 @@ impl CloudSession {
             self.published
                 .insert(link.href.clone(), PublishedRecord { link, ins });
         }
-        self.actions.push_back(Action::Published { links: done });
+        self.actions
+            .push_back(Action::Event(SessionEvent::Published { links: done }));
         // The RD's content changed: persist it, so a reboot does not publish these again (§7.5).
         self.persist();
     }
@@ -1751,7 +1777,8 @@ impl CloudSession {
         for h in &hrefs {
             self.published.remove(h);
         }
-        self.actions.push_back(Action::Unpublished { hrefs });
+        self.actions
+            .push_back(Action::Event(SessionEvent::Unpublished { hrefs }));
         // Persisted like a publish, so a reboot does not unpublish them again (§7.5).
         self.persist();
     }

@@ -96,15 +96,19 @@ fn describe(a: &Action) -> String {
             format!("{m} {}", r.path)
         }
         Action::SendPing { .. } => "Ping".into(),
-        Action::Persist(s) => format!("Persist {}", s.cps),
-        Action::StatusChanged { cps, clec } => format!("Status {cps} {}", clec.as_u8()),
-        Action::Registered { uid } => format!("Registered {uid}"),
-        Action::SignedIn { expiresin } => format!("SignedIn {expiresin}"),
-        Action::Published { links } => format!("Published {}", links.len()),
-        Action::Unpublished { hrefs } => format!("Unpublished {}", hrefs.join(",")),
-        Action::Deregistered => "Deregistered".into(),
-        Action::SignedOut => "SignedOut".into(),
-        Action::ClockBehind => "ClockBehind".into(),
+        Action::Event(SessionEvent::Persist(s)) => format!("Persist {}", s.cps),
+        Action::Event(SessionEvent::StatusChanged { cps, clec }) => {
+            format!("Status {cps} {}", clec.as_u8())
+        }
+        Action::Event(SessionEvent::Registered { uid }) => format!("Registered {uid}"),
+        Action::Event(SessionEvent::SignedIn { expiresin }) => format!("SignedIn {expiresin}"),
+        Action::Event(SessionEvent::Published { links }) => format!("Published {}", links.len()),
+        Action::Event(SessionEvent::Unpublished { hrefs }) => {
+            format!("Unpublished {}", hrefs.join(","))
+        }
+        Action::Event(SessionEvent::Deregistered) => "Deregistered".into(),
+        Action::Event(SessionEvent::SignedOut) => "SignedOut".into(),
+        Action::Event(SessionEvent::ClockBehind) => "ClockBehind".into(),
     }
 }
 
@@ -128,7 +132,7 @@ fn sign_up_ok(expiresin: i64) -> Value {
 struct Bench {
     s: CloudSession,
     now: Instant,
-    /// The last [`Action::Persist`] drained: what the driver's state file holds.
+    /// The last [`Action::Event(SessionEvent::Persist)`] drained: what the driver's state file holds.
     saved: Option<PersistedState>,
 }
 
@@ -274,7 +278,7 @@ fn only_send(actions: &[Action]) -> Req {
 
 fn persisted(actions: &[Action]) -> Option<PersistedState> {
     actions.iter().rev().find_map(|a| match a {
-        Action::Persist(s) => Some((**s).clone()),
+        Action::Event(SessionEvent::Persist(s)) => Some((**s).clone()),
         _ => None,
     })
 }
@@ -428,7 +432,7 @@ fn reference_device_compatible_sequence() {
             {"href": "/oic/d", "ins": 2, "di": DI}
         ]})),
     );
-    let Some(Action::Published { links }) = a.first() else {
+    let Some(Action::Event(SessionEvent::Published { links })) = a.first() else {
         panic!("{a:?}")
     };
     assert_eq!(links[0].ins, Some(3_000_000_000));
@@ -2403,9 +2407,11 @@ fn random_walk_never_repeats_a_successful_sign_up() {
                     last_sent = Some(r);
                 }
                 Action::SendPing { token } => last_ping = Some(token.clone()),
-                Action::Registered { .. } => registered = true,
-                Action::Deregistered => registered = false,
-                Action::StatusChanged { cps, clec } => last_status = Some((*cps, *clec)),
+                Action::Event(SessionEvent::Registered { .. }) => registered = true,
+                Action::Event(SessionEvent::Deregistered) => registered = false,
+                Action::Event(SessionEvent::StatusChanged { cps, clec }) => {
+                    last_status = Some((*cps, *clec))
+                }
                 _ => {}
             }
         }
