@@ -373,6 +373,189 @@ fn syntax_errors_and_unknown_fields_have_locations() {
 }
 
 #[test]
+fn unknown_fields_at_every_level() {
+    assert_eq!(
+        one_problem("name = \"x\"\nmodel = \"y\"\n", ProblemKind::Syntax),
+        "test.toml:2:1: unknown field `model`, expected one of `name`, `description`, \
+         `device_type`, `device_name`, `platform`, `resource`"
+    );
+    assert_eq!(
+        one_problem(
+            "name = \"x\"\n[platform]\nmnmn = \"a\"\nmnfr = \"b\"\n",
+            ProblemKind::Syntax
+        ),
+        "test.toml:4:1: unknown field `mnfr`, expected one of `mnmn`, `mnml`, `mnmo`, `mndt`, \
+         `mnpv`, `mnos`, `mnhw`, `mnfv`, `mnsl`, `vid`"
+    );
+    // A sub-table of a resource is an unknown field too, pointed at by its header.
+    let msg = one_problem(
+        "name = \"x\"\n[[resource]]\nhref = \"/a\"\ndriver = \"sim-switch\"\n[resource.extra]\n",
+        ProblemKind::Syntax,
+    );
+    assert!(
+        msg.starts_with("test.toml:5:11: unknown field `extra`, expected one of `href`, `driver`,"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn wrong_types_are_syntax_errors_at_the_value() {
+    let cases = [
+        ("name = 5\n", "test.toml:1:8: invalid type: integer `5`, expected a string"),
+        (
+            "name = \"x\"\n[[resource]]\nhref = 5\ndriver = \"sim-switch\"\n",
+            "test.toml:3:8: invalid type: integer `5`, expected a string",
+        ),
+        (
+            "name = \"x\"\n[[resource]]\nhref = \"/a\"\ndriver = true\n",
+            "test.toml:4:10: invalid type: boolean `true`, expected a string",
+        ),
+        (
+            "name = \"x\"\n[platform]\nmnhw = 2711\n",
+            "test.toml:3:8: invalid type: integer `2711`, expected a string",
+        ),
+        (
+            "name = \"x\"\nplatform = \"p\"\n",
+            "test.toml:2:12: invalid type: string \"p\", expected struct Platform",
+        ),
+        (
+            "name = \"x\"\nresource = 5\n",
+            "test.toml:2:12: invalid type: integer `5`, expected a sequence",
+        ),
+        (
+            "name = \"x\"\n[resource]\nhref = \"/a\"\n",
+            "test.toml:2:1: invalid type: map, expected a sequence",
+        ),
+        (
+            "name = \"x\"\nresource = [1]\n",
+            "test.toml:2:13: invalid type: integer `1`, expected struct RawResource",
+        ),
+        (
+            "name = \"x\"\n[[resource]]\nhref = \"/a\"\ndriver = \"sim-switch\"\nobservable = \"yes\"\n",
+            "test.toml:5:14: invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            "name = \"x\"\n[[resource]]\nhref = \"/a\"\ndriver = \"lm75\"\nbus = 1\naddress = 1e2\n",
+            "test.toml:6:11: invalid type: floating point `100.0`, expected i64",
+        ),
+        (
+            "name = \"x\"\n[[resource]]\nhref = \"/a\"\ndriver = \"lm75\"\nbus = 1\naddress = 9223372036854775808\n",
+            "test.toml:6:11: invalid value: integer `9223372036854775808`, expected i64",
+        ),
+        (
+            "name = \"x\"\n[[resource]]\nhref = \"/a\"\ndriver = \"lm75\"\nbus = [1, 0x8000000000000000]\naddress = 0x48\n",
+            "test.toml:5:11: invalid value: integer `0x8000000000000000`, expected i64",
+        ),
+        (
+            "name = \"x\"\n[[resource]]\nhref = \"/a\"\ndriver = \"sim-temperature\"\ninitial = 1e999\n",
+            "test.toml:5:11: floating-point number overflowed",
+        ),
+        (
+            "name = \"x\"\n[[resource]]\nhref = \"/a\"\ndriver = \"gpio-input\"\nchip = 0\nline = 1\nbias = 1979-05-27\n",
+            "test.toml:7:8: invalid type: datetime `1979-05-27`, expected a string",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(one_problem(text, ProblemKind::Syntax), expected, "{text}");
+    }
+}
+
+#[test]
+fn first_problem_in_key_order_wins() {
+    // Like serde did: keys in sorted order, the first bad one reported; missing fields last.
+    let msg = one_problem(
+        "[[resource]]\nhref = \"/a\"\ndriver = \"sim-switch\"\nzzz = 1\nline = \"x\"\n",
+        ProblemKind::Syntax,
+    );
+    assert_eq!(
+        msg,
+        "test.toml:5:8: invalid type: string \"x\", expected i64"
+    );
+}
+
+#[test]
+fn missing_required_fields() {
+    assert_eq!(
+        one_problem(
+            "name = \"x\"\n[[resource]]\ndriver = \"sim-switch\"\n",
+            ProblemKind::Syntax
+        ),
+        "test.toml:2:1: missing field `href`"
+    );
+    assert_eq!(
+        one_problem(
+            "name = \"x\"\n[[resource]]\nhref = \"/a\"\n",
+            ProblemKind::Syntax
+        ),
+        "test.toml:2:1: missing field `driver`"
+    );
+    assert_eq!(
+        one_problem(
+            "name = \"x\"\nresource = [{ href = \"/a\", driver = \"sim-switch\" }, { href = \"/b\" }]\n",
+            ProblemKind::Syntax
+        ),
+        "test.toml:2:53: missing field `driver`"
+    );
+    assert_eq!(
+        one_problem("\n", ProblemKind::Syntax),
+        "test.toml:1:1: missing field `name`"
+    );
+}
+
+#[test]
+fn duplicate_keys() {
+    assert_eq!(
+        one_problem("name = \"x\"\nname = \"y\"\n", ProblemKind::Syntax),
+        "test.toml:2:1: duplicate key"
+    );
+    assert_eq!(
+        one_problem(
+            "name = \"x\"\n[[resource]]\nhref = \"/a\"\ndriver = \"sim-switch\"\n\"href\" = \"/b\"\n",
+            ProblemKind::Syntax
+        ),
+        "test.toml:5:1: duplicate key"
+    );
+}
+
+#[test]
+fn every_field_read_by_hand() {
+    let b = parse(concat!(
+        "name = \"x\"\ndescription = \"d\"\ndevice_name = \"n\"\ndevice_type = \"oic.d.light\"\n",
+        "platform = { mnmn = \"a\", mnml = \"b\", mnmo = \"c\", mndt = \"d\", mnpv = \"e\", ",
+        "mnos = \"f\", mnhw = \"g\", mnfv = \"h\", mnsl = \"i\", vid = \"j\" }\n",
+        "[[resource]]\nhref = \"/c\"\ndriver = \"sim-contact\"\nname = \"N\"\nobservable = false\n",
+        "discoverable = false\ninitial = true\nperiod = \"3s\"\n",
+        "[[resource]]\nhref = \"/t\"\ndriver = \"sim-temperature\"\nmin = 1_000\nmax = 2_000.5\n",
+        "initial = 1e3\nstep = +1\nseed = -5\nthreshold = 0b11\nperiod = 0o7\n",
+    ))
+    .unwrap();
+    assert_eq!(b.description.as_deref(), Some("d"));
+    assert_eq!(b.device_name.as_deref(), Some("n"));
+    assert_eq!(b.device_type, "oic.d.light");
+    let p = &b.platform;
+    let all = [
+        &p.mnmn, &p.mnml, &p.mnmo, &p.mndt, &p.mnpv, &p.mnos, &p.mnhw, &p.mnfv, &p.mnsl, &p.vid,
+    ];
+    let all: Vec<_> = all.iter().map(|v| v.as_deref().unwrap()).collect();
+    assert_eq!(all, ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]);
+    let c = b.resource("/c").unwrap();
+    assert_eq!(c.name.as_deref(), Some("N"));
+    assert_eq!((c.observable, c.discoverable), (false, false));
+    assert_eq!(c.driver, DriverSpec::SimContact { initial: true });
+    assert_eq!(c.sampling.unwrap().period, Duration::from_secs(3));
+    let t = b.resource("/t").unwrap();
+    let s = t.sampling.unwrap();
+    assert_eq!((s.period, s.threshold), (Duration::from_secs(7), 3.0));
+    let DriverSpec::SimSensor(sim) = &t.driver else {
+        panic!("{:?}", t.driver)
+    };
+    assert_eq!(
+        (sim.min, sim.max, sim.initial, sim.step, sim.seed),
+        (1000.0, 2000.5, 1000.0, 1.0, 5)
+    );
+}
+
+#[test]
 fn fields_that_do_not_apply_and_bad_values() {
     let msg = one_problem(
         "name = \"x\"\n[[resource]]\nhref = \"/r\"\ndriver = \"gpio-output\"\nchip = 0\nline = 17\nperiod = \"1s\"\n",

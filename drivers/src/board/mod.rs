@@ -66,8 +66,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-use toml::{Spanned, Value};
+use toml::de::{DeFloat, DeInteger, DeString, DeTable, DeValue};
+use toml::Spanned;
 
 pub use error::{BoardError, Location, Problem, ProblemKind};
 
@@ -124,8 +124,7 @@ pub struct Board {
 }
 
 /// Optional `/oic/p` properties (OCF-PROTOCOL.md §3.3); `pi` comes from the device's state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Platform {
     /// Manufacturer name (≤ 64 chars; required in `/oic/p`: the agent supplies a default).
     pub mnmn: Option<String>,
@@ -460,20 +459,30 @@ impl Board {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Board files are walked by hand over toml's spanned tree, not through serde: the derived
+// deserializers cost the agent ~95 KB. Errors keep serde's wording, kinds and spans.
+
+/// A value the drivers interpret themselves (`bus`, `chip`, durations, numbers).
+enum Value {
+    String(String),
+    Integer(i64),
+    Float(f64),
+    Boolean(bool),
+    /// Only shown in messages.
+    Datetime(String),
+    Array,
+    Table(Vec<(String, Value)>),
+}
+
 struct RawBoard {
     name: Spanned<String>,
     description: Option<String>,
     device_type: Option<Spanned<String>>,
     device_name: Option<String>,
     platform: Option<Platform>,
-    #[serde(default)]
     resource: Vec<Spanned<RawResource>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawResource {
     href: Spanned<String>,
     driver: Spanned<String>,
@@ -500,6 +509,299 @@ struct RawResource {
     min: Option<Spanned<Value>>,
     max: Option<Spanned<Value>>,
     seed: Option<Spanned<i64>>,
+}
+
+/// A file-level (syntax or type) error: where, and what.
+type Fail = (Range<usize>, String);
+
+type Item<'i> = Spanned<DeValue<'i>>;
+
+const BOARD_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "device_type",
+    "device_name",
+    "platform",
+    "resource",
+];
+
+const PLATFORM_FIELDS: &[&str] = &[
+    "mnmn", "mnml", "mnmo", "mndt", "mnpv", "mnos", "mnhw", "mnfv", "mnsl", "vid",
+];
+
+const RESOURCE_FIELDS: &[&str] = &[
+    "href",
+    "driver",
+    "name",
+    "observable",
+    "discoverable",
+    "quantity",
+    "bus",
+    "address",
+    "smbus",
+    "resolution",
+    "chip",
+    "line",
+    "active_low",
+    "initial",
+    "bias",
+    "debounce",
+    "pwm_chip",
+    "channel",
+    "frequency",
+    "period",
+    "threshold",
+    "step",
+    "min",
+    "max",
+    "seed",
+];
+
+fn unknown_field(key: &Spanned<DeString<'_>>, expected: &[&str]) -> Fail {
+    let expected: Vec<String> = expected.iter().map(|f| format!("`{f}`")).collect();
+    (
+        key.span(),
+        format!(
+            "unknown field `{}`, expected one of {}",
+            key.get_ref(),
+            expected.join(", ")
+        ),
+    )
+}
+
+fn missing_field(table: &Range<usize>, field: &str) -> Fail {
+    (table.clone(), format!("missing field `{field}`"))
+}
+
+fn to_i64(i: &DeInteger<'_>) -> Option<i64> {
+    i64::from_str_radix(i.as_str(), i.radix()).ok()
+}
+
+/// `None` for a finite literal too large for f64 (`inf` and `nan` are fine).
+fn to_f64(f: &DeFloat<'_>) -> Option<f64> {
+    let x: f64 = f.as_str().parse().ok()?;
+    (!x.is_infinite() || f.as_str().contains("inf")).then_some(x)
+}
+
+fn int_overflow(v: &Item<'_>, i: &DeInteger<'_>) -> Fail {
+    (
+        v.span(),
+        format!("invalid value: integer `{i}`, expected i64"),
+    )
+}
+
+fn float_overflow(v: &Item<'_>) -> Fail {
+    (v.span(), "floating-point number overflowed".to_owned())
+}
+
+/// "invalid type: integer `5`, expected a string", as serde put it.
+fn wrong_type(v: &Item<'_>, expected: &str) -> Fail {
+    let found = match v.get_ref() {
+        DeValue::String(s) => format!("string {s:?}"),
+        DeValue::Integer(i) => match to_i64(i) {
+            Some(n) => format!("integer `{n}`"),
+            None => format!("integer `{i}`"),
+        },
+        DeValue::Float(f) => match to_f64(f) {
+            Some(x) => {
+                let mut x_text = x.to_string();
+                if x.is_finite() && !x_text.contains('.') {
+                    x_text.push_str(".0");
+                }
+                format!("floating point `{x_text}`")
+            }
+            None => return float_overflow(v),
+        },
+        DeValue::Boolean(b) => format!("boolean `{b}`"),
+        DeValue::Datetime(d) => format!("datetime `{d}`"),
+        DeValue::Array(_) => "sequence".to_owned(),
+        DeValue::Table(_) => "map".to_owned(),
+    };
+    (
+        v.span(),
+        format!("invalid type: {found}, expected {expected}"),
+    )
+}
+
+fn string(v: &Item<'_>) -> Result<Spanned<String>, Fail> {
+    match v.get_ref() {
+        DeValue::String(s) => Ok(Spanned::new(v.span(), s.to_string())),
+        _ => Err(wrong_type(v, "a string")),
+    }
+}
+
+fn boolean(v: &Item<'_>) -> Result<Spanned<bool>, Fail> {
+    match v.get_ref() {
+        DeValue::Boolean(b) => Ok(Spanned::new(v.span(), *b)),
+        _ => Err(wrong_type(v, "a boolean")),
+    }
+}
+
+fn integer(v: &Item<'_>) -> Result<Spanned<i64>, Fail> {
+    match v.get_ref() {
+        DeValue::Integer(i) => match to_i64(i) {
+            Some(n) => Ok(Spanned::new(v.span(), n)),
+            None => Err(int_overflow(v, i)),
+        },
+        _ => Err(wrong_type(v, "i64")),
+    }
+}
+
+fn any(v: &Item<'_>) -> Result<Spanned<Value>, Fail> {
+    Ok(Spanned::new(v.span(), plain(v)?))
+}
+
+fn plain(v: &Item<'_>) -> Result<Value, Fail> {
+    Ok(match v.get_ref() {
+        DeValue::String(s) => Value::String(s.to_string()),
+        DeValue::Integer(i) => Value::Integer(to_i64(i).ok_or_else(|| int_overflow(v, i))?),
+        DeValue::Float(f) => Value::Float(to_f64(f).ok_or_else(|| float_overflow(v))?),
+        DeValue::Boolean(b) => Value::Boolean(*b),
+        DeValue::Datetime(d) => Value::Datetime(format!("{d:?}")),
+        DeValue::Array(a) => {
+            // Checked for numbers out of range like the rest; the contents are never used.
+            for item in a {
+                plain(item)?;
+            }
+            Value::Array
+        }
+        DeValue::Table(t) => Value::Table(
+            t.iter()
+                .map(|(k, v)| Ok((k.get_ref().to_string(), plain(v)?)))
+                .collect::<Result<_, Fail>>()?,
+        ),
+    })
+}
+
+fn raw_board(doc: &Spanned<DeTable<'_>>) -> Result<RawBoard, Fail> {
+    let mut name = None;
+    let mut description = None;
+    let mut device_type = None;
+    let mut device_name = None;
+    let mut platform = None;
+    let mut resource = Vec::new();
+    // In key order, the first problem only: what serde reported.
+    for (key, v) in doc.get_ref() {
+        match key.get_ref().as_ref() {
+            "name" => name = Some(string(v)?),
+            "description" => description = Some(string(v)?.into_inner()),
+            "device_type" => device_type = Some(string(v)?),
+            "device_name" => device_name = Some(string(v)?.into_inner()),
+            "platform" => platform = Some(raw_platform(v)?),
+            "resource" => match v.get_ref() {
+                DeValue::Array(a) => {
+                    resource = a.iter().map(raw_resource).collect::<Result<_, _>>()?;
+                }
+                _ => return Err(wrong_type(v, "a sequence")),
+            },
+            _ => return Err(unknown_field(key, BOARD_FIELDS)),
+        }
+    }
+    Ok(RawBoard {
+        name: name.ok_or_else(|| missing_field(&doc.span(), "name"))?,
+        description,
+        device_type,
+        device_name,
+        platform,
+        resource,
+    })
+}
+
+fn raw_platform(v: &Item<'_>) -> Result<Platform, Fail> {
+    let DeValue::Table(t) = v.get_ref() else {
+        return Err(wrong_type(v, "struct Platform"));
+    };
+    let mut p = Platform::default();
+    for (key, v) in t {
+        let field = match key.get_ref().as_ref() {
+            "mnmn" => &mut p.mnmn,
+            "mnml" => &mut p.mnml,
+            "mnmo" => &mut p.mnmo,
+            "mndt" => &mut p.mndt,
+            "mnpv" => &mut p.mnpv,
+            "mnos" => &mut p.mnos,
+            "mnhw" => &mut p.mnhw,
+            "mnfv" => &mut p.mnfv,
+            "mnsl" => &mut p.mnsl,
+            "vid" => &mut p.vid,
+            _ => return Err(unknown_field(key, PLATFORM_FIELDS)),
+        };
+        *field = Some(string(v)?.into_inner());
+    }
+    Ok(p)
+}
+
+fn raw_resource(v: &Item<'_>) -> Result<Spanned<RawResource>, Fail> {
+    let DeValue::Table(t) = v.get_ref() else {
+        return Err(wrong_type(v, "struct RawResource"));
+    };
+    let (mut href, mut driver, mut name, mut observable, mut discoverable) =
+        (None, None, None, None, None);
+    let (mut quantity, mut bus, mut address, mut smbus, mut resolution) =
+        (None, None, None, None, None);
+    let (mut chip, mut line, mut active_low, mut initial, mut bias, mut debounce) =
+        (None, None, None, None, None, None);
+    let (mut pwm_chip, mut channel, mut frequency, mut period, mut threshold) =
+        (None, None, None, None, None);
+    let (mut step, mut min, mut max, mut seed) = (None, None, None, None);
+    for (key, v) in t {
+        match key.get_ref().as_ref() {
+            "href" => href = Some(string(v)?),
+            "driver" => driver = Some(string(v)?),
+            "name" => name = Some(string(v)?.into_inner()),
+            "observable" => observable = Some(*boolean(v)?.get_ref()),
+            "discoverable" => discoverable = Some(*boolean(v)?.get_ref()),
+            "quantity" => quantity = Some(string(v)?),
+            "bus" => bus = Some(any(v)?),
+            "address" => address = Some(integer(v)?),
+            "smbus" => smbus = Some(boolean(v)?),
+            "resolution" => resolution = Some(integer(v)?),
+            "chip" => chip = Some(any(v)?),
+            "line" => line = Some(integer(v)?),
+            "active_low" => active_low = Some(boolean(v)?),
+            "initial" => initial = Some(any(v)?),
+            "bias" => bias = Some(string(v)?),
+            "debounce" => debounce = Some(any(v)?),
+            "pwm_chip" => pwm_chip = Some(any(v)?),
+            "channel" => channel = Some(integer(v)?),
+            "frequency" => frequency = Some(any(v)?),
+            "period" => period = Some(any(v)?),
+            "threshold" => threshold = Some(any(v)?),
+            "step" => step = Some(any(v)?),
+            "min" => min = Some(any(v)?),
+            "max" => max = Some(any(v)?),
+            "seed" => seed = Some(integer(v)?),
+            _ => return Err(unknown_field(key, RESOURCE_FIELDS)),
+        }
+    }
+    let raw = RawResource {
+        href: href.ok_or_else(|| missing_field(&v.span(), "href"))?,
+        driver: driver.ok_or_else(|| missing_field(&v.span(), "driver"))?,
+        name,
+        observable,
+        discoverable,
+        quantity,
+        bus,
+        address,
+        smbus,
+        resolution,
+        chip,
+        line,
+        active_low,
+        initial,
+        bias,
+        debounce,
+        pwm_chip,
+        channel,
+        frequency,
+        period,
+        threshold,
+        step,
+        min,
+        max,
+        seed,
+    };
+    Ok(Spanned::new(v.span(), raw))
 }
 
 fn span_of<T>(v: &Option<Spanned<T>>) -> Option<Range<usize>> {
@@ -605,15 +907,19 @@ impl<'a> Parser<'a> {
     }
 
     fn parse(mut self) -> Result<Board, BoardError> {
-        let raw: RawBoard = match toml::from_str(self.text) {
+        let raw = match DeTable::parse(self.text) {
+            Ok(doc) => raw_board(&doc).map_err(|(span, message)| (Some(span), message)),
+            Err(e) => Err((e.span(), e.message().trim().to_owned())),
+        };
+        let raw = match raw {
             Ok(raw) => raw,
-            Err(e) => {
-                let location = e.span().map(|s| self.loc(&s));
+            Err((span, message)) => {
+                let location = span.map(|s| self.loc(&s));
                 return Err(BoardError::single(
                     self.file,
                     ProblemKind::Syntax,
                     location,
-                    e.message().trim().to_owned(),
+                    message,
                 ));
             }
         };
@@ -1361,8 +1667,8 @@ fn show(v: &Value) -> String {
         Value::Integer(i) => i.to_string(),
         Value::Float(f) => f.to_string(),
         Value::Boolean(b) => b.to_string(),
-        Value::Datetime(d) => format!("the date {d:?}"),
-        Value::Array(_) => "an array".to_owned(),
+        Value::Datetime(d) => format!("the date {d}"),
+        Value::Array => "an array".to_owned(),
         Value::Table(_) => "a table".to_owned(),
     }
 }
