@@ -8,7 +8,7 @@ SECTION = "net"
 # The workspace's license line (Cargo.toml, [workspace.package]); cargo xtask test checks that
 # this checksum still matches it.
 LICENSE = "Apache-2.0"
-LIC_FILES_CHKSUM = "file://Cargo.toml;beginline=19;endline=19;md5=2507bd5f0713f05419cd2f22fa06fe62"
+LIC_FILES_CHKSUM = "file://Cargo.toml;beginline=20;endline=20;md5=2507bd5f0713f05419cd2f22fa06fe62"
 CVE_PRODUCT = "ocf-agent"
 
 inherit rust cargo cargo-update-recipe-crates features_check systemd useradd
