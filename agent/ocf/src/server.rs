@@ -44,13 +44,20 @@ use crate::cloud::resource::{self as cloudconf, SharedClock, SharedSession};
 use crate::cloud::session::{CloudSession, DeviceInfo as CloudDevice, Timing};
 use crate::cloud::RdLink;
 use crate::maintenance::{self, Action, MaintenanceError, SharedMaintenance, Ticket};
+use crate::resource::{decode_update, error_response};
 use crate::resource::{
     Device, Interface, Method, Notification, Origin, Request, ResourceError, Response, RES_HREF,
 };
 use crate::security::csr::CsrSource;
+use crate::security::doc::{SessionAuth, RDP_PIN_LIFETIME};
+use crate::security::doxm::{OXM_RANDOM_PIN, OXM_SPAKE2};
+use crate::security::dtls_keys::{
+    pin_psk, psk_for_identity, uuid_bytes, uuid_text, SessionSecrets, RDP_IDENTITY,
+};
 use crate::security::{
     handle_delete, resources, Connection, DenyReason, DeviceOtm, DosState, Operation, OtmHandler,
-    PeerIdentity, Pin, SecurityEvent, SecurityState, SharedState, Target, OTM_HREF,
+    PeerIdentity, Pin, SecurityEvent, SecurityState, SharedState, Target, CRED_HREF, DEVICE_HREF,
+    DOXM_HREF, OTM_HREF, PLATFORM_HREF, PSTAT_HREF,
 };
 
 /// Where a request came from, and over what.
@@ -65,6 +72,8 @@ pub enum Peer {
     Tcp(u64),
     /// Secure local connection `id` (coaps+tcp), opened with [`ConnKind::Tls`].
     Tls(u64),
+    /// DTLS session `id` (coaps), opened with [`ConnKind::Dtls`].
+    Dtls(u64),
     /// The cloud link `id`, opened with [`ConnKind::Cloud`].
     Cloud(u64),
 }
@@ -74,7 +83,7 @@ impl Peer {
     pub fn origin(self) -> Origin {
         match self {
             Peer::Udp(a) | Peer::Multicast(a) => Origin::Udp(a),
-            Peer::Tcp(id) | Peer::Tls(id) | Peer::Cloud(id) => Origin::Stream(id),
+            Peer::Tcp(id) | Peer::Tls(id) | Peer::Dtls(id) | Peer::Cloud(id) => Origin::Stream(id),
         }
     }
 }
@@ -97,6 +106,14 @@ pub enum ConnKind {
     /// The cloud link: the cloud's certificate was verified against the trust anchors and
     /// `uuid:<sid>` when connecting; `None` over a plain connection (development mode only).
     Cloud { identity: Option<PeerIdentity> },
+    /// A DTLS session on the local coaps endpoint.
+    Dtls {
+        /// How its handshake authenticated the peer.
+        auth: SessionAuth,
+        /// Its master secret and randoms, which an owner PSK is derived from
+        /// ([`crate::security::doc`]).
+        secrets: Option<SessionSecrets>,
+    },
 }
 
 #[derive(Debug)]
@@ -104,6 +121,16 @@ struct Conn {
     kind: ConnKind,
     /// Opened while the device had no owner.
     opened_unowned: bool,
+    /// A Device Ownership Connection ([`crate::security::doc`]).
+    doc: bool,
+}
+
+/// The Random PIN of the ownership transfer under way.
+struct RandomPin {
+    pin: Pin,
+    made: Instant,
+    /// A handshake has used it.
+    used: bool,
 }
 
 /// What the daemon has to do after a call.
@@ -130,6 +157,12 @@ pub enum Event {
     CredentialsChanged,
     /// For the log: ownership taken, onboarding state changed, ACL changed.
     Security(SecurityEvent),
+    /// A Mediator selected the Random PIN method: show this fresh PIN to the user (the
+    /// console, the control socket; never the log).
+    ShowRandomPin(Pin),
+    /// The ownership transfer gave the device a new `di` (`doxm.deviceuuid`): keep it in the
+    /// identity file, renew the self-signed certificate and the CSR ([`Server::set_csr`]).
+    DeviceIdChanged(String),
 }
 
 /// What the server starts with besides the tree and the states.
@@ -168,6 +201,12 @@ pub struct Server {
     pending_close: Vec<u64>,
     /// CoAPCloudConf was written by the request.
     cloud_written: bool,
+    /// The Random PIN, once a Mediator selected that method.
+    random_pin: Option<RandomPin>,
+    /// A Random PIN made by the request, to show.
+    pin_to_show: Option<Pin>,
+    /// The ownership transfer changed `di`.
+    di_changed: Option<String>,
 }
 
 impl Server {
@@ -224,6 +263,9 @@ impl Server {
             cloud_gate: gate,
             pending_close: Vec::new(),
             cloud_written: false,
+            random_pin: None,
+            pin_to_show: None,
+            di_changed: None,
         })
     }
 
@@ -277,19 +319,185 @@ impl Server {
             .collect()
     }
 
+    /// The ownership transfer methods to offer besides SPAKE2 (`doxm.oxms`):
+    /// [`crate::security::doxm::OXM_RANDOM_PIN`] where a DTLS endpoint runs,
+    /// [`crate::security::doxm::OXM_MFG_CERT`] where a manufacturer certificate is installed.
+    pub fn set_offered_oxms(&mut self, oxms: &[u16]) {
+        let mut s = self.security.borrow_mut();
+        s.set_offered_oxms(oxms);
+        // Not persisted: a state change only if the selection had to fall back.
+        let _ = s.take_dirty();
+    }
+
     /// A stream connection `id` opened.
     pub fn open(&mut self, id: u64, kind: ConnKind) {
         if matches!(kind, ConnKind::Cloud { .. }) {
             self.device.set_remote(Origin::Stream(id));
         }
-        let opened_unowned = self.security.borrow().owner().is_none();
+        let (opened_unowned, doc) = {
+            let s = self.security.borrow();
+            let doc = match &kind {
+                ConnKind::Tls { identity, .. } => {
+                    s.is_doc(&SessionAuth::Certificate(identity.clone()))
+                }
+                ConnKind::Dtls { auth, .. } => s.is_doc(auth),
+                _ => false,
+            };
+            (s.owner().is_none(), doc)
+        };
         self.conns.insert(
             id,
             Conn {
                 kind,
                 opened_unowned,
+                doc,
             },
         );
+    }
+
+    /// The key for the PSK `identity` a DTLS client sent, and what it authenticates; `None`
+    /// fails the handshake. [`RDP_IDENTITY`] gets the Random PIN's key while that method is
+    /// selected, once per PIN and within [`RDP_PIN_LIFETIME`]; a UUID (16 bytes or its text)
+    /// gets the key of its credential ([`psk_for_identity`]). The caller wipes the key.
+    pub fn dtls_psk(&mut self, identity: &[u8], now: Instant) -> Option<(Vec<u8>, SessionAuth)> {
+        let s = self.security.borrow();
+        if identity == RDP_IDENTITY {
+            if !s.is_doc(&SessionAuth::RandomPin) {
+                return None;
+            }
+            let pin = self
+                .random_pin
+                .as_mut()
+                .filter(|p| !p.used && now.saturating_duration_since(p.made) < RDP_PIN_LIFETIME)?;
+            pin.used = true;
+            let salt = uuid_bytes(s.di())?;
+            let key = pin_psk(pin.pin.expose().as_bytes(), &salt);
+            return Some((key.to_vec(), SessionAuth::RandomPin));
+        }
+        let key = psk_for_identity(identity, s.creds())?.to_vec();
+        let subject = match <&[u8; 16]>::try_from(identity) {
+            Ok(raw) => uuid_text(raw),
+            Err(_) => String::from_utf8_lossy(identity).to_ascii_lowercase(),
+        };
+        Some((key, SessionAuth::Psk { subject }))
+    }
+
+    /// The requester of connection `id` (`None`: a connection the server does not know, or
+    /// the development mode's plain ones).
+    fn requester_of(&self, peer: Peer, conn: Option<&Conn>) -> crate::security::Requester {
+        let s = self.security.borrow();
+        let Some(conn) = conn else {
+            return s.requester(None, false);
+        };
+        let mut who = match (&conn.kind, peer) {
+            (ConnKind::Cloud { identity }, Peer::Cloud(_)) => {
+                s.requester(identity.as_ref(), identity.is_some())
+            }
+            (ConnKind::Tls { identity, .. }, Peer::Tls(_)) => s.requester(identity.as_ref(), true),
+            (ConnKind::Dtls { auth, .. }, Peer::Dtls(_)) => match auth {
+                SessionAuth::RandomPin => s.requester(None, true),
+                SessionAuth::Psk { subject } => s.requester_psk(subject),
+                SessionAuth::Certificate(identity) => s.requester(identity.as_ref(), true),
+            },
+            _ => s.requester(None, false),
+        };
+        who.doc = conn.doc;
+        who
+    }
+
+    /// Whether a request in the clear belongs to the start of a standard ownership transfer:
+    /// reading doxm, pstat, /oic/d and /oic/p and selecting the method, while the device is
+    /// unowned, a standard method is offered and no Device Ownership Connection is open
+    /// (iotivity-lite's `oc_sec_check_acl`).
+    fn clear_onboarding(&self, req: &Request) -> bool {
+        let s = self.security.borrow();
+        if s.dos() != DosState::Rfotm
+            || s.owner().is_some()
+            || s.offered_oxms() == [OXM_SPAKE2]
+            || self.conns.values().any(|c| c.doc)
+        {
+            return false;
+        }
+        match req.method {
+            Method::Get => {
+                [DOXM_HREF, PSTAT_HREF, DEVICE_HREF, PLATFORM_HREF].contains(&req.path.as_str())
+            }
+            Method::Post => req.path == DOXM_HREF,
+            _ => false,
+        }
+    }
+
+    /// `POST /oic/sec/doxm {"oxmsel"}` in the clear.
+    fn select_oxm(&mut self, req: &Request, now: Instant) -> Response {
+        let props = match decode_update(req) {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let selected = self.security.borrow_mut().select_oxm(&props);
+        match selected {
+            Ok(OXM_RANDOM_PIN) => {
+                let pin = Pin::generate(&mut |b| (self.random)(b));
+                self.pin_to_show = Some(pin.clone());
+                self.random_pin = Some(RandomPin {
+                    pin,
+                    made: now,
+                    used: false,
+                });
+                Response::new(ResponseType::Changed)
+            }
+            Ok(_) => Response::new(ResponseType::Changed),
+            Err(e) => error_response(e),
+        }
+    }
+
+    /// A Device Ownership Connection's POST to doxm or cred; `None` for anything else.
+    fn doc_post(&mut self, id: u64, req: &Request) -> Option<Response> {
+        if req.method != Method::Post || !matches!(req.path.as_str(), DOXM_HREF | CRED_HREF) {
+            return None;
+        }
+        let conn = self.conns.get(&id)?;
+        if !conn.doc || self.security.borrow().dos() != DosState::Rfotm {
+            return None;
+        }
+        let props = match decode_update(req) {
+            Ok(p) => p,
+            Err(r) => return Some(r),
+        };
+        let result = if req.path == DOXM_HREF {
+            let client = match &conn.kind {
+                ConnKind::Tls { identity, .. } => identity.clone(),
+                ConnKind::Dtls {
+                    auth: SessionAuth::Certificate(identity),
+                    ..
+                } => identity.clone(),
+                _ => None,
+            };
+            let change = self
+                .security
+                .borrow_mut()
+                .doc_post_doxm(&props, client.as_ref());
+            change.map(|c| {
+                if c.owned {
+                    self.pending_close = self.unowned_connections_except(id);
+                    self.random_pin = None;
+                }
+                if let Some(di) = c.new_di {
+                    self.di_changed = Some(di);
+                }
+            })
+        } else {
+            let secrets = match &conn.kind {
+                ConnKind::Dtls { secrets, .. } => secrets.clone(),
+                _ => None,
+            };
+            self.security
+                .borrow_mut()
+                .doc_post_cred(&props, secrets.as_ref())
+        };
+        Some(match result {
+            Ok(()) => Response::new(ResponseType::Changed),
+            Err(e) => error_response(e),
+        })
     }
 
     /// Whether the certificate of secure connection `id` chains to a trust anchor now.
@@ -314,29 +522,24 @@ impl Server {
         self.device.drop_origin(&Origin::Stream(id));
     }
 
-    /// Whether secure connection `id` is the owner's (its certificate names the owner): the
-    /// connection table never evicts it to admit a stranger.
+    /// Whether secure connection `id` is the owner's (its certificate or PSK names the
+    /// owner): the connection table never evicts it to admit a stranger.
     pub fn is_owner_connection(&self, id: u64) -> bool {
-        match self.conns.get(&id) {
-            Some(Conn {
-                kind: ConnKind::Tls { identity, .. },
-                ..
-            }) => {
-                self.security
-                    .borrow()
-                    .requester(identity.as_ref(), true)
-                    .is_owner
-            }
-            _ => false,
-        }
+        let conn = self.conns.get(&id);
+        let peer = match conn.map(|c| &c.kind) {
+            Some(ConnKind::Tls { .. }) => Peer::Tls(id),
+            Some(ConnKind::Dtls { .. }) => Peer::Dtls(id),
+            _ => return false,
+        };
+        self.requester_of(peer, conn).is_owner
     }
 
-    /// The open secure local connections.
+    /// The open secure local connections (coaps+tcp and DTLS).
     pub fn tls_connections(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| matches!(c.kind, ConnKind::Tls { .. }))
+            .filter(|(_, c)| matches!(c.kind, ConnKind::Tls { .. } | ConnKind::Dtls { .. }))
             .map(|(id, _)| *id)
             .collect();
         ids.sort_unstable();
@@ -384,47 +587,42 @@ impl Server {
         let origin = peer.origin();
         let clear = matches!(peer, Peer::Udp(_) | Peer::Multicast(_) | Peer::Tcp(_));
         if clear {
-            if !(self.dev_mode || is_plain_discovery(req)) {
-                return DenyReason::InsecureTransport.response().to_packet(token);
+            if self.dev_mode || is_plain_discovery(req) {
+                return self.serve_tree(&origin, req, token);
             }
-            return self.serve_tree(&origin, req, token);
+            if matches!(peer, Peer::Udp(_)) && self.clear_onboarding(req) {
+                if req.method == Method::Post {
+                    return self.select_oxm(req, now).to_packet(token);
+                }
+                return self.serve_tree(&origin, req, token);
+            }
+            return DenyReason::InsecureTransport.response().to_packet(token);
         }
         if matches!(peer, Peer::Cloud(_)) && self.dev_mode {
             return self.serve_tree(&origin, req, token);
         }
-        let conn = match peer {
-            Peer::Tls(id) | Peer::Cloud(id) => self.conns.get(&id),
-            _ => None,
+        let id = match peer {
+            Peer::Tls(id) | Peer::Dtls(id) | Peer::Cloud(id) => id,
+            _ => 0,
         };
-        let identity = match (peer, conn.map(|c| &c.kind)) {
-            (Peer::Cloud(_), Some(ConnKind::Cloud { identity })) => identity.clone(),
-            (Peer::Tls(_), Some(ConnKind::Tls { identity, .. })) => identity.clone(),
-            // A connection the server does not know: nobody.
-            _ => None,
-        };
-        let secure = match peer {
-            Peer::Tls(_) => true,
-            _ => identity.is_some(),
-        };
-        let decision = {
-            let s = self.security.borrow();
-            let who = s.requester(identity.as_ref(), secure);
-            s.authorize_request(&who, req)
-        };
+        let conn = self.conns.get(&id);
+        let who = self.requester_of(peer, conn);
+        let decision = self.security.borrow().authorize_request(&who, req);
         if let Some(denial) = decision.denial() {
             return denial.to_packet(token);
         }
         if req.path == OTM_HREF {
-            let (Peer::Tls(id), Some(ConnKind::Tls { exporter, .. })) =
+            let (Peer::Tls(id), Some(ConnKind::Tls { exporter, identity })) =
                 (peer, conn.map(|c| &c.kind))
             else {
                 return Response::error(
                     ResponseType::Forbidden,
-                    "the ownership transfer is only served on the local secure endpoint",
+                    "the ownership transfer is only served on the local coaps+tcp endpoint",
                 )
                 .to_packet(token);
             };
             let exporter = exporter.clone();
+            let identity = identity.clone();
             let owned_before = self.security.borrow().owner().is_some();
             let c = Connection {
                 session_id: id,
@@ -436,6 +634,9 @@ impl Server {
                 self.pending_close = self.unowned_connections_except(id);
             }
             return reply.to_packet(token);
+        }
+        if let Some(r) = self.doc_post(id, req) {
+            return r.to_packet(token);
         }
         if let Some(r) = handle_delete(&self.security, req) {
             return r.to_packet(token);
@@ -485,7 +686,9 @@ impl Server {
             .conns
             .iter()
             .filter(|(id, c)| {
-                **id != keep && c.opened_unowned && matches!(c.kind, ConnKind::Tls { .. })
+                **id != keep
+                    && c.opened_unowned
+                    && matches!(c.kind, ConnKind::Tls { .. } | ConnKind::Dtls { .. })
             })
             .map(|(id, _)| *id)
             .collect();
@@ -558,6 +761,13 @@ impl Server {
         }
         if std::mem::take(&mut self.cloud_written) {
             events.push(Event::CloudConfChanged);
+        }
+        if let Some(pin) = self.pin_to_show.take() {
+            events.push(Event::ShowRandomPin(pin));
+        }
+        if let Some(di) = self.di_changed.take() {
+            self.take_new_di(now);
+            events.push(Event::DeviceIdChanged(di));
         }
         self.update_cloud_gate(now, events);
     }
@@ -647,6 +857,16 @@ impl Server {
     /// device is onboarded again); CoAPCloudConf observers see `cps` uninitialized. The CSR
     /// is gone until [`Server::set_csr`].
     pub fn renew_identity(&mut self, now: Instant) -> Vec<Event> {
+        self.take_new_di(now);
+        let mut events = Vec::new();
+        self.collect(now, &mut events);
+        // The state's own reset request was carried out by this very reset.
+        events.retain(|e| !matches!(e, Event::FactoryResetRequested));
+        events
+    }
+
+    /// The running device takes the security state's `di`: see [`Server::renew_identity`].
+    fn take_new_di(&mut self, now: Instant) {
         let di = self.security.borrow().di().to_string();
         self.device.set_identity(&di, &self.default_name);
         self.otm = OtmHandler::new(
@@ -668,11 +888,6 @@ impl Server {
         self.cloud_gate = gate;
         *self.csr.borrow_mut() = None;
         self.device.mark_changed(cloudconf::HREF);
-        let mut events = Vec::new();
-        self.collect(now, &mut events);
-        // The state's own reset request was carried out by this very reset.
-        events.retain(|e| !matches!(e, Event::FactoryResetRequested));
-        events
     }
 
     /// The device's discoverable links as the cloud's RD wants them: no `anchor`, no `eps`
@@ -712,16 +927,20 @@ fn may_batch(
         Origin::Stream(id) => conns.get(id),
         Origin::Udp(_) => None,
     };
-    let (identity, secure) = match conn.map(|c| &c.kind) {
-        None | Some(ConnKind::Tcp) => return dev_mode,
-        Some(ConnKind::Cloud { .. }) if dev_mode => return true,
-        Some(ConnKind::Cloud { identity }) => (identity.as_ref(), identity.is_some()),
-        Some(ConnKind::Tls { identity, .. }) => (identity.as_ref(), true),
-    };
     let Ok(s) = security.try_borrow() else {
         return false;
     };
-    let who = s.requester(identity, secure);
+    let who = match conn.map(|c| &c.kind) {
+        None | Some(ConnKind::Tcp) => return dev_mode,
+        Some(ConnKind::Cloud { .. }) if dev_mode => return true,
+        Some(ConnKind::Cloud { identity }) => s.requester(identity.as_ref(), identity.is_some()),
+        Some(ConnKind::Tls { identity, .. }) => s.requester(identity.as_ref(), true),
+        Some(ConnKind::Dtls { auth, .. }) => match auth {
+            SessionAuth::Psk { subject } => s.requester_psk(subject),
+            SessionAuth::Certificate(identity) => s.requester(identity.as_ref(), true),
+            SessionAuth::RandomPin => s.requester(None, true),
+        },
+    };
     s.authorize(
         &who,
         &Target::new(href).with_interface(interface.as_str()),

@@ -884,7 +884,7 @@ fn device_props(info: &DeviceInfo) -> Props {
     p
 }
 
-fn error_response(e: ResourceError) -> Response {
+pub(crate) fn error_response(e: ResourceError) -> Response {
     match e {
         ResourceError::BadRequest(s) => Response::error(ResponseType::BadRequest, &s),
         ResourceError::Forbidden(s) => Response::error(ResponseType::Forbidden, &s),
@@ -935,7 +935,7 @@ pub fn etag_of(payload: &[u8], cf: u16) -> Vec<u8> {
 }
 
 /// Decodes the body of an update into properties. Common properties are read-only.
-fn decode_update(req: &Request) -> Result<Props, Response> {
+pub(crate) fn decode_update(req: &Request) -> Result<Props, Response> {
     if req.payload.is_empty() {
         return Err(Response::error(
             ResponseType::BadRequest,

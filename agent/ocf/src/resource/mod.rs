@@ -9,6 +9,7 @@ mod interface;
 mod request;
 
 pub use backend::{Backend, Props, ResourceError, Value};
+pub(crate) use device::{decode_update, error_response};
 pub use device::{
     etag_of, BatchFilter, Device, DeviceInfo, Notification, Origin, PlatformInfo, Resource,
     CONFIGURATION_HREF, DEFAULT_OBSERVATIONS_PER_PEER, DEFAULT_OBSERVATIONS_TOTAL, DEVICE_HREF,

@@ -29,8 +29,10 @@
 //! 1. `/oic/res` (discovery): anyone, any transport, any state (it is read-only anyway).
 //! 2. `/oic/sec/otm` (the ownership transfer): anyone on the secure endpoint while the device
 //!    is in RFOTM; nobody in any other state (a second Mediator cannot take an owned device).
-//! 3. The owner (its client certificate's key is the one recorded at ownership transfer):
-//!    everything, on the secure endpoint, in RFPRO, RFNOP and SRESET. The owner could grant
+//! 3. A Device Ownership Connection ([`super::doc`]) in RFOTM: the SVRs, `/oic/d` and
+//!    `/oic/p`. The owner (its client certificate's key is the one recorded at ownership
+//!    transfer, or it holds the owner PSK): everything, on the secure endpoint, in RFPRO,
+//!    RFNOP and SRESET (and in RFOTM, to finish a standard transfer). The owner could grant
 //!    itself any ACE, so giving it everything adds no power and keeps the Mediator and
 //!    `coap-client` usable without provisioning ACEs for the owner.
 //! 4. Reads (GET, observe) of `/oic/d`, `/oic/p` and `/oic/sec/doxm`: anyone on the secure
@@ -183,8 +185,10 @@ pub struct Requester {
     pub authenticated: bool,
     /// The request came over TLS (coaps+tcp), not in the clear.
     pub secure_transport: bool,
-    /// The peer presented the owner's certificate key.
+    /// The peer is the owner (its certificate key, or the owner PSK).
     pub is_owner: bool,
+    /// The session is a Device Ownership Connection ([`super::doc`]).
+    pub doc: bool,
 }
 
 impl Requester {
@@ -359,7 +363,16 @@ pub fn evaluate(
             Deny(DenyReason::AlreadyOwned)
         };
     }
-    if req.is_owner && req.secure_transport && owned_state {
+    if req.doc && req.secure_transport && state == DosState::Rfotm {
+        return if target.svr || [DEVICE_HREF, PLATFORM_HREF].contains(&target.href) {
+            Allow
+        } else {
+            Deny(DenyReason::NotOwned)
+        };
+    }
+    // In RFOTM, an owner exists only between `owned = true` and the move to RFPRO of a
+    // standard ownership transfer, which it may finish.
+    if req.is_owner && req.secure_transport && (owned_state || state == DosState::Rfotm) {
         return Allow;
     }
     if req.secure_transport
@@ -805,6 +818,7 @@ mod tests {
             authenticated: true,
             secure_transport: true,
             is_owner: false,
+            doc: false,
         }
     }
 

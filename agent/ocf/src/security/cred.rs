@@ -185,6 +185,9 @@ pub struct NewCred {
     pub credusage: Option<CredUsage>,
     pub publicdata_pem: String,
     pub psk: Option<Psk>,
+    /// A PSK sent with an empty key: the owner PSK, to be derived from the ownership transfer
+    /// session ([`CredStore::apply_update_deriving`]).
+    pub derive_owner_psk: bool,
 }
 
 impl NewCred {
@@ -201,6 +204,7 @@ impl NewCred {
             credusage: None,
             publicdata_pem: String::new(),
             psk: Some(Psk::new(key)?),
+            derive_owner_psk: false,
         })
     }
 
@@ -233,6 +237,7 @@ impl NewCred {
             credusage: Some(credusage),
             publicdata_pem: publicdata_pem.to_owned(),
             psk: None,
+            derive_owner_psk: false,
         })
     }
 }
@@ -243,6 +248,9 @@ fn check_credid(credid: Option<u32>) -> Result<(), ResourceError> {
     }
     Ok(())
 }
+
+/// Makes an owner PSK from its `subjectuuid` and the `rowneruuid` of the same body.
+pub type DeriveOwnerPsk<'a> = dyn Fn(&str, Option<&str>) -> Result<Vec<u8>, ResourceError> + 'a;
 
 /// The credential store.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -390,14 +398,40 @@ impl CredStore {
         Ok((creds, rowner))
     }
 
-    /// Applies a POST body: all of it or, on any fault, nothing. Returns the ids stored.
+    /// Applies a POST body: all of it or, on any fault, nothing. Returns the ids stored. A PSK
+    /// with an empty key is refused: only an ownership transfer session can derive one
+    /// ([`CredStore::apply_update_deriving`]).
     pub fn apply_update(&mut self, props: &Props, di: &str) -> Result<Vec<u32>, ResourceError> {
+        self.apply_update_deriving(props, di, &|_, _| {
+            Err(bad(
+                "an empty `privatedata.data` (derive the owner PSK) is only accepted on the \
+                 DTLS session of an ownership transfer; send the key",
+            ))
+        })
+    }
+
+    /// [`CredStore::apply_update`], with `derive(subjectuuid, rowneruuid of the body)` making
+    /// the key of each PSK sent with an empty one.
+    pub fn apply_update_deriving(
+        &mut self,
+        props: &Props,
+        di: &str,
+        derive: &DeriveOwnerPsk<'_>,
+    ) -> Result<Vec<u32>, ResourceError> {
         let (creds, rowner) = CredStore::parse_update(props, di)?;
         let mut next = self.clone();
-        let ids = creds
-            .into_iter()
-            .map(|c| next.add(c))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut ids = Vec::with_capacity(creds.len());
+        for (i, mut c) in creds.into_iter().enumerate() {
+            if c.derive_owner_psk {
+                let mut key =
+                    derive(&c.subjectuuid, rowner.as_deref()).map_err(|e| prefix(e, i))?;
+                let psk = Psk::new(&key);
+                wipe(&mut key);
+                c.psk = Some(psk?);
+                c.derive_owner_psk = false;
+            }
+            ids.push(next.add(c)?);
+        }
         if let Some(r) = rowner {
             next.rowneruuid = r;
         }
@@ -580,25 +614,25 @@ fn parse_psk<'a>(
             )))
         }
     };
-    let psk = if key.is_empty() {
-        Err(bad(
-            "an empty `privatedata.data` (derive the owner PSK from the DTLS session) is not \
-             supported; send the key",
-        ))
+    let derive_owner_psk = key.is_empty();
+    let psk = if derive_owner_psk {
+        None
     } else {
-        Psk::new(&key).map_err(|e| match e {
+        let psk = Psk::new(&key).map_err(|e| match e {
             ResourceError::BadRequest(m) => bad(format!("`privatedata.data`: {m}")),
             other => other,
-        })
+        });
+        wipe(&mut key);
+        Some(psk?)
     };
-    wipe(&mut key);
     check_credid(credid)?;
     Ok(NewCred {
         credid,
         subjectuuid: parse_uuid(subject, "subjectuuid")?,
         credusage: None,
         publicdata_pem: String::new(),
-        psk: Some(psk?),
+        psk,
+        derive_owner_psk,
     })
 }
 

@@ -4,23 +4,27 @@
 //!
 //! | key | type | here |
 //! |---|---|---|
-//! | `oxms` | array of int | `[65280]`: [`OXM_SPAKE2`], our one method |
-//! | `oxmsel` | int | [`OXM_SPAKE2`] (the only method there is to select) |
+//! | `oxms` | array of int | the methods offered: 1 Random PIN, 2 Manufacturer Certificate, 65280 [`OXM_SPAKE2`] |
+//! | `oxmsel` | int | the method selected for the next ownership transfer ([`OXM_SPAKE2`] by default) |
 //! | `sct` | int (bitmask) | 8: asymmetric signing keys with certificates (the only credential type accepted) |
 //! | `owned` | bool | true after the ownership transfer |
 //! | `deviceuuid` | UUID | the device's `di` |
 //! | `devowneruuid` | UUID | the owner (the Mediator's certificate CN `uuid:<…>`), nil UUID while unowned |
 //! | `rowneruuid` | UUID | resource owner, = `devowneruuid` once owned |
 //!
-//! **The ownership transfer method.** The OCF OTMs (Just Works 0, random PIN 1, manufacturer
-//! certificate 2, …) run over DTLS, which rustls does not have. This device offers a vendor
-//! method instead, `x.org.ocfpi.spake2`, with the integer id 0xFF00 = 65280 from the range the
-//! OCF Security spec reserves for vendor-specific OTMs (0xFF00–0xFFFF): SPAKE2 with the setup
-//! PIN, confirmed over the TLS exporter (see [`super::otm`]). It is a documented deviation.
+//! **The ownership transfer methods.** OCF's Random PIN (1) and Manufacturer Certificate (2)
+//! run over a DTLS session (Mfg also over coaps+tcp) in which the Mediator then writes
+//! `devowneruuid`, `owned` and the owner credential itself ([`super::doc`]). Just Works (0) is
+//! never offered: it needs the anonymous suite 0xFF00 that only a patched mbedTLS has. Beside
+//! them the device offers a vendor method, `x.org.ocfpi.spake2`, id 0xFF00 = 65280 from the
+//! vendor range (0xFF00–0xFFFF): SPAKE2 with the setup PIN, confirmed over the TLS exporter
+//! ([`super::otm`]); it is the Mediator's default, since a PIN it protects cannot be tested
+//! offline.
 //!
-//! Updates: `owned`, `deviceuuid`, `devowneruuid`, `oxms`, `sct` are read-only (ownership
-//! changes only through [`super::otm`] or a factory reset); `oxmsel` may be written with the
-//! value it already has; `rowneruuid` takes a UUID.
+//! Updates: `oxms` and `sct` are read-only. While unowned (RFOTM), `oxmsel` may be set in the
+//! clear to an offered method, and a Device Ownership Connection ([`super::doc`]) may write
+//! `devowneruuid`, `deviceuuid`, `rowneruuid` and `owned`; otherwise those change only through
+//! [`super::otm`] or a factory reset. `rowneruuid` takes a UUID.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +32,10 @@ use super::util::NIL_UUID;
 
 /// Vendor OTM id of SPAKE2 + TLS-exporter confirmation (0xFF00, vendor range).
 pub const OXM_SPAKE2: u16 = 0xFF00;
+/// OCF Random PIN (`oic.sec.doxm.rdp`).
+pub const OXM_RANDOM_PIN: u16 = 1;
+/// OCF Manufacturer Certificate (`oic.sec.doxm.mfgcert`).
+pub const OXM_MFG_CERT: u16 = 2;
 /// Its name, for documentation and logs.
 pub const OXM_SPAKE2_NAME: &str = "x.org.ocfpi.spake2";
 /// `sct` bit 8: asymmetric signing key with certificate.
@@ -43,6 +51,13 @@ pub struct Doxm {
     pub devowneruuid: String,
     /// The resource owner's UUID, [`NIL_UUID`] while unowned.
     pub rowneruuid: String,
+    /// The method selected for the ownership transfer.
+    #[serde(default = "spake2")]
+    pub oxmsel: u16,
+}
+
+fn spake2() -> u16 {
+    OXM_SPAKE2
 }
 
 impl Doxm {
@@ -53,12 +68,8 @@ impl Doxm {
             deviceuuid: di.to_owned(),
             devowneruuid: NIL_UUID.to_owned(),
             rowneruuid: NIL_UUID.to_owned(),
+            oxmsel: OXM_SPAKE2,
         }
-    }
-
-    /// `oxms`.
-    pub fn oxms(&self) -> [u16; 1] {
-        [OXM_SPAKE2]
     }
 
     /// Records the new owner.
@@ -78,7 +89,7 @@ mod tests {
         let mut d = Doxm::new("aaaaaaaa-0000-0000-0000-000000000001");
         assert!(!d.owned);
         assert_eq!(d.devowneruuid, NIL_UUID);
-        assert_eq!(d.oxms(), [65280]);
+        assert_eq!(d.oxmsel, 65280);
         d.set_owner("bbbbbbbb-0000-0000-0000-000000000002");
         assert!(d.owned);
         assert_eq!(d.devowneruuid, "bbbbbbbb-0000-0000-0000-000000000002");

@@ -2,7 +2,9 @@
 //! OCF-PROTOCOL.md §8.5, §9).
 //!
 //! - [`pstat`]: the onboarding state `dos.s` and its transitions.
-//! - [`doxm`]: ownership (`owned`, `devowneruuid`, our one OTM id).
+//! - [`doxm`]: ownership (`owned`, `devowneruuid`, the OTMs offered and selected).
+//! - [`doc`]: OCF's standard ownership transfer (Random PIN, Manufacturer Certificate) over
+//!   the Device Ownership Connection.
 //! - [`cred`]: trust anchors and the identity certificate (public parts only), and PSKs for
 //!   DTLS peers (kept, never shown).
 //! - [`dtls_keys`]: the keys of OCF's DTLS ownership transfer methods (Random PIN PSK, owner
@@ -42,6 +44,7 @@
 pub mod acl;
 pub mod cred;
 pub mod csr;
+pub mod doc;
 pub mod doxm;
 pub mod dtls_keys;
 pub mod otm;
@@ -189,6 +192,9 @@ pub struct SecurityState {
     creds: cred::CredStore,
     acl: acl::Acl,
     owner: Option<OwnerIdentity>,
+    /// `oxms`: set by the daemon at every start, not persisted.
+    #[serde(skip)]
+    offered: Vec<u16>,
     #[serde(skip)]
     dirty: bool,
     #[serde(skip)]
@@ -205,6 +211,7 @@ impl SecurityState {
             creds: cred::CredStore::new(),
             acl: acl::Acl::new(),
             owner: None,
+            offered: vec![doxm::OXM_SPAKE2],
             dirty: true,
             events: Vec::new(),
         }
@@ -222,8 +229,9 @@ impl SecurityState {
 
     /// Loads the persisted form, checking its version and consistency.
     pub fn from_cbor(bytes: &[u8]) -> Result<SecurityState, StateError> {
-        let state: SecurityState = ciborium::de::from_reader(bytes)
+        let mut state: SecurityState = ciborium::de::from_reader(bytes)
             .map_err(|e| StateError(format!("cannot decode: {e}")))?;
+        state.offered = vec![doxm::OXM_SPAKE2];
         if state.version != STATE_VERSION {
             return Err(StateError(format!(
                 "version {} is not the supported {STATE_VERSION}",
@@ -288,11 +296,21 @@ impl SecurityState {
         self.events.extend(event);
     }
 
-    /// Whether `peer` holds the owner's key.
+    /// Whether `peer` is the owner: it holds the key recorded at the ownership transfer, or,
+    /// for an owner recorded without one (a Random PIN transfer, whose owner has a PSK), its
+    /// certificate chains to a trust anchor and names the owner's UUID.
     pub fn is_owner(&self, peer: &PeerIdentity) -> bool {
-        self.owner
-            .as_ref()
-            .is_some_and(|o| o.spki_sha256 == x509::hex(&peer.spki_sha256))
+        self.owner.as_ref().is_some_and(|o| {
+            if o.spki_sha256.is_empty() {
+                peer.chain_verified
+                    && peer
+                        .uuid
+                        .as_deref()
+                        .is_some_and(|u| u.eq_ignore_ascii_case(&o.uuid))
+            } else {
+                o.spki_sha256 == x509::hex(&peer.spki_sha256)
+            }
+        })
     }
 
     /// The requester for the ACL from a connection: `peer` is `None` without a client
@@ -316,6 +334,7 @@ impl SecurityState {
             authenticated,
             secure_transport,
             is_owner,
+            doc: false,
         }
     }
 
@@ -397,8 +416,10 @@ impl SecurityState {
     pub fn reset_with_deviceuuid(&mut self, di: &str) {
         let from = self.pstat.state;
         let events = std::mem::take(&mut self.events);
+        let offered = std::mem::take(&mut self.offered);
         *self = SecurityState::new(di);
         self.events = events;
+        self.set_offered_oxms(&offered);
         if from != DosState::Rfotm {
             self.changed(Some(SecurityEvent::StateChanged {
                 from,

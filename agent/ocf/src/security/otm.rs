@@ -103,7 +103,7 @@ pub fn device_identity(di: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 
 /// The setup PIN: exactly 8 ASCII digits. Its `Debug` never shows it; it is wiped on drop.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Pin([u8; 8]);
 
 /// A PIN that is not 8 digits.

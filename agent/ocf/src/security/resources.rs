@@ -14,7 +14,7 @@ use coap_lite::option_value::OptionValueU32;
 use coap_lite::{CoapOption, Packet, ResponseType};
 
 use super::csr::{CsrBackend, CsrSource};
-use super::doxm::{OXM_SPAKE2, SCT_SIGNED_ASYMMETRIC};
+use super::doxm::SCT_SIGNED_ASYMMETRIC;
 use super::otm::{self, DeviceOtm, OtmError, OtmMessage, OwnerInfo};
 use super::pstat::{DosState, Trigger, MODE_CLIENT_DIRECTED};
 use super::util::{as_text, as_uint, bad, map, parse_uuid, text, text_map, uint};
@@ -115,9 +115,9 @@ impl Backend for DoxmBackend {
         let mut p = Props::new();
         p.insert(
             "oxms".into(),
-            Value::Array(d.oxms().iter().map(|o| uint((*o).into())).collect()),
+            Value::Array(s.offered_oxms().iter().map(|o| uint((*o).into())).collect()),
         );
-        p.insert("oxmsel".into(), uint(OXM_SPAKE2.into()));
+        p.insert("oxmsel".into(), uint(d.oxmsel.into()));
         p.insert("sct".into(), uint(SCT_SIGNED_ASYMMETRIC.into()));
         p.insert("owned".into(), Value::Bool(d.owned));
         p.insert("deviceuuid".into(), text(&d.deviceuuid));
@@ -127,8 +127,8 @@ impl Backend for DoxmBackend {
     }
 
     fn update(&mut self, props: &Props) -> Result<(), ResourceError> {
-        const WHY: &str =
-            ": ownership changes only through the ownership transfer or a factory reset";
+        const WHY: &str = ": ownership changes only through an ownership transfer or a factory \
+                           reset";
         for key in props.keys() {
             match key.as_str() {
                 "owned" | "deviceuuid" | "devowneruuid" | "oxms" | "sct" => {
@@ -144,11 +144,12 @@ impl Backend for DoxmBackend {
             }
         }
         if let Some(v) = props.get("oxmsel") {
-            if as_uint(v, "oxmsel", u64::from(u16::MAX))? != u64::from(OXM_SPAKE2) {
-                return Err(bad(format!(
-                    "`oxmsel` must be {OXM_SPAKE2} ({}), the only method offered",
-                    super::doxm::OXM_SPAKE2_NAME
-                )));
+            let selected = read(&self.state)?.doxm().oxmsel;
+            if as_uint(v, "oxmsel", u64::from(u16::MAX))? != u64::from(selected) {
+                return Err(bad(
+                    "`oxmsel` is selected in the clear before an ownership transfer, while the \
+                     device is unowned",
+                ));
             }
         }
         if let Some(r) = rowneruuid(props)? {
@@ -198,7 +199,15 @@ impl Backend for PstatBackend {
         let mut target = None;
         for (key, v) in props {
             match key.as_str() {
-                "isop" | "cm" | "om" | "sm" => return Err(read_only(key, "")),
+                "isop" | "cm" | "sm" => return Err(read_only(key, "")),
+                "om" => {
+                    if as_uint(v, "om", 255)? != u64::from(MODE_CLIENT_DIRECTED) {
+                        return Err(bad(format!(
+                            "`om` {MODE_CLIENT_DIRECTED} (client-directed) is the only mode \
+                             supported"
+                        )));
+                    }
+                }
                 "tm" => return Err(bad("`tm` is not supported: change `dos.s` instead")),
                 "rowneruuid" => {}
                 "dos" => {

@@ -607,7 +607,7 @@ fn doxm_updates_are_validated() {
     for (body, want) in [
         (m(vec![("owned", Value::Bool(false))]), "read-only"),
         (m(vec![("devowneruuid", t(SID))]), "read-only"),
-        (m(vec![("oxmsel", int(0))]), "65280"),
+        (m(vec![("oxmsel", int(0))]), "selected in the clear"),
         (m(vec![("nope", int(0))]), "unknown"),
     ] {
         let r = h.send(&owner, &post(DOXM_HREF, body));

@@ -380,3 +380,377 @@ fn batch_items_follow_the_requesters_rights_also_over_the_cloud() {
         ResponseType::Unauthorized
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The standard ownership transfer (Random PIN, Manufacturer Certificate) over a DOC
+// ---------------------------------------------------------------------------------------------
+
+mod standard_otm {
+    use super::*;
+    use crate::security::doc::SessionAuth;
+    use crate::security::doxm::{OXM_MFG_CERT, OXM_RANDOM_PIN, OXM_SPAKE2};
+    use crate::security::dtls_keys::{
+        owner_psk, pin_psk, uuid_bytes, Oxm, SessionSecrets, RDP_IDENTITY,
+        TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA256,
+    };
+
+    const UDP: &str = "192.0.2.7:40000";
+    const NEW_DI: &str = "c0ffee00-0000-4000-8000-0000000000dd";
+
+    fn udp() -> Peer {
+        Peer::Udp(UDP.parse().unwrap())
+    }
+
+    fn secrets() -> SessionSecrets {
+        SessionSecrets {
+            master_secret: [0x11; 48],
+            client_random: [0x22; 32],
+            server_random: [0x33; 32],
+            suite: TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA256,
+        }
+    }
+
+    /// The owner credential with an empty raw key (CBOR: JSON has no byte strings).
+    fn empty_owner_cred() -> Packet {
+        let text = |t: &str| Value::Text(t.into());
+        let body = Value::Map(vec![
+            (
+                text("creds"),
+                Value::Array(vec![Value::Map(vec![
+                    (text("credtype"), Value::Integer(1.into())),
+                    (text("subjectuuid"), text(OWNER)),
+                    (
+                        text("privatedata"),
+                        Value::Map(vec![
+                            (text("encoding"), text("oic.sec.encoding.raw")),
+                            (text("data"), Value::Bytes(Vec::new())),
+                        ]),
+                    ),
+                ])]),
+            ),
+            (text("rowneruuid"), text(OWNER)),
+        ]);
+        let mut r = Request::new(Method::Post, crate::security::CRED_HREF);
+        r.content_format = Some(60);
+        ciborium::ser::into_writer(&body, &mut r.payload).unwrap();
+        r.to_packet(&[9])
+    }
+
+    fn offering() -> Server {
+        let mut s = server(false);
+        s.set_offered_oxms(&[OXM_RANDOM_PIN, OXM_MFG_CERT]);
+        s
+    }
+
+    fn shown_pin(events: &[Event]) -> Option<Pin> {
+        events.iter().find_map(|e| match e {
+            Event::ShowRandomPin(p) => Some(p.clone()),
+            _ => None,
+        })
+    }
+
+    fn doxm(s: &mut Server, peer: Peer) -> serde_json::Value {
+        let (p, _) = s.handle(peer, &get(DOXM_HREF, None), Instant::now());
+        let r = Response::from_packet(&p.unwrap()).unwrap();
+        assert_eq!(r.code, ResponseType::Content, "{}", r.diagnostic());
+        let v: Value = ciborium::de::from_reader(&r.payload[..]).unwrap();
+        crate::model::content::cbor_to_json(&v).unwrap()
+    }
+
+    /// Selects Random PIN in the clear and opens the DOC with the PIN's key: the steps of
+    /// iotivity-lite's OBT (`oc_obt_otm_randompin.c`) up to the handshake.
+    fn open_rdp_doc(s: &mut Server, id: u64) -> Pin {
+        let (p, events) = s.handle(udp(), &post(DOXM_HREF, r#"{"oxmsel":1}"#), Instant::now());
+        assert_eq!(code(&p), ResponseType::Changed);
+        let pin = shown_pin(&events).expect("a fresh PIN to show");
+        let (key, auth) = s
+            .dtls_psk(RDP_IDENTITY, Instant::now())
+            .expect("the PIN's key");
+        assert_eq!(
+            key,
+            pin_psk(pin.expose().as_bytes(), &uuid_bytes(DI).unwrap())
+        );
+        assert_eq!(auth, SessionAuth::RandomPin);
+        s.open(
+            id,
+            ConnKind::Dtls {
+                auth,
+                secrets: Some(secrets()),
+            },
+        );
+        pin
+    }
+
+    #[test]
+    fn doxm_lists_the_offered_methods_and_the_selection() {
+        let mut s = offering();
+        let d = doxm(&mut s, udp());
+        assert_eq!(d["oxms"], serde_json::json!([1, 2, 65280]));
+        assert_eq!(d["oxmsel"], 65280);
+        let mut plain = server(false);
+        plain.open(
+            9,
+            ConnKind::Tls {
+                identity: None,
+                exporter: vec![0; 32],
+            },
+        );
+        assert_eq!(
+            doxm(&mut plain, Peer::Tls(9))["oxms"],
+            serde_json::json!([65280])
+        );
+    }
+
+    #[test]
+    fn the_method_is_selected_in_the_clear_only_among_those_offered_while_unowned() {
+        let mut s = server(false);
+        let (p, events) = s.handle(udp(), &post(DOXM_HREF, r#"{"oxmsel":1}"#), Instant::now());
+        assert_eq!(
+            code(&p),
+            ResponseType::Unauthorized,
+            "no standard method is offered here"
+        );
+        assert!(shown_pin(&events).is_none());
+        let mut s = offering();
+        for body in [
+            r#"{"oxmsel":0}"#,
+            r#"{"oxmsel":7}"#,
+            r#"{"owned":true}"#,
+            r#"{"oxmsel":1,"owned":true}"#,
+        ] {
+            let (p, _) = s.handle(udp(), &post(DOXM_HREF, body), Instant::now());
+            assert_eq!(code(&p), ResponseType::BadRequest, "{body}");
+        }
+        let (p, _) = s.handle(udp(), &post(DOXM_HREF, r#"{"oxmsel":2}"#), Instant::now());
+        assert_eq!(code(&p), ResponseType::Changed);
+        assert_eq!(doxm(&mut s, udp())["oxmsel"], 2);
+        // Other writes in the clear stay refused.
+        let (p, _) = s.handle(udp(), &post(PSTAT_HREF, r#"{"om":4}"#), Instant::now());
+        assert_eq!(code(&p), ResponseType::Unauthorized);
+        let (p, _) = s.handle(
+            udp(),
+            &get(crate::security::CRED_HREF, None),
+            Instant::now(),
+        );
+        assert_eq!(code(&p), ResponseType::Unauthorized);
+    }
+
+    #[test]
+    fn a_random_pin_is_fresh_per_selection_and_answers_one_handshake_within_its_lifetime() {
+        let mut s = offering();
+        assert!(
+            s.dtls_psk(RDP_IDENTITY, Instant::now()).is_none(),
+            "no PIN selected yet"
+        );
+        let (_, e1) = s.handle(udp(), &post(DOXM_HREF, r#"{"oxmsel":1}"#), Instant::now());
+        let pin1 = shown_pin(&e1).unwrap();
+        assert!(
+            format!("{e1:?}").find(pin1.expose()).is_none(),
+            "events never print the PIN"
+        );
+        let (_, e2) = s.handle(udp(), &post(DOXM_HREF, r#"{"oxmsel":1}"#), Instant::now());
+        let pin2 = shown_pin(&e2).unwrap();
+        assert_ne!(pin1, pin2);
+        let start = Instant::now();
+        assert!(s.dtls_psk(RDP_IDENTITY, start).is_some());
+        assert!(
+            s.dtls_psk(RDP_IDENTITY, start).is_none(),
+            "one handshake per PIN"
+        );
+        let (_, e3) = s.handle(udp(), &post(DOXM_HREF, r#"{"oxmsel":1}"#), start);
+        assert!(shown_pin(&e3).is_some());
+        assert!(
+            s.dtls_psk(RDP_IDENTITY, start + RDP_PIN_LIFETIME).is_none(),
+            "expired"
+        );
+        // With another method selected, the PIN identity opens nothing.
+        let (_, e4) = s.handle(udp(), &post(DOXM_HREF, r#"{"oxmsel":1}"#), start);
+        assert!(shown_pin(&e4).is_some());
+        s.handle(udp(), &post(DOXM_HREF, r#"{"oxmsel":2}"#), start);
+        assert!(s.dtls_psk(RDP_IDENTITY, start).is_none());
+    }
+
+    #[test]
+    fn random_pin_ownership_transfer_as_iotivity_lite_s_obt_does_it() {
+        let mut s = offering();
+        open_rdp_doc(&mut s, 10);
+        // A second connection opened before the transfer is closed by it.
+        s.open(
+            11,
+            ConnKind::Tls {
+                identity: None,
+                exporter: vec![0; 32],
+            },
+        );
+        // While the DOC is open, the clear side is closed again.
+        let (p, _) = s.handle(udp(), &get(DOXM_HREF, None), Instant::now());
+        assert_eq!(code(&p), ResponseType::Unauthorized);
+        let doc = Peer::Dtls(10);
+        let now = Instant::now();
+        let steps = [
+            (PSTAT_HREF, r#"{"om":4}"#.to_string()),
+            (DOXM_HREF, format!(r#"{{"devowneruuid":"{OWNER}"}}"#)),
+            (DOXM_HREF, format!(r#"{{"deviceuuid":"{NEW_DI}"}}"#)),
+            (DOXM_HREF, format!(r#"{{"rowneruuid":"{OWNER}"}}"#)),
+            (
+                crate::security::ACL2_HREF,
+                format!(r#"{{"rowneruuid":"{OWNER}"}}"#),
+            ),
+            (PSTAT_HREF, format!(r#"{{"rowneruuid":"{OWNER}"}}"#)),
+        ];
+        let mut all = Vec::new();
+        for (href, body) in &steps {
+            let (p, events) = s.handle(doc, &post(href, body), now);
+            let r = Response::from_packet(p.as_ref().unwrap()).unwrap();
+            assert_eq!(
+                r.code,
+                ResponseType::Changed,
+                "{href} {body}: {}",
+                r.diagnostic()
+            );
+            all.extend(events);
+        }
+        let (p, _) = s.handle(doc, &empty_owner_cred(), now);
+        assert_eq!(code(&p), ResponseType::Changed);
+        assert!(all.contains(&Event::DeviceIdChanged(NEW_DI.into())));
+        assert_eq!(s.device().info().di, NEW_DI);
+        // The derived owner PSK is OCF's, over the device's new UUID.
+        let expected = owner_psk(
+            &secrets(),
+            Oxm::RandomPin,
+            &uuid_bytes(OWNER).unwrap(),
+            &uuid_bytes(NEW_DI).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.security().borrow().creds().psk_for(OWNER),
+            Some(&expected[..])
+        );
+        // `oxmsel` cannot change inside the DOC.
+        let (p, _) = s.handle(doc, &post(DOXM_HREF, r#"{"oxmsel":2}"#), now);
+        assert_eq!(code(&p), ResponseType::BadRequest);
+        let (p, events) = s.handle(doc, &post(DOXM_HREF, r#"{"owned":true}"#), now);
+        assert_eq!(code(&p), ResponseType::Changed);
+        assert!(
+            events.contains(&Event::CloseConnections(vec![11])),
+            "{events:?}"
+        );
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, Event::PersistSecurityState(_))));
+        s.close(10);
+        s.close(11);
+        // The owner comes back over DTLS with the owner PSK (identity = its UUID, raw).
+        let (key, auth) = s
+            .dtls_psk(&uuid_bytes(OWNER).unwrap(), now)
+            .expect("the owner PSK");
+        assert_eq!(key, expected);
+        assert_eq!(
+            auth,
+            SessionAuth::Psk {
+                subject: OWNER.into()
+            }
+        );
+        assert!(
+            s.dtls_psk(OWNER.as_bytes(), now).is_some(),
+            "the text form too"
+        );
+        s.open(
+            12,
+            ConnKind::Dtls {
+                auth,
+                secrets: None,
+            },
+        );
+        assert!(s.is_owner_connection(12));
+        let (p, _) = s.handle(Peer::Dtls(12), &post(PSTAT_HREF, r#"{"dos":{"s":2}}"#), now);
+        assert_eq!(code(&p), ResponseType::Changed);
+        assert_eq!(s.security().borrow().dos(), DosState::Rfpro);
+        let (p, _) = s.handle(Peer::Dtls(12), &get(crate::security::CRED_HREF, None), now);
+        assert_eq!(code(&p), ResponseType::Content);
+        // A stranger's PSK identity gets nothing; a later DOC is impossible.
+        assert!(s.dtls_psk(&uuid_bytes(DI).unwrap(), now).is_none());
+        assert!(s.dtls_psk(RDP_IDENTITY, now).is_none());
+    }
+
+    #[test]
+    fn a_doc_cannot_finish_without_an_owner_nor_derive_outside_a_dtls_session() {
+        let mut s = offering();
+        open_rdp_doc(&mut s, 10);
+        let now = Instant::now();
+        let (p, _) = s.handle(Peer::Dtls(10), &post(DOXM_HREF, r#"{"owned":true}"#), now);
+        assert_eq!(code(&p), ResponseType::BadRequest);
+        // No DOC: the Random PIN session without the PIN selected is nobody.
+        let mut t = offering();
+        t.open(
+            20,
+            ConnKind::Dtls {
+                auth: SessionAuth::RandomPin,
+                secrets: Some(secrets()),
+            },
+        );
+        let (p, _) = t.handle(
+            Peer::Dtls(20),
+            &post(DOXM_HREF, &format!(r#"{{"devowneruuid":"{OWNER}"}}"#)),
+            now,
+        );
+        assert_eq!(code(&p), ResponseType::Forbidden);
+        // A Manufacturer Certificate DOC over coaps+tcp has no key block: the key is sent.
+        let mut m = offering();
+        m.handle(udp(), &post(DOXM_HREF, r#"{"oxmsel":2}"#), now);
+        m.open(
+            30,
+            ConnKind::Tls {
+                identity: Some(owner_identity()),
+                exporter: vec![0; 32],
+            },
+        );
+        let (p, _) = m.handle(Peer::Tls(30), &empty_owner_cred(), now);
+        let r = Response::from_packet(p.as_ref().unwrap()).unwrap();
+        assert_eq!(r.code, ResponseType::BadRequest);
+        assert!(
+            r.diagnostic().contains("send the key"),
+            "{}",
+            r.diagnostic()
+        );
+        let sent = format!(
+            r#"{{"creds":[{{"credtype":1,"subjectuuid":"{OWNER}","privatedata":{{"encoding":"oic.sec.encoding.base64","data":"AAECAwQFBgcICQoLDA0ODw=="}}}}],"rowneruuid":"{OWNER}"}}"#
+        );
+        for (href, body) in [
+            (DOXM_HREF, format!(r#"{{"devowneruuid":"{OWNER}"}}"#)),
+            (crate::security::CRED_HREF, sent),
+            (
+                DOXM_HREF,
+                format!(r#"{{"rowneruuid":"{OWNER}","owned":true}}"#),
+            ),
+            (PSTAT_HREF, r#"{"dos":{"s":2}}"#.to_string()),
+        ] {
+            let (p, _) = m.handle(Peer::Tls(30), &post(href, &body), now);
+            let r = Response::from_packet(p.as_ref().unwrap()).unwrap();
+            assert_eq!(
+                r.code,
+                ResponseType::Changed,
+                "{href} {body}: {}",
+                r.diagnostic()
+            );
+        }
+        // The Mediator's certificate is the owner's from now on.
+        assert!(m.is_owner_connection(30));
+        let psk: Vec<u8> = (0..16).collect();
+        assert_eq!(m.security().borrow().creds().psk_for(OWNER), Some(&psk[..]));
+        assert_eq!(m.security().borrow().dos(), DosState::Rfpro);
+        // A stranger's certificate on coaps+tcp is not the owner.
+        let mut stranger = owner_identity();
+        stranger.spki_sha256 = [8; 32];
+        m.open(
+            31,
+            ConnKind::Tls {
+                identity: Some(stranger),
+                exporter: vec![0; 32],
+            },
+        );
+        assert!(!m.is_owner_connection(31));
+        // SPAKE2 stays the default and needs no selection.
+        assert_eq!(server(false).security().borrow().doxm().oxmsel, OXM_SPAKE2);
+    }
+}
