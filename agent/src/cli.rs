@@ -31,6 +31,8 @@ Options:
       --state-dir <STATE_DIR>  Directory for identity, credentials and configuration [default: /var/lib/ocf-agent]
       --udp <ADDR:PORT>        CoAP over UDP unicast address; may be given more than once
       --tls <ADDR:PORT>        The secure local endpoint: CoAP over TLS over TCP (coaps+tcp) [default: 0.0.0.0:5684]
+      --dtls <ADDR:PORT>       CoAP over DTLS (coaps), for OCF's standard ownership transfer and PSK sessions, or \"off\" [default: 0.0.0.0:5684]
+      --standard-otm <LIST>    OCF's ownership transfer methods offered besides SPAKE2 (always offered): rdp (Random PIN, needs the DTLS endpoint), mfg (Manufacturer Certificate, needs one), comma-separated, or \"none\" [default: rdp,mfg]
       --tcp <ADDR:PORT>        CoAP over TCP without TLS: only opened with --insecure-dev [default: 0.0.0.0:5683]
       --insecure-dev           Development mode, like iotivity-lite built without security: also opens the plain coap+tcp listener, serves everything on it and on UDP without access control, and runs the cloud link without onboarding (with the interim files identity.crt, cloud-ca.pem). Never in production
       --pin-file <PATH>        Setup PIN (factory data): the first line of this file, 8 digits. Default: STATE/pin, made with a random PIN (printed once) if missing
@@ -77,6 +79,10 @@ pub struct Cli {
     pub udp: Vec<SocketAddr>,
     pub tls: SocketAddr,
     pub tcp: Option<SocketAddr>,
+    /// `--dtls`; `None` is "off".
+    pub dtls: Option<SocketAddr>,
+    /// `--standard-otm`: Random PIN, Manufacturer Certificate.
+    pub standard_otm: StandardOtm,
     pub insecure_dev: bool,
     pub pin_file: Option<PathBuf>,
     pub mfg_cert: Option<PathBuf>,
@@ -90,6 +96,39 @@ pub struct Cli {
     /// Cloud link timers for tests, `KEY=VALUE,...` (see cloud::parse_timing); not in the help.
     pub cloud_timing: Option<String>,
     pub command: Option<Command>,
+}
+
+/// OCF's standard ownership transfer methods the device may offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StandardOtm {
+    pub random_pin: bool,
+    pub mfg_cert: bool,
+}
+
+impl std::str::FromStr for StandardOtm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<StandardOtm, String> {
+        let mut m = StandardOtm {
+            random_pin: false,
+            mfg_cert: false,
+        };
+        if s == "none" {
+            return Ok(m);
+        }
+        for part in s.split(',') {
+            match part.trim() {
+                "rdp" => m.random_pin = true,
+                "mfg" => m.mfg_cert = true,
+                other => {
+                    return Err(format!(
+                        "{other:?} is not a method: use rdp, mfg or none (spake2 is always offered)"
+                    ))
+                }
+            }
+        }
+        Ok(m)
+    }
 }
 
 #[derive(Debug)]
@@ -128,6 +167,11 @@ impl Cli {
             udp: Vec::new(),
             tls: SocketAddr::from(([0, 0, 0, 0], 5684)),
             tcp: None,
+            dtls: Some(SocketAddr::from(([0, 0, 0, 0], 5684))),
+            standard_otm: StandardOtm {
+                random_pin: true,
+                mfg_cert: true,
+            },
             insecure_dev: false,
             pin_file: None,
             mfg_cert: None,
@@ -149,6 +193,24 @@ impl Cli {
                     "--udp" => cli.udp.push(args.parsed(&flag, "ADDR:PORT")?),
                     "--tls" => cli.tls = args.parsed(&flag, "ADDR:PORT")?,
                     "--tcp" => cli.tcp = Some(args.parsed(&flag, "ADDR:PORT")?),
+                    "--dtls" => {
+                        cli.dtls = match args.value(&flag, "ADDR:PORT")?.as_str() {
+                            "off" => None,
+                            v => Some(v.parse().map_err(|e| Exit::Usage {
+                                message: format!(
+                                    "invalid value '{v}' for '{flag} <ADDR:PORT>': {e}"
+                                ),
+                                usage: None,
+                            })?),
+                        }
+                    }
+                    "--standard-otm" => {
+                        let v = args.value(&flag, "LIST")?;
+                        cli.standard_otm = v.parse().map_err(|e| Exit::Usage {
+                            message: format!("invalid value '{v}' for '{flag} <LIST>': {e}"),
+                            usage: None,
+                        })?;
+                    }
                     "--insecure-dev" => {
                         args.no_value(&flag)?;
                         cli.insecure_dev = true;
@@ -449,6 +511,14 @@ mod tests {
         assert_eq!(cli.reboot_command, "systemctl reboot");
         assert_eq!(cli.reboot_timeout, std::time::Duration::from_secs(120));
         assert_eq!(cli.reboot_exit_status, None);
+        assert_eq!(cli.dtls, Some("0.0.0.0:5684".parse().unwrap()));
+        assert_eq!(
+            cli.standard_otm,
+            StandardOtm {
+                random_pin: true,
+                mfg_cert: true
+            }
+        );
         assert!(
             cli.udp.is_empty() && cli.tcp.is_none() && !cli.insecure_dev && cli.command.is_none()
         );
@@ -481,9 +551,21 @@ mod tests {
             "--reboot-command",
             "kill -TERM $OCF_AGENT_PID",
             "--reboot-timeout=5",
+            "--dtls",
+            "127.0.0.1:5",
+            "--standard-otm=mfg",
         ])
         .ok()
         .unwrap();
+        assert_eq!(cli.dtls, Some("127.0.0.1:5".parse().unwrap()));
+        assert!(cli.standard_otm.mfg_cert && !cli.standard_otm.random_pin);
+        let off = parse(&["--dtls", "off", "--standard-otm", "none"])
+            .ok()
+            .unwrap();
+        assert_eq!(off.dtls, None);
+        assert!(!off.standard_otm.mfg_cert && !off.standard_otm.random_pin);
+        assert!(usage_error(&["--standard-otm", "rdp,jw"]).contains("\"jw\" is not a method"));
+        assert!(usage_error(&["--dtls", "nowhere"]).contains("'--dtls <ADDR:PORT>'"));
         assert_eq!(cli.reboot_command, "kill -TERM $OCF_AGENT_PID");
         assert_eq!(cli.reboot_timeout, std::time::Duration::from_secs(5));
         assert_eq!(cli.board, "rpi4");

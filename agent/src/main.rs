@@ -6,6 +6,7 @@ mod cli;
 mod cloud;
 mod conn;
 mod control;
+mod dtls;
 mod log;
 mod maintenance;
 mod security;
@@ -111,7 +112,7 @@ async fn run(cli: Cli) -> Result<Stop, String> {
     }
     let (pin, created) = security::load_or_create_pin(cli.pin_file.as_deref(), &cli.state_dir)?;
     if created {
-        show_pin_on_console(&pin);
+        show_pin_on_console("setup PIN", &pin);
     }
     let mfg_paths = cli.mfg_cert.as_deref().zip(cli.mfg_key.as_deref());
     let manufacturer = tls_server::load_manufacturer(mfg_paths, &cli.state_dir)?;
@@ -180,11 +181,22 @@ async fn run(cli: Cli) -> Result<Stop, String> {
         std::time::Instant::now(),
     )?;
     server.set_csr(credentials.csr_pem(&identity.di)?);
+    // OCF's standard methods (OCF Security §7.3): Random PIN needs the DTLS endpoint,
+    // Manufacturer Certificate a manufacturer certificate (over DTLS or coaps+tcp).
+    let mut oxms = Vec::new();
+    if cli.standard_otm.random_pin && cli.dtls.is_some() {
+        oxms.push(ocf::security::doxm::OXM_RANDOM_PIN);
+    }
+    if cli.standard_otm.mfg_cert && credentials.has_manufacturer_certificate() {
+        oxms.push(ocf::security::doxm::OXM_MFG_CERT);
+    }
+    server.set_offered_oxms(&oxms);
     let agent = Rc::new(Agent::new(
         server,
         cli.state_dir.clone(),
         credentials.server_config(&identity.di)?,
     ));
+    agent.set_credentials(credentials.clone());
     let maintenance = maintenance::Maintenance::new(match cli.reboot_exit_status {
         Some(status) => maintenance::RebootMethod::ExitStatus(status),
         None => maintenance::RebootMethod::Command {
@@ -255,6 +267,15 @@ async fn run(cli: Cli) -> Result<Stop, String> {
     bound.push(("coaps+tcp", tls_local));
     tls_server::log_listening(&tls);
     tokio::task::spawn_local(tls_server::serve(tls, agent.clone(), stop_rx.clone()));
+    if let Some(addr) = cli.dtls {
+        agent.set_dtls_context(credentials.dtls_context(&identity.di)?);
+        let socket = udp::bind_unicast(addr)
+            .map_err(|e| format!("cannot bind UDP {addr} for coaps (DTLS): {e}"))?;
+        let local = socket.local_addr().map_err(|e| e.to_string())?;
+        bound.push(("coaps", local));
+        info!("coaps (DTLS) listening on {local}");
+        tokio::task::spawn_local(dtls::serve(socket, agent.clone(), stop_rx.clone()));
+    }
 
     let groups = multicast_port.map(|port| {
         let (agent, stop_rx) = (agent.clone(), stop_rx.clone());
@@ -342,12 +363,13 @@ async fn run(cli: Cli) -> Result<Stop, String> {
     Ok(stop)
 }
 
-/// Shows a newly created setup PIN once, on the console, never through the log. Under systemd
+/// Shows a new PIN (`what`: the setup PIN, or a Random PIN) once, on the console, never
+/// through the log. Under systemd
 /// stdout is the journal (`JOURNAL_STREAM` is set, systemd.exec(5)), which is a log: the PIN
 /// then goes to the system console `/dev/console` instead, where a person at the board (serial
 /// line or screen) reads it, and the journal only says where to look.
-fn show_pin_on_console(pin: &ocf::security::otm::Pin) {
-    let line = format!("ocf-agent: setup PIN {}\n", pin.expose());
+pub(crate) fn show_pin_on_console(what: &str, pin: &ocf::security::otm::Pin) {
+    let line = format!("ocf-agent: {what} {}\n", pin.expose());
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         use std::io::Write;
         let shown = std::fs::OpenOptions::new()
@@ -355,8 +377,9 @@ fn show_pin_on_console(pin: &ocf::security::otm::Pin) {
             .open("/dev/console")
             .and_then(|mut console| console.write_all(line.as_bytes()));
         match shown {
-            Ok(()) => info!("a new setup PIN was created; it is shown on the system console and kept in the state directory"),
-            Err(_) => warn!("a new setup PIN was created but no console could show it; read it from the state directory (pin, mode 0600)"),
+            Ok(()) => info!("a new {what} is shown on the system console"),
+            Err(_) if what == "setup PIN" => warn!("a new setup PIN was created but no console could show it; read it from the state directory (pin, mode 0600)"),
+            Err(_) => warn!("a new {what} was made but no console could show it"),
         }
     } else {
         print!("{line}");

@@ -140,7 +140,9 @@ pub struct Credentials {
     dev_mode: bool,
     key: RefCell<KeyPair>,
     /// The secure endpoint presents a manufacturer certificate (kept across factory resets).
-    manufacturer: Option<Arc<ServerConfig>>,
+    manufacturer: Option<(ServerIdentity, Arc<ServerConfig>)>,
+    /// The DTLS endpoint's cookie key, fresh at each start.
+    cookie_key: [u8; 32],
 }
 
 impl Credentials {
@@ -153,15 +155,38 @@ impl Credentials {
         manufacturer: Option<ServerIdentity>,
     ) -> Result<Credentials, String> {
         let manufacturer = match manufacturer {
-            Some(m) => Some(tls_server::server_config(&m)?),
+            Some(m) => {
+                let config = tls_server::server_config(&m)?;
+                Some((m, config))
+            }
             None => None,
         };
+        let mut cookie_key = [0u8; 32];
+        random_fill(&mut cookie_key);
         Ok(Credentials {
             dir,
             dev_mode,
             key: RefCell::new(key),
             manufacturer,
+            cookie_key,
         })
+    }
+
+    /// Whether the endpoints present a manufacturer certificate.
+    pub fn has_manufacturer_certificate(&self) -> bool {
+        self.manufacturer.is_some()
+    }
+
+    /// The DTLS endpoint's context for device `di`, with the certificate the secure endpoint
+    /// presents.
+    pub fn dtls_context(&self, di: &str) -> Result<crate::dtls::DtlsContext, String> {
+        match &self.manufacturer {
+            Some((identity, _)) => crate::dtls::context(identity, self.cookie_key),
+            None => {
+                let identity = tls_server::self_signed(&self.key.borrow(), di)?;
+                crate::dtls::context(&identity, self.cookie_key)
+            }
+        }
     }
 
     /// The development mode (`--insecure-dev`).
@@ -172,7 +197,7 @@ impl Credentials {
     /// The secure endpoint's TLS configuration for device `di`: the manufacturer certificate,
     /// else a self-signed one for the identity key with CN `uuid:<di>`.
     pub fn server_config(&self, di: &str) -> Result<Arc<ServerConfig>, String> {
-        if let Some(c) = &self.manufacturer {
+        if let Some((_, c)) = &self.manufacturer {
             return Ok(c.clone());
         }
         let identity = tls_server::self_signed(&self.key.borrow(), di)?;

@@ -11,6 +11,7 @@ use std::cell::{RefCell, RefMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,6 +24,8 @@ use rustls::ServerConfig;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, info, warn};
 
+use crate::dtls::DtlsContext;
+use crate::security::Credentials;
 use crate::state::{atomic_write, Identity, SECURITY_FILE};
 use crate::tls;
 
@@ -46,6 +49,11 @@ pub struct Agent {
     pub cloud_wake: Notify,
     /// Wakes the maintenance task (a factory reset or a reboot was asked for).
     pub maintenance_wake: Notify,
+    /// The DTLS endpoint's context (renewed with the certificate), if the endpoint runs.
+    dtls_context: RefCell<Option<DtlsContext>>,
+    /// What the certificates and the CSR are made from, for a `di` the ownership transfer
+    /// changes.
+    credentials: RefCell<Option<Rc<Credentials>>>,
 }
 
 impl Agent {
@@ -61,6 +69,43 @@ impl Agent {
             tls_chains: RefCell::new(HashMap::new()),
             cloud_wake: Notify::new(),
             maintenance_wake: Notify::new(),
+            dtls_context: RefCell::new(None),
+            credentials: RefCell::new(None),
+        }
+    }
+
+    /// The credentials the endpoints' certificates are made from.
+    pub fn set_credentials(&self, credentials: Rc<Credentials>) {
+        *self.credentials.borrow_mut() = Some(credentials);
+    }
+
+    /// The DTLS endpoint's current context.
+    pub fn dtls_context(&self) -> Option<DtlsContext> {
+        self.dtls_context.borrow().clone()
+    }
+
+    pub fn set_dtls_context(&self, context: DtlsContext) {
+        *self.dtls_context.borrow_mut() = Some(context);
+    }
+
+    /// Renews the endpoints' certificates and the CSR for device `di`.
+    pub fn renew_certificates(&self, di: &str) {
+        let Some(credentials) = self.credentials.borrow().clone() else {
+            return;
+        };
+        match credentials.server_config(di) {
+            Ok(c) => self.set_tls_config(c),
+            Err(e) => error!("cannot renew the server certificate: {e}"),
+        }
+        if self.dtls_context.borrow().is_some() {
+            match credentials.dtls_context(di) {
+                Ok(c) => self.set_dtls_context(c),
+                Err(e) => error!("cannot renew the DTLS context: {e}"),
+            }
+        }
+        match credentials.csr_pem(di) {
+            Ok(pem) => self.server.borrow_mut().set_csr(pem),
+            Err(e) => error!("cannot make the CSR: {e}"),
         }
     }
 
@@ -131,6 +176,16 @@ impl Agent {
                     info!("credentials changed");
                     self.reverify_chains();
                 }
+                Event::ShowRandomPin(pin) => crate::show_pin_on_console("random PIN", &pin),
+                Event::DeviceIdChanged(di) => {
+                    match Identity::save_di(&self.state_dir, &di) {
+                        Ok(()) => {
+                            info!(di = %di, "the ownership transfer gave the device a new di")
+                        }
+                        Err(e) => error!("cannot keep the new di: {e}"),
+                    }
+                    self.renew_certificates(&di);
+                }
                 Event::Security(e) => match e {
                     ocf::security::SecurityEvent::OwnershipTransferred { owner_uuid } => {
                         info!(owner = %owner_uuid, "the device is owned now")
@@ -168,6 +223,34 @@ impl Agent {
         self.server
             .borrow_mut()
             .open(id, ConnKind::Tls { identity, exporter });
+    }
+
+    /// A DTLS session `id` opened: how its handshake authenticated the peer, its secrets, and
+    /// the client's certificate chain (leaf first; empty without one).
+    pub fn open_dtls(
+        &self,
+        id: u64,
+        auth: ocf::security::doc::SessionAuth,
+        secrets: Option<ocf::security::dtls_keys::SessionSecrets>,
+        chain: Vec<CertificateDer<'static>>,
+    ) {
+        use ocf::security::doc::SessionAuth;
+        let auth = match auth {
+            SessionAuth::Certificate(_) => {
+                let anchors = self.server.borrow().trust_anchors();
+                let identity = chain.first().and_then(|leaf| {
+                    PeerIdentity::from_certificate_der(leaf, tls::chain_verifies(&chain, &anchors))
+                        .ok()
+                });
+                self.tls_chains.borrow_mut().insert(id, chain);
+                SessionAuth::Certificate(identity)
+            }
+            other => other,
+        };
+        debug!(connection = id, auth = ?auth, "DTLS peer");
+        self.server
+            .borrow_mut()
+            .open(id, ConnKind::Dtls { auth, secrets });
     }
 
     /// Whether secure connection `id` is the owner's.

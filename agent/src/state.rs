@@ -319,6 +319,13 @@ impl Identity {
         })
     }
 
+    /// Records the `di` an ownership transfer gave the device (`doxm.deviceuuid`).
+    pub fn save_di(dir: &Path, di: &str) -> Result<(), StateError> {
+        let (mut id, _) = Identity::load_or_create(dir)?;
+        id.di = di.to_string();
+        id.save(dir)
+    }
+
     /// Records a new device name (set through `/oic/con`) in the identity file.
     pub fn save_name(dir: &Path, name: &str) -> Result<(), StateError> {
         let (mut id, _) = Identity::load_or_create(dir)?;

@@ -31,7 +31,7 @@ const CON_EVERY: u32 = 8;
 
 /// Responses larger than 1024 bytes go block-wise (RFC 7959), keeping datagrams within the
 /// 1152 bytes CoAP stacks accept by default.
-const UDP_SZX: u8 = 6;
+pub(crate) const UDP_SZX: u8 = 6;
 
 /// Largest datagram we read; CoAP over UDP stays below the IPv6 minimum MTU in practice.
 const MAX_DATAGRAM: usize = 1500;

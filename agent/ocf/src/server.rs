@@ -502,17 +502,18 @@ impl Server {
 
     /// Whether the certificate of secure connection `id` chains to a trust anchor now.
     pub fn set_chain_verified(&mut self, id: u64, verified: bool) {
-        if let Some(Conn {
-            kind:
-                ConnKind::Tls {
-                    identity: Some(identity),
-                    ..
-                },
-            ..
-        }) = self.conns.get_mut(&id)
-        {
-            identity.chain_verified = verified;
-        }
+        let identity = match self.conns.get_mut(&id).map(|c| &mut c.kind) {
+            Some(ConnKind::Tls {
+                identity: Some(identity),
+                ..
+            })
+            | Some(ConnKind::Dtls {
+                auth: SessionAuth::Certificate(Some(identity)),
+                ..
+            }) => identity,
+            _ => return,
+        };
+        identity.chain_verified = verified;
     }
 
     /// Stream connection `id` closed: its observations and ownership-transfer session end.

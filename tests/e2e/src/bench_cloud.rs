@@ -60,6 +60,8 @@ impl TimedAgent {
                 "127.0.0.1:0",
                 "--tls",
                 "127.0.0.1:0",
+                "--dtls",
+                "127.0.0.1:0",
                 "--multicast",
                 "off",
                 "--insecure-dev",

@@ -287,6 +287,8 @@ impl Agent {
             "127.0.0.1:0".into(),
             "--tls".into(),
             "127.0.0.1:0".into(),
+            "--dtls".into(),
+            "127.0.0.1:0".into(),
             "--multicast".into(),
             "off".into(),
             "--insecure-dev".into(),

@@ -156,6 +156,8 @@ pub fn secure_agent_args(state_dir: &Path, pin_file: Option<&Path>, extra: &[&st
         "127.0.0.1:0",
         "--tls",
         "127.0.0.1:0",
+        "--dtls",
+        "127.0.0.1:0",
         "--multicast",
         "off",
     ]
@@ -238,9 +240,20 @@ impl Run {
 
 /// Runs a program with a time limit, killing it by PID when over.
 pub fn run_with_timeout(program: &Path, args: &[String], limit: Duration) -> Run {
+    run_feeding(program, args, limit, &mut || None)
+}
+
+/// [`run_with_timeout`], writing to the program's stdin the line `input` returns once it
+/// returns one (it is asked every 10 ms until then).
+pub fn run_feeding(
+    program: &Path,
+    args: &[String],
+    limit: Duration,
+    input: &mut dyn FnMut() -> Option<String>,
+) -> Run {
     let mut child = Command::new(program)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -257,8 +270,18 @@ pub fn run_with_timeout(program: &Path, args: &[String], limit: Duration) -> Run
         let _ = err.read_to_string(&mut s);
         s
     });
+    let mut stdin = child.stdin.take();
     let deadline = Instant::now() + limit;
     let code = loop {
+        if let Some(mut w) = stdin.take() {
+            match input() {
+                Some(line) => {
+                    use std::io::Write;
+                    let _ = writeln!(w, "{line}");
+                }
+                None => stdin = Some(w),
+            }
+        }
         if let Ok(Some(status)) = child.try_wait() {
             break status.code().unwrap_or(-1);
         }
@@ -307,6 +330,20 @@ impl Mediator {
         let mut all = vec!["--identity".to_string(), self.dir.display().to_string()];
         all.extend(args.iter().map(|s| s.to_string()));
         let run = run_with_timeout(&binary("ocf-mediator"), &all, Duration::from_secs(120));
+        self.runs.lock().unwrap().push(run.clone());
+        run
+    }
+
+    /// Runs `ocf-mediator --identity DIR ARGS`, feeding its stdin what `input` gives.
+    pub fn run_feeding(&self, args: &[&str], input: &mut dyn FnMut() -> Option<String>) -> Run {
+        let mut all = vec!["--identity".to_string(), self.dir.display().to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let run = run_feeding(
+            &binary("ocf-mediator"),
+            &all,
+            Duration::from_secs(120),
+            input,
+        );
         self.runs.lock().unwrap().push(run.clone());
         run
     }

@@ -366,6 +366,8 @@ fn factory_pin_file_and_development_mode() {
             "127.0.0.1:0",
             "--tls",
             "127.0.0.1:0",
+            "--dtls",
+            "127.0.0.1:0",
             "--multicast",
             "off",
         ])
@@ -413,6 +415,8 @@ fn under_systemd_a_new_pin_stays_out_of_stdout_and_the_log() {
             "--udp",
             "127.0.0.1:0",
             "--tls",
+            "127.0.0.1:0",
+            "--dtls",
             "127.0.0.1:0",
             "--multicast",
             "off",

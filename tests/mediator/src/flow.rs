@@ -514,10 +514,23 @@ fn expect_success(what: &str, r: Result<Reply, NetError>) -> Result<Reply, Strin
 // Onboarding
 // ---------------------------------------------------------------------------------------------
 
+/// The ownership transfer method of `onboard`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtmChoice {
+    /// SPAKE2 with the setup PIN over coaps+tcp (this project's method, the default).
+    Spake2,
+    /// One of OCF's standard methods ([`crate::standard_otm`]).
+    Standard(crate::standard_otm::Method),
+}
+
 /// What `onboard` is told.
 #[derive(Debug)]
 pub struct OnboardArgs {
-    pub pin: Pin,
+    /// The setup PIN (SPAKE2 only).
+    pub pin: Option<Pin>,
+    pub otm: OtmChoice,
+    /// The manufacturer CA (PEM) a device's manufacturer certificate must chain to.
+    pub mfg_ca_pem: Option<String>,
     pub cloud: String,
     /// What the hub's `https://` services are checked against.
     pub cloud_trust: crate::cloud_api::CloudTrust,
@@ -647,6 +660,74 @@ fn take_ownership(
         identity.devices_path().display()
     ));
     Ok(())
+}
+
+/// A standard ownership transfer ([`crate::standard_otm`]), then the link for provisioning:
+/// the DOC itself over coaps+tcp, else a new connection, whose key must be the one the
+/// method authenticated (it is pinned).
+fn standard_ownership(
+    identity: &Identity,
+    link: DeviceLink,
+    res: &Value,
+    method: crate::standard_otm::Method,
+    args: &OnboardArgs,
+    p: &Progress,
+) -> Result<DeviceLink, String> {
+    let deadline = Instant::now() + args.timeout;
+    let addr = link.addr;
+    let di = link.di.clone();
+    // The device closes connections opened before it had an owner, and while one that could
+    // be a Device Ownership Connection is open it keeps its clear side closed.
+    link.client.close();
+    let device = crate::standard_otm::Device {
+        di: &di,
+        tls: addr,
+        res,
+    };
+    let owned = crate::standard_otm::take_ownership(
+        identity,
+        &device,
+        method,
+        args.mfg_ca_pem.as_deref(),
+        &mut || crate::standard_otm::read_random_pin_from_stdin(deadline),
+        args.net.request_timeout,
+        p,
+    )?;
+    let mut devices = Devices::load(&identity.dir)?;
+    devices.devices.insert(
+        di.clone(),
+        PinnedDevice {
+            spki_sha256: owned.spki_sha256.clone(),
+            cert_sha256: owned.cert_sha256.clone(),
+            endpoint: endpoint_uri(&addr),
+            owned_since: now_unix(),
+        },
+    );
+    devices.save(&identity.dir)?;
+    let link = match owned.tcp_link {
+        Some(client) => DeviceLink {
+            client,
+            addr,
+            di: di.clone(),
+            owned: Some(true),
+            devowneruuid: Some(identity.uuid.clone()),
+            spki_sha256: owned.spki_sha256.clone(),
+            cert_sha256: owned.cert_sha256.clone(),
+            pin: PinCheck::Match,
+        },
+        None => connect_device(identity, addr, Some(&di), &args.net, p)?,
+    };
+    if link.pin != PinCheck::Match {
+        return Err(
+            "the device's coaps+tcp key is not the one the ownership transfer authenticated: a man in the middle?"
+                .into(),
+        );
+    }
+    p.detail(&format!(
+        "the device's key is pinned in {}",
+        identity.devices_path().display()
+    ));
+    Ok(link)
 }
 
 /// Before provisioning a device this Mediator already owns again: ends its cloud registration
@@ -781,7 +862,20 @@ pub fn onboard(identity: &Identity, args: &OnboardArgs) -> Result<Outcome, StepE
 
     p.step(
         3,
-        "ownership transfer (SPAKE2 with the setup PIN, bound to this TLS session)",
+        match args.otm {
+            OtmChoice::Spake2 => {
+                "ownership transfer (SPAKE2 with the setup PIN, bound to this TLS session)"
+            }
+            OtmChoice::Standard(crate::standard_otm::Method::RandomPin) => {
+                "ownership transfer (OCF Random PIN over DTLS)"
+            }
+            OtmChoice::Standard(crate::standard_otm::Method::MfgCert { tcp: false }) => {
+                "ownership transfer (OCF Manufacturer Certificate over DTLS)"
+            }
+            OtmChoice::Standard(crate::standard_otm::Method::MfgCert { tcp: true }) => {
+                "ownership transfer (OCF Manufacturer Certificate over coaps+tcp)"
+            }
+        },
     );
     let ours = link.owned == Some(true)
         && link
@@ -826,8 +920,14 @@ pub fn onboard(identity: &Identity, args: &OnboardArgs) -> Result<Outcome, StepE
             identity.uuid,
             identity.devices_path().display()
         )));
+    } else if let OtmChoice::Standard(method) = args.otm {
+        link = standard_ownership(identity, link, &res, method, args, &p).map_err(|e| p.fail(e))?;
     } else {
-        take_ownership(identity, &mut link, &args.pin, &p).map_err(|e| p.fail(e))?;
+        let pin = args
+            .pin
+            .as_ref()
+            .ok_or_else(|| p.fail("SPAKE2 needs the setup PIN"))?;
+        take_ownership(identity, &mut link, pin, &p).map_err(|e| p.fail(e))?;
     }
 
     p.step(

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! ocf-mediator [--identity DIR] discover [--wait SECS] [--port PORT]
-//! ocf-mediator [--identity DIR] onboard --pin PIN --cloud URL [--cloud-ca PATH] --token-file PATH [--auth-code-file PATH]
+//! ocf-mediator [--identity DIR] onboard (--pin PIN | --otm rdp | --otm mfg --mfg-ca PATH [--mfg-over-tcp])
+//!              --cloud URL [--cloud-ca PATH] --token-file PATH [--auth-code-file PATH]
 //!              [--device EP | --di UUID] [--name NAME] [--timeout SECS]
 //! ocf-mediator [--identity DIR] offboard (--device EP | --di UUID) [--timeout SECS]
 //! ocf-mediator [--identity DIR] get (--device EP | --di UUID) PATH
@@ -72,14 +73,25 @@ enum Cmd {
     /// Take ownership of a device with its setup PIN and provision it for a cloud, then wait
     /// until it is registered.
     Onboard {
-        /// The device's 8-digit setup PIN (never printed).
+        /// The device's 8-digit setup PIN (never printed), for SPAKE2.
         #[arg(
             long,
             value_name = "PIN",
             conflicts_with = "pin_file",
-            required_unless_present = "pin_file"
+            required_unless_present_any = ["pin_file", "otm"]
         )]
         pin: Option<String>,
+        /// The ownership transfer method: spake2 (the setup PIN over coaps+tcp; default), or
+        /// OCF's rdp (Random PIN over DTLS: the device shows a fresh PIN, typed on stdin) or
+        /// mfg (Manufacturer Certificate, checked against --mfg-ca).
+        #[arg(long, value_name = "METHOD", value_parser = ["spake2", "rdp", "mfg"])]
+        otm: Option<String>,
+        /// For --otm mfg: the CA (PEM) the device's manufacturer certificate must chain to.
+        #[arg(long, value_name = "PATH")]
+        mfg_ca: Option<PathBuf>,
+        /// For --otm mfg: run it over coaps+tcp instead of DTLS.
+        #[arg(long)]
+        mfg_over_tcp: bool,
         /// Read the PIN from this file instead (keeps it out of the process list).
         #[arg(long, value_name = "PATH")]
         pin_file: Option<PathBuf>,
@@ -243,6 +255,9 @@ fn main() -> ExitCode {
         Cmd::Onboard {
             pin,
             pin_file,
+            otm,
+            mfg_ca,
+            mfg_over_tcp,
             cloud,
             cloud_ca,
             token_file,
@@ -252,10 +267,35 @@ fn main() -> ExitCode {
             timeout,
             cloud_ace,
         } => {
-            let pin = match read_pin(pin, pin_file) {
-                Ok(p) => p,
-                Err(e) => return usage(e),
+            use ocf_mediator::flow::OtmChoice;
+            use ocf_mediator::standard_otm::Method;
+            let otm = match otm.as_deref() {
+                None | Some("spake2") => OtmChoice::Spake2,
+                Some("rdp") => OtmChoice::Standard(Method::RandomPin),
+                _ => OtmChoice::Standard(Method::MfgCert { tcp: mfg_over_tcp }),
             };
+            let pin = if otm == OtmChoice::Spake2 || pin.is_some() || pin_file.is_some() {
+                match read_pin(pin, pin_file) {
+                    Ok(p) => Some(p),
+                    Err(e) => return usage(e),
+                }
+            } else {
+                None
+            };
+            let mfg_ca_pem = match (&otm, mfg_ca) {
+                (OtmChoice::Standard(Method::MfgCert { .. }), None) => {
+                    return usage("--otm mfg needs --mfg-ca PATH (the manufacturer's CA)")
+                }
+                (_, Some(path)) => match std::fs::read_to_string(&path) {
+                    Ok(pem) if ocf::x509::certificates_from_pem(&pem).is_ok() => Some(pem),
+                    Ok(_) => return usage(format!("{}: no PEM certificate", path.display())),
+                    Err(e) => return usage(format!("{}: cannot read: {e}", path.display())),
+                },
+                (_, None) => None,
+            };
+            if mfg_over_tcp && !matches!(otm, OtmChoice::Standard(Method::MfgCert { .. })) {
+                return usage("--mfg-over-tcp goes with --otm mfg");
+            }
             let target = match Target::from_args(which.device.as_deref(), which.di.as_deref()) {
                 Ok(t) => t,
                 Err(e) => return usage(e),
@@ -295,6 +335,8 @@ fn main() -> ExitCode {
             };
             let args = OnboardArgs {
                 pin,
+                otm,
+                mfg_ca_pem,
                 cloud,
                 cloud_trust,
                 target,

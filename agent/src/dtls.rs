@@ -1,0 +1,569 @@
+//! The DTLS endpoint: CoAP over DTLS 1.2 (`coaps://`, RFC 7252 §9), which OCF's standard
+//! ownership transfer methods and the sessions of an owner with a PSK need.
+//!
+//! - **Stack**: OpenSSL through the `openssl` crate, over our own datagram queues (the socket
+//!   stays tokio's). rustls keeps coaps+tcp and the cloud: it has no DTLS, no external PSK and
+//!   none of these suites.
+//! - **Suites** ([`CIPHERS`]): `TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA256` (Random PIN and owner
+//!   PSK sessions), and ECDHE-ECDSA with AES-128/256-CCM and CCM_8 (Manufacturer Certificate,
+//!   certificate sessions), as iotivity-lite offers them. DTLS 1.2 only, no resumption.
+//! - **PSK identities** go to [`ocf::server::Server::dtls_psk`]: `oic.sec.doxm.rdp` while the
+//!   Random PIN method is selected, else a credential's subject UUID (16 bytes or text).
+//! - **Certificates**: the device shows the manufacturer certificate if there is one, else its
+//!   self-signed one (as on coaps+tcp); a client certificate is asked for and optional, and
+//!   what it is worth is decided by the access control, as on coaps+tcp.
+//! - **Hostile peers**: a HelloVerifyRequest cookie (RFC 6347 §4.2.1) keyed by the peer's
+//!   address before any key exchange; at most [`HALF_OPEN`] handshakes at once, each given
+//!   [`HANDSHAKE_TIME`]; at most [`SESSIONS`] sessions, the longest idle non-owner one making
+//!   room for a new one; [`IDLE`] without a record ends a session.
+//! - **Retransmission**: OpenSSL resends its flight when a read finds its timer expired
+//!   (`dtls1_read_failed`), so a pending handshake is driven every [`FLIGHT_POLL`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use coap_lite::Packet;
+use ocf::coap::block;
+use ocf::coap::udp::{UdpInbound, UdpMessageLayer, UdpTimeout};
+use ocf::resource::Origin;
+use ocf::security::doc::SessionAuth;
+use ocf::security::dtls_keys::{p_sha256, SessionSecrets, MASTER_SECRET_LEN};
+use ocf::server::Peer;
+use openssl::error::ErrorStack;
+use openssl::ex_data::Index;
+use openssl::pkey::PKey;
+use openssl::ssl::{
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslRef,
+    SslSessionCacheMode, SslStream, SslVerifyMode, SslVersion,
+};
+use openssl::x509::X509;
+use rustls::pki_types::CertificateDer;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::server::Agent;
+use crate::tls_server::ServerIdentity;
+use crate::udp::UDP_SZX;
+
+/// The suites offered, strongest certificate suites first (iotivity-lite's order).
+pub const CIPHERS: &str = "ECDHE-ECDSA-AES128-CCM8:ECDHE-ECDSA-AES128-CCM:\
+                           ECDHE-ECDSA-AES256-CCM8:ECDHE-ECDSA-AES256-CCM:\
+                           ECDHE-PSK-AES128-CBC-SHA256";
+/// Handshakes under way at once.
+pub const HALF_OPEN: usize = 8;
+/// Sessions at once.
+pub const SESSIONS: usize = 32;
+/// Time from the first ClientHello to the end of the handshake.
+pub const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
+/// Time an established session may go without a record in either direction.
+pub const IDLE: Duration = Duration::from_secs(300);
+/// How often a pending handshake gives OpenSSL the chance to resend its last flight.
+pub const FLIGHT_POLL: Duration = Duration::from_millis(250);
+/// Datagrams the device sends: below the IPv6 minimum MTU with room for headers.
+const MTU: u32 = 1200;
+/// Largest datagram read.
+const MAX_DATAGRAM: usize = 1500;
+/// Datagrams queued for a session before more are dropped (a flood is not buffered).
+const INBOX: usize = 32;
+/// Notifications remembered by Message-ID so an RST can end the right observation.
+const SENT_MEMORY: usize = 64;
+
+/// What the OpenSSL callbacks (which must be `Send + Sync`, so cannot hold the agent) store
+/// in each `Ssl`.
+#[derive(Clone, Copy)]
+struct Indices {
+    peer: Index<Ssl, SocketAddr>,
+    auth: Index<Ssl, SessionAuth>,
+}
+
+thread_local! {
+    /// The agent whose server answers the PSK lookups of handshakes driven on this thread
+    /// (the runtime is single-threaded; the callback runs inside `SslStream::accept`).
+    static PSK_SOURCE: RefCell<Option<Rc<Agent>>> = const { RefCell::new(None) };
+}
+
+/// The SSL context of the endpoint for the device's certificate.
+#[derive(Clone)]
+pub struct DtlsContext {
+    ctx: SslContext,
+    idx: Indices,
+}
+
+/// Builds the context: suites, certificate, the PSK and cookie callbacks (see module docs).
+pub fn context(identity: &ServerIdentity, cookie_key: [u8; 32]) -> Result<DtlsContext, String> {
+    fn e(what: &'static str) -> impl Fn(ErrorStack) -> String {
+        move |err| format!("DTLS {what}: {err}")
+    }
+    let idx = Indices {
+        peer: Ssl::new_ex_index().map_err(e("ex data"))?,
+        auth: Ssl::new_ex_index().map_err(e("ex data"))?,
+    };
+    let mut b = SslContextBuilder::new(SslMethod::dtls_server()).map_err(e("context"))?;
+    b.set_min_proto_version(Some(SslVersion::DTLS1_2))
+        .map_err(e("version"))?;
+    b.set_max_proto_version(Some(SslVersion::DTLS1_2))
+        .map_err(e("version"))?;
+    b.set_cipher_list(CIPHERS).map_err(e("suites"))?;
+    b.set_options(SslOptions::COOKIE_EXCHANGE | SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
+    b.set_session_cache_mode(SslSessionCacheMode::OFF);
+    let (leaf, rest) = identity
+        .chain
+        .split_first()
+        .ok_or("DTLS: the server identity has no certificate")?;
+    let leaf = X509::from_der(leaf).map_err(e("certificate"))?;
+    b.set_certificate(&leaf).map_err(e("certificate"))?;
+    for c in rest {
+        b.add_extra_chain_cert(X509::from_der(c).map_err(e("chain"))?)
+            .map_err(e("chain"))?;
+    }
+    let key = PKey::private_key_from_der(identity.key.secret_der()).map_err(e("key"))?;
+    b.set_private_key(&key).map_err(e("key"))?;
+    b.check_private_key().map_err(e("key"))?;
+    // Any client certificate passes the handshake; the access control weighs it.
+    b.set_verify_callback(SslVerifyMode::PEER, |_, _| true);
+    b.set_psk_server_callback(move |ssl, identity, out| Ok(psk_lookup(ssl, idx, identity, out)));
+    b.set_cookie_generate_cb(move |ssl, out| {
+        let cookie = cookie(&cookie_key, ssl.ex_data(idx.peer));
+        let n = cookie.len().min(out.len());
+        out[..n].copy_from_slice(&cookie[..n]);
+        Ok(n)
+    });
+    b.set_cookie_verify_cb(move |ssl, got| {
+        let want = cookie(&cookie_key, ssl.ex_data(idx.peer));
+        // Not secret-dependent timing that matters: the cookie only proves the address.
+        got == want
+    });
+    Ok(DtlsContext {
+        ctx: b.build(),
+        idx,
+    })
+}
+
+/// The cookie for a peer address: PRF(key, address ‖ port), 16 bytes.
+fn cookie(key: &[u8; 32], peer: Option<&SocketAddr>) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let addr = peer.map_or_else(String::new, SocketAddr::to_string);
+    p_sha256(key, &[b"ocfpi dtls cookie", addr.as_bytes()], &mut out);
+    out
+}
+
+/// The PSK callback: the key for `identity` from the server, or 0 (the handshake fails).
+fn psk_lookup(ssl: &mut SslRef, idx: Indices, identity: Option<&[u8]>, out: &mut [u8]) -> usize {
+    let Some(identity) = identity else { return 0 };
+    let found = PSK_SOURCE.with(|a| {
+        let agent = a.borrow().clone()?;
+        let mut server = agent.server.try_borrow_mut().ok()?;
+        server.dtls_psk(identity, Instant::now())
+    });
+    let Some((mut key, auth)) = found else {
+        debug!("DTLS handshake with an unknown PSK identity");
+        return 0;
+    };
+    let n = if key.len() <= out.len() {
+        out[..key.len()].copy_from_slice(&key);
+        ssl.set_ex_data(idx.auth, auth);
+        key.len()
+    } else {
+        0
+    };
+    key.fill(0);
+    std::hint::black_box(&key);
+    n
+}
+
+/// The datagrams of one session, as OpenSSL's transport: a read takes one queued datagram,
+/// a write is one datagram to send.
+#[derive(Default)]
+struct Datagrams {
+    inbox: VecDeque<Vec<u8>>,
+    outbox: Vec<Vec<u8>>,
+}
+
+impl Read for Datagrams {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(d) = self.inbox.pop_front() else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let n = d.len().min(buf.len());
+        buf[..n].copy_from_slice(&d[..n]);
+        Ok(n)
+    }
+}
+
+impl Write for Datagrams {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.outbox.push(buf.to_vec());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The endpoint's view of one session.
+struct Handle {
+    inbox: mpsc::Sender<Vec<u8>>,
+    state: Rc<SessionState>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    /// The server's connection id once the handshake is done.
+    id: Cell<Option<u64>>,
+    last_active: Cell<Option<Instant>>,
+}
+
+type Table = Rc<RefCell<HashMap<SocketAddr, Handle>>>;
+
+/// Serves the DTLS endpoint on `socket` until shutdown.
+pub async fn serve(socket: UdpSocket, agent: Rc<Agent>, shutdown: watch::Receiver<bool>) {
+    PSK_SOURCE.with(|a| *a.borrow_mut() = Some(agent.clone()));
+    let socket = Rc::new(socket);
+    let table: Table = Rc::new(RefCell::new(HashMap::new()));
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let (n, peer) = match received {
+                    Ok(r) => r,
+                    Err(e) => { debug!("dtls receive: {e}"); continue; }
+                };
+                dispatch(&buf[..n], peer, &socket, &agent, &table, &shutdown);
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Hands a datagram to its session, or starts one for a ClientHello if there is room.
+fn dispatch(
+    datagram: &[u8],
+    peer: SocketAddr,
+    socket: &Rc<UdpSocket>,
+    agent: &Rc<Agent>,
+    table: &Table,
+    shutdown: &watch::Receiver<bool>,
+) {
+    if let Some(h) = table.borrow().get(&peer) {
+        // A full inbox drops the datagram: DTLS and CoAP both recover from loss.
+        let _ = h.inbox.try_send(datagram.to_vec());
+        return;
+    }
+    // A new session starts with a handshake record (content type 22) of DTLS (254.x).
+    if datagram.len() < 13 || datagram[0] != 22 || datagram[1] != 254 {
+        return;
+    }
+    if !make_room(table, agent) {
+        debug!(%peer, "DTLS: no room for another handshake; dropped");
+        return;
+    }
+    let Some(ctx) = agent.dtls_context() else {
+        return;
+    };
+    let (tx, rx) = mpsc::channel(INBOX);
+    let _ = tx.try_send(datagram.to_vec());
+    let state = Rc::new(SessionState::default());
+    table.borrow_mut().insert(
+        peer,
+        Handle {
+            inbox: tx,
+            state: state.clone(),
+        },
+    );
+    let session = Session {
+        peer,
+        socket: socket.clone(),
+        agent: agent.clone(),
+        state,
+    };
+    let table = table.clone();
+    let shutdown = shutdown.clone();
+    tokio::task::spawn_local(async move {
+        session.run(ctx, rx, shutdown).await;
+        table.borrow_mut().remove(&peer);
+    });
+}
+
+/// Whether a new handshake may start: fewer than [`HALF_OPEN`] under way, and fewer than
+/// [`SESSIONS`] in all, after closing the longest idle session that is not the owner's.
+fn make_room(table: &Table, agent: &Agent) -> bool {
+    let mut t = table.borrow_mut();
+    let half_open = t.values().filter(|h| h.state.id.get().is_none()).count();
+    if half_open >= HALF_OPEN {
+        return false;
+    }
+    if t.len() < SESSIONS {
+        return true;
+    }
+    let victim = t
+        .iter()
+        .filter_map(|(addr, h)| Some((addr, h.state.id.get()?, h.state.last_active.get()?)))
+        .filter(|(_, id, _)| !agent.is_owner(*id))
+        .min_by_key(|(_, _, at)| *at)
+        .map(|(addr, id, _)| (*addr, id));
+    match victim {
+        Some((addr, id)) => {
+            debug!(connection = id, peer = %addr, "DTLS: closing the longest idle session to make room");
+            // Dropping its inbox ends the session's task.
+            t.remove(&addr);
+            agent.disconnect(id);
+            true
+        }
+        None => false,
+    }
+}
+
+struct Session {
+    peer: SocketAddr,
+    socket: Rc<UdpSocket>,
+    agent: Rc<Agent>,
+    state: Rc<SessionState>,
+}
+
+enum End {
+    Quiet,
+    Notify,
+}
+
+impl Session {
+    async fn run(
+        &self,
+        ctx: DtlsContext,
+        mut inbox: mpsc::Receiver<Vec<u8>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let peer = self.peer;
+        let Some(mut stream) = self.start(&ctx) else {
+            return;
+        };
+        // The handshake.
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIME;
+        loop {
+            let step = stream.accept();
+            self.flush(&mut stream).await;
+            match step {
+                Ok(()) => break,
+                Err(e) if e.code() == ErrorCode::WANT_READ => {}
+                Err(e) => {
+                    debug!(%peer, "DTLS handshake failed: {e}");
+                    return;
+                }
+            }
+            tokio::select! {
+                d = inbox.recv() => match d {
+                    Some(d) => stream.get_mut().inbox.push_back(d),
+                    None => return,
+                },
+                _ = tokio::time::sleep(FLIGHT_POLL) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    debug!(%peer, "DTLS handshake not finished in time; dropped");
+                    return;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+        let (id, mut notifications) = self.agent.open_stream();
+        let (auth, secrets, chain) = session_facts(stream.ssl(), ctx.idx);
+        info!(
+            connection = id,
+            %peer,
+            suite = stream.ssl().current_cipher().map_or("?", |c| c.name()),
+            "DTLS session open"
+        );
+        self.agent.open_dtls(id, auth, secrets, chain);
+        self.state.id.set(Some(id));
+        self.state.last_active.set(Some(Instant::now()));
+        let end = self
+            .established(
+                &mut stream,
+                id,
+                &mut inbox,
+                &mut notifications,
+                &mut shutdown,
+            )
+            .await;
+        if let End::Notify = end {
+            let _ = stream.shutdown();
+            self.flush(&mut stream).await;
+        }
+        self.agent.close_stream(id);
+        debug!(connection = id, %peer, "DTLS session closed");
+    }
+
+    fn start(&self, ctx: &DtlsContext) -> Option<SslStream<Datagrams>> {
+        let mut ssl = Ssl::new(&ctx.ctx)
+            .map_err(|e| warn!("DTLS session: {e}"))
+            .ok()?;
+        ssl.set_mtu(MTU).ok()?;
+        ssl.set_ex_data(ctx.idx.peer, self.peer);
+        SslStream::new(ssl, Datagrams::default())
+            .map_err(|e| warn!("DTLS session: {e}"))
+            .ok()
+    }
+
+    /// Sends what OpenSSL wrote.
+    async fn flush(&self, stream: &mut SslStream<Datagrams>) {
+        for d in std::mem::take(&mut stream.get_mut().outbox) {
+            let _ = self.socket.send_to(&d, self.peer).await;
+        }
+    }
+
+    /// Writes one CoAP message as one record.
+    async fn send(&self, stream: &mut SslStream<Datagrams>, bytes: &[u8]) {
+        if let Err(e) = stream.ssl_write(bytes) {
+            debug!(peer = %self.peer, "DTLS write: {e}");
+        }
+        self.state.last_active.set(Some(Instant::now()));
+        self.flush(stream).await;
+    }
+
+    async fn established(
+        &self,
+        stream: &mut SslStream<Datagrams>,
+        id: u64,
+        inbox: &mut mpsc::Receiver<Vec<u8>>,
+        notifications: &mut mpsc::Receiver<Packet>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> End {
+        let peer = self.peer;
+        let mut layer = UdpMessageLayer::new();
+        let mut sent: VecDeque<(u16, Vec<u8>)> = VecDeque::new();
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            // Every record the queued datagrams hold.
+            loop {
+                match stream.ssl_read(&mut buf) {
+                    Ok(n) => {
+                        self.state.last_active.set(Some(Instant::now()));
+                        match layer.handle_datagram(peer, &buf[..n], Instant::now()) {
+                            UdpInbound::Request(packet) => {
+                                let answer = self.agent.serve(Peer::Dtls(id), &packet);
+                                if let Some(mut response) = answer {
+                                    block::apply_block2(&packet, &mut response, UDP_SZX);
+                                    let bytes =
+                                        layer.respond(peer, &packet, response, Instant::now());
+                                    self.send(stream, &bytes).await;
+                                }
+                            }
+                            UdpInbound::Reply(bytes) => self.send(stream, &bytes).await,
+                            UdpInbound::Reset { message_id, .. } => {
+                                if let Some(pos) = sent.iter().position(|(m, _)| *m == message_id) {
+                                    if let Some((_, token)) = sent.remove(pos) {
+                                        self.agent
+                                            .device()
+                                            .cancel_observation(&Origin::Stream(id), &token);
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    Err(e) if e.code() == ErrorCode::WANT_READ => break,
+                    Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
+                        self.flush(stream).await;
+                        return End::Quiet;
+                    }
+                    Err(e) => {
+                        debug!(connection = id, %peer, "DTLS read: {e}");
+                        self.flush(stream).await;
+                        return End::Quiet;
+                    }
+                }
+            }
+            self.flush(stream).await;
+            let idle_until = self.state.last_active.get().unwrap_or_else(Instant::now) + IDLE;
+            tokio::select! {
+                d = inbox.recv() => match d {
+                    Some(d) => stream.get_mut().inbox.push_back(d),
+                    None => return End::Notify,
+                },
+                n = notifications.recv() => match n {
+                    Some(mut packet) => {
+                        block::apply_block2(&Packet::new(), &mut packet, UDP_SZX);
+                        let token = packet.get_token().to_vec();
+                        // Confirmable, so an observer that went away is noticed
+                        // (RFC 7641 §4.5); the layer retransmits and gives up.
+                        let (mid, bytes) = layer.notification(peer, packet, true, Instant::now());
+                        sent.push_back((mid, token));
+                        if sent.len() > SENT_MEMORY { sent.pop_front(); }
+                        self.send(stream, &bytes).await;
+                    }
+                    // The agent closed the session (ownership taken, a reset, no room).
+                    None => return End::Notify,
+                },
+                _ = sleep_until(layer.poll_timeout()) => {
+                    for due in layer.handle_timeout(Instant::now()) {
+                        match due {
+                            UdpTimeout::Retransmit { bytes, .. } => self.send(stream, &bytes).await,
+                            UdpTimeout::GaveUp { token, .. } => {
+                                debug!(connection = id, "notification never acknowledged; ending the observation");
+                                self.agent.device().cancel_observation(&Origin::Stream(id), &token);
+                            }
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_until.into()) => {
+                    debug!(connection = id, %peer, "DTLS session idle; closed");
+                    return End::Notify;
+                }
+                _ = shutdown.changed() => return End::Notify,
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How the handshake authenticated the peer, the secrets an owner PSK is derived from, and
+/// the client's certificate chain (leaf first; empty without one).
+fn session_facts(
+    ssl: &SslRef,
+    idx: Indices,
+) -> (
+    SessionAuth,
+    Option<SessionSecrets>,
+    Vec<CertificateDer<'static>>,
+) {
+    let mut chain = Vec::new();
+    if let Some(leaf) = ssl.peer_certificate() {
+        if let Ok(der) = leaf.to_der() {
+            chain.push(CertificateDer::from(der));
+        }
+        // On a server, OpenSSL's peer chain does not repeat the leaf.
+        for c in ssl.peer_cert_chain().into_iter().flatten() {
+            if let Ok(der) = c.to_der() {
+                chain.push(CertificateDer::from(der));
+            }
+        }
+    }
+    let auth = match ssl.ex_data(idx.auth) {
+        Some(a) => a.clone(),
+        // The identity is filled in by the agent from the chain.
+        None => SessionAuth::Certificate(None),
+    };
+    let secrets = ssl.session().and_then(|session| {
+        let mut s = SessionSecrets {
+            master_secret: [0; MASTER_SECRET_LEN],
+            client_random: [0; 32],
+            server_random: [0; 32],
+            suite: u16::from_be_bytes(ssl.current_cipher()?.protocol_id()),
+        };
+        (session.master_key(&mut s.master_secret) == MASTER_SECRET_LEN
+            && ssl.client_random(&mut s.client_random) == 32
+            && ssl.server_random(&mut s.server_random) == 32)
+            .then_some(s)
+    });
+    (auth, secrets, chain)
+}

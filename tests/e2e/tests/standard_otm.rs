@@ -1,0 +1,518 @@
+//! OCF's standard ownership transfer over DTLS (`coaps://`), end to end with the real binaries
+//! on loopback (ports chosen by the OS):
+//!
+//! - `ocf-mediator onboard --otm rdp`: the method selected in the clear, the Random PIN the
+//!   device prints read from the agent and typed into the Mediator, the DTLS Device Ownership
+//!   Connection, the owner PSK both sides derive, RFPRO over an owner PSK session, then the
+//!   provisioning for the cloud over coaps+tcp and the registration;
+//! - `--otm mfg` over DTLS and over coaps+tcp, with a manufacturer certificate the test makes,
+//!   each followed by provisioning and registration; a wrong manufacturer CA is refused;
+//! - a wrong Random PIN fails the handshake and a PIN answers one handshake only;
+//! - interop with stacks no one here wrote: `openssl s_client -dtls1_2` completes a handshake
+//!   with each advertised suite (the Random PIN PSK, each ECDHE-ECDSA CCM suite) and none with
+//!   a suite not offered; libcoap's `coap-client-openssl` reaches the owned device over DTLS
+//!   with a PSK (`-u`/`-k`) and with a certificate (`-c`/`-j`).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ocf::security::dtls_keys::{pin_psk, uuid_bytes, RDP_IDENTITY};
+use ocf_e2e::cloud::*;
+use ocf_e2e::mediator::*;
+use ocf_e2e::*;
+use ocf_mediator::dtls::{clear_request, ClientAuth, DtlsClient, PSK_CIPHERS};
+
+const PIN: &str = "27182818";
+
+struct Bench {
+    cloud: DevCloud,
+    agent: SecureAgent,
+    med: Mediator,
+    dir: TempDir,
+}
+
+impl Bench {
+    fn new(tag: &str, extra: &[&str]) -> Bench {
+        let dir = TempDir::new(tag);
+        let cloud = DevCloud::start(&dir.path().join("cloud"), &[]);
+        let pin = pin_file(dir.path(), PIN);
+        let agent = SecureAgent::start(&dir.path().join("state"), Some(&pin), extra);
+        let med = Mediator::new(&dir.path().join("mediator"));
+        med.token_from(&cloud);
+        Bench {
+            cloud,
+            agent,
+            med,
+            dir,
+        }
+    }
+
+    fn endpoint(&self, scheme: &str) -> SocketAddr {
+        let prefix = format!("{scheme}://");
+        self.agent
+            .endpoints
+            .iter()
+            .find_map(|e| e.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {scheme} endpoint in {:?}", self.agent.endpoints))
+            .parse()
+            .unwrap()
+    }
+
+    /// The Random PIN the agent printed after the first `seen` ones.
+    fn random_pin_after(&mut self, seen: usize) -> Option<String> {
+        random_pin_after(&mut self.agent, seen)
+    }
+
+    fn pins_shown(&mut self) -> usize {
+        self.agent
+            .stdout()
+            .iter()
+            .filter(|l| l.starts_with("ocf-agent: random PIN "))
+            .count()
+    }
+
+    /// `onboard` with `otm_args`, typing the Random PIN the agent shows when asked.
+    fn onboard(&mut self, otm_args: &[&str]) -> Run {
+        let mut args = vec![
+            "onboard",
+            "--device",
+            &self.agent.ep,
+            "--cloud",
+            &format!("http://{}", self.cloud.http),
+            "--timeout",
+            "30",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+        args.extend(self.med.token_args());
+        args.extend(otm_args.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let before = self.pins_shown();
+        let agent = &mut self.agent;
+        let mut feed = || random_pin_after(agent, before);
+        self.med.run_feeding(&args, &mut feed)
+    }
+
+    fn assert_registered(&self, run: &Run) {
+        assert!(run.ok(), "{}", run.output());
+        assert!(run.stdout.contains("cps registered"), "{}", run.output());
+        assert!(
+            run.stdout.contains(&format!(
+                "device {} is registered with cloud {}",
+                self.agent.di, self.cloud.sid
+            )),
+            "{}",
+            run.output()
+        );
+        // The owner reaches the device over coaps+tcp with its certificate afterwards.
+        let get = self.med.get(&self.agent.ep, "/oic/sec/doxm").expect_ok();
+        let doxm = get.json().expect("doxm as JSON");
+        assert_eq!(doxm["owned"], true, "{}", get.output());
+        assert_eq!(doxm["devowneruuid"], self.med.uuid().as_str());
+        let pstat = self.med.get(&self.agent.ep, "/oic/sec/pstat").expect_ok();
+        assert_eq!(pstat.json().unwrap()["dos"]["s"], 3);
+    }
+}
+
+/// The Random PIN `agent` printed after the first `seen` ones.
+fn random_pin_after(agent: &mut SecureAgent, seen: usize) -> Option<String> {
+    agent
+        .stdout()
+        .iter()
+        .filter_map(|l| l.strip_prefix("ocf-agent: random PIN "))
+        .nth(seen)
+        .map(str::to_string)
+}
+
+/// A manufacturer CA and a device certificate it signed, as PEM files in `dir`:
+/// (ca.pem, mfg.crt, mfg.key).
+fn manufacturer_pki(dir: &Path, tag: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    };
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("{tag} manufacturer CA"));
+    ca.distinguished_name = dn;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut leaf = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("{tag} board"));
+    leaf.distinguished_name = dn;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let paths = (dir.join("ca.pem"), dir.join("mfg.crt"), dir.join("mfg.key"));
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    (paths.0, paths.1, paths.2)
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn random_pin_over_dtls_then_provisioning_and_registration() {
+    let mut b = Bench::new("otm-rdp", &[]);
+    let run = b.onboard(&["--otm", "rdp"]);
+    b.assert_registered(&run);
+    for line in [
+        "OCF Random PIN over DTLS",
+        "selected method 1",
+        "ECDHE-PSK-AES128-CBC-SHA256",
+        "the owner PSK opens a DTLS session",
+    ] {
+        assert!(
+            run.output().contains(line),
+            "{line:?} not in:\n{}",
+            run.output()
+        );
+    }
+    // The PIN went to the console only: not in the Mediator's output, not in the agent's log.
+    let pin = b.random_pin_after(0).unwrap();
+    assert!(!run.output().contains(&pin), "{}", run.output());
+    assert!(!b.agent.log().join("\n").contains(&pin));
+    // The device is owned: the clear side no longer selects methods, and the PIN is spent.
+    let coap = b.endpoint("coap");
+    let r = clear_request(
+        coap,
+        &post_cbor(
+            "/oic/sec/doxm",
+            &map(&[("oxmsel", ciborium::Value::Integer(1.into()))]),
+        ),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(r.code_text(), "4.01", "{}", r.describe());
+    let key = pin_psk(pin.as_bytes(), &uuid_bytes(&b.agent.di).unwrap());
+    let replay = DtlsClient::connect(
+        b.endpoint("coaps"),
+        ClientAuth::Psk {
+            identity: RDP_IDENTITY,
+            key: &key,
+        },
+        PSK_CIPHERS,
+        Duration::from_secs(5),
+    );
+    assert!(replay.is_err(), "the Random PIN opened a second session");
+    let _ = &b.dir;
+}
+
+#[test]
+fn a_wrong_random_pin_fails_the_handshake_and_each_pin_answers_once() {
+    let mut b = Bench::new("otm-rdp-wrong", &[]);
+    let coap = b.endpoint("coap");
+    let coaps = b.endpoint("coaps");
+    let select = |b: &mut Bench| {
+        let before = b.pins_shown();
+        let r = clear_request(
+            coap,
+            &post_cbor(
+                "/oic/sec/doxm",
+                &map(&[("oxmsel", ciborium::Value::Integer(1.into()))]),
+            ),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(r.code_text(), "2.04", "{}", r.describe());
+        wait_for(Duration::from_secs(5), "a Random PIN", || {
+            b.random_pin_after(before)
+        })
+    };
+    let di = uuid_bytes(&b.agent.di).unwrap();
+    let connect = |pin: &str| {
+        let key = pin_psk(pin.as_bytes(), &di);
+        DtlsClient::connect(
+            coaps,
+            ClientAuth::Psk {
+                identity: RDP_IDENTITY,
+                key: &key,
+            },
+            PSK_CIPHERS,
+            Duration::from_secs(5),
+        )
+    };
+    let pin = select(&mut b);
+    let wrong = if pin == "00000000" {
+        "11111111"
+    } else {
+        "00000000"
+    };
+    assert!(connect(wrong).is_err());
+    // The wrong guess spent this PIN: the right one no longer works either.
+    assert!(connect(&pin).is_err());
+    let pin2 = select(&mut b);
+    assert_ne!(pin, pin2);
+    let mut doc = connect(&pin2).expect("the fresh PIN opens the DOC");
+    let r = doc.request(&ocf_e2e::get("/oic/sec/doxm")).unwrap();
+    assert_eq!(r.code_text(), "2.05");
+    doc.close();
+    let _ = &b.dir;
+}
+
+#[test]
+fn manufacturer_certificate_over_dtls_and_over_coaps_tcp() {
+    for tcp in [false, true] {
+        let tag = if tcp { "otm-mfg-tcp" } else { "otm-mfg-dtls" };
+        let pki_dir = std::env::temp_dir().join(format!("{tag}-pki-{}", std::process::id()));
+        let (ca, cert, key) = manufacturer_pki(&pki_dir, tag);
+        let mut b = Bench::new(tag, &["--mfg-cert", &s(&cert), "--mfg-key", &s(&key)]);
+        // A Mediator that trusts another manufacturer refuses the device before owning it.
+        let (other_ca, _, _) = manufacturer_pki(&pki_dir.join("other"), "other");
+        let mut otm = vec!["--otm", "mfg"];
+        if tcp {
+            otm.push("--mfg-over-tcp");
+        }
+        let ca_s = s(&ca);
+        let other_s = s(&other_ca);
+        let refused = b.onboard(&[otm.clone(), vec!["--mfg-ca", &other_s]].concat());
+        assert!(!refused.ok(), "{}", refused.output());
+        assert!(
+            refused
+                .output()
+                .contains("not signed by the manufacturer CA"),
+            "{}",
+            refused.output()
+        );
+        let run = b.onboard(&[otm, vec!["--mfg-ca", &ca_s]].concat());
+        b.assert_registered(&run);
+        let want = if tcp {
+            "OCF Manufacturer Certificate over coaps+tcp"
+        } else {
+            "OCF Manufacturer Certificate over DTLS"
+        };
+        assert!(run.stdout.contains(want), "{}", run.output());
+        if !tcp {
+            assert!(
+                run.stdout.contains("ECDHE-ECDSA-AES128-CCM8"),
+                "{}",
+                run.output()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&pki_dir);
+        let _ = &b.dir;
+    }
+}
+
+/// `openssl s_client -dtls1_2` with `args`, stdin held open briefly; its output.
+fn s_client(addr: SocketAddr, args: &[&str]) -> String {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-dtls1_2", "-connect", &addr.to_string()])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl (Debian package openssl)");
+    let mut stdin = child.stdin.take().unwrap();
+    let start = Instant::now();
+    // Keep stdin open until the handshake had its time, then let it end.
+    while start.elapsed() < Duration::from_secs(3) {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = stdin.write_all(b"");
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn negotiated(out: &str) -> Option<String> {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("Cipher    : "))
+        .map(str::to_string)
+        .filter(|c| c != "0000")
+}
+
+#[test]
+fn openssl_s_client_completes_each_advertised_suite_and_no_other() {
+    let pki_dir = std::env::temp_dir().join(format!("otm-sclient-pki-{}", std::process::id()));
+    let (_, cert, key) = manufacturer_pki(&pki_dir, "sclient");
+    let mut b = Bench::new(
+        "otm-sclient",
+        &["--mfg-cert", &s(&cert), "--mfg-key", &s(&key)],
+    );
+    let coaps = b.endpoint("coaps");
+    let med_cert = s(&b.med.cert_path());
+    let med_key = s(&b.med.key_path());
+    // The Mediator's identity exists once it ran.
+    b.med.run(&["identity"]).expect_ok();
+    for suite in [
+        "ECDHE-ECDSA-AES128-CCM8",
+        "ECDHE-ECDSA-AES128-CCM",
+        "ECDHE-ECDSA-AES256-CCM8",
+        "ECDHE-ECDSA-AES256-CCM",
+    ] {
+        let out = s_client(
+            coaps,
+            &["-cipher", suite, "-cert", &med_cert, "-key", &med_key],
+        );
+        assert_eq!(negotiated(&out).as_deref(), Some(suite), "{out}");
+        // The device showed its manufacturer certificate.
+        assert!(out.contains("sclient board"), "{out}");
+    }
+    // The Random PIN suite, with the PIN the device shows after the selection.
+    let r = clear_request(
+        b.endpoint("coap"),
+        &post_cbor(
+            "/oic/sec/doxm",
+            &map(&[("oxmsel", ciborium::Value::Integer(1.into()))]),
+        ),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(r.code_text(), "2.04");
+    let pin = wait_for(Duration::from_secs(5), "a Random PIN", || {
+        b.random_pin_after(0)
+    });
+    let hex: String = pin_psk(pin.as_bytes(), &uuid_bytes(&b.agent.di).unwrap())
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect();
+    let out = s_client(
+        coaps,
+        &[
+            "-cipher",
+            "ECDHE-PSK-AES128-CBC-SHA256",
+            "-psk_identity",
+            "oic.sec.doxm.rdp",
+            "-psk",
+            &hex,
+        ],
+    );
+    assert_eq!(
+        negotiated(&out).as_deref(),
+        Some("ECDHE-PSK-AES128-CBC-SHA256"),
+        "{out}"
+    );
+    // Suites the device does not offer: the nearest thing OpenSSL has to Just Works'
+    // anonymous ECDH, and a plain GCM suite.
+    for suite in [
+        "AECDH-AES128-SHA:@SECLEVEL=0",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+    ] {
+        let out = s_client(
+            coaps,
+            &["-cipher", suite, "-cert", &med_cert, "-key", &med_key],
+        );
+        assert_eq!(negotiated(&out), None, "{suite} was accepted:\n{out}");
+    }
+    let _ = std::fs::remove_dir_all(&pki_dir);
+    let _ = &b.dir;
+}
+
+#[test]
+fn libcoap_reaches_the_owned_device_over_dtls_with_a_psk_and_with_a_certificate() {
+    let coap_client = coap_client();
+    let mut b = Bench::new("otm-libcoap", &[]);
+    let run = b.onboard(&["--otm", "rdp"]);
+    b.assert_registered(&run);
+    let coaps = b.endpoint("coaps");
+    // The owner gives a local client a PSK (printable, since coap-client -k takes text) and
+    // read access to the switch.
+    let client = "c1c1c1c1-0000-4000-8000-000000000001";
+    let psk = "libcoap-psk-0001";
+    let cred = serde_json::json!({"creds": [{"credtype": 1, "subjectuuid": client,
+        "privatedata": {"encoding": "oic.sec.encoding.raw", "data": psk}}]});
+    // JSON has no byte strings: base64 carries the key.
+    let b64 = base64_of(psk.as_bytes());
+    let cred = cred
+        .to_string()
+        .replace("oic.sec.encoding.raw", "oic.sec.encoding.base64")
+        .replace(&format!("\"{psk}\""), &format!("\"{b64}\""));
+    b.med.post(&b.agent.ep, "/oic/sec/cred", &cred).expect_ok();
+    let ace = serde_json::json!({"aclist2": [{"subject": {"uuid": client},
+        "resources": [{"href": "/switch"}], "permission": 2}]});
+    b.med
+        .post(&b.agent.ep, "/oic/sec/acl2", &ace.to_string())
+        .expect_ok();
+    let uri = format!("coaps://{coaps}/switch");
+    let out = Command::new(&coap_client)
+        .args(["-m", "get", "-B", "10", "-u", client, "-k", psk, &uri])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("4."), "{text}");
+    // A wrong key gets no session, hence no answer.
+    let out = Command::new(&coap_client)
+        .args([
+            "-m",
+            "get",
+            "-B",
+            "3",
+            "-u",
+            client,
+            "-k",
+            "wrong-psk-000001",
+            &uri,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("value"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // With the owner's certificate (the trust anchor installed by the Random PIN flow).
+    let out = Command::new(&coap_client)
+        .args([
+            "-m",
+            "get",
+            "-B",
+            "10",
+            "-c",
+            &s(&b.med.cert_path()),
+            "-j",
+            &s(&b.med.key_path()),
+            "-n",
+            &format!("coaps://{coaps}/oic/sec/doxm"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("devowneruuid"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = &b.dir;
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
