@@ -4,7 +4,7 @@
 //! - **Stack**: OpenSSL through the `openssl` crate, over our own datagram queues (the socket
 //!   stays tokio's). rustls keeps coaps+tcp and the cloud: it has no DTLS, no external PSK and
 //!   none of these suites.
-//! - **Suites** ([`CIPHERS`]): `TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA256` (Random PIN and owner
+//! - **Suites** ([`crate::dtls_context::CIPHERS`]): `TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA256` (Random PIN and owner
 //!   PSK sessions), and ECDHE-ECDSA with AES-128/256-CCM and CCM_8 (Manufacturer Certificate,
 //!   certificate sessions), as iotivity-lite offers them. DTLS 1.2 only, no resumption.
 //! - **PSK identities** go to [`ocf::server::Server::dtls_psk`]: `oic.sec.doxm.rdp` while the
@@ -31,29 +31,19 @@ use ocf::coap::block;
 use ocf::coap::udp::{UdpInbound, UdpMessageLayer, UdpTimeout};
 use ocf::resource::Origin;
 use ocf::security::doc::SessionAuth;
-use ocf::security::dtls_keys::{p_sha256, SessionSecrets, MASTER_SECRET_LEN};
+use ocf::security::dtls_keys::{SessionSecrets, MASTER_SECRET_LEN};
 use ocf::server::Peer;
-use openssl::error::ErrorStack;
-use openssl::ex_data::Index;
-use openssl::pkey::PKey;
-use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslRef,
-    SslSessionCacheMode, SslStream, SslVerifyMode, SslVersion,
-};
-use openssl::x509::X509;
+use openssl::ssl::{ErrorCode, Ssl, SslRef, SslStream};
 use rustls::pki_types::CertificateDer;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::dtls_context::{set_psk_lookup, DtlsContext, Indices};
+use crate::security::Credentials;
 use crate::server::Agent;
-use crate::tls_server::ServerIdentity;
 use crate::udp::UDP_SZX;
 
-/// The suites offered, strongest certificate suites first (iotivity-lite's order).
-pub const CIPHERS: &str = "ECDHE-ECDSA-AES128-CCM8:ECDHE-ECDSA-AES128-CCM:\
-                           ECDHE-ECDSA-AES256-CCM8:ECDHE-ECDSA-AES256-CCM:\
-                           ECDHE-PSK-AES128-CBC-SHA256";
 /// Handshakes under way at once.
 pub const HALF_OPEN: usize = 8;
 /// Sessions at once.
@@ -72,109 +62,6 @@ const MAX_DATAGRAM: usize = 1500;
 const INBOX: usize = 32;
 /// Notifications remembered by Message-ID so an RST can end the right observation.
 const SENT_MEMORY: usize = 64;
-
-/// What the OpenSSL callbacks (which must be `Send + Sync`, so cannot hold the agent) store
-/// in each `Ssl`.
-#[derive(Clone, Copy)]
-struct Indices {
-    peer: Index<Ssl, SocketAddr>,
-    auth: Index<Ssl, SessionAuth>,
-}
-
-thread_local! {
-    /// The agent whose server answers the PSK lookups of handshakes driven on this thread
-    /// (the runtime is single-threaded; the callback runs inside `SslStream::accept`).
-    static PSK_SOURCE: RefCell<Option<Rc<Agent>>> = const { RefCell::new(None) };
-}
-
-/// The SSL context of the endpoint for the device's certificate.
-#[derive(Clone)]
-pub struct DtlsContext {
-    ctx: SslContext,
-    idx: Indices,
-}
-
-/// Builds the context: suites, certificate, the PSK and cookie callbacks (see module docs).
-pub fn context(identity: &ServerIdentity, cookie_key: [u8; 32]) -> Result<DtlsContext, String> {
-    fn e(what: &'static str) -> impl Fn(ErrorStack) -> String {
-        move |err| format!("DTLS {what}: {err}")
-    }
-    let idx = Indices {
-        peer: Ssl::new_ex_index().map_err(e("ex data"))?,
-        auth: Ssl::new_ex_index().map_err(e("ex data"))?,
-    };
-    let mut b = SslContextBuilder::new(SslMethod::dtls_server()).map_err(e("context"))?;
-    b.set_min_proto_version(Some(SslVersion::DTLS1_2))
-        .map_err(e("version"))?;
-    b.set_max_proto_version(Some(SslVersion::DTLS1_2))
-        .map_err(e("version"))?;
-    b.set_cipher_list(CIPHERS).map_err(e("suites"))?;
-    b.set_options(SslOptions::COOKIE_EXCHANGE | SslOptions::NO_QUERY_MTU | SslOptions::NO_TICKET);
-    b.set_session_cache_mode(SslSessionCacheMode::OFF);
-    let (leaf, rest) = identity
-        .chain
-        .split_first()
-        .ok_or("DTLS: the server identity has no certificate")?;
-    let leaf = X509::from_der(leaf).map_err(e("certificate"))?;
-    b.set_certificate(&leaf).map_err(e("certificate"))?;
-    for c in rest {
-        b.add_extra_chain_cert(X509::from_der(c).map_err(e("chain"))?)
-            .map_err(e("chain"))?;
-    }
-    let key = PKey::private_key_from_der(identity.key.secret_der()).map_err(e("key"))?;
-    b.set_private_key(&key).map_err(e("key"))?;
-    b.check_private_key().map_err(e("key"))?;
-    // Any client certificate passes the handshake; the access control weighs it.
-    b.set_verify_callback(SslVerifyMode::PEER, |_, _| true);
-    b.set_psk_server_callback(move |ssl, identity, out| Ok(psk_lookup(ssl, idx, identity, out)));
-    b.set_cookie_generate_cb(move |ssl, out| {
-        let cookie = cookie(&cookie_key, ssl.ex_data(idx.peer));
-        let n = cookie.len().min(out.len());
-        out[..n].copy_from_slice(&cookie[..n]);
-        Ok(n)
-    });
-    b.set_cookie_verify_cb(move |ssl, got| {
-        let want = cookie(&cookie_key, ssl.ex_data(idx.peer));
-        // Not secret-dependent timing that matters: the cookie only proves the address.
-        got == want
-    });
-    Ok(DtlsContext {
-        ctx: b.build(),
-        idx,
-    })
-}
-
-/// The cookie for a peer address: PRF(key, address ‖ port), 16 bytes.
-fn cookie(key: &[u8; 32], peer: Option<&SocketAddr>) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    let addr = peer.map_or_else(String::new, SocketAddr::to_string);
-    p_sha256(key, &[b"ocfpi dtls cookie", addr.as_bytes()], &mut out);
-    out
-}
-
-/// The PSK callback: the key for `identity` from the server, or 0 (the handshake fails).
-fn psk_lookup(ssl: &mut SslRef, idx: Indices, identity: Option<&[u8]>, out: &mut [u8]) -> usize {
-    let Some(identity) = identity else { return 0 };
-    let found = PSK_SOURCE.with(|a| {
-        let agent = a.borrow().clone()?;
-        let mut server = agent.server.try_borrow_mut().ok()?;
-        server.dtls_psk(identity, Instant::now())
-    });
-    let Some((mut key, auth)) = found else {
-        debug!("DTLS handshake with an unknown PSK identity");
-        return 0;
-    };
-    let n = if key.len() <= out.len() {
-        out[..key.len()].copy_from_slice(&key);
-        ssl.set_ex_data(idx.auth, auth);
-        key.len()
-    } else {
-        0
-    };
-    key.fill(0);
-    std::hint::black_box(&key);
-    n
-}
 
 /// The datagrams of one session, as OpenSSL's transport: a read takes one queued datagram,
 /// a write is one datagram to send.
@@ -222,8 +109,17 @@ struct SessionState {
 type Table = Rc<RefCell<HashMap<SocketAddr, Handle>>>;
 
 /// Serves the DTLS endpoint on `socket` until shutdown.
-pub async fn serve(socket: UdpSocket, agent: Rc<Agent>, shutdown: watch::Receiver<bool>) {
-    PSK_SOURCE.with(|a| *a.borrow_mut() = Some(agent.clone()));
+pub async fn serve(
+    socket: UdpSocket,
+    agent: Rc<Agent>,
+    credentials: Rc<Credentials>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let lookup = agent.clone();
+    set_psk_lookup(Box::new(move |identity| {
+        let mut server = lookup.server.try_borrow_mut().ok()?;
+        server.dtls_psk(identity, Instant::now())
+    }));
     let socket = Rc::new(socket);
     let table: Table = Rc::new(RefCell::new(HashMap::new()));
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -235,7 +131,7 @@ pub async fn serve(socket: UdpSocket, agent: Rc<Agent>, shutdown: watch::Receive
                     Ok(r) => r,
                     Err(e) => { debug!("dtls receive: {e}"); continue; }
                 };
-                dispatch(&buf[..n], peer, &socket, &agent, &table, &shutdown);
+                dispatch(&buf[..n], peer, &socket, &agent, &credentials, &table, &shutdown);
             }
             _ = stop.changed() => return,
         }
@@ -248,6 +144,7 @@ fn dispatch(
     peer: SocketAddr,
     socket: &Rc<UdpSocket>,
     agent: &Rc<Agent>,
+    credentials: &Credentials,
     table: &Table,
     shutdown: &watch::Receiver<bool>,
 ) {
@@ -264,7 +161,7 @@ fn dispatch(
         debug!(%peer, "DTLS: no room for another handshake; dropped");
         return;
     }
-    let Some(ctx) = agent.dtls_context() else {
+    let Some(ctx) = credentials.dtls_context() else {
         return;
     };
     let (tx, rx) = mpsc::channel(INBOX);

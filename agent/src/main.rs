@@ -6,7 +6,10 @@ mod cli;
 mod cloud;
 mod conn;
 mod control;
+#[cfg(feature = "dtls")]
 mod dtls;
+#[cfg(feature = "dtls")]
+mod dtls_context;
 mod log;
 mod maintenance;
 mod security;
@@ -184,7 +187,7 @@ async fn run(cli: Cli) -> Result<Stop, String> {
     // OCF's standard methods (OCF Security §7.3): Random PIN needs the DTLS endpoint,
     // Manufacturer Certificate a manufacturer certificate (over DTLS or coaps+tcp).
     let mut oxms = Vec::new();
-    if cli.standard_otm.random_pin && cli.dtls.is_some() {
+    if cli.standard_otm.random_pin && cfg!(feature = "dtls") && cli.dtls.is_some() {
         oxms.push(ocf::security::doxm::OXM_RANDOM_PIN);
     }
     if cli.standard_otm.mfg_cert && credentials.has_manufacturer_certificate() {
@@ -196,7 +199,6 @@ async fn run(cli: Cli) -> Result<Stop, String> {
         cli.state_dir.clone(),
         credentials.server_config(&identity.di)?,
     ));
-    agent.set_credentials(credentials.clone());
     let maintenance = maintenance::Maintenance::new(match cli.reboot_exit_status {
         Some(status) => maintenance::RebootMethod::ExitStatus(status),
         None => maintenance::RebootMethod::Command {
@@ -207,6 +209,11 @@ async fn run(cli: Cli) -> Result<Stop, String> {
     let sensors = board::populate(&board, &agent)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::task::spawn_local(security::follow_di_changes(
+        agent.clone(),
+        credentials.clone(),
+        stop_rx.clone(),
+    ));
     let notifier = Rc::new(systemd::Notifier::from_env());
     if notifier.is_enabled() {
         if let Some(every) = systemd::watchdog_from_env() {
@@ -267,14 +274,24 @@ async fn run(cli: Cli) -> Result<Stop, String> {
     bound.push(("coaps+tcp", tls_local));
     tls_server::log_listening(&tls);
     tokio::task::spawn_local(tls_server::serve(tls, agent.clone(), stop_rx.clone()));
+    #[cfg(not(feature = "dtls"))]
+    if cli.dtls.is_some() {
+        info!("no coaps (DTLS) endpoint: this build has no DTLS (cargo feature `dtls`)");
+    }
+    #[cfg(feature = "dtls")]
     if let Some(addr) = cli.dtls {
-        agent.set_dtls_context(credentials.dtls_context(&identity.di)?);
+        credentials.start_dtls(&identity.di)?;
         let socket = udp::bind_unicast(addr)
             .map_err(|e| format!("cannot bind UDP {addr} for coaps (DTLS): {e}"))?;
         let local = socket.local_addr().map_err(|e| e.to_string())?;
         bound.push(("coaps", local));
         info!("coaps (DTLS) listening on {local}");
-        tokio::task::spawn_local(dtls::serve(socket, agent.clone(), stop_rx.clone()));
+        tokio::task::spawn_local(dtls::serve(
+            socket,
+            agent.clone(),
+            credentials.clone(),
+            stop_rx.clone(),
+        ));
     }
 
     let groups = multicast_port.map(|port| {

@@ -198,14 +198,7 @@ impl Maintenance {
                         let events = agent.server.borrow_mut().renew_identity(Instant::now());
                         agent.execute(events);
                         let di = agent.server.borrow().device().info().di.clone();
-                        match credentials.server_config(&di) {
-                            Ok(c) => agent.set_tls_config(c),
-                            Err(e) => error!("cannot renew the server certificate: {e}"),
-                        }
-                        match credentials.csr_pem(&di) {
-                            Ok(pem) => agent.server.borrow_mut().set_csr(pem),
-                            Err(e) => error!("cannot make the CSR: {e}"),
-                        }
+                        credentials.renew_endpoints(agent, &di);
                         if let Some(c) = cloud {
                             c.renewed(agent);
                         }

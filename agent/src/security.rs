@@ -19,6 +19,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use ocf::security::{Pin, SecurityState};
@@ -27,6 +28,9 @@ use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, ServerConfig};
 use tracing::{error, warn};
 
+#[cfg(feature = "dtls")]
+use crate::dtls_context::{self, DtlsContext};
+use crate::server::Agent;
 use crate::state::{atomic_write, report_and_quarantine, Identity};
 use crate::tls::{self, CloudCredentials};
 use crate::tls_server::{self, ServerIdentity};
@@ -142,7 +146,11 @@ pub struct Credentials {
     /// The secure endpoint presents a manufacturer certificate (kept across factory resets).
     manufacturer: Option<(ServerIdentity, Arc<ServerConfig>)>,
     /// The DTLS endpoint's cookie key, fresh at each start.
+    #[cfg_attr(not(feature = "dtls"), allow(dead_code))]
     cookie_key: [u8; 32],
+    /// The DTLS endpoint's context, once it runs (renewed with the certificate).
+    #[cfg(feature = "dtls")]
+    dtls: RefCell<Option<DtlsContext>>,
 }
 
 impl Credentials {
@@ -169,6 +177,8 @@ impl Credentials {
             key: RefCell::new(key),
             manufacturer,
             cookie_key,
+            #[cfg(feature = "dtls")]
+            dtls: RefCell::new(None),
         })
     }
 
@@ -177,15 +187,50 @@ impl Credentials {
         self.manufacturer.is_some()
     }
 
-    /// The DTLS endpoint's context for device `di`, with the certificate the secure endpoint
-    /// presents.
-    pub fn dtls_context(&self, di: &str) -> Result<crate::dtls::DtlsContext, String> {
+    /// Makes the DTLS endpoint's context for device `di`, with the certificate the secure
+    /// endpoint presents; [`Credentials::renew_endpoints`] renews it from then on.
+    #[cfg(feature = "dtls")]
+    pub fn start_dtls(&self, di: &str) -> Result<(), String> {
+        *self.dtls.borrow_mut() = Some(self.make_dtls_context(di)?);
+        Ok(())
+    }
+
+    /// The DTLS endpoint's current context.
+    #[cfg(feature = "dtls")]
+    pub fn dtls_context(&self) -> Option<DtlsContext> {
+        self.dtls.borrow().clone()
+    }
+
+    #[cfg(feature = "dtls")]
+    fn make_dtls_context(&self, di: &str) -> Result<DtlsContext, String> {
         match &self.manufacturer {
-            Some((identity, _)) => crate::dtls::context(identity, self.cookie_key),
+            Some((identity, _)) => {
+                dtls_context::context(&identity.chain, &identity.key, self.cookie_key)
+            }
             None => {
                 let identity = tls_server::self_signed(&self.key.borrow(), di)?;
-                crate::dtls::context(&identity, self.cookie_key)
+                dtls_context::context(&identity.chain, &identity.key, self.cookie_key)
             }
+        }
+    }
+
+    /// After `di` or the identity key changed: the secure endpoints' certificates (coaps+tcp,
+    /// DTLS) and the CSR of `/oic/sec/csr`.
+    pub fn renew_endpoints(&self, agent: &Agent, di: &str) {
+        match self.server_config(di) {
+            Ok(c) => agent.set_tls_config(c),
+            Err(e) => error!("cannot renew the server certificate: {e}"),
+        }
+        #[cfg(feature = "dtls")]
+        if self.dtls.borrow().is_some() {
+            match self.make_dtls_context(di) {
+                Ok(c) => *self.dtls.borrow_mut() = Some(c),
+                Err(e) => error!("cannot renew the DTLS context: {e}"),
+            }
+        }
+        match self.csr_pem(di) {
+            Ok(pem) => agent.server.borrow_mut().set_csr(pem),
+            Err(e) => error!("cannot make the CSR: {e}"),
         }
     }
 
@@ -294,6 +339,30 @@ pub struct Renewed {
 ///
 /// On an error the state in memory is reset all the same (the device must not stay owned), but
 /// the file keeps the reset pending.
+/// Renews the endpoints' certificates and the CSR whenever an ownership transfer gives the
+/// device a new `di` (OCF Security §7.3.1: the Mediator may write `doxm.deviceuuid`).
+pub async fn follow_di_changes(
+    agent: Rc<Agent>,
+    credentials: Rc<Credentials>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut changes = agent.di_changes();
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let di = changes.borrow_and_update().clone();
+                if let Some(di) = di {
+                    credentials.renew_endpoints(&agent, &di);
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 pub fn wipe_and_renew(dir: &Path, state: &mut SecurityState) -> Renewed {
     let mut errors = Vec::new();
     // Copies moved aside at some start may hold an old key, tokens or the owner's credentials.

@@ -11,7 +11,6 @@ use std::cell::{RefCell, RefMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,11 +20,9 @@ use ocf::security::PeerIdentity;
 use ocf::server::{ConnKind, Event, Peer, Server};
 use rustls::pki_types::CertificateDer;
 use rustls::ServerConfig;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
-use crate::dtls::DtlsContext;
-use crate::security::Credentials;
 use crate::state::{atomic_write, Identity, SECURITY_FILE};
 use crate::tls;
 
@@ -49,11 +46,9 @@ pub struct Agent {
     pub cloud_wake: Notify,
     /// Wakes the maintenance task (a factory reset or a reboot was asked for).
     pub maintenance_wake: Notify,
-    /// The DTLS endpoint's context (renewed with the certificate), if the endpoint runs.
-    dtls_context: RefCell<Option<DtlsContext>>,
-    /// What the certificates and the CSR are made from, for a `di` the ownership transfer
-    /// changes.
-    credentials: RefCell<Option<Rc<Credentials>>>,
+    /// The `di` an ownership transfer gave the device, for the task that renews the
+    /// endpoints' certificates and the CSR ([`Agent::di_changes`]).
+    di_changed: watch::Sender<Option<String>>,
 }
 
 impl Agent {
@@ -69,44 +64,13 @@ impl Agent {
             tls_chains: RefCell::new(HashMap::new()),
             cloud_wake: Notify::new(),
             maintenance_wake: Notify::new(),
-            dtls_context: RefCell::new(None),
-            credentials: RefCell::new(None),
+            di_changed: watch::channel(None).0,
         }
     }
 
-    /// The credentials the endpoints' certificates are made from.
-    pub fn set_credentials(&self, credentials: Rc<Credentials>) {
-        *self.credentials.borrow_mut() = Some(credentials);
-    }
-
-    /// The DTLS endpoint's current context.
-    pub fn dtls_context(&self) -> Option<DtlsContext> {
-        self.dtls_context.borrow().clone()
-    }
-
-    pub fn set_dtls_context(&self, context: DtlsContext) {
-        *self.dtls_context.borrow_mut() = Some(context);
-    }
-
-    /// Renews the endpoints' certificates and the CSR for device `di`.
-    pub fn renew_certificates(&self, di: &str) {
-        let Some(credentials) = self.credentials.borrow().clone() else {
-            return;
-        };
-        match credentials.server_config(di) {
-            Ok(c) => self.set_tls_config(c),
-            Err(e) => error!("cannot renew the server certificate: {e}"),
-        }
-        if self.dtls_context.borrow().is_some() {
-            match credentials.dtls_context(di) {
-                Ok(c) => self.set_dtls_context(c),
-                Err(e) => error!("cannot renew the DTLS context: {e}"),
-            }
-        }
-        match credentials.csr_pem(di) {
-            Ok(pem) => self.server.borrow_mut().set_csr(pem),
-            Err(e) => error!("cannot make the CSR: {e}"),
-        }
+    /// The `di`s ownership transfers give the device, newest last.
+    pub fn di_changes(&self) -> watch::Receiver<Option<String>> {
+        self.di_changed.subscribe()
     }
 
     /// The resource tree (borrowed from the server for the span of the use).
@@ -184,7 +148,7 @@ impl Agent {
                         }
                         Err(e) => error!("cannot keep the new di: {e}"),
                     }
-                    self.renew_certificates(&di);
+                    self.di_changed.send_replace(Some(di));
                 }
                 Event::Security(e) => match e {
                     ocf::security::SecurityEvent::OwnershipTransferred { owner_uuid } => {
@@ -227,6 +191,7 @@ impl Agent {
 
     /// A DTLS session `id` opened: how its handshake authenticated the peer, its secrets, and
     /// the client's certificate chain (leaf first; empty without one).
+    #[cfg(feature = "dtls")]
     pub fn open_dtls(
         &self,
         id: u64,

@@ -567,6 +567,9 @@ fn build_agent(root: &Path) -> Result<PathBuf, String> {
         "ocf-agent",
         "--bin",
         "ocf-agent",
+        // Static musl has no system OpenSSL to link: this image's agent has no DTLS endpoint
+        // (SPAKE2 and Manufacturer Certificate over coaps+tcp remain).
+        "--no-default-features",
     ]);
     // ring's C code needs a C compiler for the target; rust-lld (shipped with rustc) links the
     // static binary, so no aarch64 libc is needed on the host.

@@ -30,6 +30,12 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // checked with systemd-analyze.
     ("gcc-aarch64-linux-gnu", "aarch64-linux-gnu-gcc"),
     ("libc6-dev-arm64-cross", ""),
+    // The agent's DTLS endpoint links the system's OpenSSL (the openssl crate), found with
+    // pkg-config: for the host, and for the aarch64 build of the Yocto checks (Debian
+    // multiarch, the architecture is added first).
+    ("libssl-dev", ""),
+    ("pkg-config", "pkg-config"),
+    ("libssl-dev:arm64", ""),
     ("systemd", "systemd-analyze"),
 ];
 
@@ -147,11 +153,19 @@ fn ensure_debian_packages() -> Result<(), String> {
         missing.join(" ")
     );
     if !is_root() || !have_command("apt-get") {
+        let arch = if missing.iter().any(|p| p.ends_with(":arm64")) {
+            "sudo dpkg --add-architecture arm64 && "
+        } else {
+            ""
+        };
         return Err(format!(
-            "the test suite needs Debian packages {missing:?}; run:\n  sudo apt-get update && sudo {install}"
+            "the test suite needs Debian packages {missing:?}; run:\n  {arch}sudo apt-get update && sudo {install}"
         ));
     }
     eprintln!("xtask: installing {}", missing.join(" "));
+    if missing.iter().any(|p| p.ends_with(":arm64")) {
+        run(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+    }
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("sh")
         .arg("-c")
@@ -417,6 +431,8 @@ fn bench(extra: &[String]) -> Result<(), String> {
             MUSL,
             "--package",
             "ocf-agent",
+            // Static: no system OpenSSL to link, so no DTLS endpoint.
+            "--no-default-features",
         ]))
     .map_err(|e| {
         format!(

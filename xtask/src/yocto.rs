@@ -609,6 +609,11 @@ fn offline_cargo(root: &Path, subcommand: &str, args: &[String]) -> Result<PathB
         .env("CARGO_HOME", &cargo_home)
         .env_remove("CARGO_TARGET_DIR")
         .env("CARGO_PROFILE_RELEASE_STRIP", "false")
+        // openssl-sys finds the target's OpenSSL with pkg-config, as the recipe's pkgconfig
+        // class has it look in the target sysroot; here Debian's arm64 libssl-dev.
+        .env("PKG_CONFIG_ALLOW_CROSS", "1")
+        .env("PKG_CONFIG_LIBDIR", "/usr/lib/aarch64-linux-gnu/pkgconfig")
+        .env_remove("PKG_CONFIG_PATH")
         .env(format!("CC_{}", TARGET.replace('-', "_")), CROSS_GCC)
         .env(
             format!(
@@ -680,7 +685,8 @@ fn check_rpi_build(root: &Path) -> Result<(), String> {
     offline_cargo(root, "check", &args).map(|_| ())
 }
 
-/// Builds the agent as the recipe does for a machine without PACKAGECONFIG options, offline
+/// Builds the agent as the recipe does for a machine that is not a Raspberry Pi (PACKAGECONFIG
+/// "dtls", the crate's default features), offline
 /// ([`offline_cargo`]), and returns the binary's path
 /// (`target/yocto/build/target/aarch64-unknown-linux-gnu/release/ocf-agent`).
 pub fn build_from_crate_list(root: &Path) -> Result<PathBuf, String> {

@@ -11,7 +11,7 @@ LICENSE = "Apache-2.0"
 LIC_FILES_CHKSUM = "file://Cargo.toml;beginline=20;endline=20;md5=2507bd5f0713f05419cd2f22fa06fe62"
 CVE_PRODUCT = "ocf-agent"
 
-inherit rust cargo cargo-update-recipe-crates features_check systemd useradd
+inherit rust cargo cargo-update-recipe-crates pkgconfig features_check systemd useradd
 
 REQUIRED_DISTRO_FEATURES = "systemd"
 
@@ -44,11 +44,14 @@ do_fetch[prefuncs] += "ocf_agent_check_source"
 # tools are not built. Cargo.lock is the workspace's (one level up).
 CARGO_SRC_DIR = "agent"
 
+# dtls: the coaps:// (DTLS) endpoint and OCF's Random PIN ownership transfer, linked against
+# the image's OpenSSL (the crate's default feature; off builds with --no-default-features).
 # rppal: Raspberry Pi hardware PWM through rppal, which board/rpi4.toml and board/rpi5.toml use
 # ("pwm-rppal"); on for the Raspberry Pi machines (meta-raspberrypi puts "rpi" into
 # MACHINEOVERRIDES). The cargo class passes PACKAGECONFIG_CONFARGS to `cargo build`.
-PACKAGECONFIG ??= ""
-PACKAGECONFIG:rpi ??= "rppal"
+PACKAGECONFIG ??= "dtls"
+PACKAGECONFIG:rpi ??= "dtls rppal"
+PACKAGECONFIG[dtls] = ",--no-default-features,openssl"
 PACKAGECONFIG[rppal] = "--features rppal"
 
 # The workspace's release profile strips the binary; leave that to the build system, which
