@@ -13,7 +13,9 @@
 //!   self-signed one (as on coaps+tcp); a client certificate is asked for and optional, and
 //!   what it is worth is decided by the access control, as on coaps+tcp.
 //! - **Hostile peers**: a HelloVerifyRequest cookie (RFC 6347 §4.2.1) keyed by the peer's
-//!   address before any key exchange; at most [`HALF_OPEN`] handshakes at once, each given
+//!   address, checked without keeping state ([`crate::dtls_hello`]), so only a peer that
+//!   receives at its address gets a session; at most [`HALF_OPEN_PER_ADDRESS`] handshakes from
+//!   one IP address and [`HALF_OPEN`] in all, the oldest making room for a new one, each given
 //!   [`HANDSHAKE_TIME`]; at most [`SESSIONS`] sessions, the longest idle non-owner one making
 //!   room for a new one; [`IDLE`] without a record ends a session.
 //! - **Retransmission**: OpenSSL resends its flight when a read finds its timer expired
@@ -40,12 +42,15 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::dtls_context::{set_psk_lookup, DtlsContext, Indices};
+use crate::dtls_hello::ClientHello;
 use crate::security::Credentials;
 use crate::server::Agent;
 use crate::udp::UDP_SZX;
 
 /// Handshakes under way at once.
 pub const HALF_OPEN: usize = 8;
+/// Handshakes under way at once from one IP address.
+pub const HALF_OPEN_PER_ADDRESS: usize = 2;
 /// Sessions at once.
 pub const SESSIONS: usize = 32;
 /// Time from the first ClientHello to the end of the handshake.
@@ -99,8 +104,8 @@ struct Handle {
     state: Rc<SessionState>,
 }
 
-#[derive(Default)]
 struct SessionState {
+    started: Instant,
     /// The server's connection id once the handshake is done.
     id: Cell<Option<u64>>,
     last_active: Cell<Option<Instant>>,
@@ -153,20 +158,37 @@ fn dispatch(
         let _ = h.inbox.try_send(datagram.to_vec());
         return;
     }
-    // A new session starts with a handshake record (content type 22) of DTLS (254.x).
-    if datagram.len() < 13 || datagram[0] != 22 || datagram[1] != 254 {
-        return;
-    }
-    if !make_room(table, agent) {
-        debug!(%peer, "DTLS: no room for another handshake; dropped");
-        return;
-    }
     let Some(ctx) = credentials.dtls_context() else {
         return;
     };
+    // A new session starts with a ClientHello that carries the cookie for its address; any
+    // other hello is answered with a HelloVerifyRequest and forgotten (dtls_hello.rs).
+    let Some(hello) = ClientHello::parse(datagram) else {
+        return;
+    };
+    let cookie = ctx.cookie(&peer);
+    if hello.cookie != cookie {
+        let hvr = hello.hello_verify_request(&cookie);
+        let socket = socket.clone();
+        tokio::task::spawn_local(async move {
+            let _ = socket.send_to(&hvr, peer).await;
+        });
+        return;
+    }
+    let Some(first) = hello.without_cookie() else {
+        return;
+    };
+    if !make_room(table, agent, peer) {
+        debug!(%peer, "DTLS: no room for another session; dropped");
+        return;
+    }
     let (tx, rx) = mpsc::channel(INBOX);
     let _ = tx.try_send(datagram.to_vec());
-    let state = Rc::new(SessionState::default());
+    let state = Rc::new(SessionState {
+        started: Instant::now(),
+        id: Cell::new(None),
+        last_active: Cell::new(None),
+    });
     table.borrow_mut().insert(
         peer,
         Handle {
@@ -183,18 +205,33 @@ fn dispatch(
     let table = table.clone();
     let shutdown = shutdown.clone();
     tokio::task::spawn_local(async move {
-        session.run(ctx, rx, shutdown).await;
+        session.run(ctx, first, rx, shutdown).await;
         table.borrow_mut().remove(&peer);
     });
 }
 
-/// Whether a new handshake may start: fewer than [`HALF_OPEN`] under way, and fewer than
-/// [`SESSIONS`] in all, after closing the longest idle session that is not the owner's.
-fn make_room(table: &Table, agent: &Agent) -> bool {
+/// Whether a session for `peer` may start: at most [`HALF_OPEN_PER_ADDRESS`] handshakes from
+/// its IP address; at most [`HALF_OPEN`] in all, the oldest giving way (so a handshake always
+/// gets its turn); at most [`SESSIONS`], the longest idle one that is not the owner's giving
+/// way.
+fn make_room(table: &Table, agent: &Agent, peer: SocketAddr) -> bool {
     let mut t = table.borrow_mut();
-    let half_open = t.values().filter(|h| h.state.id.get().is_none()).count();
-    if half_open >= HALF_OPEN {
+    let half_open = |t: &HashMap<SocketAddr, Handle>, ip: Option<std::net::IpAddr>| {
+        t.iter()
+            .filter(|(a, h)| h.state.id.get().is_none() && ip.is_none_or(|ip| a.ip() == ip))
+            .map(|(a, h)| (*a, h.state.started))
+            .collect::<Vec<_>>()
+    };
+    if half_open(&t, Some(peer.ip())).len() >= HALF_OPEN_PER_ADDRESS {
         return false;
+    }
+    let pending = half_open(&t, None);
+    if pending.len() >= HALF_OPEN {
+        if let Some((oldest, _)) = pending.iter().min_by_key(|(_, at)| *at) {
+            debug!(peer = %oldest, "DTLS: the oldest unfinished handshake makes room");
+            // Dropping its inbox ends the session's task.
+            t.remove(oldest);
+        }
     }
     if t.len() < SESSIONS {
         return true;
@@ -208,7 +245,6 @@ fn make_room(table: &Table, agent: &Agent) -> bool {
     match victim {
         Some((addr, id)) => {
             debug!(connection = id, peer = %addr, "DTLS: closing the longest idle session to make room");
-            // Dropping its inbox ends the session's task.
             t.remove(&addr);
             agent.disconnect(id);
             true
@@ -230,9 +266,11 @@ enum End {
 }
 
 impl Session {
+    /// `first_hello`: the cookieless hello the client sent first (see `dtls_hello.rs`).
     async fn run(
         &self,
         ctx: DtlsContext,
+        first_hello: Vec<u8>,
         mut inbox: mpsc::Receiver<Vec<u8>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -240,6 +278,16 @@ impl Session {
         let Some(mut stream) = self.start(&ctx) else {
             return;
         };
+        // OpenSSL first answers the cookieless copy of the hello with the HelloVerifyRequest
+        // the client already has: that one is not sent.
+        stream.get_mut().inbox.push_back(first_hello);
+        match stream.accept() {
+            Err(e) if e.code() == ErrorCode::WANT_READ => stream.get_mut().outbox.clear(),
+            _ => {
+                debug!(%peer, "DTLS: OpenSSL did not take the first hello");
+                return;
+            }
+        }
         // The handshake.
         let deadline = tokio::time::Instant::now() + HANDSHAKE_TIME;
         loop {

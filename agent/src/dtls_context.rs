@@ -51,7 +51,18 @@ pub fn set_psk_lookup(lookup: PskLookup) {
 pub struct DtlsContext {
     pub ctx: SslContext,
     pub idx: Indices,
+    cookie_key: [u8; 32],
 }
+
+impl DtlsContext {
+    /// The HelloVerifyRequest cookie for `peer` (what OpenSSL's cookie callbacks use too).
+    pub fn cookie(&self, peer: &SocketAddr) -> [u8; COOKIE_LEN] {
+        cookie(&self.cookie_key, Some(peer))
+    }
+}
+
+/// Length of our cookies.
+pub const COOKIE_LEN: usize = 16;
 
 /// Builds the context: suites, certificate, the PSK and cookie callbacks (see module docs).
 pub fn context(
@@ -103,12 +114,13 @@ pub fn context(
     Ok(DtlsContext {
         ctx: b.build(),
         idx,
+        cookie_key,
     })
 }
 
 /// The cookie for a peer address: PRF(key, address ‖ port), 16 bytes.
-fn cookie(key: &[u8; 32], peer: Option<&SocketAddr>) -> [u8; 16] {
-    let mut out = [0u8; 16];
+fn cookie(key: &[u8; 32], peer: Option<&SocketAddr>) -> [u8; COOKIE_LEN] {
+    let mut out = [0u8; COOKIE_LEN];
     let addr = peer.map_or_else(String::new, SocketAddr::to_string);
     p_sha256(key, &[b"ocfpi dtls cookie", addr.as_bytes()], &mut out);
     out

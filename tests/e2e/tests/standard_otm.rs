@@ -516,3 +516,122 @@ fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+/// A DTLS 1.2 ClientHello as OpenSSL sends it first (record and message sequence 0, no
+/// cookie), captured from `ocf_mediator`'s client against a socket that never answers.
+fn captured_client_hello() -> Vec<u8> {
+    let trap = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = trap.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        let _ = DtlsClient::connect(
+            addr,
+            ClientAuth::Psk {
+                identity: b"x",
+                key: &[1; 16],
+            },
+            PSK_CIPHERS,
+            Duration::from_millis(300),
+        );
+    });
+    let mut buf = [0u8; 1500];
+    let n = trap.recv(&mut buf).unwrap();
+    t.join().unwrap();
+    buf[..n].to_vec()
+}
+
+/// `hello` resent with `cookie`, one record and one message sequence number later.
+fn with_cookie(hello: &[u8], cookie: &[u8]) -> Vec<u8> {
+    let sid_len = usize::from(hello[13 + 12 + 34]);
+    let at = 13 + 12 + 35 + sid_len;
+    assert_eq!(hello[at], 0, "the first hello has no cookie");
+    let mut out = hello[..at].to_vec();
+    out.push(cookie.len() as u8);
+    out.extend_from_slice(cookie);
+    out.extend_from_slice(&hello[at + 1..]);
+    let n = cookie.len();
+    out[10] += 1; // record sequence 1
+    let rec_len = u16::from_be_bytes([out[11], out[12]]) as usize + n;
+    out[11..13].copy_from_slice(&(rec_len as u16).to_be_bytes());
+    let hs_len = (rec_len - 12) as u32;
+    out[14..17].copy_from_slice(&hs_len.to_be_bytes()[1..]);
+    out[18] = 1; // message sequence 1
+    out[22..25].copy_from_slice(&hs_len.to_be_bytes()[1..]);
+    out
+}
+
+/// The cookie of a HelloVerifyRequest.
+fn hvr_cookie(d: &[u8]) -> Option<Vec<u8>> {
+    (d.len() > 13 + 12 + 3 && d[0] == 22 && d[13] == 3).then(|| {
+        let n = usize::from(d[13 + 12 + 2]);
+        d[13 + 12 + 3..13 + 12 + 3 + n].to_vec()
+    })
+}
+
+#[test]
+fn a_hello_flood_and_unfinished_handshakes_do_not_keep_a_client_out() {
+    let b = Bench::new("otm-dtls-flood", &[]);
+    let coaps = b.endpoint("coaps");
+    let hello = captured_client_hello();
+    // A flood of first hellos: each is answered with a HelloVerifyRequest and nothing is kept.
+    let flood: Vec<std::net::UdpSocket> = (0..200)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for s in &flood {
+        s.send_to(&hello, coaps).unwrap();
+    }
+    let mut answered = 0;
+    for s in &flood {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 1500];
+        if let Ok(n) = s.recv(&mut buf) {
+            assert!(hvr_cookie(&buf[..n]).is_some(), "{:?}", &buf[..n]);
+            answered += 1;
+        }
+    }
+    assert!(
+        answered >= 190,
+        "only {answered} of 200 hellos were answered"
+    );
+    // Peers at 24 other addresses answer the cookie and then stop half-way: each holds a
+    // handshake until the device gives its place to a newer one.
+    let mut stalled = Vec::new();
+    for i in 0..24 {
+        let ip = format!("127.0.0.{}", 2 + i / 2);
+        let s = std::net::UdpSocket::bind(format!("{ip}:0")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.send_to(&hello, coaps).unwrap();
+        let mut buf = [0u8; 1500];
+        let n = s.recv(&mut buf).unwrap();
+        let cookie = hvr_cookie(&buf[..n]).expect("a HelloVerifyRequest");
+        s.send_to(&with_cookie(&hello, &cookie), coaps).unwrap();
+        // The device went on with the handshake (its ServerHello flight).
+        let n = s.recv(&mut buf).unwrap();
+        assert_eq!(
+            buf[13],
+            2,
+            "a ServerHello after the cookie, not {:?}",
+            &buf[..n.min(20)]
+        );
+        stalled.push(s);
+    }
+    // A client still gets its handshake, within its 5 s, while all of them wait.
+    b.med.run(&["identity"]).expect_ok();
+    let cert = std::fs::read_to_string(b.med.cert_path()).unwrap();
+    let key = std::fs::read_to_string(b.med.key_path()).unwrap();
+    let mut client = DtlsClient::connect(
+        coaps,
+        ClientAuth::Certificate {
+            cert_pem: &cert,
+            key_pem: &key,
+            device_ca_pem: None,
+        },
+        ocf_mediator::dtls::CERT_CIPHERS,
+        Duration::from_secs(5),
+    )
+    .expect("a handshake while others stall");
+    let r = client.request(&ocf_e2e::get("/oic/d")).unwrap();
+    assert_eq!(r.code_text(), "2.05", "{}", r.describe());
+    client.close();
+    drop(stalled);
+    let _ = &b.dir;
+}
