@@ -635,3 +635,63 @@ fn a_hello_flood_and_unfinished_handshakes_do_not_keep_a_client_out() {
     drop(stalled);
     let _ = &b.dir;
 }
+
+/// A UDP relay between one client and `device` that drops the device's first datagram whose
+/// first handshake message is a ServerHello (its first flight after the cookie).
+fn lossy_relay(device: SocketAddr) -> SocketAddr {
+    let front = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let back = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = front.local_addr().unwrap();
+    back.connect(device).unwrap();
+    front
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    back.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut client = None;
+        let mut dropped = false;
+        let mut buf = [0u8; 2048];
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if let Ok((n, from)) = front.recv_from(&mut buf) {
+                client = Some(from);
+                let _ = back.send(&buf[..n]);
+            }
+            if let Ok(n) = back.recv(&mut buf) {
+                if !dropped && n > 13 && buf[0] == 22 && buf[13] == 2 {
+                    dropped = true;
+                    continue;
+                }
+                if let Some(c) = client {
+                    let _ = front.send_to(&buf[..n], c);
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_handshake_completes_when_the_device_s_first_flight_is_lost() {
+    let b = Bench::new("otm-dtls-loss", &[]);
+    b.med.run(&["identity"]).expect_ok();
+    let cert = std::fs::read_to_string(b.med.cert_path()).unwrap();
+    let key = std::fs::read_to_string(b.med.key_path()).unwrap();
+    let relay = lossy_relay(b.endpoint("coaps"));
+    let mut c = DtlsClient::connect(
+        relay,
+        ClientAuth::Certificate {
+            cert_pem: &cert,
+            key_pem: &key,
+            device_ca_pem: None,
+        },
+        ocf_mediator::dtls::CERT_CIPHERS,
+        Duration::from_secs(10),
+    )
+    .expect("the flight is sent again");
+    let r = c.request(&ocf_e2e::get("/oic/d")).unwrap();
+    assert_eq!(r.code_text(), "2.05", "{}", r.describe());
+    c.close();
+    let _ = &b.dir;
+}
