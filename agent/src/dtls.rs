@@ -13,7 +13,7 @@
 //!   self-signed one (as on coaps+tcp); a client certificate is asked for and optional, and
 //!   what it is worth is decided by the access control, as on coaps+tcp.
 //! - **Hostile peers**: a HelloVerifyRequest cookie (RFC 6347 §4.2.1) keyed by the peer's
-//!   address, checked without keeping state ([`crate::dtls_hello`]), so only a peer that
+//!   address, checked without keeping state ([`ocf::security::dtls_hello`]), so only a peer that
 //!   receives at its address gets a session; at most [`HALF_OPEN_PER_ADDRESS`] handshakes from
 //!   one IP address and [`HALF_OPEN`] in all, the oldest making room for a new one, each given
 //!   [`HANDSHAKE_TIME`]; at most [`SESSIONS`] sessions, the longest idle non-owner one making
@@ -33,6 +33,7 @@ use ocf::coap::block;
 use ocf::coap::udp::{UdpInbound, UdpMessageLayer, UdpTimeout};
 use ocf::resource::Origin;
 use ocf::security::doc::SessionAuth;
+use ocf::security::dtls_hello::ClientHello;
 use ocf::security::dtls_keys::{SessionSecrets, MASTER_SECRET_LEN};
 use ocf::server::Peer;
 use openssl::ssl::{ErrorCode, Ssl, SslRef, SslStream};
@@ -42,7 +43,6 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::dtls_context::{set_psk_lookup, DtlsContext, Indices};
-use crate::dtls_hello::ClientHello;
 use crate::security::Credentials;
 use crate::server::Agent;
 use crate::udp::UDP_SZX;
@@ -162,7 +162,7 @@ fn dispatch(
         return;
     };
     // A new session starts with a ClientHello that carries the cookie for its address; any
-    // other hello is answered with a HelloVerifyRequest and forgotten (dtls_hello.rs).
+    // other hello is answered with a HelloVerifyRequest and forgotten.
     let Some(hello) = ClientHello::parse(datagram) else {
         return;
     };
@@ -266,7 +266,7 @@ enum End {
 }
 
 impl Session {
-    /// `first_hello`: the cookieless hello the client sent first (see `dtls_hello.rs`).
+    /// `first_hello`: the cookieless hello the client sent first ([`ClientHello::without_cookie`]).
     async fn run(
         &self,
         ctx: DtlsContext,

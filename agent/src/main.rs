@@ -10,8 +10,6 @@ mod control;
 mod dtls;
 #[cfg(feature = "dtls")]
 mod dtls_context;
-#[cfg(feature = "dtls")]
-mod dtls_hello;
 mod log;
 mod maintenance;
 mod security;

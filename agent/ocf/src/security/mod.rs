@@ -7,6 +7,8 @@
 //!   the Device Ownership Connection.
 //! - [`cred`]: trust anchors and the identity certificate (public parts only), and PSKs for
 //!   DTLS peers (kept, never shown).
+//! - [`dtls_hello`]: the DTLS cookie exchange without state (a ClientHello read, a
+//!   HelloVerifyRequest written), as a DTLS server does it before keeping anything of a peer.
 //! - [`dtls_keys`]: the keys of OCF's DTLS ownership transfer methods (Random PIN PSK, owner
 //!   PSK) and the PSK lookup of owned DTLS sessions.
 //! - [`acl`]: ACEs and [`acl::evaluate`], the access decision with the default policy.
@@ -46,6 +48,7 @@ pub mod cred;
 pub mod csr;
 pub mod doc;
 pub mod doxm;
+pub mod dtls_hello;
 pub mod dtls_keys;
 pub mod otm;
 pub mod pstat;

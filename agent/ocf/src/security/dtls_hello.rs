@@ -1,13 +1,13 @@
-//! The stateless half of the DTLS cookie exchange (RFC 6347 §4.2.1), done before OpenSSL sees
-//! a peer, as OpenSSL's `DTLSv1_listen` does (which the `openssl` crate does not offer): a
-//! ClientHello without the right cookie gets a HelloVerifyRequest and leaves no state behind,
-//! so a flood of ClientHellos from made-up addresses costs nothing but the answers.
+//! The stateless half of the DTLS cookie exchange (RFC 6347 §4.2.1), for a server to do before
+//! its DTLS stack sees a peer, as OpenSSL's `DTLSv1_listen` does: a ClientHello without the
+//! right cookie gets a HelloVerifyRequest and leaves no state behind, so a flood of
+//! ClientHellos from made-up addresses costs nothing but the answers.
 //!
-//! Once a ClientHello carries the cookie for its address, the session starts: OpenSSL is fed
-//! the same hello without the cookie and one message sequence number earlier (to which it
-//! answers with the HelloVerifyRequest the client already has, which is dropped), then the real
-//! one, whose cookie its own callback accepts. Its handshake then continues as if it had made
-//! the exchange itself.
+//! Once a ClientHello carries the cookie for its address, the session starts: the stack is fed
+//! the same hello without the cookie and one message sequence number earlier
+//! ([`ClientHello::without_cookie`]; it answers with the HelloVerifyRequest the client already
+//! has, which is dropped), then the real one, whose cookie it accepts. Its handshake then
+//! continues as if it had made the exchange itself.
 
 /// Record header: type, version, epoch, sequence number, length.
 const RECORD_HEADER: usize = 13;
