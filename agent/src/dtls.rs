@@ -158,8 +158,13 @@ fn dispatch(
         let _ = h.inbox.try_send(datagram.to_vec());
         return;
     }
-    let Some(ctx) = credentials.dtls_context() else {
-        return;
+    let di = agent.server.borrow().device().info().di.clone();
+    let ctx = match credentials.dtls_context(&di) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("DTLS: {e}");
+            return;
+        }
     };
     // A new session starts with a ClientHello that carries the cookie for its address; any
     // other hello is answered with a HelloVerifyRequest and forgotten.

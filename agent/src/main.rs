@@ -280,7 +280,6 @@ async fn run(cli: Cli) -> Result<Stop, String> {
     }
     #[cfg(feature = "dtls")]
     if let Some(addr) = cli.dtls {
-        credentials.start_dtls(&identity.di)?;
         let socket = udp::bind_unicast(addr)
             .map_err(|e| format!("cannot bind UDP {addr} for coaps (DTLS): {e}"))?;
         let local = socket.local_addr().map_err(|e| e.to_string())?;
@@ -394,6 +393,7 @@ pub(crate) fn show_pin_on_console(what: &str, pin: &ocf::security::otm::Pin) {
             .open("/dev/console")
             .and_then(|mut console| console.write_all(line.as_bytes()));
         match shown {
+            Ok(()) if what == "setup PIN" => info!("a new setup PIN was created; it is shown on the system console and kept in the state directory"),
             Ok(()) => info!("a new {what} is shown on the system console"),
             Err(_) if what == "setup PIN" => warn!("a new setup PIN was created but no console could show it; read it from the state directory (pin, mode 0600)"),
             Err(_) => warn!("a new {what} was made but no console could show it"),

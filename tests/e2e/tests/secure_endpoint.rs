@@ -169,6 +169,25 @@ fn mode(path: &Path) -> u32 {
 }
 
 #[test]
+fn without_the_standard_methods_udp_serves_discovery_only() {
+    let dir = TempDir::new("secure-endpoint-spake2-only");
+    let mut agent = SecureAgent::start(&dir.path().join("state"), &["--standard-otm", "none"]);
+    let mut u = UdpClient::new(agent.udp);
+    for path in ["/oic/d", "/oic/sec/doxm", "/oic/sec/pstat"] {
+        let (_, r) = u.request(&get(path));
+        assert_eq!(r.code, ResponseType::Unauthorized, "UDP {path}");
+    }
+    let mut c = TlsClient::connect(agent.tls, None);
+    let doxm = body(&c.request(&get("/oic/sec/doxm")));
+    assert_eq!(
+        key(&doxm, "oxms"),
+        Some(&Value::Array(vec![Value::Integer(65280.into())])),
+        "only SPAKE2 is offered"
+    );
+    let _ = agent.terminate();
+}
+
+#[test]
 fn secure_mode_before_onboarding() {
     let dir = TempDir::new("secure-endpoint");
     let state = dir.path().join("state");
@@ -288,14 +307,19 @@ fn secure_mode_before_onboarding() {
     assert!(refused(c12.request(&get("/switch")).code));
     assert_ne!(c.exporter(), c12.exporter());
 
-    // UDP: discovery only.
+    // UDP: discovery, and, while the device is unowned and offers OCF's standard methods,
+    // what their selection in the clear reads (iotivity-lite's rule).
     let mut u = UdpClient::new(agent.udp);
     let (_, r) = u.request(&get("/oic/res"));
     assert_eq!(r.code, ResponseType::Content);
+    for path in ["/oic/d", "/oic/sec/doxm", "/oic/sec/pstat"] {
+        let (_, r) = u.request(&get(path));
+        assert_eq!(r.code, ResponseType::Content, "UDP {path}");
+    }
     for req in [
         get("/switch"),
-        get("/oic/d"),
-        get("/oic/sec/doxm"),
+        get("/oic/sec/cred"),
+        get("/oic/sec/acl2"),
         get_if("/oic/res", "oic.if.b"),
         switch_on,
     ] {
