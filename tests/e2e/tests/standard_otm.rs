@@ -695,3 +695,80 @@ fn a_handshake_completes_when_the_device_s_first_flight_is_lost() {
     c.close();
     let _ = &b.dir;
 }
+
+#[test]
+fn a_new_deviceuuid_from_the_ownership_transfer_is_kept_across_a_restart() {
+    let mut b = Bench::new("otm-new-di", &[]);
+    let owner = b.med.uuid();
+    let old_di = b.agent.di.clone();
+    let new_di = "0dd0dd00-0000-4000-8000-0000000000d1";
+    let r = clear_request(
+        b.endpoint("coap"),
+        &post_cbor(
+            "/oic/sec/doxm",
+            &map(&[("oxmsel", ciborium::Value::Integer(1.into()))]),
+        ),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(r.code_text(), "2.04");
+    let pin = wait_for(Duration::from_secs(5), "a Random PIN", || {
+        b.random_pin_after(0)
+    });
+    let psk = pin_psk(pin.as_bytes(), &uuid_bytes(&old_di).unwrap());
+    let mut doc = DtlsClient::connect(
+        b.endpoint("coaps"),
+        ClientAuth::Psk {
+            identity: RDP_IDENTITY,
+            key: &psk,
+        },
+        PSK_CIPHERS,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let text = |s: &str| ciborium::Value::Text(s.into());
+    for (href, body) in [
+        (
+            "/oic/sec/pstat",
+            map(&[("om", ciborium::Value::Integer(4.into()))]),
+        ),
+        ("/oic/sec/doxm", map(&[("devowneruuid", text(&owner))])),
+        ("/oic/sec/doxm", map(&[("deviceuuid", text(new_di))])),
+    ] {
+        let r = doc.request(&post_cbor(href, &body)).unwrap();
+        assert_eq!(r.code_text(), "2.04", "{href}: {}", r.describe());
+    }
+    let d = doc.request(&ocf_e2e::get("/oic/d")).unwrap();
+    assert_eq!(
+        key(&d.body().unwrap(), "di").and_then(ciborium::Value::as_text),
+        Some(new_di)
+    );
+    doc.close();
+    // Both files hold the new di before the answer went out: a restart comes back with it,
+    // and the security state is not set aside as another device's.
+    let identity = std::fs::read_to_string(b.agent.state_dir.join("identity.json")).unwrap();
+    assert!(identity.contains(new_di), "{identity}");
+    let state = b.agent.state_dir.clone();
+    let _ = b.agent.child.kill();
+    let _ = b.agent.child.wait();
+    b.agent = SecureAgent::start(&state, Some(&b.dir.path().join("pin")), &[]);
+    assert_eq!(b.agent.di, new_di);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = b.agent.log().join("\n");
+    assert!(
+        !log.contains("moved to"),
+        "a state file was set aside:\n{log}"
+    );
+    let doxm = clear_request(
+        b.endpoint("coap"),
+        &ocf_e2e::get("/oic/sec/doxm"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let body = doxm.body().unwrap();
+    assert_eq!(
+        key(&body, "devowneruuid").and_then(ciborium::Value::as_text),
+        Some(owner.as_str()),
+        "the transfer's state survived the restart"
+    );
+}
