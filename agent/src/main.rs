@@ -5,6 +5,7 @@ mod boot;
 mod cli;
 mod cloud;
 mod conn;
+mod console;
 mod control;
 #[cfg(feature = "dtls")]
 mod dtls;
@@ -115,7 +116,7 @@ async fn run(cli: Cli) -> Result<Stop, String> {
     }
     let (pin, created) = security::load_or_create_pin(cli.pin_file.as_deref(), &cli.state_dir)?;
     if created {
-        show_pin_on_console("setup PIN", &pin);
+        console::show_pin("setup PIN", &pin);
     }
     let mfg_paths = cli.mfg_cert.as_deref().zip(cli.mfg_key.as_deref());
     let manufacturer = tls_server::load_manufacturer(mfg_paths, &cli.state_dir)?;
@@ -377,30 +378,6 @@ async fn run(cli: Cli) -> Result<Stop, String> {
     // Let connection tasks send their Release.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     Ok(stop)
-}
-
-/// Shows a new PIN (`what`: the setup PIN, or a Random PIN) once, on the console, never
-/// through the log. Under systemd
-/// stdout is the journal (`JOURNAL_STREAM` is set, systemd.exec(5)), which is a log: the PIN
-/// then goes to the system console `/dev/console` instead, where a person at the board (serial
-/// line or screen) reads it, and the journal only says where to look.
-pub(crate) fn show_pin_on_console(what: &str, pin: &ocf::security::otm::Pin) {
-    let line = format!("ocf-agent: {what} {}\n", pin.expose());
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        use std::io::Write;
-        let shown = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/console")
-            .and_then(|mut console| console.write_all(line.as_bytes()));
-        match shown {
-            Ok(()) if what == "setup PIN" => info!("a new setup PIN was created; it is shown on the system console and kept in the state directory"),
-            Ok(()) => info!("a new {what} is shown on the system console"),
-            Err(_) if what == "setup PIN" => warn!("a new setup PIN was created but no console could show it; read it from the state directory (pin, mode 0600)"),
-            Err(_) => warn!("a new {what} was made but no console could show it"),
-        }
-    } else {
-        print!("{line}");
-    }
 }
 
 /// Installs the SIGTERM/SIGINT handlers. Done before the agent says it is ready, so a signal

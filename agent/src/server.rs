@@ -140,7 +140,7 @@ impl Agent {
                     info!("credentials changed");
                     self.reverify_chains();
                 }
-                Event::ShowRandomPin(pin) => crate::show_pin_on_console("random PIN", &pin),
+                Event::ShowRandomPin(pin) => crate::console::show_pin("random PIN", &pin),
                 Event::DeviceIdChanged(di) => {
                     match Identity::save_di(&self.state_dir, &di) {
                         Ok(()) => {
