@@ -1,6 +1,7 @@
 //! Admission and deadlines for every stream listener (the plain coap+tcp listener of the
 //! development mode and the secure endpoint), so that no number of idle or slow peers can lock
-//! the owner or an onboarding Mediator out.
+//! the owner or an onboarding Mediator out. The DTLS endpoint admits its sessions by the same
+//! table (`dtls.rs`), and runs their handshake and idle timers itself with the same limits.
 //!
 //! The decisions are in [`ConnTable`], sans-IO with the time passed in: who is admitted, who is
 //! evicted to make room, and when a connection has outlived its handshake, idle or write

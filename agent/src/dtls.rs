@@ -14,10 +14,11 @@
 //!   what it is worth is decided by the access control, as on coaps+tcp.
 //! - **Hostile peers**: a HelloVerifyRequest cookie (RFC 6347 §4.2.1) keyed by the peer's
 //!   address, checked without keeping state ([`ocf::security::dtls_hello`]), so only a peer that
-//!   receives at its address gets a session; at most [`HALF_OPEN_PER_ADDRESS`] handshakes from
-//!   one IP address and [`HALF_OPEN`] in all, the oldest making room for a new one, each given
-//!   [`HANDSHAKE_TIME`]; at most [`SESSIONS`] sessions, the longest idle non-owner one making
-//!   room for a new one; [`IDLE`] without a record ends a session.
+//!   receives at its address gets a session. Sessions, handshakes included, are admitted by the
+//!   same [`ConnTable`] rules as the stream listeners' connections ([`LIMITS`]): caps per IPv4
+//!   address or IPv6 /64 and in all, the longest idle session that is not the owner's making
+//!   room for a newcomer. A handshake must end within [`LIMITS`]`.handshake`, and a session
+//!   without a record for [`LIMITS`]`.idle` ends.
 //! - **Retransmission**: OpenSSL resends its flight when a read finds its timer expired
 //!   (`dtls1_read_failed`), so a pending handshake is driven every [`FLIGHT_POLL`].
 
@@ -42,21 +43,22 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::conn::{Admission, ConnTable, Limits};
 use crate::dtls_context::{set_psk_lookup, DtlsContext, Indices};
 use crate::security::Credentials;
 use crate::server::Agent;
 use crate::udp::UDP_SZX;
 
-/// Handshakes under way at once.
-pub const HALF_OPEN: usize = 8;
-/// Handshakes under way at once from one IP address.
-pub const HALF_OPEN_PER_ADDRESS: usize = 2;
-/// Sessions at once.
-pub const SESSIONS: usize = 32;
-/// Time from the first ClientHello to the end of the handshake.
-pub const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
-/// Time an established session may go without a record in either direction.
-pub const IDLE: Duration = Duration::from_secs(300);
+/// Sessions and handshakes at once: half the stream listeners' number, since a DTLS session
+/// is only needed for OCF's standard ownership transfer and an owner's PSK sessions. The
+/// write deadline does not apply: a datagram is never held back by the peer.
+pub const LIMITS: Limits = Limits {
+    total: 32,
+    per_address: 8,
+    handshake: Duration::from_secs(10),
+    idle: Duration::from_secs(300),
+    write: Duration::from_secs(10),
+};
 /// How often a pending handshake gives OpenSSL the chance to resend its last flight.
 pub const FLIGHT_POLL: Duration = Duration::from_millis(250);
 /// Datagrams the device sends: below the IPv6 minimum MTU with room for headers.
@@ -101,17 +103,62 @@ impl Write for Datagrams {
 /// The endpoint's view of one session.
 struct Handle {
     inbox: mpsc::Sender<Vec<u8>>,
-    state: Rc<SessionState>,
-}
-
-struct SessionState {
-    started: Instant,
+    /// Its entry in the admission table.
+    conn: u64,
     /// The server's connection id once the handshake is done.
-    id: Cell<Option<u64>>,
-    last_active: Cell<Option<Instant>>,
+    id: Rc<Cell<Option<u64>>>,
 }
 
-type Table = Rc<RefCell<HashMap<SocketAddr, Handle>>>;
+/// The sessions by peer address, and their admission table.
+#[derive(Clone)]
+struct Table {
+    sessions: Rc<RefCell<HashMap<SocketAddr, Handle>>>,
+    conns: Rc<RefCell<ConnTable>>,
+}
+
+impl Table {
+    fn new() -> Table {
+        Table {
+            sessions: Rc::default(),
+            conns: Rc::new(RefCell::new(ConnTable::new(LIMITS))),
+        }
+    }
+
+    /// Admits a session for `peer`, closing the one the table evicts to make room; its
+    /// admission id, or `None` if every place is the owner's.
+    fn admit(&self, agent: &Agent, peer: SocketAddr) -> Option<u64> {
+        let (conn, evict) = match self.conns.borrow_mut().admit(peer.ip(), Instant::now()) {
+            Admission::Admit { id, evict } => (id, evict),
+            Admission::Refuse => return None,
+        };
+        if let Some(evicted) = evict {
+            let mut sessions = self.sessions.borrow_mut();
+            let found = sessions
+                .iter()
+                .find(|(_, h)| h.conn == evicted)
+                .map(|(a, h)| (*a, h.id.get()));
+            if let Some((addr, id)) = found {
+                debug!(peer = %addr, "DTLS: closing the longest idle session to make room");
+                // Dropping its inbox ends the session's task.
+                sessions.remove(&addr);
+                if let Some(id) = id {
+                    agent.disconnect(id);
+                }
+            }
+        }
+        Some(conn)
+    }
+
+    /// The session `conn` of `peer` ended.
+    fn remove(&self, peer: SocketAddr, conn: u64) {
+        self.conns.borrow_mut().remove(conn);
+        let mut sessions = self.sessions.borrow_mut();
+        // The address may already have a newer session, if this one was evicted.
+        if sessions.get(&peer).is_some_and(|h| h.conn == conn) {
+            sessions.remove(&peer);
+        }
+    }
+}
 
 /// Serves the DTLS endpoint on `socket` until shutdown.
 pub async fn serve(
@@ -126,7 +173,7 @@ pub async fn serve(
         server.dtls_psk(identity, Instant::now())
     }));
     let socket = Rc::new(socket);
-    let table: Table = Rc::new(RefCell::new(HashMap::new()));
+    let table = Table::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut stop = shutdown.clone();
     loop {
@@ -153,7 +200,7 @@ fn dispatch(
     table: &Table,
     shutdown: &watch::Receiver<bool>,
 ) {
-    if let Some(h) = table.borrow().get(&peer) {
+    if let Some(h) = table.sessions.borrow().get(&peer) {
         // A full inbox drops the datagram: DTLS and CoAP both recover from loss.
         let _ = h.inbox.try_send(datagram.to_vec());
         return;
@@ -183,86 +230,49 @@ fn dispatch(
     let Some(first) = hello.without_cookie() else {
         return;
     };
-    if !make_room(table, agent, peer) {
-        debug!(%peer, "DTLS: no room for another session; dropped");
+    let Some(conn) = table.admit(agent, peer) else {
+        debug!(%peer, "DTLS: every session is the owner's; dropped");
         return;
-    }
+    };
     let (tx, rx) = mpsc::channel(INBOX);
     let _ = tx.try_send(datagram.to_vec());
-    let state = Rc::new(SessionState {
-        started: Instant::now(),
-        id: Cell::new(None),
-        last_active: Cell::new(None),
-    });
-    table.borrow_mut().insert(
+    let id = Rc::new(Cell::new(None));
+    table.sessions.borrow_mut().insert(
         peer,
         Handle {
             inbox: tx,
-            state: state.clone(),
+            conn,
+            id: id.clone(),
         },
     );
     let session = Session {
         peer,
         socket: socket.clone(),
         agent: agent.clone(),
-        state,
+        conns: table.conns.clone(),
+        conn,
+        id,
+        last_active: Cell::new(Instant::now()),
     };
     let table = table.clone();
     let shutdown = shutdown.clone();
     tokio::task::spawn_local(async move {
         session.run(ctx, first, rx, shutdown).await;
-        table.borrow_mut().remove(&peer);
+        table.remove(peer, conn);
     });
-}
-
-/// Whether a session for `peer` may start: at most [`HALF_OPEN_PER_ADDRESS`] handshakes from
-/// its IP address; at most [`HALF_OPEN`] in all, the oldest giving way (so a handshake always
-/// gets its turn); at most [`SESSIONS`], the longest idle one that is not the owner's giving
-/// way.
-fn make_room(table: &Table, agent: &Agent, peer: SocketAddr) -> bool {
-    let mut t = table.borrow_mut();
-    let half_open = |t: &HashMap<SocketAddr, Handle>, ip: Option<std::net::IpAddr>| {
-        t.iter()
-            .filter(|(a, h)| h.state.id.get().is_none() && ip.is_none_or(|ip| a.ip() == ip))
-            .map(|(a, h)| (*a, h.state.started))
-            .collect::<Vec<_>>()
-    };
-    if half_open(&t, Some(peer.ip())).len() >= HALF_OPEN_PER_ADDRESS {
-        return false;
-    }
-    let pending = half_open(&t, None);
-    if pending.len() >= HALF_OPEN {
-        if let Some((oldest, _)) = pending.iter().min_by_key(|(_, at)| *at) {
-            debug!(peer = %oldest, "DTLS: the oldest unfinished handshake makes room");
-            // Dropping its inbox ends the session's task.
-            t.remove(oldest);
-        }
-    }
-    if t.len() < SESSIONS {
-        return true;
-    }
-    let victim = t
-        .iter()
-        .filter_map(|(addr, h)| Some((addr, h.state.id.get()?, h.state.last_active.get()?)))
-        .filter(|(_, id, _)| !agent.is_owner(*id))
-        .min_by_key(|(_, _, at)| *at)
-        .map(|(addr, id, _)| (*addr, id));
-    match victim {
-        Some((addr, id)) => {
-            debug!(connection = id, peer = %addr, "DTLS: closing the longest idle session to make room");
-            t.remove(&addr);
-            agent.disconnect(id);
-            true
-        }
-        None => false,
-    }
 }
 
 struct Session {
     peer: SocketAddr,
     socket: Rc<UdpSocket>,
     agent: Rc<Agent>,
-    state: Rc<SessionState>,
+    conns: Rc<RefCell<ConnTable>>,
+    /// Its entry in `conns`.
+    conn: u64,
+    /// The server's connection id once the handshake is done.
+    id: Rc<Cell<Option<u64>>>,
+    /// The last record in either direction (or datagram, during the handshake).
+    last_active: Cell<Instant>,
 }
 
 enum End {
@@ -294,7 +304,7 @@ impl Session {
             }
         }
         // The handshake.
-        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIME;
+        let deadline = tokio::time::Instant::now() + LIMITS.handshake;
         loop {
             let step = stream.accept();
             self.flush(&mut stream).await;
@@ -308,7 +318,11 @@ impl Session {
             }
             tokio::select! {
                 d = inbox.recv() => match d {
-                    Some(d) => stream.get_mut().inbox.push_back(d),
+                    Some(d) => {
+                        // A handshake that moves on is not the idle one to make room.
+                        self.touch();
+                        stream.get_mut().inbox.push_back(d);
+                    }
                     None => return,
                 },
                 _ = tokio::time::sleep(FLIGHT_POLL) => {}
@@ -328,8 +342,11 @@ impl Session {
             "DTLS session open"
         );
         self.agent.open_dtls(id, auth, secrets, chain);
-        self.state.id.set(Some(id));
-        self.state.last_active.set(Some(Instant::now()));
+        self.id.set(Some(id));
+        self.last_active.set(Instant::now());
+        self.conns
+            .borrow_mut()
+            .established(self.conn, self.agent.is_owner(id), Instant::now());
         let end = self
             .established(
                 &mut stream,
@@ -345,6 +362,13 @@ impl Session {
         }
         self.agent.close_stream(id);
         debug!(connection = id, %peer, "DTLS session closed");
+    }
+
+    /// Something moved on the session.
+    fn touch(&self) {
+        let now = Instant::now();
+        self.last_active.set(now);
+        self.conns.borrow_mut().active(self.conn, now);
     }
 
     fn start(&self, ctx: &DtlsContext) -> Option<SslStream<Datagrams>> {
@@ -370,7 +394,7 @@ impl Session {
         if let Err(e) = stream.ssl_write(bytes) {
             debug!(peer = %self.peer, "DTLS write: {e}");
         }
-        self.state.last_active.set(Some(Instant::now()));
+        self.touch();
         self.flush(stream).await;
     }
 
@@ -391,10 +415,14 @@ impl Session {
             loop {
                 match stream.ssl_read(&mut buf) {
                     Ok(n) => {
-                        self.state.last_active.set(Some(Instant::now()));
+                        self.touch();
                         match layer.handle_datagram(peer, &buf[..n], Instant::now()) {
                             UdpInbound::Request(packet) => {
                                 let answer = self.agent.serve(Peer::Dtls(id), &packet);
+                                // A session that took ownership is the owner's from now on.
+                                if self.agent.is_owner(id) {
+                                    self.conns.borrow_mut().became_owner(self.conn);
+                                }
                                 if let Some(mut response) = answer {
                                     block::apply_block2(&packet, &mut response, UDP_SZX);
                                     let bytes =
@@ -428,7 +456,7 @@ impl Session {
                 }
             }
             self.flush(stream).await;
-            let idle_until = self.state.last_active.get().unwrap_or_else(Instant::now) + IDLE;
+            let idle_until = self.last_active.get() + LIMITS.idle;
             tokio::select! {
                 d = inbox.recv() => match d {
                     Some(d) => stream.get_mut().inbox.push_back(d),

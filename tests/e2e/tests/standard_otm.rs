@@ -636,6 +636,53 @@ fn a_hello_flood_and_unfinished_handshakes_do_not_keep_a_client_out() {
     let _ = &b.dir;
 }
 
+#[test]
+fn sessions_over_the_per_address_cap_close_the_longest_idle_one_to_make_room() {
+    let b = Bench::new("otm-dtls-cap", &[]);
+    let coaps = b.endpoint("coaps");
+    b.med.run(&["identity"]).expect_ok();
+    let cert = std::fs::read_to_string(b.med.cert_path()).unwrap();
+    let key = std::fs::read_to_string(b.med.key_path()).unwrap();
+    let connect = || {
+        let mut c = DtlsClient::connect(
+            coaps,
+            ClientAuth::Certificate {
+                cert_pem: &cert,
+                key_pem: &key,
+                device_ca_pem: None,
+            },
+            ocf_mediator::dtls::CERT_CIPHERS,
+            Duration::from_secs(5),
+        )
+        .expect("a handshake");
+        let r = c.request(&ocf_e2e::get("/oic/d")).unwrap();
+        assert_eq!(r.code_text(), "2.05", "{}", r.describe());
+        c
+    };
+    // Eight sessions from 127.0.0.1 fill its share (the agent's DTLS limits), the first one
+    // idle the longest.
+    let mut held: Vec<DtlsClient> = (0..8)
+        .map(|_| {
+            let c = connect();
+            std::thread::sleep(Duration::from_millis(20));
+            c
+        })
+        .collect();
+    // A ninth gets its turn, and the first is the one closed for it.
+    let mut newcomer = connect();
+    let mut first = held.remove(0);
+    first.timeout = Duration::from_secs(2);
+    assert!(
+        first.request(&ocf_e2e::get("/oic/d")).is_err(),
+        "the longest idle session is still open"
+    );
+    for c in held.iter_mut().chain(std::iter::once(&mut newcomer)) {
+        let r = c.request(&ocf_e2e::get("/oic/d")).unwrap();
+        assert_eq!(r.code_text(), "2.05", "{}", r.describe());
+    }
+    let _ = &b.dir;
+}
+
 /// A UDP relay between one client and `device` that drops the device's first datagram whose
 /// first handshake message is a ServerHello (its first flight after the cookie).
 fn lossy_relay(device: SocketAddr) -> SocketAddr {
