@@ -61,6 +61,23 @@ impl Bench {
             .unwrap()
     }
 
+    /// A DTLS session to `to` with the Mediator's certificate (`ocf-mediator identity` made
+    /// it), not checking the device's.
+    fn certificate_session(&self, to: SocketAddr, timeout: Duration) -> Result<DtlsClient, String> {
+        let cert = std::fs::read_to_string(self.med.cert_path()).unwrap();
+        let key = std::fs::read_to_string(self.med.key_path()).unwrap();
+        DtlsClient::connect(
+            to,
+            ClientAuth::Certificate {
+                cert_pem: &cert,
+                key_pem: &key,
+                device_ca_pem: None,
+            },
+            ocf_mediator::dtls::CERT_CIPHERS,
+            timeout,
+        )
+    }
+
     /// The Random PIN the agent printed after the first `seen` ones.
     fn random_pin_after(&mut self, seen: usize) -> Option<String> {
         random_pin_after(&mut self.agent, seen)
@@ -616,19 +633,9 @@ fn a_hello_flood_and_unfinished_handshakes_do_not_keep_a_client_out() {
     }
     // A client still gets its handshake, within its 5 s, while all of them wait.
     b.med.run(&["identity"]).expect_ok();
-    let cert = std::fs::read_to_string(b.med.cert_path()).unwrap();
-    let key = std::fs::read_to_string(b.med.key_path()).unwrap();
-    let mut client = DtlsClient::connect(
-        coaps,
-        ClientAuth::Certificate {
-            cert_pem: &cert,
-            key_pem: &key,
-            device_ca_pem: None,
-        },
-        ocf_mediator::dtls::CERT_CIPHERS,
-        Duration::from_secs(5),
-    )
-    .expect("a handshake while others stall");
+    let mut client = b
+        .certificate_session(coaps, Duration::from_secs(5))
+        .expect("a handshake while others stall");
     let r = client.request(&ocf_e2e::get("/oic/d")).unwrap();
     assert_eq!(r.code_text(), "2.05", "{}", r.describe());
     client.close();
@@ -641,20 +648,10 @@ fn sessions_over_the_per_address_cap_close_the_longest_idle_one_to_make_room() {
     let b = Bench::new("otm-dtls-cap", &[]);
     let coaps = b.endpoint("coaps");
     b.med.run(&["identity"]).expect_ok();
-    let cert = std::fs::read_to_string(b.med.cert_path()).unwrap();
-    let key = std::fs::read_to_string(b.med.key_path()).unwrap();
     let connect = || {
-        let mut c = DtlsClient::connect(
-            coaps,
-            ClientAuth::Certificate {
-                cert_pem: &cert,
-                key_pem: &key,
-                device_ca_pem: None,
-            },
-            ocf_mediator::dtls::CERT_CIPHERS,
-            Duration::from_secs(5),
-        )
-        .expect("a handshake");
+        let mut c = b
+            .certificate_session(coaps, Duration::from_secs(5))
+            .expect("a handshake");
         let r = c.request(&ocf_e2e::get("/oic/d")).unwrap();
         assert_eq!(r.code_text(), "2.05", "{}", r.describe());
         c
@@ -723,20 +720,10 @@ fn lossy_relay(device: SocketAddr) -> SocketAddr {
 fn a_handshake_completes_when_the_device_s_first_flight_is_lost() {
     let b = Bench::new("otm-dtls-loss", &[]);
     b.med.run(&["identity"]).expect_ok();
-    let cert = std::fs::read_to_string(b.med.cert_path()).unwrap();
-    let key = std::fs::read_to_string(b.med.key_path()).unwrap();
     let relay = lossy_relay(b.endpoint("coaps"));
-    let mut c = DtlsClient::connect(
-        relay,
-        ClientAuth::Certificate {
-            cert_pem: &cert,
-            key_pem: &key,
-            device_ca_pem: None,
-        },
-        ocf_mediator::dtls::CERT_CIPHERS,
-        Duration::from_secs(10),
-    )
-    .expect("the flight is sent again");
+    let mut c = b
+        .certificate_session(relay, Duration::from_secs(10))
+        .expect("the flight is sent again");
     let r = c.request(&ocf_e2e::get("/oic/d")).unwrap();
     assert_eq!(r.code_text(), "2.05", "{}", r.describe());
     c.close();
