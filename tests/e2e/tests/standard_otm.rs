@@ -24,6 +24,7 @@ use ocf_e2e::cloud::*;
 use ocf_e2e::mediator::*;
 use ocf_e2e::*;
 use ocf_mediator::dtls::{clear_request, ClientAuth, DtlsClient, PSK_CIPHERS};
+use ocf_mediator::tls::Reply;
 
 const PIN: &str = "27182818";
 
@@ -75,6 +76,43 @@ impl Bench {
             },
             ocf_mediator::dtls::CERT_CIPHERS,
             timeout,
+        )
+    }
+
+    /// `POST /oic/sec/doxm {"oxmsel": 1}` (Random PIN) in the clear, over UDP.
+    fn post_random_pin_selection(&self) -> Reply {
+        clear_request(
+            self.endpoint("coap"),
+            &post_cbor(
+                "/oic/sec/doxm",
+                &map(&[("oxmsel", ciborium::Value::Integer(1.into()))]),
+            ),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    }
+
+    /// Selects Random PIN and returns the fresh PIN the agent shows for it.
+    fn select_random_pin(&mut self) -> String {
+        let before = self.pins_shown();
+        let r = self.post_random_pin_selection();
+        assert_eq!(r.code_text(), "2.04", "{}", r.describe());
+        wait_for(Duration::from_secs(5), "a Random PIN", || {
+            self.random_pin_after(before)
+        })
+    }
+
+    /// A DTLS session authenticated by the Random PIN `pin` of the device `di`.
+    fn random_pin_session(&self, pin: &str, di: &str) -> Result<DtlsClient, String> {
+        let key = pin_psk(pin.as_bytes(), &uuid_bytes(di).unwrap());
+        DtlsClient::connect(
+            self.endpoint("coaps"),
+            ClientAuth::Psk {
+                identity: RDP_IDENTITY,
+                key: &key,
+            },
+            PSK_CIPHERS,
+            Duration::from_secs(5),
         )
     }
 
@@ -205,27 +243,9 @@ fn random_pin_over_dtls_then_provisioning_and_registration() {
     assert!(!run.output().contains(&pin), "{}", run.output());
     assert!(!b.agent.log().join("\n").contains(&pin));
     // The device is owned: the clear side no longer selects methods, and the PIN is spent.
-    let coap = b.endpoint("coap");
-    let r = clear_request(
-        coap,
-        &post_cbor(
-            "/oic/sec/doxm",
-            &map(&[("oxmsel", ciborium::Value::Integer(1.into()))]),
-        ),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let r = b.post_random_pin_selection();
     assert_eq!(r.code_text(), "4.01", "{}", r.describe());
-    let key = pin_psk(pin.as_bytes(), &uuid_bytes(&b.agent.di).unwrap());
-    let replay = DtlsClient::connect(
-        b.endpoint("coaps"),
-        ClientAuth::Psk {
-            identity: RDP_IDENTITY,
-            key: &key,
-        },
-        PSK_CIPHERS,
-        Duration::from_secs(5),
-    );
+    let replay = b.random_pin_session(&pin, &b.agent.di);
     assert!(replay.is_err(), "the Random PIN opened a second session");
     let _ = &b.dir;
 }
@@ -233,49 +253,21 @@ fn random_pin_over_dtls_then_provisioning_and_registration() {
 #[test]
 fn a_wrong_random_pin_fails_the_handshake_and_each_pin_answers_once() {
     let mut b = Bench::new("otm-rdp-wrong", &[]);
-    let coap = b.endpoint("coap");
-    let coaps = b.endpoint("coaps");
-    let select = |b: &mut Bench| {
-        let before = b.pins_shown();
-        let r = clear_request(
-            coap,
-            &post_cbor(
-                "/oic/sec/doxm",
-                &map(&[("oxmsel", ciborium::Value::Integer(1.into()))]),
-            ),
-            Duration::from_secs(5),
-        )
-        .unwrap();
-        assert_eq!(r.code_text(), "2.04", "{}", r.describe());
-        wait_for(Duration::from_secs(5), "a Random PIN", || {
-            b.random_pin_after(before)
-        })
-    };
-    let di = uuid_bytes(&b.agent.di).unwrap();
-    let connect = |pin: &str| {
-        let key = pin_psk(pin.as_bytes(), &di);
-        DtlsClient::connect(
-            coaps,
-            ClientAuth::Psk {
-                identity: RDP_IDENTITY,
-                key: &key,
-            },
-            PSK_CIPHERS,
-            Duration::from_secs(5),
-        )
-    };
-    let pin = select(&mut b);
+    let di = b.agent.di.clone();
+    let pin = b.select_random_pin();
     let wrong = if pin == "00000000" {
         "11111111"
     } else {
         "00000000"
     };
-    assert!(connect(wrong).is_err());
+    assert!(b.random_pin_session(wrong, &di).is_err());
     // The wrong guess spent this PIN: the right one no longer works either.
-    assert!(connect(&pin).is_err());
-    let pin2 = select(&mut b);
+    assert!(b.random_pin_session(&pin, &di).is_err());
+    let pin2 = b.select_random_pin();
     assert_ne!(pin, pin2);
-    let mut doc = connect(&pin2).expect("the fresh PIN opens the DOC");
+    let mut doc = b
+        .random_pin_session(&pin2, &di)
+        .expect("the fresh PIN opens the DOC");
     let r = doc.request(&ocf_e2e::get("/oic/sec/doxm")).unwrap();
     assert_eq!(r.code_text(), "2.05");
     doc.close();
@@ -398,19 +390,7 @@ fn openssl_s_client_completes_each_advertised_suite_and_no_other() {
         assert!(out.contains("sclient board"), "{out}");
     }
     // The Random PIN suite, with the PIN the device shows after the selection.
-    let r = clear_request(
-        b.endpoint("coap"),
-        &post_cbor(
-            "/oic/sec/doxm",
-            &map(&[("oxmsel", ciborium::Value::Integer(1.into()))]),
-        ),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    assert_eq!(r.code_text(), "2.04");
-    let pin = wait_for(Duration::from_secs(5), "a Random PIN", || {
-        b.random_pin_after(0)
-    });
+    let pin = b.select_random_pin();
     let hex: String = pin_psk(pin.as_bytes(), &uuid_bytes(&b.agent.di).unwrap())
         .iter()
         .map(|x| format!("{x:02x}"))
@@ -736,30 +716,8 @@ fn a_new_deviceuuid_from_the_ownership_transfer_is_kept_across_a_restart() {
     let owner = b.med.uuid();
     let old_di = b.agent.di.clone();
     let new_di = "0dd0dd00-0000-4000-8000-0000000000d1";
-    let r = clear_request(
-        b.endpoint("coap"),
-        &post_cbor(
-            "/oic/sec/doxm",
-            &map(&[("oxmsel", ciborium::Value::Integer(1.into()))]),
-        ),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    assert_eq!(r.code_text(), "2.04");
-    let pin = wait_for(Duration::from_secs(5), "a Random PIN", || {
-        b.random_pin_after(0)
-    });
-    let psk = pin_psk(pin.as_bytes(), &uuid_bytes(&old_di).unwrap());
-    let mut doc = DtlsClient::connect(
-        b.endpoint("coaps"),
-        ClientAuth::Psk {
-            identity: RDP_IDENTITY,
-            key: &psk,
-        },
-        PSK_CIPHERS,
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let pin = b.select_random_pin();
+    let mut doc = b.random_pin_session(&pin, &old_di).unwrap();
     let text = |s: &str| ciborium::Value::Text(s.into());
     for (href, body) in [
         (

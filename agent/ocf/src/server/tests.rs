@@ -449,6 +449,25 @@ mod standard_otm {
         })
     }
 
+    /// POSTs `body` to `href` as `peer`, which must be answered 2.04; the events.
+    fn post_changed(
+        s: &mut Server,
+        peer: Peer,
+        href: &str,
+        body: &str,
+        now: Instant,
+    ) -> Vec<Event> {
+        let (p, events) = s.handle(peer, &post(href, body), now);
+        let r = Response::from_packet(p.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            r.code,
+            ResponseType::Changed,
+            "{href} {body}: {}",
+            r.diagnostic()
+        );
+        events
+    }
+
     fn doxm(s: &mut Server, peer: Peer) -> serde_json::Value {
         let (p, _) = s.handle(peer, &get(DOXM_HREF, None), Instant::now());
         let r = Response::from_packet(&p.unwrap()).unwrap();
@@ -600,15 +619,7 @@ mod standard_otm {
         ];
         let mut all = Vec::new();
         for (href, body) in &steps {
-            let (p, events) = s.handle(doc, &post(href, body), now);
-            let r = Response::from_packet(p.as_ref().unwrap()).unwrap();
-            assert_eq!(
-                r.code,
-                ResponseType::Changed,
-                "{href} {body}: {}",
-                r.diagnostic()
-            );
-            all.extend(events);
+            all.extend(post_changed(&mut s, doc, href, body, now));
         }
         let (p, _) = s.handle(doc, &empty_owner_cred(), now);
         assert_eq!(code(&p), ResponseType::Changed);
@@ -725,14 +736,7 @@ mod standard_otm {
             ),
             (PSTAT_HREF, r#"{"dos":{"s":2}}"#.to_string()),
         ] {
-            let (p, _) = m.handle(Peer::Tls(30), &post(href, &body), now);
-            let r = Response::from_packet(p.as_ref().unwrap()).unwrap();
-            assert_eq!(
-                r.code,
-                ResponseType::Changed,
-                "{href} {body}: {}",
-                r.diagnostic()
-            );
+            post_changed(&mut m, Peer::Tls(30), href, &body, now);
         }
         // The Mediator's certificate is the owner's from now on.
         assert!(m.is_owner_connection(30));
